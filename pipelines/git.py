@@ -1,0 +1,5 @@
+"""All git access of the portal. The only module that imports GitPython."""
+
+
+def materialise(repository, commit_sha, destination):
+    raise NotImplementedError

@@ -1,0 +1,75 @@
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.validators import MinValueValidator
+from django.db import models, transaction
+from django.utils import timezone
+
+from .audit import AuditEvent
+
+
+class Environment(models.Model):
+    """A stage of promotion, shared by all repositories and ordered by `position`."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    position = models.PositiveIntegerField(unique=True, help_text="Order of promotion: lower comes first.")
+    auto_deploy = models.BooleanField(default=True, help_text="Deploy here automatically once the stage before succeeded.")
+    requires_approval = models.BooleanField(default=False)
+    required_approvals = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    allow_self_approval = models.BooleanField(default=False)
+    approval_timeout = models.DurationField(null=True, blank=True, help_text="Optional, e.g. '3 00:00:00' for three days.")
+
+    class Meta:
+        ordering = ["position", "name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(required_approvals__gte=1), name="required_approvals_at_least_one"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class TargetQuerySet(models.QuerySet):
+    def for_pair(self, repository, environment):
+        target, _ = self.get_or_create(repository=repository, environment=environment)
+        return target
+
+
+class Target(models.Model):
+    """What runs for one repository in one environment. Keeps the dashboard to one cheap query."""
+
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.CASCADE, related_name="targets")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="targets")
+    current_release = models.ForeignKey("pipelines.Release", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    last_deployment = models.ForeignKey("pipelines.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    auto_deploy_paused = models.BooleanField(default=False)
+    paused_reason = models.TextField(blank=True)
+    paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    paused_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TargetQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "environment"], name="one_target_per_pair")]
+
+    def __str__(self):
+        return f"{self.repository} → {self.environment}"
+
+    def pause(self, *, by, reason):
+        with transaction.atomic():
+            Target.objects.filter(pk=self.pk).update(
+                auto_deploy_paused=True, paused_reason=reason, paused_by=by, paused_at=timezone.now()
+            )
+            AuditEvent.objects.record(
+                action="target.paused", actor=by, obj=self, repository=self.repository,
+                environment=self.environment, details={"reason": reason},
+            )
+        self.refresh_from_db()
+
+    def resume(self, *, by):
+        with transaction.atomic():
+            Target.objects.filter(pk=self.pk).update(auto_deploy_paused=False, paused_reason="", paused_by=None, paused_at=None)
+            AuditEvent.objects.record(
+                action="target.resumed", actor=by, obj=self, repository=self.repository, environment=self.environment
+            )
+        self.refresh_from_db()

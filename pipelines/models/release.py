@@ -1,0 +1,57 @@
+from functools import cached_property
+
+from django.db import models
+from django.urls import reverse
+
+from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+
+
+class Release(models.Model):
+    """An immutable record of one version: the commit and the pipeline file as they were when detected."""
+
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.PROTECT, related_name="releases")
+    version = models.CharField(max_length=200)
+    commit_sha = models.CharField(max_length=40)
+    message = models.TextField(blank=True)
+    author_name = models.CharField(max_length=200, blank=True)
+    author_email = models.CharField(max_length=254, blank=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    detected_at = models.DateTimeField(auto_now_add=True)
+    pipeline_text = models.TextField(blank=True)
+    pipeline_sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True, help_text="Why this release can never deploy (missing or invalid pipeline file).")
+    blocked = models.BooleanField(default=False)
+    blocked_reason = models.TextField(blank=True)
+    # Set when the tag was later found on another commit: the release keeps its original commit.
+    tag_moved_to = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-detected_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "version"], name="unique_release_version"),
+            models.CheckConstraint(condition=models.Q(commit_sha__regex=r"^[0-9a-f]{40}$"), name="release_commit_sha_is_full"),
+        ]
+
+    def __str__(self):
+        return f"{self.repository.name} {self.version}"
+
+    def get_absolute_url(self):
+        return reverse("release_detail", args=[self.repository.name, self.version])
+
+    @property
+    def short_sha(self):
+        return self.commit_sha[:10]
+
+    @property
+    def is_valid(self):
+        return not self.error
+
+    @cached_property
+    def pipeline(self):
+        """The parsed pipeline file; None for an invalid release."""
+        if self.error:
+            return None
+        try:
+            return parse_pipeline(self.pipeline_text)
+        except PipelineFileError:
+            return None

@@ -1,0 +1,145 @@
+"""Parse and validate `.gitops.yml`; every error names the line it is on.
+
+    environments:
+      staging:
+        variables: {REGION: eu-west-1}
+        steps:
+          - name: apply
+            run: ./deploy.sh
+            timeout: 600
+"""
+
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+DEFAULT_STEP_TIMEOUT = 1800
+MAX_STEP_TIMEOUT = 24 * 3600
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set by the runner; a pipeline file may not override them.
+RESERVED_VARIABLES = {"PATH", "HOME", "LANG"}
+
+
+class PipelineFileError(ValueError):
+    def __init__(self, message, line=None):
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: str
+    timeout: int = DEFAULT_STEP_TIMEOUT
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    name: str
+    steps: tuple[Step, ...]
+    variables: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    environments: dict  # name -> EnvironmentSpec, in file order
+
+    def names(self):
+        return list(self.environments)
+
+
+def _line(node):
+    return node.start_mark.line + 1
+
+
+def _mapping(node, what):
+    if not isinstance(node, yaml.MappingNode):
+        raise PipelineFileError(f"{what} must be a mapping", _line(node))
+    result = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise PipelineFileError(f"keys of {what} must be plain names", _line(key_node))
+        if key_node.value in result:
+            raise PipelineFileError(f"{what} names {key_node.value!r} twice", _line(key_node))
+        result[key_node.value] = (key_node, value_node)
+    return result
+
+
+def _scalar(node, what):
+    if not isinstance(node, yaml.ScalarNode):
+        raise PipelineFileError(f"{what} must be a single value", _line(node))
+    return node.value
+
+
+def _reject_unknown(keys, allowed, what):
+    for name, (key_node, _) in keys.items():
+        if name not in allowed:
+            raise PipelineFileError(f"unknown key {name!r} in {what} (allowed: {', '.join(sorted(allowed))})", _line(key_node))
+
+
+def _parse_step(node, env_name, index):
+    what = f"step {index} of {env_name!r}"
+    keys = _mapping(node, what)
+    _reject_unknown(keys, {"name", "run", "timeout"}, what)
+    if "run" not in keys:
+        raise PipelineFileError(f"{what} has no 'run' command", _line(node))
+    run = _scalar(keys["run"][1], f"'run' of {what}").strip()
+    if not run:
+        raise PipelineFileError(f"'run' of {what} is empty", _line(keys["run"][1]))
+    name = _scalar(keys["name"][1], f"'name' of {what}") if "name" in keys else f"step {index}"
+    timeout = DEFAULT_STEP_TIMEOUT
+    if "timeout" in keys:
+        raw = _scalar(keys["timeout"][1], f"'timeout' of {what}")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_STEP_TIMEOUT:
+            raise PipelineFileError(
+                f"'timeout' of {what} must be a whole number of seconds from 1 to {MAX_STEP_TIMEOUT}", _line(keys["timeout"][1])
+            )
+        timeout = int(raw)
+    return Step(name=name, run=run, timeout=timeout)
+
+
+def _parse_environment(name, node):
+    what = f"environment {name!r}"
+    keys = _mapping(node, what)
+    _reject_unknown(keys, {"steps", "variables"}, what)
+    variables = {}
+    if "variables" in keys:
+        for var, (key_node, value_node) in _mapping(keys["variables"][1], f"'variables' of {what}").items():
+            if not _VARIABLE_NAME.match(var) or var in RESERVED_VARIABLES or var.startswith("GITOPS_"):
+                raise PipelineFileError(f"{var!r} cannot be used as a variable name", _line(key_node))
+            variables[var] = _scalar(value_node, f"variable {var!r}")
+    if "steps" not in keys:
+        raise PipelineFileError(f"{what} has no 'steps'", _line(node))
+    steps_node = keys["steps"][1]
+    if not isinstance(steps_node, yaml.SequenceNode) or not steps_node.value:
+        raise PipelineFileError(f"'steps' of {what} must be a non-empty list", _line(steps_node))
+    steps = tuple(_parse_step(step, name, i) for i, step in enumerate(steps_node.value, start=1))
+    return EnvironmentSpec(name=name, steps=steps, variables=variables)
+
+
+def parse_pipeline(text, *, known_environments=None):
+    """Return a PipelineSpec, or raise PipelineFileError with the line of the problem.
+
+    With `known_environments`, an environment the portal does not have is an error too."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PipelineFileError(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from exc
+    if root is None:
+        raise PipelineFileError("the file is empty")
+    keys = _mapping(root, "the file")
+    _reject_unknown(keys, {"environments"}, "the file")
+    if "environments" not in keys:
+        raise PipelineFileError("the file has no 'environments'", _line(root))
+    environments = {}
+    for name, (key_node, value_node) in _mapping(keys["environments"][1], "'environments'").items():
+        if known_environments is not None and name not in known_environments:
+            known = ", ".join(sorted(known_environments)) or "none"
+            raise PipelineFileError(f"unknown environment {name!r} (the portal has: {known})", _line(key_node))
+        environments[name] = _parse_environment(name, value_node)
+    if not environments:
+        raise PipelineFileError("'environments' is empty", _line(keys["environments"][1]))
+    return PipelineSpec(environments=environments)

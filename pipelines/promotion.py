@@ -1,0 +1,94 @@
+"""Moving releases through the environments: what deploys where next, and who is superseded."""
+
+from django.db import transaction
+
+from pipelines import jobs
+from pipelines.models import AuditEvent, Deployment, Environment, Target
+from pipelines.signals import deployment_held
+
+
+class PromotionError(Exception):
+    """A promotion that cannot happen; the message says why in words."""
+
+
+def environments_for(release):
+    """The environments the release's pipeline file names, in the portal's order of promotion."""
+    if release.pipeline is None:
+        return []
+    return list(Environment.objects.filter(name__in=release.pipeline.names()).order_by("position"))
+
+
+def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.MANUAL):
+    """Create the deployment of `release` to `environment` and return it.
+
+    It waits in `awaiting_approval` where the environment requires approval, otherwise it is queued
+    and a worker is woken on commit. Older deployments still waiting for the same target are
+    cancelled as superseded."""
+    if release.error:
+        raise PromotionError(f"{release} cannot be deployed: {release.error}")
+    if environment.name not in release.pipeline.environments:
+        raise PromotionError(f"The pipeline file of {release} does not name the environment {environment.name!r}.")
+    held = environment.requires_approval
+    with transaction.atomic():
+        target = Target.objects.for_pair(release.repository, environment)
+        # Lock the target so that two promotions of one target never both survive supersession.
+        target = Target.objects.select_for_update().get(pk=target.pk)
+        deployment = Deployment.objects.create(
+            release=release,
+            environment=environment,
+            repository=release.repository,
+            previous_release=target.current_release,
+            status=Deployment.Status.AWAITING_APPROVAL if held else Deployment.Status.QUEUED,
+            trigger=trigger,
+            triggered_by=by,
+            reason=reason,
+        )
+        if not held:
+            Deployment.objects.filter(pk=deployment.pk).update(queued_at=deployment.created_at)
+        AuditEvent.objects.record(
+            action="deployment.created",
+            actor=by,
+            obj=deployment,
+            repository=release.repository,
+            environment=environment,
+            details={"release": release.version, "commit": release.commit_sha, "trigger": trigger,
+                     "status": deployment.status, "reason": reason},
+        )
+        waiting = Deployment.objects.for_target(release.repository, environment).filter(
+            status__in=[Deployment.Status.QUEUED, Deployment.Status.AWAITING_APPROVAL]
+        ).exclude(pk=deployment.pk)
+        for older in waiting.select_related("release", "environment", "repository"):
+            older.cancel(by=by, reason=f"Superseded by {release.version} (deployment #{deployment.pk}).")
+        Target.objects.filter(pk=target.pk).update(last_deployment=deployment)
+        if held:
+            transaction.on_commit(lambda: deployment_held.send(sender=Deployment, deployment=deployment))
+        else:
+            jobs.enqueue_deployment(deployment)
+    return deployment
+
+
+def _promote_automatically(release, environment):
+    if not environment.auto_deploy or release.blocked or release.error:
+        return None
+    target = Target.objects.for_pair(release.repository, environment)
+    if target.auto_deploy_paused:
+        AuditEvent.objects.record(
+            action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
+            details={"release": release.version, "reason": f"automatic deployment is paused: {target.paused_reason}"},
+        )
+        return None
+    return promote(release, environment, by=None, trigger=Deployment.Trigger.AUTO)
+
+
+def on_release_recorded(release):
+    """A new release deploys to the first environment its pipeline file names."""
+    environments = environments_for(release)
+    return _promote_automatically(release, environments[0]) if environments else None
+
+
+def on_deployment_succeeded(deployment):
+    """Success moves the release on to the next environment its file names; a rollback stays put."""
+    if deployment.trigger == Deployment.Trigger.ROLLBACK:
+        return None
+    later = [env for env in environments_for(deployment.release) if env.position > deployment.environment.position]
+    return _promote_automatically(deployment.release, later[0]) if later else None

@@ -1,0 +1,182 @@
+"""Run one deployment: claim it, materialise the release, run its steps, record the outcome.
+
+Each step runs under `bash -eo pipefail` in its own process group with a scrubbed environment, so a
+timeout or a cancel kills everything it started and the portal's own secrets never reach it."""
+
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from pipelines import git, promotion
+from pipelines.models import Deployment, StaleStatus, TargetBusy
+
+logger = logging.getLogger(__name__)
+
+LOG_FLUSH_SECONDS = 0.25
+LOG_FLUSH_BYTES = 64 * 1024
+KILL_GRACE_SECONDS = 5
+
+
+@dataclass
+class StepOutcome:
+    exit_code: int
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+def run_deployment(deployment_id):
+    deployment = (
+        Deployment.objects.select_related("release", "environment", "repository", "previous_release")
+        .filter(pk=deployment_id)
+        .first()
+    )
+    if deployment is None or deployment.status != Deployment.Status.QUEUED:
+        return  # a duplicate wake-up: someone else ran or cancelled it
+    try:
+        deployment.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}")
+    except (StaleStatus, TargetBusy):
+        return  # the running deployment of this target wakes the queue when it ends
+    try:
+        _execute(deployment)
+    except Exception as exc:
+        logger.exception("deployment %s crashed in the portal", deployment.pk)
+        deployment.refresh_from_db()
+        if deployment.status == Deployment.Status.RUNNING:
+            deployment.fail(f"The portal could not run this deployment: {exc}")
+    finally:
+        wake_next_in_line(deployment)
+
+
+def wake_next_in_line(deployment):
+    """Queued deployments of the same target waited for this one; wake the oldest."""
+    from pipelines import jobs
+
+    following = (
+        Deployment.objects.for_target(deployment.repository_id, deployment.environment_id)
+        .filter(status=Deployment.Status.QUEUED)
+        .order_by("created_at", "id")
+        .first()
+    )
+    if following is not None:
+        with transaction.atomic():
+            jobs.enqueue_deployment(following)
+
+
+def _execute(deployment):
+    spec = deployment.release.pipeline.environments[deployment.environment.name]
+    settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"deployment-{deployment.pk}-", dir=settings.GITOPS_WORK_DIR))
+    try:
+        git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
+        environment = step_environment(deployment, spec.variables, workdir)
+        for number, step in enumerate(spec.steps, start=1):
+            deployment.append_log(f"==> step {number}/{len(spec.steps)}: {step.name}\n$ {step.run}\n")
+            outcome = run_step(deployment, step, workdir, environment)
+            if outcome.cancelled:
+                deployment.append_log("==> cancelled\n")
+                deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled during step '{step.name}'.")
+                return
+            if outcome.timed_out:
+                deployment.append_log(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
+                deployment.fail(f"Step '{step.name}' timed out after {step.timeout} s.", exit_code=outcome.exit_code)
+                return
+            if outcome.exit_code != 0:
+                deployment.fail(f"Step '{step.name}' exited with status {outcome.exit_code}.", exit_code=outcome.exit_code)
+                return
+        deployment.succeed()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    promotion.on_deployment_succeeded(deployment)
+
+
+def step_environment(deployment, variables, workdir):
+    """Only what a step needs: nothing of the portal's own environment leaks (SECRET_KEY, DATABASE_URL…)."""
+    release, previous = deployment.release, deployment.previous_release
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", str(workdir)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        **variables,
+        "GITOPS_REPOSITORY": deployment.repository.name,
+        "GITOPS_ENVIRONMENT": deployment.environment.name,
+        "GITOPS_VERSION": release.version,
+        "GITOPS_COMMIT": release.commit_sha,
+        "GITOPS_PREVIOUS_VERSION": previous.version if previous else "",
+        "GITOPS_PREVIOUS_COMMIT": previous.commit_sha if previous else "",
+        "GITOPS_DEPLOYMENT_ID": str(deployment.pk),
+        "GITOPS_TRIGGER": deployment.trigger,
+    }
+
+
+def run_step(deployment, step, workdir, environment):
+    """Run one step, streaming its output into the deployment log and beating the heartbeat."""
+    process = subprocess.Popen(
+        ["bash", "-eo", "pipefail", "-c", step.run],
+        cwd=workdir,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, killed as a whole
+    )
+    output = process.stdout.fileno()
+    os.set_blocking(output, False)
+    pending = bytearray()
+    started = last_flush = last_beat = time.monotonic()
+    outcome = None
+    while True:
+        readable, _, _ = select.select([output], [], [], LOG_FLUSH_SECONDS)
+        eof = False
+        if readable:
+            chunk = os.read(output, 65536)
+            eof = not chunk
+            pending += chunk
+        now = time.monotonic()
+        if pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or len(pending) >= LOG_FLUSH_BYTES):
+            deployment.append_log(pending.decode("utf-8", "replace"))
+            pending.clear()
+            last_flush = now
+        if outcome is None and now - last_beat >= settings.GITOPS_HEARTBEAT_SECONDS:
+            last_beat = now
+            if deployment.beat():
+                outcome = StepOutcome(exit_code=_kill_group(process), cancelled=True)
+        if outcome is None and now - started >= step.timeout:
+            outcome = StepOutcome(exit_code=_kill_group(process), timed_out=True)
+        if eof or (outcome is not None and not readable):
+            break
+        if process.poll() is not None and not readable:
+            break  # exited; a background child may hold the pipe open, so do not wait for EOF
+    exit_code = process.wait() if outcome is None else outcome.exit_code
+    _kill_group(process)  # whatever the step left behind in its group goes with it
+    if pending:
+        deployment.append_log(pending.decode("utf-8", "replace"))
+    process.stdout.close()
+    return outcome or StepOutcome(exit_code=exit_code)
+
+
+def _kill_group(process):
+    """SIGTERM the step's process group, SIGKILL it after a grace period; returns the exit status."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return process.wait()
+    try:
+        process.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the leader may be gone while others in its group linger
+    except ProcessLookupError:
+        pass
+    return process.wait()

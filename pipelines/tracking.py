@@ -1,0 +1,2 @@
+def poll_repository(repository):
+    raise NotImplementedError

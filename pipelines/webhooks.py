@@ -1,0 +1,2 @@
+def receive(request, name):
+    raise NotImplementedError

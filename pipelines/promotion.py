@@ -24,8 +24,8 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
     It waits in `awaiting_approval` where the environment requires approval, otherwise it is queued
     and a worker is woken on commit. Older deployments still waiting for the same target are
     cancelled as superseded."""
-    if release.error:
-        raise PromotionError(f"{release} cannot be deployed: {release.error}")
+    if release.error or release.pipeline is None:
+        raise PromotionError(f"{release} cannot be deployed: {release.error or 'its pipeline file does not parse'}")
     if environment.name not in release.pipeline.environments:
         raise PromotionError(f"The pipeline file of {release} does not name the environment {environment.name!r}.")
     held = environment.requires_approval
@@ -65,6 +65,17 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         else:
             jobs.enqueue_deployment(deployment)
     return deployment
+
+
+def retry(deployment, *, by):
+    """Run a failed or cancelled deployment again, unless something newer already went to its target."""
+    if deployment.status not in (Deployment.Status.FAILED, Deployment.Status.CANCELLED):
+        status = deployment.get_status_display().lower()
+        raise PromotionError(f"Deployment #{deployment.pk} is {status}; only a failed or cancelled one can be retried.")
+    newer = Deployment.objects.for_target(deployment.repository, deployment.environment).filter(pk__gt=deployment.pk).first()
+    if newer is not None:
+        raise PromotionError(f"Deployment #{newer.pk} of this target came after #{deployment.pk}; nothing was retried.")
+    return promote(deployment.release, deployment.environment, by=by, trigger=Deployment.Trigger.RETRY)
 
 
 def _promote_automatically(release, environment):

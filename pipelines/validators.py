@@ -1,10 +1,11 @@
 """Validation of what admins type into repository fields. Nothing here reaches git unchecked."""
 
 import re
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
-_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^:]")
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.][A-Za-z0-9.-]*:[^:]")
 _ALLOWED_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
 
 
@@ -21,7 +22,15 @@ def validate_repository_url(url):
         raise ValidationError(
             "Remote-helper transports such as 'ext::' are refused: they can run commands on the portal's machine."
         )
-    if url.lower().startswith(_ALLOWED_SCHEMES) or url.startswith("/") or _SCP_LIKE.match(url):
+    if url.lower().startswith(_ALLOWED_SCHEMES):
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError as exc:
+            raise ValidationError(f"This URL is malformed: {exc}.") from exc
+        if host.startswith("-"):
+            raise ValidationError("A host name may not start with '-': ssh would read it as an option.")
+        return
+    if _SCP_LIKE.match(url) or url.startswith("/"):
         return
     raise ValidationError(
         "Use an https://, ssh://, git://, file:// URL, user@host:path, or an absolute local path."

@@ -194,3 +194,24 @@ def run_workers(redis_server):
         SimpleWorker(queues, connection=queues[0].connection).work(burst=True, logging_level="WARNING")
 
     return run
+
+
+@pytest.fixture
+def make_release(db):
+    """A Release row as tracking records it, without going through git (for tests of later stages)."""
+    import hashlib
+    import itertools
+
+    from pipelines.models import Release
+
+    counter = itertools.count(1)
+
+    def make(repository, version, *, pipeline=PIPELINE, commit_sha=None, error=""):
+        sha = commit_sha or hashlib.sha1(f"{repository.pk}-{version}-{next(counter)}".encode()).hexdigest()
+        return Release.objects.create(
+            repository=repository, version=version, commit_sha=sha, message=f"release {version}",
+            author_name="Dana Developer", author_email="dana@example.com",
+            pipeline_text=pipeline, pipeline_sha256=hashlib.sha256(pipeline.encode()).hexdigest(), error=error,
+        )
+
+    return make

@@ -171,13 +171,16 @@ class Deployment(models.Model):
     def cancel(self, *, by=None, reason=""):
         """Cancel a deployment that has not run yet; ask the runner to stop one that is running."""
         if self.status == Status.RUNNING:
-            Deployment.objects.filter(pk=self.pk, status=Status.RUNNING, cancel_requested_at=None).update(
-                cancel_requested_at=timezone.now()
-            )
-            AuditEvent.objects.record(
-                action="deployment.cancel_requested", actor=by, obj=self, repository=self.repository,
-                environment=self.environment, details={"reason": reason},
-            )
+            with transaction.atomic():
+                asked = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING, cancel_requested_at=None).update(
+                    cancel_requested_at=timezone.now()
+                )
+                if asked != 1:
+                    raise StaleStatus(f"Deployment #{self.pk} is no longer running, or a cancel was already requested.")
+                AuditEvent.objects.record(
+                    action="deployment.cancel_requested", actor=by, obj=self, repository=self.repository,
+                    environment=self.environment, details={"reason": reason},
+                )
             self.refresh_from_db()
             return self
         return self.transition(Status.CANCELLED, by=by, error=reason, details={"reason": reason})

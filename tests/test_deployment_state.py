@@ -1,0 +1,119 @@
+"""The deployment state machine: allowed moves only, compare-and-swap, one running per target, audited."""
+
+import pytest
+from django.db import IntegrityError
+
+from pipelines.models import AuditEvent, Deployment, InvalidTransition, StaleStatus, TargetBusy
+
+pytestmark = pytest.mark.django_db
+
+
+def make_deployment(release, environment, status=Deployment.Status.QUEUED):
+    return Deployment.objects.create(
+        release=release, environment=environment, repository=release.repository, status=status,
+        trigger=Deployment.Trigger.AUTO,
+    )
+
+
+def test_it_moves_queued_to_running_and_stamps_the_start(repository, staging, make_release):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    deployment.refresh_from_db()
+    assert deployment.status == "running"
+    assert deployment.started_at is not None and deployment.heartbeat_at is not None
+    assert deployment.worker_name == "w1"
+
+
+def test_it_refuses_a_transition_the_state_machine_forbids(repository, staging, make_release):
+    deployment = make_deployment(make_release(repository, "v1"), staging, status=Deployment.Status.SUCCEEDED)
+    with pytest.raises(InvalidTransition, match="succeeded and cannot become running"):
+        deployment.claim(worker_name="w1")
+    deployment.refresh_from_db()
+    assert deployment.status == "succeeded"
+
+
+def test_a_stale_copy_cannot_change_a_deployment_another_process_changed(repository, staging, make_release):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    stale_copy = Deployment.objects.get(pk=deployment.pk)
+    deployment.claim(worker_name="first")
+    with pytest.raises(StaleStatus, match="already running"):
+        stale_copy.claim(worker_name="second")
+    deployment.refresh_from_db()
+    assert deployment.worker_name == "first"
+    assert AuditEvent.objects.filter(action="deployment.running").count() == 1
+
+
+def test_only_one_deployment_runs_per_target(repository, staging, make_release):
+    first = make_deployment(make_release(repository, "v1"), staging)
+    second = make_deployment(make_release(repository, "v2"), staging)
+    first.claim(worker_name="w1")
+    with pytest.raises(TargetBusy):
+        second.claim(worker_name="w2")
+    second.refresh_from_db()
+    assert second.status == "queued"
+
+
+def test_the_database_refuses_two_running_deployments_of_one_target(repository, staging, make_release):
+    make_deployment(make_release(repository, "v1"), staging, status=Deployment.Status.RUNNING)
+    with pytest.raises(IntegrityError):
+        make_deployment(make_release(repository, "v2"), staging, status=Deployment.Status.RUNNING)
+
+
+def test_every_status_change_writes_an_audit_event(repository, staging, make_release, alice):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    deployment.fail("Step 'deploy' exited with status 1.", exit_code=1)
+    events = list(AuditEvent.objects.filter(object_id=str(deployment.pk)).order_by("seq"))
+    assert [e.action for e in events] == ["deployment.running", "deployment.failed"]
+    assert events[1].details["from"] == "running"
+    assert events[1].details["error"] == "Step 'deploy' exited with status 1."
+
+
+def test_succeeding_records_what_now_runs_on_the_target(repository, staging, make_release):
+    from pipelines.models import Target
+
+    release = make_release(repository, "v1")
+    target = Target.objects.for_pair(repository, staging)
+    deployment = make_deployment(release, staging)
+    deployment.claim(worker_name="w1")
+    deployment.succeed()
+    target.refresh_from_db()
+    assert target.current_release == release
+
+
+def test_cancelling_a_running_deployment_asks_the_runner_to_stop(repository, staging, make_release, alice):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    deployment.cancel(by=alice, reason="wrong version")
+    assert deployment.status == "running"
+    assert deployment.cancel_requested_at is not None
+    assert deployment.beat() is True
+
+
+def test_a_second_cancel_of_a_running_deployment_changes_nothing(repository, staging, make_release, alice, bob):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    deployment.cancel(by=alice, reason="wrong version")
+    with pytest.raises(StaleStatus, match="cancel was already requested"):
+        Deployment.objects.get(pk=deployment.pk).cancel(by=bob, reason="me too")
+    assert AuditEvent.objects.filter(action="deployment.cancel_requested").count() == 1
+
+
+def test_a_second_reject_changes_nothing(repository, production, make_release, alice, bob):
+    deployment = make_deployment(make_release(repository, "v1"), production, status=Deployment.Status.AWAITING_APPROVAL)
+    deployment.reject(by=alice, reason="not today")
+    with pytest.raises(InvalidTransition):
+        Deployment.objects.get(pk=deployment.pk).reject(by=bob, reason="me too")
+    deployment.refresh_from_db()
+    assert deployment.error == "not today"
+    assert AuditEvent.objects.filter(action="deployment.rejected").count() == 1
+
+
+def test_the_log_is_read_back_from_an_offset(repository, staging, make_release):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.append_log("one\n")
+    deployment.append_log("two\n")
+    text, last = deployment.log_since(0)
+    assert (text, last) == ("one\ntwo\n", 2)
+    assert deployment.log_since(1) == ("two\n", 2)
+    assert deployment.log_since(2) == ("", 2)

@@ -1,0 +1,133 @@
+"""The reconciler repairs what Redis or a dead worker lost; the database stays the truth."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import django_rq
+import psutil
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from pipelines import promotion, reconciler
+from pipelines.models import AuditEvent, Deployment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def test_a_queued_deployment_whose_job_was_flushed_is_enqueued_again_and_runs(repository, staging, origin, make_release, run_workers):
+    release = make_release(repository, "v1.0.0", commit_sha=origin.head(), pipeline=(origin.path / ".gitops.yml").read_text())
+    deployment = promotion.promote(release, staging, by=None)
+    django_rq.get_connection("deploy").flushdb()  # Redis lost everything
+
+    assert reconciler.reconcile()["requeued"] == 1
+    assert reconciler.reconcile()["requeued"] == 0, "a live job is not enqueued twice"
+    run_workers()
+
+    deployment.refresh_from_db()
+    assert deployment.status == "succeeded"
+    assert AuditEvent.objects.filter(action="deployment.requeued", object_id=str(deployment.pk)).count() == 1
+
+
+def test_a_running_deployment_without_a_heartbeat_fails_as_worker_lost(repository, staging, make_release):
+    deployment = promotion.promote(make_release(repository, "v1.0.0"), staging, by=None)
+    deployment.claim(worker_name="host-1:4242")
+
+    assert reconciler.reconcile()["worker_lost"] == 0, "a fresh heartbeat is left alone"
+    later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
+    assert reconciler.reconcile(now=later)["worker_lost"] == 1
+
+    deployment.refresh_from_db()
+    assert deployment.status == "failed"
+    assert deployment.error.startswith("Worker lost: no heartbeat from host-1:4242 since ")
+
+
+def test_a_killed_worker_is_detected_and_the_next_deployment_of_its_target_runs(repository, staging, origin, make_release, tmp_path, run_workers):
+    """A real rq worker process is killed with SIGKILL in the middle of a step."""
+    pidfile = tmp_path / "step.pid"
+    origin.write(".gitops.yml", f"environments:\n  staging:\n    steps:\n      - run: echo $$ > {pidfile}; sleep 300\n")
+    stuck = make_release(repository, "v1.0.0", commit_sha=origin.commit("slow"), pipeline=(origin.path / ".gitops.yml").read_text())
+    deployment = promotion.promote(stuck, staging, by=None)
+
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", "deploy"],
+        cwd=BASE_DIR, env=_child_env(tmp_path), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the step to start in the worker")
+        # The machine dies: the worker, its work horse and the step all vanish at once.
+        _kill_tree(worker.pid)
+        worker.wait()
+    finally:
+        _kill_tree(worker.pid)
+        _kill_quietly(int(pidfile.read_text() or 0) if pidfile.exists() else 0)
+
+    origin.write(".gitops.yml", "environments:\n  staging:\n    steps:\n      - run: echo fixed\n")
+    fixed = make_release(repository, "v1.0.1", commit_sha=origin.commit("fast"), pipeline=(origin.path / ".gitops.yml").read_text())
+    following = promotion.promote(fixed, staging, by=None)
+    assert Deployment.objects.get(pk=deployment.pk).status == "running"
+
+    later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
+    assert reconciler.reconcile(now=later)["worker_lost"] == 1
+    run_workers()
+
+    assert Deployment.objects.get(pk=deployment.pk).status == "failed"
+    assert "Worker lost" in Deployment.objects.get(pk=deployment.pk).error
+    assert Deployment.objects.get(pk=following.pk).status == "succeeded"
+
+
+def _child_env(data_dir):
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{db['NAME']}"
+    else:
+        database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(data_dir)),
+        "DJANGO_SETTINGS_MODULE": "gitops_portal.test_settings",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": settings.REDIS_URL,
+        "GITOPS_DATA_DIR": str(data_dir),
+    }
+
+
+def _wait_for(condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_tree(pid):
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    # Freeze them all first: a work horse that outlived its step by a moment would record a failure.
+    for action in (psutil.Process.suspend, psutil.Process.kill):
+        for process in family:
+            try:
+                action(process)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _kill_quietly(pid):
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,5 +1,332 @@
-"""All git access of the portal. The only module that imports GitPython."""
+"""All git access of the portal. The only module that imports GitPython.
+
+Every call is one short-lived `git` subprocess through GitPython's command wrapper: no Repo objects and
+no persistent cat-file processes, so long-lived workers leak nothing. Each repository has a bare
+mirror under settings.GITOPS_MIRROR_DIR; all commands name it with `--git-dir`, so git never picks up
+the configuration of whatever repository the process happens to run inside.
+
+Safety: URLs are re-validated before every call, always follow `--`, and only the transports in
+GIT_ALLOW_PROTOCOL work (no `ext::`, no `fd::`); shas and paths are checked before they reach git.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import git
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from pipelines.validators import validate_relative_path, validate_repository_url
+
+NETWORK_TIMEOUT = 60  # ls-remote: a host that does not answer in a minute is unreachable
+FETCH_TIMEOUT = 300  # a first mirror of a large repository takes longer than a ref listing
+LOCAL_TIMEOUT = 300
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_GIT_OPTIONS = [
+    "-c", "protocol.ext.allow=never",
+    "-c", "protocol.fd.allow=never",
+    # Fetch runs `gc --auto`; in the foreground it cannot outlive the call as a stray process.
+    "-c", "gc.autoDetach=false",
+    "-c", "maintenance.autoDetach=false",
+]
+# git archive honours the archived tree's own .gitattributes; these would silently drop files
+# (export-ignore) or rewrite them (export-subst), so the mirror overrides both.
+_MIRROR_ATTRIBUTES = "* -export-ignore -export-subst\n"
+
+
+class GitError(Exception):
+    """A git operation failed; the message says what and why in plain words."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    message: str
+    author_name: str
+    author_email: str
+    committed_at: datetime
+
+
+def mirror_path(repository):
+    return Path(settings.GITOPS_MIRROR_DIR) / f"{repository.pk}-{repository.name}.git"
+
+
+def display_url(url):
+    """The URL as shown to people: without a password or token."""
+    return _redact(url, url)
+
+
+# --- talking to the remote ---------------------------------------------------------------------------
+
+
+def ls_remote(repository):
+    """Branches and tags of the remote as {ref name: commit sha}; annotated tags are peeled."""
+    url = _checked_url(repository)
+    # Run inside the mirror (empty on a first poll) so that git reads no other repository's config.
+    mirror = _ensure_mirror(repository)
+    output = _run(mirror, ["ls-remote", "--heads", "--tags", "--", url], timeout=NETWORK_TIMEOUT,
+                  failure=f"Cannot reach repository {display_url(url)}", url=url)
+    refs, peeled = {}, {}
+    for line in output.splitlines():
+        sha, _, name = line.partition("\t")
+        if name.endswith("^{}"):
+            peeled[name[:-3]] = sha
+        else:
+            refs[name] = sha
+    # An annotated tag is listed as its tag object, then `name^{}` gives the commit it points to.
+    return {name: peeled.get(name, sha) for name, sha in refs.items()}
+
+
+def sync_mirror(repository):
+    """Bring the mirror's branches and tags up to date with the remote (force, prune)."""
+    url = _checked_url(repository)
+    mirror = _ensure_mirror(repository)
+    with _locked(mirror):
+        _run(mirror, ["fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", "--", url,
+                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+             timeout=FETCH_TIMEOUT, failure=f"Cannot fetch from repository {display_url(url)}", url=url)
+
+
+# --- reading the mirror ------------------------------------------------------------------------------
+
+_LOG_FORMAT = "--format=%H%x1f%an%x1f%ae%x1f%cI%x1f%B"
+
+
+def has_commit(repository, sha):
+    mirror = mirror_path(repository)
+    if not _SHA.match(sha or "") or not mirror.is_dir():
+        return False
+    status, _, _ = _execute(mirror, ["cat-file", "-e", f"{sha}^{{commit}}"], timeout=LOCAL_TIMEOUT)
+    return status == 0
+
+
+def commit_info(repository, sha):
+    return _log(repository, [_checked_sha(sha)], "-n", "1")[0]
+
+
+def commits_between(repository, old_sha, new_sha, limit):
+    """First-parent commits after `old_sha` up to `new_sha`, oldest first: the newest `limit` of them."""
+    revisions = [_checked_sha(new_sha), "^" + _checked_sha(old_sha)]
+    commits = _log(repository, revisions, "--first-parent", "-n", str(int(limit)))
+    return commits[::-1]
+
+
+def read_file(repository, sha, path):
+    """The text of `path` at commit `sha`, or None when the commit has no such file."""
+    _checked_sha(sha)
+    try:
+        validate_relative_path(path)
+    except ValidationError as exc:
+        raise GitError(f"Refusing to read {path!r}: {exc.messages[0]}") from exc
+    mirror = mirror_path(repository)
+    listing = _run(mirror, ["ls-tree", "-z", sha, "--", path], timeout=LOCAL_TIMEOUT,
+                   failure=f"Cannot read {path} at commit {sha[:10]}")
+    meta, _, name = listing.split("\0")[0].partition("\t")  # "<mode> <type> <object>\t<path>"
+    if not meta or name != path:
+        return None
+    _, kind, blob = meta.split()
+    if kind != "blob":
+        return None  # a directory or a submodule of that name is not the file
+    return _run(mirror, ["cat-file", "blob", blob], timeout=LOCAL_TIMEOUT,
+                failure=f"Cannot read {path} at commit {sha[:10]}", strip=False)
 
 
 def materialise(repository, commit_sha, destination):
-    raise NotImplementedError
+    """Write the files of `commit_sha` into the existing empty directory `destination`.
+
+    `git archive` piped into tar: one pass, modes (the executable bit) kept, no index or worktree
+    metadata left in the mirror. A worker on another machine may not have the commit yet: fetch it."""
+    _checked_sha(commit_sha)
+    if not has_commit(repository, commit_sha):
+        sync_mirror(repository)
+        if not has_commit(repository, commit_sha):
+            raise GitError(f"Commit {commit_sha[:10]} is no longer in repository {display_url(repository.url)}.")
+    mirror = mirror_path(repository)
+    archive = _git(mirror).execute(
+        _command(mirror, ["archive", "--format=tar", commit_sha]), as_process=True, env=_environment()
+    )
+    try:
+        tar = subprocess.run(
+            ["tar", "-x", "-f", "-", "-C", str(destination), "--no-same-owner"],
+            stdin=archive.proc.stdout, capture_output=True, timeout=LOCAL_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        archive.proc.kill()
+        raise GitError(f"Writing the files of commit {commit_sha[:10]} took longer than {LOCAL_TIMEOUT} s.") from exc
+    finally:
+        archive.proc.stdout.close()
+        archive_status = archive.proc.wait(timeout=LOCAL_TIMEOUT)
+        archive_error = archive.proc.stderr.read().decode("utf-8", "replace")
+        archive.proc.stderr.close()
+    if archive_status != 0 or tar.returncode != 0:
+        reason = _first_line(archive_error) or _first_line(tar.stderr.decode("utf-8", "replace"))
+        raise GitError(f"Cannot write the files of commit {commit_sha[:10]}: {reason}")
+
+
+# --- ordering tags -----------------------------------------------------------------------------------
+
+_VERSION = re.compile(r"^\D*?(?P<numbers>\d+(?:\.\d+)*)(?P<rest>.*)$")
+
+
+def version_sort_key(tag):
+    """Order tags by version: v1.10.0 > v1.9.0 > v1.9.0-rc2 > v1.9.0-rc1; tags without a number go first, by name.
+
+    A suffix after the numbers is a pre-release (lower than the bare version) unless it is `+build`
+    metadata; numeric parts of the suffix compare as numbers."""
+    match = _VERSION.match(tag)
+    if match is None:
+        return (0, (), 0, (), tag)
+    numbers = [int(n) for n in match["numbers"].split(".")]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()  # 1.9 and 1.9.0 are the same version
+    rest = match["rest"]
+    final = 1 if rest == "" or rest.startswith("+") else 0
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in re.findall(r"\d+|[A-Za-z]+", rest))
+    return (1, tuple(numbers), final, parts, tag)
+
+
+# --- plumbing ----------------------------------------------------------------------------------------
+
+
+def _environment():
+    environment = {
+        "GIT_TERMINAL_PROMPT": "0",  # never wait for a password nobody will type
+        "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+    }
+    if "GIT_SSH" not in os.environ:  # an admin's own ssh wrapper wins; otherwise ssh never prompts either
+        environment["GIT_SSH_COMMAND"] = os.environ.get("GIT_SSH_COMMAND", "ssh") + " -o BatchMode=yes"
+    return environment
+
+
+def _git(mirror):
+    return git.Git(str(mirror) if mirror.is_dir() else None)
+
+
+def _command(mirror, args):
+    return [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *_GIT_OPTIONS, f"--git-dir={mirror}", *args]
+
+
+def _execute(mirror, args, *, timeout):
+    try:
+        return _git(mirror).execute(
+            _command(mirror, args), with_extended_output=True, with_exceptions=False,
+            kill_after_timeout=timeout, env=_environment(), stdout_as_string=False, strip_newline_in_stdout=False,
+        )
+    except git.GitCommandNotFound as exc:
+        raise GitError("git is not installed on this machine.") from exc
+
+
+def _run(mirror, args, *, timeout, failure, url="", strip=True):
+    status, stdout, stderr = _execute(mirror, args, timeout=timeout)
+    if status != 0:
+        if stderr.startswith("Timeout:"):  # GitPython killed it after `timeout`
+            reason = f"no answer within {timeout} s"
+        else:
+            reason = _first_line(stderr) or f"git exited with status {status}"
+        raise GitError(_redact(f"{failure}: {reason}", url))
+    text = stdout.decode("utf-8", "replace")
+    return text.strip() if strip else text
+
+
+def _log(repository, revisions, *options):
+    mirror = mirror_path(repository)
+    output = _run(mirror, ["log", "-z", *options, _LOG_FORMAT, *revisions, "--"], timeout=LOCAL_TIMEOUT,
+                  failure=f"Cannot read commit {revisions[0][:10]} of repository {display_url(repository.url)}")
+    commits = []
+    for record in filter(None, output.split("\0")):
+        sha, name, email, date, message = record.split("\x1f", 4)
+        commits.append(Commit(sha=sha, message=message.strip(), author_name=name, author_email=email,
+                              committed_at=datetime.fromisoformat(date)))
+    return commits
+
+
+def _ensure_mirror(repository):
+    """Create the bare mirror if absent: built aside and renamed, so a half-made one is never seen."""
+    mirror = mirror_path(repository)
+    if mirror.is_dir():
+        return mirror
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{mirror.name}-", dir=mirror.parent))
+    try:
+        # An empty template: no sample hooks, nothing of the machine's git templates.
+        _run(building, ["init", "--quiet", "--bare", "--template="], timeout=LOCAL_TIMEOUT,
+             failure=f"Cannot create the mirror at {mirror}")
+        (building / "info").mkdir(exist_ok=True)
+        (building / "info" / "attributes").write_text(_MIRROR_ATTRIBUTES)
+        try:
+            building.rename(mirror)
+        except OSError:
+            if not mirror.is_dir():  # otherwise another process made it first, which is as good
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return mirror
+
+
+@contextmanager
+def _locked(mirror):
+    """One fetch per mirror at a time on this machine (the poller and a worker may both want one)."""
+    with open(mirror.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _checked_url(repository):
+    """Validate again at the last moment: the database may hold a row that bypassed the form."""
+    url = repository.url
+    try:
+        validate_repository_url(url)
+    except ValidationError as exc:
+        raise GitError(f"Refusing repository {repository.name}: {exc.messages[0]}") from exc
+    # ssh would read a host starting with '-' as an option (CVE-2017-1000117).
+    if "://" in url:
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError as exc:
+            raise GitError(f"Refusing repository {repository.name}: {exc}.") from exc
+    else:
+        host = "" if url.startswith("/") else url.split("@", 1)[-1]
+    if host.startswith("-"):
+        raise GitError(f"Refusing repository {repository.name}: its host name starts with '-'.")
+    return url
+
+
+def _checked_sha(sha):
+    if not isinstance(sha, str) or not _SHA.match(sha):
+        raise GitError(f"{sha!r} is not a full commit sha.")
+    return sha
+
+
+def _first_line(stderr):
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line:
+            return re.sub(r"^(fatal|error): ", "", line)
+    return ""
+
+
+def _redact(text, url):
+    """Never show a password or token embedded in an https URL."""
+    if "://" in url:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            return text  # not a URL urllib can read; _checked_url refuses it before git runs
+        if password:
+            text = text.replace(password, "***")
+    return text

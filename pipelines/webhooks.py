@@ -1,2 +1,78 @@
+"""The signed endpoint git hosts call after a push. It only wakes a poll: what changed is read from git.
+
+Accepted signatures, all compared in constant time against the repository's webhook secret:
+- GitHub:  X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>
+- GitLab:  X-Gitlab-Token: <the secret itself>
+- generic: X-Gitops-Signature: sha256=<hex HMAC-SHA256 of the body>
+
+A delivery id (X-GitHub-Delivery, X-Gitlab-Event-UUID, X-Gitops-Delivery) is remembered so that a replay is
+ignored; a signed request without one still wakes a poll, which is harmless to repeat.
+"""
+
+import hashlib
+import hmac
+
+from django.db import IntegrityError, transaction
+from django.http import HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from pipelines import jobs
+from pipelines.models import AuditEvent, Repository, WebhookDelivery
+
+MAX_BODY_BYTES = 1024 * 1024
+_DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitlab-Event-UUID", "X-Gitops-Delivery")
+_DELIVERY_ID_MAX_LENGTH = WebhookDelivery._meta.get_field("delivery_id").max_length
+
+
+@csrf_exempt  # the git host has no CSRF token; the signature is the proof
+@require_POST
 def receive(request, name):
-    raise NotImplementedError
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return _text(413, "body too large")  # refused before reading it
+    body = request.body
+    if len(body) > MAX_BODY_BYTES:
+        return _text(413, "body too large")
+
+    repository = Repository.objects.filter(name=name, enabled=True).exclude(webhook_secret="").first()
+    if repository is None:
+        return _text(403, "unknown repository, or webhooks are not enabled for it")
+    source = _verified_source(request, body, repository.webhook_secret)
+    if source is None:
+        return _text(403, "missing or invalid signature")
+
+    delivery_id = next((request.headers[h] for h in _DELIVERY_HEADERS if request.headers.get(h)), "")
+    if len(delivery_id) > _DELIVERY_ID_MAX_LENGTH:
+        return _text(400, "delivery id too long")
+    with transaction.atomic():
+        if delivery_id:
+            try:
+                with transaction.atomic():
+                    WebhookDelivery.objects.create(repository=repository, delivery_id=delivery_id)
+            except IntegrityError:  # seen before, perhaps a moment ago by a parallel request
+                return _text(200, "duplicate delivery ignored")
+        AuditEvent.objects.record(
+            action="webhook.received", actor="webhook", obj=repository, repository=repository,
+            details={"source": source, "delivery": delivery_id,
+                     "event": request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event") or ""},
+        )
+        jobs.enqueue_poll(repository.pk)
+    return _text(202, f"accepted: {repository.name} will be polled now")
+
+
+def _verified_source(request, body, secret):
+    """Which host's signature is present and valid ("github", "gitlab", "generic"), else None."""
+    signed = ("sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()).encode()
+    headers = request.headers
+    if "X-Hub-Signature-256" in headers:
+        return "github" if hmac.compare_digest(headers["X-Hub-Signature-256"].encode(), signed) else None
+    if "X-Gitlab-Token" in headers:
+        return "gitlab" if hmac.compare_digest(headers["X-Gitlab-Token"].encode(), secret.encode()) else None
+    if "X-Gitops-Signature" in headers:
+        return "generic" if hmac.compare_digest(headers["X-Gitops-Signature"].encode(), signed) else None
+    return None
+
+
+def _text(status, message):
+    return HttpResponse(message, status=status, content_type="text/plain")

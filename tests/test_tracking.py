@@ -1,0 +1,256 @@
+"""Polling repositories into releases, against real git repositories."""
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from pipelines import git, tracking
+from pipelines.models import AuditEvent, Deployment, Release, Repository
+from tests.conftest import PIPELINE
+from tests.conftest import git as run_git
+
+pytestmark = pytest.mark.usefixtures("environments")
+
+
+def versions(repository):
+    return list(repository.releases.order_by("id").values_list("version", flat=True))
+
+
+def mirror_refs(repository):
+    return run_git(git.mirror_path(repository), "for-each-ref", "--format=%(refname)").split()
+
+
+def test_it_records_annotated_and_lightweight_tags_at_their_commits(repository, origin):
+    first = origin.head()
+    origin.tag("v1.0.0", annotated=True)
+    second = origin.commit("Add retries", author_email="erin@example.com", author_name="Erin")
+    origin.tag("v1.1.0")
+    origin.tag("nightly")  # does not match the pattern v*
+
+    recorded = tracking.poll_repository(repository)
+
+    assert [r.version for r in recorded] == ["v1.0.0", "v1.1.0"]
+    annotated, lightweight = Release.objects.get(version="v1.0.0"), Release.objects.get(version="v1.1.0")
+    assert (annotated.commit_sha, lightweight.commit_sha) == (first, second)
+    assert (lightweight.message, lightweight.author_name, lightweight.author_email) == (
+        "Add retries", "Erin", "erin@example.com")
+    assert lightweight.committed_at is not None
+    assert lightweight.pipeline_text == PIPELINE
+    assert lightweight.pipeline_sha256 == hashlib.sha256(PIPELINE.encode()).hexdigest()
+    assert lightweight.error == ""
+    events = AuditEvent.objects.filter(action="release.recorded").order_by("seq")
+    assert [(e.actor_name, e.details["version"], e.repository_id) for e in events] == [
+        ("poller", "v1.0.0", repository.pk), ("poller", "v1.1.0", repository.pk)]
+    repository.refresh_from_db()
+    assert repository.last_error == "" and repository.last_polled_at is not None and repository.refs_fingerprint
+
+
+def test_it_records_tags_in_version_order_and_deploys_only_the_newest(repository, origin, staging):
+    for tag in ["v1.10.0", "v1.9.0", "v1.9.0-rc1"]:
+        origin.commit(f"work for {tag}")
+        origin.tag(tag, annotated=tag == "v1.10.0")
+
+    tracking.poll_repository(repository)
+
+    assert versions(repository) == ["v1.9.0-rc1", "v1.9.0", "v1.10.0"]
+    deployment = Deployment.objects.get()
+    assert (deployment.release.version, deployment.environment, deployment.status, deployment.trigger) == (
+        "v1.10.0", staging, Deployment.Status.QUEUED, Deployment.Trigger.AUTO)
+
+
+def test_it_records_an_old_tag_pushed_late_without_rolling_back(repository, origin):
+    origin.tag("v2.0.0")
+    tracking.poll_repository(repository)
+    origin.commit("backport")
+    origin.tag("v1.9.5")
+
+    assert [r.version for r in tracking.poll_repository(repository)] == ["v1.9.5"]
+
+    assert list(Deployment.objects.values_list("release__version", flat=True)) == ["v2.0.0"]
+
+
+def test_it_records_the_head_then_every_new_commit_in_commits_mode(repository, origin):
+    Repository.objects.filter(pk=repository.pk).update(release_from=Repository.ReleaseFrom.COMMITS)
+    repository.refresh_from_db()
+    origin.commit("before the portal knew")
+    head = origin.commit("first head")
+
+    assert [r.commit_sha for r in tracking.poll_repository(repository)] == [head]
+    assert versions(repository) == [head[:12]]
+
+    new = [origin.commit(f"change {n}") for n in range(3)]
+    run_git(origin.path, "checkout", "-q", "-b", "side", new[0])
+    side = origin.commit("on a side branch")
+    run_git(origin.path, "checkout", "-q", "main")
+    run_git(origin.path, "merge", "-q", "--no-ff", "-m", "merge side", "side")
+    merge = origin.head()
+
+    recorded = tracking.poll_repository(repository)
+
+    assert [r.commit_sha for r in recorded] == [*new, merge]  # first parent only, oldest first
+    assert side not in Release.objects.values_list("commit_sha", flat=True)
+    latest = Deployment.objects.order_by("-id").first()
+    assert latest.release.commit_sha == merge
+    assert not Deployment.objects.filter(release__commit_sha__in=new).exists()
+
+
+def test_it_records_at_most_fifty_commits_per_poll(repository, origin):
+    Repository.objects.filter(pk=repository.pk).update(release_from=Repository.ReleaseFrom.COMMITS)
+    repository.refresh_from_db()
+    tracking.poll_repository(repository)
+    commits = [origin.commit(f"change {n}") for n in range(55)]
+
+    recorded = tracking.poll_repository(repository)
+
+    assert [r.commit_sha for r in recorded] == commits[-50:]
+
+
+def test_it_does_not_fetch_when_the_tracked_refs_did_not_move(repository, origin):
+    origin.tag("v1.0.0")
+    tracking.poll_repository(repository)
+    polled_before = Repository.objects.get(pk=repository.pk).last_polled_at
+    # A push to a branch that tags mode does not track: ls-remote shows it, but the refs that matter are unchanged.
+    run_git(origin.path, "checkout", "-q", "-b", "feature")
+    origin.commit("work in progress")
+
+    assert tracking.poll_repository(repository) == []
+
+    assert "refs/heads/feature" not in mirror_refs(repository)
+    repository.refresh_from_db()
+    assert repository.last_polled_at > polled_before
+    # A new tag moves the fingerprint: now the mirror is fetched, feature branch included.
+    origin.tag("v1.1.0")
+    assert [r.version for r in tracking.poll_repository(repository)] == ["v1.1.0"]
+    assert "refs/heads/feature" in mirror_refs(repository)
+
+
+def test_it_records_broken_yaml_as_an_invalid_release_with_the_line(repository, origin):
+    origin.write(".gitops.yml", "environments:\n  staging:\n    steps:\n\t- run: ./deploy.sh\n")
+    origin.commit("break the pipeline")
+    origin.tag("v1.0.0")
+
+    (release,) = tracking.poll_repository(repository)
+
+    assert release.error.startswith(".gitops.yml line 4: not valid YAML")
+    assert not release.is_valid
+    assert not Deployment.objects.exists()
+
+
+def test_it_names_an_environment_the_portal_does_not_have(repository, origin):
+    origin.write(".gitops.yml", "environments:\n  qa:\n    steps:\n      - run: ./deploy.sh\n")
+    origin.commit("deploy to qa")
+    origin.tag("v1.0.0")
+
+    (release,) = tracking.poll_repository(repository)
+
+    assert release.error == ".gitops.yml line 2: unknown environment 'qa' (the portal has: production, staging)"
+    assert not Deployment.objects.exists()
+
+
+def test_it_records_a_release_without_a_pipeline_file_as_invalid(db, make_git_repo):
+    origin = make_git_repo(pipeline=None)
+    origin.tag("v1.0.0")
+    repository = Repository.objects.create(name="bare", url=origin.url)
+
+    (release,) = tracking.poll_repository(repository)
+
+    assert release.error == f".gitops.yml not found at commit {origin.head()[:10]}"
+    assert release.pipeline_text == "" and release.pipeline_sha256 == ""
+    assert not Deployment.objects.exists()
+
+
+def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin):
+    original = origin.head()
+    origin.tag("v1.0.0")
+    tracking.poll_repository(repository)
+    moved_to = origin.commit("sneaky change")
+    origin.move_tag("v1.0.0")
+
+    assert tracking.poll_repository(repository) == []
+
+    release = Release.objects.get(version="v1.0.0")
+    assert (release.commit_sha, release.tag_moved_to) == (original, moved_to)
+    event = AuditEvent.objects.get(action="release.tag_moved")
+    assert event.details == {"version": "v1.0.0", "old_commit": original, "new_commit": moved_to}
+    assert Deployment.objects.count() == 1
+    # Moving it again is not news: still one flag, one event.
+    origin.commit("another change")
+    origin.move_tag("v1.0.0")
+    tracking.poll_repository(repository)
+    assert Release.objects.get(version="v1.0.0").tag_moved_to == moved_to
+    assert AuditEvent.objects.filter(action="release.tag_moved").count() == 1
+    assert Deployment.objects.count() == 1
+
+
+def test_it_stores_an_unreachable_repository_and_still_polls_the_others(repository, origin, tmp_path):
+    origin.tag("v1.0.0")
+    deleted = tmp_path / "deleted"
+    broken = Repository.objects.create(name="broken", url=str(deleted))
+
+    summary = tracking.poll_due_repositories()
+
+    assert summary == {"polled": 2, "releases": 1, "failed": ["broken"]}
+    assert versions(repository) == ["v1.0.0"]
+    broken.refresh_from_db()
+    assert broken.last_error == f"Cannot reach repository {deleted}: '{deleted}' does not appear to be a git repository"
+    assert broken.last_error_at is not None and broken.last_polled_at is not None
+    # The same failure again is stored but not audited again.
+    Repository.objects.update(last_polled_at=None)
+    tracking.poll_due_repositories()
+    assert AuditEvent.objects.filter(action="repository.poll_failed").count() == 1
+
+
+def test_it_clears_the_error_once_the_repository_answers_again(repository, origin, tmp_path):
+    good_url = repository.url
+    Repository.objects.filter(pk=repository.pk).update(url=str(tmp_path / "elsewhere"))
+    repository.refresh_from_db()
+    tracking.poll_repository(repository)
+    assert repository.last_error.startswith("Cannot reach repository")
+
+    Repository.objects.filter(pk=repository.pk).update(url=good_url)
+    repository.refresh_from_db()
+    tracking.poll_repository(repository)
+
+    repository.refresh_from_db()
+    assert repository.last_error == ""
+
+
+def test_it_explains_a_branch_that_does_not_exist(repository):
+    Repository.objects.filter(pk=repository.pk).update(release_from=Repository.ReleaseFrom.COMMITS, branch="trunk")
+    repository.refresh_from_db()
+
+    assert tracking.poll_repository(repository) == []
+
+    repository.refresh_from_db()
+    assert repository.last_error == f"Branch 'trunk' does not exist in repository {repository.url}."
+
+
+def test_it_skips_repositories_that_are_not_due(repository, origin):
+    origin.tag("v1.0.0")
+    Repository.objects.filter(pk=repository.pk).update(last_polled_at=timezone.now() - timedelta(seconds=30))
+
+    assert tracking.poll_due_repositories() == {"polled": 0, "releases": 0, "failed": []}
+
+    assert tracking.poll_due_repositories(now=timezone.now() + timedelta(seconds=31))["releases"] == 1
+
+
+def test_it_survives_an_unexpected_error_in_one_repository(repository, origin, tmp_path, monkeypatch):
+    origin.tag("v1.0.0")
+    other = Repository.objects.create(name="other", url=origin.url)
+    real_ls_remote = git.ls_remote
+
+    def ls_remote(repo):  # the boundary to the outside world misbehaves for one repository
+        if repo.pk == repository.pk:
+            raise RuntimeError("disk on fire")
+        return real_ls_remote(repo)
+
+    monkeypatch.setattr(git, "ls_remote", ls_remote)
+
+    summary = tracking.poll_due_repositories()
+
+    assert summary == {"polled": 2, "releases": 1, "failed": ["shop"]}
+    assert versions(other) == ["v1.0.0"]
+    repository.refresh_from_db()
+    assert repository.last_error == "Polling failed unexpectedly: disk on fire"

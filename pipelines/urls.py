@@ -6,8 +6,13 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("healthz", views.health, name="health"),
     path("repos/<slug:name>/", views.repository_detail, name="repository_detail"),
+    path("repos/<slug:name>/environments/<slug:environment>/pause", views.target_pause, name="target_pause"),
+    path("repos/<slug:name>/environments/<slug:environment>/resume", views.target_resume, name="target_resume"),
     path("repos/<slug:name>/releases/<path:version>/", views.release_detail, name="release_detail"),
+    path("releases/<int:pk>/deploy", views.release_deploy, name="release_deploy"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),
+    path("deployments/<int:pk>/cancel", views.deployment_cancel, name="deployment_cancel"),
+    path("deployments/<int:pk>/retry", views.deployment_retry, name="deployment_retry"),
     path("hooks/<slug:name>", webhooks.receive, name="webhook"),
 ]

@@ -1,25 +1,231 @@
-from django.http import HttpResponse
+"""The signed-in pages: what runs where, each repository, release and deployment; live through htmx polling.
+
+Reading pages make a fixed number of queries and build their grids in Python; templates never query.
+Mutating views are short: guard, model method, message, redirect."""
+
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.db import DatabaseError, connection
+from django.http import HttpResponse, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Repository, Target
+from pipelines.promotion import PromotionError, environments_for, promote, retry
+
+RELEASES_ON_REPOSITORY_PAGE = 50
+deployer_required = permission_required("pipelines.deploy", raise_exception=True)
 
 
-def dashboard(request):
-    return HttpResponse("dashboard")
+@dataclass
+class DashboardRow:
+    repository: Repository
+    targets: list  # one Target or None per environment, in environment order
+
+
+@dataclass
+class ReleaseRow:
+    release: Release
+    deployments: list  # the latest Deployment or None per environment, in environment order
+
+
+@dataclass
+class TargetRow:
+    environment: Environment
+    target: Target | None
+
+
+def _get_repository_or_404(name):
+    return get_object_or_404(Repository, name=name)
+
+
+def _get_release_or_404(name, version):
+    return get_object_or_404(Release.objects.select_related("repository"), repository__name=name, version=version)
+
+
+def _get_deployment_or_404(pk):
+    related = ("release__repository", "environment", "repository", "triggered_by", "previous_release")
+    return get_object_or_404(Deployment.objects.select_related(*related), pk=pk)
+
+
+def _latest_deployments(releases):
+    """{(release id, environment id): its latest deployment} for these releases, in one query."""
+    latest = {}
+    deployments = Deployment.objects.filter(release__in=releases).order_by("created_at", "id")
+    for deployment in deployments.only("id", "release_id", "environment_id", "status", "created_at", "finished_at"):
+        latest[deployment.release_id, deployment.environment_id] = deployment
+    return latest
+
+
+# --- reading -----------------------------------------------------------------------------------------
 
 
 def health(request):
-    return HttpResponse("ok")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError:
+        return HttpResponse("database unavailable", status=503, content_type="text/plain")
+    return HttpResponse("ok", content_type="text/plain")
 
 
+@login_required
+def dashboard(request):
+    environments = list(Environment.objects.all())
+    targets = Target.objects.select_related("current_release", "last_deployment", "last_deployment__release")
+    by_pair = {(t.repository_id, t.environment_id): t for t in targets}
+    rows = [
+        DashboardRow(repository=repository, targets=[by_pair.get((repository.id, env.id)) for env in environments])
+        for repository in Repository.objects.all()
+    ]
+    template = "pipelines/dashboard.html#grid" if request.htmx else "pipelines/dashboard.html"
+    return render(request, template, {"environments": environments, "rows": rows})
+
+
+@login_required
 def repository_detail(request, name):
-    raise NotImplementedError
+    repository = _get_repository_or_404(name)
+    environments = list(Environment.objects.all())
+    targets = {
+        t.environment_id: t
+        for t in repository.targets.select_related("current_release", "last_deployment__release", "paused_by")
+    }
+    releases = list(repository.releases.order_by("-detected_at", "-id")[:RELEASES_ON_REPOSITORY_PAGE])
+    latest = _latest_deployments(releases)
+    context = {
+        "repository": repository,
+        "environments": environments,
+        "target_rows": [TargetRow(environment=env, target=targets.get(env.id)) for env in environments],
+        "release_rows": [
+            ReleaseRow(release=release, deployments=[latest.get((release.id, env.id)) for env in environments])
+            for release in releases
+        ],
+        "can_deploy": request.user.has_perm("pipelines.deploy"),
+    }
+    return render(request, "pipelines/repository_detail.html", context)
 
 
+@login_required
 def release_detail(request, name, version):
-    raise NotImplementedError
+    release = _get_release_or_404(name, version)
+    deployments = release.deployments.select_related("environment", "triggered_by").order_by(
+        "environment__position", "-created_at", "-id"
+    )
+    context = {
+        "release": release,
+        "repository": release.repository,
+        "commit_url": release.repository.commit_url(release.commit_sha),
+        "deployments": list(deployments),
+        "deploy_environments": environments_for(release),
+        "can_deploy": request.user.has_perm("pipelines.deploy"),
+    }
+    return render(request, "pipelines/release_detail.html", context)
 
 
+@login_required
 def deployment_detail(request, pk):
-    raise NotImplementedError
+    deployment = _get_deployment_or_404(pk)
+    context = {"deployment": deployment, "can_deploy": request.user.has_perm("pipelines.deploy")}
+    if request.htmx:
+        return render(request, "pipelines/deployment_detail.html#status", context)
+    # The status is read before the log: a deployment seen finished has all of its log already.
+    context["log_text"], context["last_seq"] = deployment.log_since(0)
+    return render(request, "pipelines/deployment_detail.html", context)
 
 
+@login_required
 def deployment_log(request, pk):
-    raise NotImplementedError
+    """Only the log text after chunk `after`, followed by the poller for the next request (swapped out of band).
+
+    Once the deployment has finished, the last text comes with status 286 and an inert poller: polling stops."""
+    try:
+        after = int(request.GET.get("after", "0"))
+    except ValueError:
+        return HttpResponseBadRequest("after must be a chunk number")
+    deployment = get_object_or_404(Deployment, pk=pk)
+    text, last_seq = deployment.log_since(after)
+    context = {"deployment": deployment, "text": text, "last_seq": last_seq, "oob": True}
+    content = render_to_string("pipelines/deployment_detail.html#log_update", context, request)
+    if deployment.is_finished:
+        return HttpResponseStopPolling(content)
+    return HttpResponse(content)
+
+
+# --- changing ----------------------------------------------------------------------------------------
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_deploy(request, pk):
+    release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
+    environment = get_object_or_404(Environment, name=request.POST.get("environment", ""))
+    try:
+        deployment = promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
+    except PromotionError as exc:
+        messages.error(request, str(exc))
+        return redirect(release)
+    status = deployment.get_status_display().lower()
+    messages.success(request, f"{release.version} to {environment}: deployment #{deployment.pk} is {status}.")
+    return redirect(deployment)
+
+
+@require_POST
+@login_required
+@deployer_required
+def deployment_cancel(request, pk):
+    deployment = _get_deployment_or_404(pk)
+    try:
+        deployment.cancel(by=request.user, reason=f"Cancelled by {request.user.get_username()}.")
+    except DeploymentStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        if deployment.status == Deployment.Status.RUNNING:
+            messages.success(request, f"Asked the runner to stop deployment #{deployment.pk}.")
+        else:
+            messages.success(request, f"Deployment #{deployment.pk} was cancelled.")
+    return redirect(deployment)
+
+
+@require_POST
+@login_required
+@deployer_required
+def deployment_retry(request, pk):
+    deployment = _get_deployment_or_404(pk)
+    try:
+        retried = retry(deployment, by=request.user)
+    except PromotionError as exc:
+        messages.error(request, str(exc))
+        return redirect(deployment)
+    messages.success(request, f"Retrying as deployment #{retried.pk}.")
+    return redirect(retried)
+
+
+@require_POST
+@login_required
+@deployer_required
+def target_pause(request, name, environment):
+    repository = _get_repository_or_404(name)
+    environment = get_object_or_404(Environment, name=environment)
+    reason = request.POST.get("reason", "").strip()
+    if not reason:
+        messages.error(request, "Give a reason for pausing automatic deployment; nothing was changed.")
+        return redirect(repository)
+    Target.objects.for_pair(repository, environment).pause(by=request.user, reason=reason)
+    messages.success(request, f"Automatic deployment of {repository} to {environment} is paused.")
+    return redirect(repository)
+
+
+@require_POST
+@login_required
+@deployer_required
+def target_resume(request, name, environment):
+    repository = _get_repository_or_404(name)
+    target = get_object_or_404(Target, repository=repository, environment__name=environment)
+    target.resume(by=request.user)
+    messages.success(request, f"Automatic deployment of {repository} to {target.environment} is resumed.")
+    return redirect(repository)

@@ -1,0 +1,45 @@
+"""Small formatting filters for the portal's pages."""
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+
+@register.filter
+def age(value):
+    """How long ago a moment was, in a compact form: "just now", "42 s ago", "3 min ago", "5 h ago", "2 d ago"."""
+    if not value:
+        return ""
+    seconds = max(int((timezone.now() - value).total_seconds()), 0)
+    if seconds < 10:
+        return "just now"
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+@register.filter
+def duration(value):
+    """A timedelta as "42 s", "3 min 05 s" or "1 h 02 min"."""
+    if value is None:
+        return ""
+    seconds = max(int(value.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@register.filter
+def first_line(text):
+    """The first non-empty line of a commit message."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""

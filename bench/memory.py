@@ -1,0 +1,138 @@
+"""Memory of the long-lived processes.
+
+(a) gunicorn (1 worker) serving the dashboard of 50 repositories × 2 environments to a signed-in superuser:
+    the worker's RSS after 1, 50, 100 and 200 requests of GET /.
+(b) one long-running `manage.py rqworker git deploy`: the RSS of its main process (the one that forks a
+    work-horse per job) after deployments 1, 25, 50, 75 and 100 — it must stay flat — and the work-horses' peak.
+"""
+
+import hashlib
+import http.cookiejar
+import re
+import threading
+import urllib.parse
+import urllib.request
+
+import psutil
+
+from _common import make_origin, pipeline_yaml, portal, report, wait_finished
+
+REPOSITORIES = 50
+REQUESTS = 200
+DEPLOYMENTS = 100
+FLAT_MB = 2.0  # "flat": the worker's main process grows by no more than this from deployment 25 to 100
+PASSWORD = "bench-password-8472"
+
+
+def mb(rss):
+    return f"{rss / 2**20:.1f} MB"
+
+
+def dashboard_data(staging, production):
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from pipelines.models import Deployment, Release, Repository, Target
+
+    get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    pipeline = pipeline_yaml("./deploy.sh", "./deploy.sh")
+    for n in range(REPOSITORIES):
+        repository = Repository.objects.create(name=f"service-{n:02d}", url=f"https://git.example.com/service-{n:02d}.git")
+        releases = [Release.objects.create(repository=repository, version=version, pipeline_text=pipeline, message="change",
+                                           commit_sha=hashlib.sha1(f"{n}{version}".encode()).hexdigest())
+                    for version in ("v1.0.0", "v1.1.0")]
+        for environment, release in ((staging, releases[1]), (production, releases[0])):
+            deployment = Deployment.objects.create(
+                release=release, environment=environment, repository=repository, status=Deployment.Status.SUCCEEDED,
+                trigger=Deployment.Trigger.AUTO, queued_at=timezone.now(), started_at=timezone.now(),
+                finished_at=timezone.now(), exit_code=0)
+            Target.objects.create(repository=repository, environment=environment, current_release=release,
+                                  last_deployment=deployment)
+
+
+def web_rss(base_url, master):
+    """Sign in like a browser (cookie jar, CSRF token) and GET / REQUESTS times; {requests done: worker RSS}."""
+    (worker,) = psutil.Process(master.pid).children()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with opener.open(f"{base_url}/login/") as response:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.read().decode())[1]
+    form = urllib.parse.urlencode({"username": "admin", "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/"})
+    with opener.open(f"{base_url}/login/", data=form.encode()) as response:
+        if urllib.parse.urlsplit(response.url).path != "/":
+            raise RuntimeError(f"sign-in failed, landed on {response.url}")
+    samples = {0: worker.memory_info().rss}
+    for n in range(1, REQUESTS + 1):
+        with opener.open(f"{base_url}/") as response:
+            body = response.read().decode()
+            if response.status != 200 or f"service-{REPOSITORIES - 1:02d}" not in body:
+                raise RuntimeError(f"GET / answered {response.status} without the dashboard")
+        if n in (1, 50, 100, 200):
+            samples[n] = worker.memory_info().rss
+    return samples
+
+
+def horse_peak(worker, stop, peak):
+    """Sample the RSS of the worker's children (its work-horses) until `stop` is set."""
+    main = psutil.Process(worker.pid)
+    while not stop.wait(0.003):
+        try:
+            for horse in main.children():
+                peak["rss"] = max(peak["rss"], horse.memory_info().rss)
+                peak["seen"].add(horse.pid)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def worker_rss(the_portal, release, staging):
+    from pipelines.models import Deployment
+    from pipelines.promotion import promote
+
+    worker = the_portal.start_worker("git", "deploy")
+    main = psutil.Process(worker.pid)
+    samples, peak, stop = {}, {"rss": 0, "seen": set()}, threading.Event()
+    sampler = threading.Thread(target=horse_peak, args=(worker, stop, peak), daemon=True)
+    sampler.start()
+    try:
+        for n in range(1, DEPLOYMENTS + 1):
+            trigger = Deployment.Trigger.MANUAL if n == 1 else Deployment.Trigger.RETRY
+            deployment, _ = wait_finished(promote(release, staging, by=None, trigger=trigger))
+            if deployment.status != Deployment.Status.SUCCEEDED:
+                raise RuntimeError(f"deployment #{deployment.pk} {deployment.status}: {deployment.error}")
+            if n in (1, 25, 50, 75, 100):
+                samples[n] = main.memory_info().rss
+    finally:
+        stop.set()
+        sampler.join()
+    return samples, peak
+
+
+def main():
+    with portal("memory") as the_portal:
+        from pipelines import tracking
+        from pipelines.models import Environment, Repository
+
+        staging = Environment.objects.create(name="staging", position=10, auto_deploy=False)
+        production = Environment.objects.create(name="production", position=20, requires_approval=True)
+        dashboard_data(staging, production)
+        base_url, master = the_portal.start_web()
+        web = web_rss(base_url, master)
+
+        origin = make_origin(the_portal.data_dir / "origin", {".gitops.yml": pipeline_yaml("echo deployed $GITOPS_VERSION")},
+                             tag="v1.0.0")
+        repository = Repository.objects.create(name="small", url=str(origin))
+        (release,) = tracking.poll_repository(repository)
+        worker, peak = worker_rss(the_portal, release, staging)
+
+        growth = worker[100] - worker[25]
+        report("memory (RSS)", [
+            *[(f"web worker after {n} × GET /" if n else "web worker after boot", mb(rss), None, None)
+              for n, rss in web.items()],
+            ("web worker growth 1 → 200 requests", mb(web[200] - web[1]), None, None),
+            *[(f"rq worker main after deployment {n}", mb(rss), None, None) for n, rss in worker.items()],
+            ("rq worker main growth 25 → 100", mb(growth), f"flat (≤ {FLAT_MB:.0f} MB)", growth <= FLAT_MB * 2**20),
+            (f"work-horse peak ({len(peak['seen'])} of {DEPLOYMENTS} seen)", mb(peak["rss"]), None, None),
+        ])
+
+
+if __name__ == "__main__":
+    main()

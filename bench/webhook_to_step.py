@@ -1,0 +1,92 @@
+"""Webhook push → staging step process started, with gunicorn and one real forking rq worker.
+
+N times: commit and tag v1.0.<i> in the origin, take t0, POST a GitHub-signed webhook, wait for the marker
+file that the staging step writes (`date +%s.%N`); latency = the step's start time − t0.
+Target: median ≤ 1 s.
+"""
+
+import hashlib
+import hmac
+import json
+import statistics
+import time
+import urllib.request
+import uuid
+
+from _common import git, make_origin, ms, percentile, pipeline_yaml, portal, report, wait_for
+
+N = 15
+TARGET = 1.0
+SECRET = "bench-webhook-secret"
+
+
+def post_webhook(url, tag):
+    body = json.dumps({"ref": f"refs/tags/{tag}", "repository": {"name": "shop"}}).encode()
+    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature,
+    })
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 202:
+            raise RuntimeError(f"webhook answered {response.status}: {response.read()[:200]!r}")
+
+
+def main():
+    with portal("webhook") as the_portal:
+        from pipelines import tracking
+        from pipelines.models import Deployment, Environment, Repository
+
+        markers = the_portal.data_dir / "markers"
+        markers.mkdir()
+        staging = Environment.objects.create(name="staging", position=10, auto_deploy=True)
+        Environment.objects.create(name="production", position=20, requires_approval=True)
+        pipeline = pipeline_yaml("date +%s.%N > \"$MARKER_DIR/$GITOPS_VERSION.started\"", "true",
+                                 variables={"MARKER_DIR": markers})
+        origin = make_origin(the_portal.data_dir / "origin", {".gitops.yml": pipeline, "deploy.sh": "echo hi\n"}, tag="v1.0.0")
+        repository = Repository.objects.create(name="shop", url=str(origin), webhook_secret=SECRET)
+
+        base_url, _ = the_portal.start_web()
+        the_portal.start_worker("git", "deploy")
+
+        def staging_done(version):
+            deployment = Deployment.objects.filter(release__version=version, environment=staging).first()
+            return deployment is not None and deployment.is_finished
+
+        # Prime: the first poll makes the mirror and records v1.0.0, whose staging deployment warms the worker up.
+        tracking.poll_repository(repository)
+        wait_for(lambda: staging_done("v1.0.0"), 60, "the warm-up deployment of v1.0.0")
+
+        rows = []  # (POST answered, release recorded, deployment claimed, step started), seconds after t0
+        for i in range(1, N + 1):
+            tag = f"v1.0.{i}"
+            git(origin, "commit", "-q", "--allow-empty", "-m", f"change {i}")
+            git(origin, "tag", tag)
+            marker = markers / f"{tag}.started"
+            t0 = time.time()
+            post_webhook(f"{base_url}/hooks/shop", tag)
+            answered = time.time() - t0
+            wait_for(lambda: marker.exists() and marker.read_text().strip(), 30, f"the staging step of {tag}", interval=0.005)
+            step_started = float(marker.read_text()) - t0
+            deployment = Deployment.objects.select_related("release").get(release__version=tag, environment=staging)
+            recorded = deployment.release.detected_at.timestamp() - t0
+            claimed = (deployment.started_at.timestamp() - t0) if deployment.started_at else float("nan")
+            rows.append((answered, recorded, claimed, step_started))
+            # Let the worker go idle before the next push: one deployment at a time is what is measured.
+            wait_for(lambda: staging_done(tag), 30, f"the staging deployment of {tag}")
+
+        latencies = [row[3] for row in rows]
+        median = statistics.median(latencies)
+        breakdown = [statistics.median(row[k] for row in rows) for k in range(4)]
+        report(f"webhook push → staging step started (N={N})", [
+            ("latency median", ms(median), f"≤ {ms(TARGET)}", median <= TARGET),
+            ("latency p90", ms(percentile(latencies, 0.9)), None, None),
+            ("latency max", ms(max(latencies)), None, None),
+            ("  median: webhook answered (202)", ms(breakdown[0]), None, None),
+            ("  median: release recorded", ms(breakdown[1]), None, None),
+            ("  median: deployment claimed", ms(breakdown[2]), None, None),
+        ], notes=["all: " + " ".join(f"{v * 1000:.0f}" for v in latencies) + " ms"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Make sure someone can sign in: without any superuser, create `admin` with a random password.
+
+The password is written to $GITOPS_DATA_DIR/admin-password.txt (readable by the owner only) and printed once.
+An existing superuser is kept as it is."""
+
+import os
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+PASSWORD_FILE = "admin-password.txt"
+
+
+class Command(BaseCommand):
+    help = "Create the superuser 'admin' with a random password unless a superuser exists."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--username", default="admin")
+
+    def handle(self, *args, username, **options):
+        User = get_user_model()
+        password_file = settings.GITOPS_DATA_DIR / PASSWORD_FILE
+        url = settings.GITOPS_BASE_URL.rstrip("/") + "/"
+        existing = User.objects.filter(is_superuser=True).order_by("pk").first()
+        if existing is not None:
+            where = f"; its initial password is in {password_file}" if password_file.exists() else ""
+            self.stdout.write(f"Superuser {existing.get_username()!r} exists and is kept{where}.")
+            return
+        if User.objects.filter(username=username).exists():
+            raise CommandError(
+                f"A user {username!r} exists but is not a superuser. Make it one in the admin or with "
+                "`manage.py createsuperuser --username <another name>`."
+            )
+        password = secrets.token_urlsafe(12)
+        with transaction.atomic():
+            User.objects.create_superuser(username=username, email="", password=password)
+        self._write_private(password_file, password + "\n")
+        self.stdout.write(self.style.SUCCESS(f"Created the superuser {username!r}; its password is in {password_file}."))
+        self.stdout.write(f"Sign in at {url} as {username} / {password}")
+
+    @staticmethod
+    def _write_private(path, text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # an older file with wider permissions is narrowed too
+            handle.write(text)

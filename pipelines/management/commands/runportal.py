@@ -1,0 +1,257 @@
+"""Run the whole portal from one command: the embedded Redis, the web server, the workers and the scheduler.
+
+    python manage.py runportal [--host 127.0.0.1] [--port 8000] [--workers 2]
+
+Without REDIS_URL in the environment the embedded Redis is started first, on the socket that the default
+REDIS_URL names, and held until the end. Each child runs in its own process group (so Ctrl-C reaches only
+this command, which then stops the children in order). If a child dies, the others are stopped and the
+command exits with status 1: a half-running portal would only hide the failure."""
+
+import ctypes
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connections
+
+from pipelines import embedded
+
+# How long children get to finish after SIGTERM before they and everything they started are killed.
+GRACE_SECONDS = 10
+READY_TIMEOUT_SECONDS = 60
+POLL_SECONDS = 0.2
+
+
+def _die_with_parent():
+    """Runs in each child before exec: on Linux, the child gets SIGTERM if this command is killed outright."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
+class Child:
+    def __init__(self, name, args, label):
+        self.name, self.args, self.label, self.process = name, args, label, None
+
+    def start(self, env):
+        self.process = subprocess.Popen(
+            self.args,
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the terminal's Ctrl-C does not reach it
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def descendants(self):
+        # Only while the child is unreaped: its pid cannot have been reused by an unrelated process.
+        if not self.running():
+            return []
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal_group(self, sig):
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Command(BaseCommand):
+    help = "Run the web server, the workers and the scheduler (and the embedded Redis without REDIS_URL) until Ctrl-C."
+    requires_migrations_checks = True
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="Address to bind (default 127.0.0.1).")
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)), help="Port (default 8000).")
+        parser.add_argument("--workers", type=int, default=2, help="rq workers for the git and deploy queues (default 2).")
+        parser.add_argument("--threads", type=int, default=4, help="Threads of the web server (default 4).")
+
+    def handle(self, *args, host, port, workers, threads, **options):
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        self.stop_requested = 0
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._request_stop)
+        self._check_port_free(host, port)
+        redis_server = self._start_embedded_redis() if "REDIS_URL" not in os.environ else None
+        children = self._children(host, port, workers, threads)
+        failure = None
+        try:
+            env = self._child_environment()
+            for child in children:
+                if not self.stop_requested:
+                    child.start(env)
+                    self.stdout.write(f"Started {child.name} (pid {child.pid}): {child.label}")
+            failure = self._wait_until_ready(children, host, port)
+            if failure is None and not self.stop_requested:
+                self._announce(host, port)
+                failure = self._supervise(children)
+        finally:
+            self._stop(children)
+            if redis_server is not None:
+                embedded.stop(redis_server)
+        if failure:
+            raise CommandError(f"{failure} The portal was stopped.")
+        self.stdout.write("The portal has stopped.")
+
+    # --- starting -------------------------------------------------------------------------------------
+
+    def _children(self, host, port, workers, threads):
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        web = [
+            sys.executable, "-m", "gunicorn", "gitops_portal.wsgi",
+            "--bind", f"{host}:{port}", "--workers", "1", "--threads", str(max(2, threads)),
+            "--graceful-timeout", "5", "--timeout", "60", "--error-logfile", "-", "--no-control-socket",
+        ]
+        return [
+            Child("web", web, f"gunicorn on {host}:{port}"),
+            # -v 0: rq logs only warnings and failed jobs; progress is on the portal's pages.
+            *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "-v", "0"], "manage.py rqworker git deploy")
+              for n in range(1, workers + 1)],
+            Child("scheduler", [*manage, "pollrepos", "--loop"], "manage.py pollrepos --loop"),
+        ]
+
+    def _start_embedded_redis(self):
+        data_dir = settings.GITOPS_DATA_DIR
+        socket_path = embedded.socket_path_of(settings.REDIS_URL)
+        if socket_path is None:
+            raise CommandError(f"REDIS_URL is not set, yet the settings name {settings.REDIS_URL}; expected a unix:// URL.")
+        # One embedded portal per data directory: a second one would take over the first one's Redis.
+        self.lock = open(data_dir / "runportal.lock", "w")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(f"Another runportal is already running with the data directory {data_dir}.") from None
+        try:
+            server = embedded.start(data_dir, socket_path)
+        except embedded.EmbeddedRedisError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Embedded Redis listening on {socket_path} (data in {data_dir / 'redis.rdb'}).")
+        return server
+
+    def _check_port_free(self, host, port):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise CommandError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another with --port.") from None
+
+    def _child_environment(self):
+        env = dict(os.environ)
+        # The children must agree with this process even when it was started with --settings or another cwd.
+        env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
+        env["GITOPS_DATA_DIR"] = str(settings.GITOPS_DATA_DIR)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _wait_until_ready(self, children, host, port):
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        while not self.stop_requested:
+            failure = self._dead_child(children)
+            if failure:
+                return failure
+            try:
+                with socket.create_connection((connect_host, port), timeout=1):
+                    return None
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                return f"The web server did not accept connections on {host}:{port} within {READY_TIMEOUT_SECONDS} s."
+            time.sleep(POLL_SECONDS)
+        return None
+
+    def _announce(self, host, port):
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+        self.stdout.write(self.style.SUCCESS(f"GitOps Portal is running at {url}"))
+        password_file = settings.GITOPS_DATA_DIR / "admin-password.txt"
+        try:
+            admin = get_user_model().objects.filter(username="admin", is_superuser=True).exists()
+        except DatabaseError:
+            admin = False  # not migrated: check_migrations said so above
+        finally:
+            connections.close_all()
+        if admin and password_file.exists():
+            password = password_file.read_text().strip()
+            self.stdout.write(f"Sign in at {url} as admin / {password}  (initial password, kept in {password_file})")
+        else:
+            self.stdout.write(f"Sign in at {url} with a superuser account (create one with `manage.py ensureadmin`).")
+        self.stdout.write("Press Ctrl-C to stop.")
+        self.stdout.flush()
+
+    # --- running --------------------------------------------------------------------------------------
+
+    def _request_stop(self, signum, frame):
+        # Only a flag: writing output here could re-enter a write the main loop is in the middle of.
+        self.stop_requested += 1
+
+    def _dead_child(self, children):
+        for child in children:
+            code = child.process.poll() if child.process is not None else None
+            if code is not None:
+                return f"The {child.name} process (pid {child.pid}) exited unexpectedly with status {code}."
+        return None
+
+    def _supervise(self, children):
+        while not self.stop_requested:
+            failure = self._dead_child(children)
+            if failure:
+                self.stderr.write(failure)
+                return failure
+            time.sleep(POLL_SECONDS)
+        return None
+
+    # --- stopping -------------------------------------------------------------------------------------
+
+    def _stop(self, children):
+        """SIGTERM every child's process group, then SIGKILL whatever is left of them and of all they started.
+
+        Work-horses of rq and deploy steps run in process groups of their own, so they are found by walking
+        the process tree while it is still intact."""
+        started = [child for child in children if child.process is not None]
+        if self.stop_requested:
+            self.stdout.write("Stopping the portal (Ctrl-C again to stop at once)...")
+            self.stdout.flush()
+        leftovers = {p.pid: p for child in started for p in child.descendants()}
+        for child in started:
+            if child.running():
+                child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        while any(child.running() for child in started) and time.monotonic() < deadline and self.stop_requested < 2:
+            leftovers.update({p.pid: p for child in started for p in child.descendants()})
+            time.sleep(0.1)
+        leftovers.update({p.pid: p for child in started for p in child.descendants()})
+        for child in started:
+            if child.running():
+                self.stderr.write(f"The {child.name} process did not stop in time; killing it.")
+            child.signal_group(signal.SIGKILL)
+        for process in leftovers.values():
+            try:
+                process.kill()  # psutil checks the pid was not reused
+            except psutil.NoSuchProcess:
+                pass
+        for child in started:
+            child.process.wait()
+        psutil.wait_procs(list(leftovers.values()), timeout=2)  # killed; their new parent reaps them

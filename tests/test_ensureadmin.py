@@ -1,0 +1,73 @@
+import re
+import stat
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+
+@pytest.fixture
+def data_dir(settings, tmp_path):
+    settings.GITOPS_DATA_DIR = tmp_path / "data"
+    settings.GITOPS_BASE_URL = "http://127.0.0.1:8000"
+    return settings.GITOPS_DATA_DIR
+
+
+def ensureadmin():
+    out = StringIO()
+    call_command("ensureadmin", stdout=out)
+    return out.getvalue()
+
+
+def test_it_creates_admin_with_a_random_password_kept_in_a_private_file(db, data_dir, django_user_model):
+    output = ensureadmin()
+
+    printed = re.search(r"^Sign in at http://127\.0\.0\.1:8000/ as admin / (\S+)$", output, re.MULTILINE).group(1)
+    password_file = data_dir / "admin-password.txt"
+    assert password_file.read_text().strip() == printed
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    admin = django_user_model.objects.get(username="admin")
+    assert admin.is_superuser and admin.is_staff and admin.check_password(printed)
+    assert len(printed) >= 16
+
+
+def test_each_portal_gets_its_own_password(db, data_dir, django_user_model, tmp_path, settings):
+    ensureadmin()
+    first = (data_dir / "admin-password.txt").read_text()
+    django_user_model.objects.all().delete()
+    settings.GITOPS_DATA_DIR = tmp_path / "other"
+
+    ensureadmin()
+
+    assert (tmp_path / "other" / "admin-password.txt").read_text() != first
+
+
+def test_it_keeps_an_existing_superuser_and_its_password(db, data_dir, django_user_model):
+    ensureadmin()
+    password = (data_dir / "admin-password.txt").read_text().strip()
+
+    output = ensureadmin()
+
+    assert "'admin' exists and is kept" in output and str(data_dir / "admin-password.txt") in output
+    assert django_user_model.objects.count() == 1
+    assert django_user_model.objects.get().check_password(password)
+
+
+def test_it_creates_nobody_when_another_superuser_exists(db, data_dir, django_user_model):
+    django_user_model.objects.create_superuser("alice", "alice@example.com", "password")
+
+    output = ensureadmin()
+
+    assert "Superuser 'alice' exists and is kept." in output
+    assert not django_user_model.objects.filter(username="admin").exists()
+    assert not (data_dir / "admin-password.txt").exists()
+
+
+def test_it_refuses_to_take_over_an_ordinary_user_named_admin(db, data_dir, django_user_model):
+    django_user_model.objects.create_user("admin", "", "password")
+
+    with pytest.raises(CommandError, match="exists but is not a superuser"):
+        ensureadmin()
+
+    assert not django_user_model.objects.get(username="admin").is_superuser

@@ -36,8 +36,9 @@ GITOPS_WORK_DIR = GITOPS_DATA_DIR / "work"
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
-# Extra repairs the reconciler runs each tick, as dotted paths to functions taking `now`.
-GITOPS_RECONCILE_HOOKS = []
+# How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
+GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
+GITOPS_DEPLOY_GUARDS = ["approvals.freeze.deploy_guard"]
 # Shown next to commits on pages; the portal's own URL is used in notifications.
 GITOPS_BASE_URL = os.environ.get("GITOPS_BASE_URL", "http://127.0.0.1:8000")
 

@@ -28,11 +28,16 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         raise PromotionError(f"{release} cannot be deployed: {release.error or 'its pipeline file does not parse'}")
     if environment.name not in release.pipeline.environments:
         raise PromotionError(f"The pipeline file of {release} does not name the environment {environment.name!r}.")
+    if release.blocked:
+        raise PromotionError(f"{release} is blocked ({release.blocked_reason}); unblock it first.")
     held = environment.requires_approval
     with transaction.atomic():
         target = Target.objects.for_pair(release.repository, environment)
         # Lock the target so that two promotions of one target never both survive supersession.
         target = Target.objects.select_for_update().get(pk=target.pk)
+        if trigger == Deployment.Trigger.ROLLBACK:
+            # Otherwise the next release would deploy straight over the rollback.
+            target.pause(by=by, reason=f"Rolled back to {release.version}; resume to deploy new releases automatically.")
         deployment = Deployment.objects.create(
             release=release,
             environment=environment,
@@ -65,6 +70,14 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         else:
             jobs.enqueue_deployment(deployment)
     return deployment
+
+
+def rollback(release, environment, *, by, reason=""):
+    """Deploy again a release that succeeded in this environment before, under the same policy."""
+    ran_there = Deployment.objects.filter(release=release, environment=environment, status=Deployment.Status.SUCCEEDED)
+    if not ran_there.exists():
+        raise PromotionError(f"{release.version} never succeeded in {environment}; a rollback goes to a release that ran there.")
+    return promote(release, environment, by=by, reason=reason, trigger=Deployment.Trigger.ROLLBACK)
 
 
 def retry(deployment, *, by):

@@ -2,8 +2,7 @@
 
 - `queued` deployments whose rq job is gone (Redis down or flushed) are enqueued again;
 - `running` deployments whose heartbeat stopped are failed with "worker lost";
-- then the hooks named in `settings.GITOPS_RECONCILE_HOOKS` run (upper layers, such as approvals,
-  register their own repairs there without this module importing them)."""
+- then the hooks of `settings.GITOPS_RECONCILE_HOOKS` run (see pipelines/hooks.py)."""
 
 import logging
 from datetime import timedelta
@@ -12,11 +11,10 @@ import django_rq
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from pipelines import jobs
+from pipelines import hooks, jobs
 from pipelines.models import AuditEvent, Deployment, StaleStatus
 from pipelines.runner import wake_next_in_line
 
@@ -27,9 +25,8 @@ _LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, J
 
 def reconcile(now=None):
     now = now or timezone.now()
-    report = {"requeued": requeue_lost_jobs(), "worker_lost": fail_lost_workers(now)}
-    for hook in getattr(settings, "GITOPS_RECONCILE_HOOKS", []):
-        report[hook] = import_string(hook)(now)
+    report = {"requeued": requeue_lost_jobs(now), "worker_lost": fail_lost_workers(now)}
+    report.update(hooks.run_reconcile_hooks(now))
     return report
 
 
@@ -42,11 +39,13 @@ def _job_is_live(connection, job_id):
         return False
 
 
-def requeue_lost_jobs():
+def requeue_lost_jobs(now):
+    """Wake queued deployments whose job is gone, unless a guard (a freeze) still holds them."""
     connection = django_rq.get_connection(jobs.DEPLOY_QUEUE)
     requeued = 0
-    for deployment in Deployment.objects.filter(status=Deployment.Status.QUEUED).select_related("repository", "environment"):
-        if _job_is_live(connection, deployment.job_id):
+    queued = Deployment.objects.filter(status=Deployment.Status.QUEUED).select_related("repository", "environment")
+    for deployment in queued:
+        if _job_is_live(connection, deployment.job_id) or hooks.hold_reason(deployment, now):
             continue
         with transaction.atomic():
             AuditEvent.objects.record(

@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from pipelines import git, promotion
+from pipelines import git, hooks, promotion
 from pipelines.models import Deployment, StaleStatus, TargetBusy
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ def run_deployment(deployment_id):
     )
     if deployment is None or deployment.status != Deployment.Status.QUEUED:
         return  # a duplicate wake-up: someone else ran or cancelled it
+    if hooks.hold_reason(deployment):
+        return  # held (a freeze window): it stays queued and the reconciler wakes it when free
     try:
         deployment.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}")
     except (StaleStatus, TargetBusy):

@@ -16,7 +16,10 @@ class Environment(models.Model):
     requires_approval = models.BooleanField(default=False)
     required_approvals = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    allow_self_approval = models.BooleanField(default=False)
+    allow_self_approval = models.BooleanField(default=False, help_text="Let the person who requested a change approve it.")
+    block_commit_authors = models.BooleanField(
+        default=True, help_text="Refuse approval from anyone whose e-mail authored a commit in the change."
+    )
     approval_timeout = models.DurationField(null=True, blank=True, help_text="Optional, e.g. '3 00:00:00' for three days.")
 
     class Meta:

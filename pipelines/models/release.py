@@ -1,7 +1,9 @@
 from functools import cached_property
 
-from django.db import models
+from django.db import models, transaction
 from django.urls import reverse
+
+from .audit import AuditEvent
 
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 
@@ -45,6 +47,23 @@ class Release(models.Model):
     @property
     def is_valid(self):
         return not self.error
+
+    def block(self, *, by, reason):
+        """Never promote this release automatically (a known-bad build); manual promotion is refused too."""
+        if not reason.strip():
+            raise ValueError("Give a reason for blocking the release.")
+        with transaction.atomic():
+            Release.objects.filter(pk=self.pk).update(blocked=True, blocked_reason=reason)
+            AuditEvent.objects.record(
+                action="release.blocked", actor=by, obj=self, repository=self.repository, details={"reason": reason}
+            )
+        self.blocked, self.blocked_reason = True, reason
+
+    def unblock(self, *, by):
+        with transaction.atomic():
+            Release.objects.filter(pk=self.pk).update(blocked=False, blocked_reason="")
+            AuditEvent.objects.record(action="release.unblocked", actor=by, obj=self, repository=self.repository)
+        self.blocked, self.blocked_reason = False, ""
 
     @cached_property
     def pipeline(self):

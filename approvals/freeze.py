@@ -1,0 +1,2 @@
+def deploy_guard(deployment, now):
+    return None

@@ -1,0 +1,221 @@
+"""Change control: a held deployment becomes a ChangeRequest that eligible people decide on.
+
+`ChangeRequest.approve()` and `reject()` are the one way to decide. Each locks the request row, checks
+the policy and raises `DecisionRefused` (a PermissionDenied) with the reason in words; the deployment is
+released through `Deployment.release_hold()`, whose compare-and-swap makes that happen once."""
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from pipelines.models import AuditEvent, Deployment
+
+
+class DecisionRefused(PermissionDenied):
+    """This person may not decide on this request now; the message says why."""
+
+
+class ChangeRequestQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(status=ChangeRequest.Status.PENDING)
+
+    def awaiting(self, user):
+        """Pending requests this user could approve: in the approver group, not yet decided by them."""
+        return (
+            self.pending()
+            .filter(environment__approver_group__in=user.groups.all())
+            .exclude(decisions__user=user)
+        )
+
+
+class ChangeRequest(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"
+        SUPERSEDED = "superseded", "Superseded"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.PROTECT, related_name="change_request")
+    # Denormalised from the deployment so that the inbox filters without joins through it.
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.PROTECT, related_name="+")
+    environment = models.ForeignKey("pipelines.Environment", on_delete=models.PROTECT, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    required_approvals = models.PositiveSmallIntegerField()
+    opened_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True)
+    # What the change contains, computed from the mirror when the request opens (see approvals/changes.py):
+    # {"commits": [...], "files": [...], "pipeline_diff": str, "is_rollback": bool, "earlier_results": [...]}.
+    summary = models.JSONField(default=dict, blank=True)
+    # Lower-cased e-mails of the commits' authors, for the "no approving your own commits" rule.
+    author_emails = models.JSONField(default=list, blank=True)
+
+    objects = ChangeRequestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        permissions = [
+            ("override_gate", "Can promote a release that has not succeeded in the environment before"),
+            ("deploy_during_freeze", "Can deploy to an environment during a freeze window"),
+        ]
+
+    def __str__(self):
+        return f"Change request #{self.pk}: {self.deployment.release} → {self.environment}"
+
+    def get_absolute_url(self):
+        return reverse("change_request_detail", args=[self.pk])
+
+    @property
+    def is_pending(self):
+        return self.status == self.Status.PENDING
+
+    # --- the policy -----------------------------------------------------------------------------------
+
+    def refusal_reason(self, user, now=None):
+        """Why `user` may not decide on this request now, in words; None when they may."""
+        now = now or timezone.now()
+        environment = self.environment
+        if self.status != self.Status.PENDING:
+            return f"This change request is already {self.get_status_display().lower()}."
+        if self.expires_at and self.expires_at <= now:
+            return "This change request has expired."
+        if self.deployment.status != Deployment.Status.AWAITING_APPROVAL:
+            return f"The deployment is no longer waiting for approval (it is {self.deployment.get_status_display().lower()})."
+        if environment.approver_group_id is None or not user.groups.filter(pk=environment.approver_group_id).exists():
+            group = environment.approver_group.name if environment.approver_group_id else "no approver group"
+            return f"Only members of {group!r} may decide on changes to {environment}."
+        if self.requested_by_id == user.pk and not environment.allow_self_approval:
+            return "You requested this change, so someone else has to approve it."
+        if environment.block_commit_authors and user.email and user.email.lower() in self.author_emails:
+            return "You authored a commit in this change, so someone else has to approve it."
+        if self.decisions.filter(user=user).exists():
+            return "You have already decided on this change request."
+        return None
+
+    def approve(self, user, comment=""):
+        return self._decide(user, Decision.Verdict.APPROVE, comment)
+
+    def reject(self, user, comment):
+        if not comment or not comment.strip():
+            raise DecisionRefused("Say why you reject the change: a comment is required.")
+        return self._decide(user, Decision.Verdict.REJECT, comment)
+
+    def _decide(self, user, verdict, comment):
+        with transaction.atomic():
+            # The row lock makes concurrent deciders queue up here; each then sees the others' decisions.
+            locked = ChangeRequest.objects.select_for_update().select_related(
+                "environment__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
+            ).get(pk=self.pk)
+            reason = locked.refusal_reason(user)
+            if reason:
+                raise DecisionRefused(reason)
+            decision = Decision.objects.create(change_request=locked, user=user, verdict=verdict, comment=comment)
+            locked._audit(f"change_request.{verdict}d_by", user, {"comment": comment})
+            if verdict == Decision.Verdict.REJECT:
+                locked._close(self.Status.REJECTED, by=user, reason=comment)
+                locked.deployment.reject(by=user, reason=f"Rejected by {user.get_username()}: {comment}")
+            elif locked.decisions.filter(verdict=Decision.Verdict.APPROVE).count() >= locked.required_approvals:
+                locked._close(self.Status.APPROVED, by=user)
+                locked.deployment.release_hold(by=user)
+        self.refresh_from_db()
+        transaction.on_commit(lambda: _notify_decided(self.pk))
+        return decision
+
+    # --- closing without a decision ------------------------------------------------------------------
+
+    def expire(self, now=None):
+        with transaction.atomic():
+            if not self._close_if_pending(self.Status.EXPIRED, reason="No decision before the approval timeout."):
+                return False
+            self.deployment.cancel(reason="The approval request expired.")
+        return True
+
+    def supersede(self, *, reason):
+        """The deployment was replaced by a newer candidate (pipelines already cancelled it)."""
+        return self._close_if_pending(self.Status.SUPERSEDED, reason=reason)
+
+    def withdraw(self, *, reason):
+        return self._close_if_pending(self.Status.WITHDRAWN, reason=reason)
+
+    def _close_if_pending(self, status, *, reason):
+        with transaction.atomic():
+            locked = ChangeRequest.objects.select_for_update().get(pk=self.pk)
+            if locked.status != self.Status.PENDING:
+                return False
+            locked._close(status, by=None, reason=reason)
+        self.refresh_from_db()
+        return True
+
+    def _close(self, status, *, by, reason=""):
+        ChangeRequest.objects.filter(pk=self.pk).update(status=status, decided_at=timezone.now(), status_reason=reason)
+        self.status = status
+        self._audit(f"change_request.{status}", by, {"reason": reason})
+
+    def _audit(self, action, actor, details):
+        AuditEvent.objects.record(
+            action=action, actor=actor, obj=self, repository=self.repository, environment=self.environment,
+            details={"deployment": self.deployment_id, "release": self.deployment.release.version, **details},
+        )
+
+
+def _notify_decided(change_request_id):
+    from approvals import notifications
+
+    notifications.notify_decided(change_request_id)
+
+
+class Decision(models.Model):
+    class Verdict(models.TextChoices):
+        APPROVE = "approve", "Approved"
+        REJECT = "reject", "Rejected"
+
+    change_request = models.ForeignKey(ChangeRequest, on_delete=models.PROTECT, related_name="decisions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    verdict = models.CharField(max_length=7, choices=Verdict.choices)
+    comment = models.TextField(blank=True)
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["decided_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["change_request", "user"], name="one_decision_per_person")]
+
+    def __str__(self):
+        return f"{self.user} {self.get_verdict_display().lower()} #{self.change_request_id}"
+
+
+class FreezeWindow(models.Model):
+    """A time when deployments to some environments wait: one-off (starts_at–ends_at) or recurring
+    (a cron rule for the start, read in `time_zone`, lasting `duration`). See approvals/freeze.py."""
+
+    name = models.CharField(max_length=100)
+    environments = models.ManyToManyField("pipelines.Environment", related_name="+")
+    reason = models.TextField()
+    starts_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    cron = models.CharField(max_length=100, blank=True, help_text="When a recurring window starts, e.g. '0 18 * * FRI'.")
+    duration = models.DurationField(null=True, blank=True, help_text="How long a recurring window lasts, e.g. '2 15:00:00'.")
+    time_zone = models.CharField(max_length=64, default="UTC", help_text="The time zone the cron rule is read in.")
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class FreezeOverride(models.Model):
+    """A deployment allowed to run during a freeze, by someone with the permission, with a reason."""
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.PROTECT, related_name="freeze_override")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)

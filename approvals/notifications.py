@@ -1,0 +1,2 @@
+def notify_decided(change_request_id):
+    pass

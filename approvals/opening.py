@@ -1,0 +1,2 @@
+def on_deployment_held(sender, deployment, **kwargs):
+    raise NotImplementedError

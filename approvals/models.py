@@ -109,7 +109,7 @@ class ChangeRequest(models.Model):
     def _decide(self, user, verdict, comment):
         with transaction.atomic():
             # The row lock makes concurrent deciders queue up here; each then sees the others' decisions.
-            locked = ChangeRequest.objects.select_for_update().select_related(
+            locked = ChangeRequest.objects.select_for_update(of=("self",)).select_related(
                 "environment__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
             ).get(pk=self.pk)
             reason = locked.refusal_reason(user)

@@ -92,3 +92,41 @@ def test_previous_release_is_what_ran_there_before(repository, staging, make_rel
     first.succeed()
     second = promotion.promote(make_release(repository, "v1.1.0"), staging, by=alice)
     assert second.previous_release == first.release
+
+
+def test_a_rollback_goes_only_to_a_release_that_succeeded_there(repository, staging, make_release, alice):
+    old, new = make_release(repository, "v1.0.0"), make_release(repository, "v1.1.0")
+    with pytest.raises(promotion.PromotionError, match="v1.0.0 never succeeded in staging"):
+        promotion.rollback(old, staging, by=alice)
+    for release in (old, new):
+        deployment = promotion.promote(release, staging, by=alice)
+        deployment.claim(worker_name="w")
+        deployment.succeed()
+    rollback = promotion.rollback(old, staging, by=alice, reason="v1.1.0 leaks memory")
+    assert rollback.trigger == "rollback"
+    assert rollback.previous_release == new
+
+
+def test_after_a_rollback_automatic_deployment_to_that_target_pauses(repository, staging, make_release, alice):
+    old = make_release(repository, "v1.0.0")
+    first = promotion.promote(old, staging, by=alice)
+    first.claim(worker_name="w")
+    first.succeed()
+    promotion.rollback(old, staging, by=alice)
+    target = Target.objects.get(repository=repository, environment=staging)
+    assert target.auto_deploy_paused
+    assert "Rolled back to v1.0.0" in target.paused_reason
+    assert promotion.on_release_recorded(make_release(repository, "v1.2.0")) is None
+
+
+def test_a_blocked_release_is_never_promoted_and_is_audited(repository, staging, make_release, alice):
+    release = make_release(repository, "v1.0.0")
+    release.block(by=alice, reason="corrupts the cache")
+    assert promotion.on_release_recorded(release) is None
+    with pytest.raises(promotion.PromotionError, match="blocked \\(corrupts the cache\\)"):
+        promotion.promote(release, staging, by=alice)
+    release.unblock(by=alice)
+    assert promotion.promote(release, staging, by=alice).status == "queued"
+    assert [e.action for e in AuditEvent.objects.order_by("seq") if e.action.startswith("release.")] == [
+        "release.blocked", "release.unblocked"
+    ]

@@ -1,0 +1,147 @@
+"""The approval policy: who may decide, how many must approve, and what one rejection does."""
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from approvals.models import ChangeRequest, Decision, DecisionRefused
+from pipelines.models import AuditEvent, Deployment
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def carol(django_user_model, approvers):
+    user = django_user_model.objects.create_user("carol", "carol@example.com", "password")
+    user.groups.add(approvers)
+    return user
+
+
+@pytest.fixture
+def dana(django_user_model, approvers):
+    """An approver who also authored the commits in the change."""
+    user = django_user_model.objects.create_user("dana", "Dana@Example.com", "password")
+    user.groups.add(approvers)
+    return user
+
+
+@pytest.fixture
+def open_request(repository, production, make_release, alice):
+    """A held production deployment requested by alice and its change request (built directly)."""
+
+    def make(required_approvals=1, requested_by=alice, author_emails=("dana@example.com",)):
+        release = make_release(repository, f"v1.{Deployment.objects.count()}.0")
+        deployment = Deployment.objects.create(
+            release=release, environment=production, repository=repository, trigger=Deployment.Trigger.MANUAL,
+            status=Deployment.Status.AWAITING_APPROVAL, triggered_by=requested_by,
+        )
+        return ChangeRequest.objects.create(
+            deployment=deployment, repository=repository, environment=production, requested_by=requested_by,
+            required_approvals=required_approvals, author_emails=list(author_emails),
+        )
+
+    return make
+
+
+def test_an_eligible_approval_releases_the_deployment(open_request, bob):
+    change = open_request()
+    change.approve(bob, "looks good")
+    change.deployment.refresh_from_db()
+    assert change.status == "approved"
+    assert change.deployment.status == "queued"
+    assert AuditEvent.objects.filter(action="change_request.approved").count() == 1
+
+
+def test_it_refuses_self_approval(open_request, bob):
+    change = open_request(requested_by=bob)
+    with pytest.raises(DecisionRefused, match="You requested this change"):
+        change.approve(bob)
+    assert not Decision.objects.exists()
+    assert Deployment.objects.get().status == "awaiting_approval"
+
+
+def test_self_approval_is_allowed_where_the_environment_says_so(open_request, production, bob):
+    production.allow_self_approval = True
+    production.save()
+    change = open_request(requested_by=bob)
+    change.approve(bob)
+    assert change.status == "approved"
+
+
+def test_it_refuses_approval_from_an_author_of_a_commit_in_the_change(open_request, dana):
+    change = open_request()
+    with pytest.raises(DecisionRefused, match="You authored a commit in this change"):
+        change.approve(dana)
+
+
+def test_commit_authors_may_approve_where_the_environment_allows_it(open_request, production, dana):
+    production.block_commit_authors = False
+    production.save()
+    change = open_request()
+    change.approve(dana)
+    assert change.status == "approved"
+
+
+def test_it_refuses_someone_outside_the_approver_group(open_request, charlie):
+    change = open_request()
+    with pytest.raises(DecisionRefused, match="Only members of 'approvers' may decide on changes to production"):
+        change.approve(charlie)
+
+
+def test_two_of_n_needs_two_distinct_people(open_request, bob, carol):
+    change = open_request(required_approvals=2)
+    change.approve(bob)
+    assert change.status == "pending"
+    with pytest.raises(DecisionRefused, match="You have already decided"):
+        change.approve(bob)
+    assert Deployment.objects.get().status == "awaiting_approval"
+    change.approve(carol)
+    assert change.status == "approved"
+    assert Deployment.objects.get().status == "queued"
+
+
+def test_one_rejection_ends_it(open_request, bob, carol):
+    change = open_request(required_approvals=2)
+    change.approve(bob)
+    change.reject(carol, "the migration is not reversible")
+    deployment = Deployment.objects.get()
+    assert change.status == "rejected"
+    assert deployment.status == "rejected"
+    assert "the migration is not reversible" in deployment.error
+    with pytest.raises(DecisionRefused, match="already rejected"):
+        change.approve(bob)
+
+
+def test_a_rejection_needs_a_comment(open_request, bob):
+    change = open_request()
+    with pytest.raises(DecisionRefused, match="a comment is required"):
+        change.reject(bob, "  ")
+    assert change.status == "pending"
+
+
+def test_a_second_click_on_approve_changes_nothing(open_request, bob):
+    change = open_request()
+    change.approve(bob)
+    with pytest.raises(DecisionRefused, match="already approved"):
+        ChangeRequest.objects.get(pk=change.pk).approve(bob)
+    assert AuditEvent.objects.filter(action="deployment.queued").count() == 1
+
+
+def test_the_refusal_reason_is_given_before_anyone_clicks(open_request, bob, charlie, alice):
+    change = open_request()
+    assert change.refusal_reason(bob) is None
+    assert "approvers" in change.refusal_reason(charlie)
+    alice.groups.add(change.environment.approver_group)
+    assert change.refusal_reason(alice) == "You requested this change, so someone else has to approve it."
+
+
+def test_a_request_whose_deployment_was_superseded_cannot_be_approved(open_request, bob):
+    change = open_request()
+    change.deployment.cancel(reason="Superseded by v2")
+    with pytest.raises(DecisionRefused, match="no longer waiting for approval"):
+        ChangeRequest.objects.get(pk=change.pk).approve(bob)
+
+
+def test_the_permission_to_deploy_does_not_make_someone_an_approver(open_request, charlie):
+    charlie.user_permissions.add(Permission.objects.get(codename="deploy"))
+    with pytest.raises(DecisionRefused):
+        open_request().approve(charlie)

@@ -1,2 +1,160 @@
+"""E-mail about change requests: to the eligible approvers when one opens, to the requester when it is decided.
+
+Sent through Django's default mailer (settings.MAILERS; the console backend unless configured). Both
+functions take an id, run after the deciding transaction commits, and never raise: a mail server that is
+down is logged, and the request stands as it is."""
+
+import logging
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import EmailMessage, mailers
+
+from approvals.models import ChangeRequest, Decision
+
+logger = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "[GitOps Portal]"
+LISTED_COMMITS = 10
+LISTED_FILES = 10
+
+
+def notify_opened(change_request_id):
+    """Ask every eligible approver with an e-mail address to review the request. Returns how many were sent."""
+    try:
+        change_request = _load(change_request_id)
+        if not change_request.is_pending:
+            return 0
+        recipients = eligible_approvers(change_request)
+        subject = f"{SUBJECT_PREFIX} Approval needed: {_title(change_request)}"
+        body = _opened_body(change_request)
+        return _send([EmailMessage(subject=subject, body=body, to=[user.email]) for user in recipients])
+    except Exception:
+        logger.exception("notifying the approvers of change request #%s failed", change_request_id)
+        return 0
+
+
 def notify_decided(change_request_id):
-    pass
+    """Tell the requester that their request was approved or rejected, by whom and why. Returns how many were sent."""
+    try:
+        change_request = _load(change_request_id)
+        requester = change_request.requested_by
+        decided = change_request.status in (ChangeRequest.Status.APPROVED, ChangeRequest.Status.REJECTED)
+        if not decided or requester is None or not requester.email:
+            return 0
+        verdict = change_request.get_status_display()
+        subject = f"{SUBJECT_PREFIX} {verdict}: {_title(change_request)}"
+        return _send([EmailMessage(subject=subject, body=_decided_body(change_request), to=[requester.email])])
+    except Exception:
+        logger.exception("notifying the requester of change request #%s failed", change_request_id)
+        return 0
+
+
+def eligible_approvers(change_request):
+    """Active members of the environment's approver group with an e-mail address who may approve this
+    request: not its requester (unless the environment allows it), not an author of its commits (when
+    the environment blocks them)."""
+    environment = change_request.environment
+    if environment.approver_group_id is None:
+        return []
+    members = (
+        get_user_model()
+        .objects.filter(groups=environment.approver_group_id, is_active=True)
+        .exclude(email="")
+        .order_by("pk")
+    )
+    if not environment.allow_self_approval and change_request.requested_by_id is not None:
+        members = members.exclude(pk=change_request.requested_by_id)
+    authors = set(change_request.author_emails) if environment.block_commit_authors else set()
+    return [user for user in members if user.email.lower() not in authors]
+
+
+def change_request_url(change_request):
+    return settings.GITOPS_BASE_URL.rstrip("/") + change_request.get_absolute_url()
+
+
+# --- composing ---------------------------------------------------------------------------------------
+
+
+def _load(change_request_id):
+    return ChangeRequest.objects.select_related(
+        "deployment__release", "repository", "environment", "requested_by"
+    ).get(pk=change_request_id)
+
+
+def _title(change_request):
+    release = change_request.deployment.release
+    return f"{change_request.repository.name} {release.version} → {change_request.environment.name}"
+
+
+def _opened_body(change_request):
+    summary = change_request.summary or {}
+    requester = change_request.requested_by
+    lines = [
+        f"{_title(change_request)} is waiting for approval.",
+        "",
+        f"Requested by: {requester.get_username() if requester else 'automatic promotion'}",
+        f"Approvals needed: {change_request.required_approvals}",
+    ]
+    if change_request.expires_at:
+        lines.append(f"Expires: {change_request.expires_at:%Y-%m-%d %H:%M %Z}")
+    lines += ["", *_change_lines(summary), "", f"Review it, approve or reject: {change_request_url(change_request)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _change_lines(summary):
+    if summary.get("error"):
+        return [f"What changes could not be read from git: {summary['error']}"]
+    since = (summary.get("from") or {}).get("version")
+    count = summary.get("commit_count", 0)
+    commits = summary.get("commits", [])
+    if summary.get("is_rollback"):
+        heading = f"This is a rollback from {since}: it removes {_plural(count, 'commit')}."
+    elif since:
+        heading = f"Changes since {since}: {_plural(count, 'commit')}."
+    else:
+        heading = f"First deployment here; the latest {_plural(len(commits), 'commit')} of its history:"
+    lines = [heading]
+    for commit in commits[:LISTED_COMMITS]:
+        author = f"{commit['author_name']} <{commit['author_email']}>"
+        lines.append(f"  {commit['short_sha']} {commit['subject']} ({author})")
+    if count > LISTED_COMMITS:
+        lines.append(f"  … and {count - LISTED_COMMITS} more")
+    totals = summary.get("totals") or {}
+    counts = f"+{totals.get('added', 0)} −{totals.get('removed', 0)}"
+    lines += ["", f"{_plural(totals.get('files', 0), 'file')} changed, {counts} lines:"]
+    for changed in summary.get("files", [])[:LISTED_FILES]:
+        counts = "binary" if changed["added"] is None else f"+{changed['added']} −{changed['removed']}"
+        lines.append(f"  {changed['path']} ({counts})")
+    if totals.get("files", 0) > LISTED_FILES:
+        lines.append(f"  … and {totals['files'] - LISTED_FILES} more")
+    if summary.get("pipeline_diff"):
+        path = summary.get("pipeline_path", "")
+        lines += ["", f"The pipeline file {path} changes; see the request for the difference."]
+    return lines
+
+
+def _decided_body(change_request):
+    verdict = change_request.get_status_display().lower()
+    lines = [f"Your change request for {_title(change_request)} was {verdict}.", ""]
+    rejected = change_request.status == ChangeRequest.Status.REJECTED
+    shown = Decision.Verdict.REJECT if rejected else Decision.Verdict.APPROVE
+    for decision in change_request.decisions.filter(verdict=shown).select_related("user"):
+        line = f"{decision.get_verdict_display()} by {decision.user.get_username()}"
+        lines.append(f"{line}: {decision.comment}" if decision.comment else line)
+    if change_request.status == ChangeRequest.Status.APPROVED:
+        lines += ["", "The deployment is queued and starts when its turn comes (and no freeze window holds it)."]
+    else:
+        lines += ["", "The deployment will not run."]
+    lines += ["", f"Details: {change_request_url(change_request)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _plural(count, word):
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _send(messages):
+    if not messages:
+        return 0
+    return mailers.default.send_messages(messages)

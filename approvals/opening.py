@@ -1,2 +1,109 @@
+"""Opening a change request for a held deployment.
+
+`pipelines` sends `deployment_held` on commit (see approvals/apps.py); the reconciler calls
+`open_change_request` again for any held deployment without a request, so a missed or failed signal
+loses nothing. Opening is idempotent: one request per deployment, however many callers race."""
+
+import logging
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from approvals import changes, notifications
+from approvals.models import ChangeRequest
+from pipelines.models import AuditEvent, Deployment
+
+logger = logging.getLogger(__name__)
+
+SUPERSEDED_PREFIX = "Superseded"
+
+
 def on_deployment_held(sender, deployment, **kwargs):
-    raise NotImplementedError
+    """The receiver of `pipelines.signals.deployment_held`. Never raises into pipelines."""
+    try:
+        open_change_request(deployment)
+    except Exception:
+        logger.exception("opening a change request for deployment #%s failed; the reconciler will retry", deployment.pk)
+
+
+def open_change_request(deployment):
+    """The change request of a held deployment, opened now if it has none; None when it is not held.
+
+    What the change contains is read from git before the transaction, so no lock waits on git."""
+    existing = ChangeRequest.objects.filter(deployment_id=deployment.pk).first()
+    if existing is not None:
+        return existing
+    deployment = Deployment.objects.select_related(
+        "release", "environment", "repository", "triggered_by", "previous_release"
+    ).get(pk=deployment.pk)
+    if deployment.status != Deployment.Status.AWAITING_APPROVAL:
+        return None
+    change = changes.inspect(deployment)
+    environment = deployment.environment
+    with transaction.atomic():
+        # The row lock orders us against a concurrent cancel (a newer candidate) and a second opener.
+        status = Deployment.objects.select_for_update().filter(pk=deployment.pk).values_list("status", flat=True).get()
+        if status != Deployment.Status.AWAITING_APPROVAL:
+            return None
+        opened_at = timezone.now()
+        try:
+            with transaction.atomic():
+                change_request = ChangeRequest.objects.create(
+                    deployment=deployment,
+                    repository=deployment.repository,
+                    environment=environment,
+                    requested_by=deployment.triggered_by,
+                    required_approvals=environment.required_approvals,
+                    opened_at=opened_at,
+                    expires_at=opened_at + environment.approval_timeout if environment.approval_timeout else None,
+                    summary=change.summary,
+                    author_emails=change.author_emails,
+                )
+        except IntegrityError:
+            return ChangeRequest.objects.get(deployment_id=deployment.pk)  # another caller opened it first
+        AuditEvent.objects.record(
+            action="change_request.opened",
+            actor=deployment.triggered_by,
+            obj=change_request,
+            repository=deployment.repository,
+            environment=environment,
+            details={
+                "deployment": deployment.pk,
+                "release": deployment.release.version,
+                "commit": deployment.release.commit_sha,
+                "from": (change.summary["from"] or {}).get("version"),
+                "required_approvals": change_request.required_approvals,
+                "expires_at": change_request.expires_at.isoformat() if change_request.expires_at else None,
+                "is_rollback": change.summary["is_rollback"],
+                "commit_count": change.summary["commit_count"],
+            },
+        )
+        close_orphans(
+            ChangeRequest.objects.pending()
+            .filter(repository_id=deployment.repository_id, environment_id=environment.pk)
+            .exclude(pk=change_request.pk)
+        )
+        transaction.on_commit(lambda: notifications.notify_opened(change_request.pk))
+    return change_request
+
+
+def close_orphans(change_requests):
+    """Close the pending requests among `change_requests` whose deployment no longer waits for approval.
+
+    Superseded when pipelines cancelled it for a newer candidate, withdrawn otherwise.
+    Returns {"superseded": n, "withdrawn": n}."""
+    closed = {"superseded": 0, "withdrawn": 0}
+    orphans = change_requests.exclude(deployment__status=Deployment.Status.AWAITING_APPROVAL).select_related(
+        "deployment__release", "repository", "environment"
+    )
+    for change_request in orphans:
+        deployment = change_request.deployment
+        if deployment.status == Deployment.Status.CANCELLED and deployment.error.startswith(SUPERSEDED_PREFIX):
+            if change_request.supersede(reason=deployment.error):
+                closed["superseded"] += 1
+        else:
+            status = deployment.get_status_display().lower()
+            reason = f"The deployment is {status}" + (f": {deployment.error}" if deployment.error else ".")
+            if change_request.withdraw(reason=reason):
+                closed["withdrawn"] += 1
+    return closed

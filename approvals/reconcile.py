@@ -1,2 +1,50 @@
+"""The approvals part of the periodic repair pass (settings.GITOPS_RECONCILE_HOOKS, see pipelines/hooks.py).
+
+Each tick:
+- a pending request whose deployment no longer waits is closed: superseded when pipelines cancelled it
+  for a newer candidate, withdrawn otherwise;
+- a held deployment without a change request gets one (a missed or failed signal loses nothing);
+- a pending request past its `expires_at` expires, which cancels its deployment.
+Each step is one query for the rows that need work; one row's failure never stops the others."""
+
+import logging
+
+from approvals.models import ChangeRequest
+from approvals.opening import close_orphans, open_change_request
+from pipelines.models import Deployment, DeploymentStateError
+
+logger = logging.getLogger(__name__)
+
+
 def reconcile(now):
-    return {}
+    report = close_orphans(ChangeRequest.objects.pending())
+    report["opened"] = open_missing()
+    report["expired"] = expire_overdue(now)
+    return report
+
+
+def open_missing():
+    held = Deployment.objects.filter(status=Deployment.Status.AWAITING_APPROVAL, change_request__isnull=True)
+    opened = 0
+    for deployment in held.order_by("pk"):
+        try:
+            if open_change_request(deployment) is not None:
+                opened += 1
+        except Exception:
+            logger.exception("opening a change request for deployment #%s failed", deployment.pk)
+    return opened
+
+
+def expire_overdue(now):
+    overdue = ChangeRequest.objects.pending().filter(expires_at__lte=now).select_related(
+        "deployment__release", "deployment__repository", "deployment__environment", "repository", "environment"
+    )
+    expired = 0
+    for change_request in overdue:
+        try:
+            if change_request.expire(now):
+                expired += 1
+        except DeploymentStateError:
+            # Its deployment moved on while we looked; the next tick closes the request as an orphan.
+            logger.info("change request #%s was not expired: its deployment changed meanwhile", change_request.pk)
+    return expired

@@ -173,6 +173,105 @@ def materialise(repository, commit_sha, destination):
         raise GitError(f"Cannot write the files of commit {commit_sha[:10]}: {reason}")
 
 
+# --- comparing two commits (what a change request shows) ----------------------------------------------
+
+# The tree of no files: "compare with nothing" for a first deployment. git knows it without storing it.
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_DIFF_OPTIONS = ["--no-color", "--no-ext-diff", "--no-textconv"]  # never run a user's configured diff tools
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    added: int | None  # None for a binary file
+    removed: int | None
+    old_path: str = ""  # the name before, when git saw a rename
+
+
+def ensure_commits(repository, *shas):
+    """Fetch once when the mirror lacks one of these commits; GitError when the remote lacks it too."""
+    for sha in shas:
+        _checked_sha(sha)
+    if all(has_commit(repository, sha) for sha in shas):
+        return
+    sync_mirror(repository)
+    for sha in shas:
+        if not has_commit(repository, sha):
+            raise GitError(f"Commit {sha[:10]} is no longer in repository {display_url(repository.url)}.")
+
+
+def is_ancestor(repository, ancestor_sha, descendant_sha):
+    """True when `ancestor_sha` is in the history of `descendant_sha` (a commit is its own ancestor)."""
+    args = ["merge-base", "--is-ancestor", _checked_sha(ancestor_sha), _checked_sha(descendant_sha)]
+    status, _, stderr = _execute(mirror_path(repository), args, timeout=LOCAL_TIMEOUT)
+    if status in (0, 1):
+        return status == 0
+    reason = _first_line(stderr) or f"git exited with status {status}"
+    raise GitError(f"Cannot compare commits {ancestor_sha[:10]} and {descendant_sha[:10]}: {reason}")
+
+
+def log_range(repository, from_sha, to_sha, limit):
+    """Commits in the history of `to_sha` and not of `from_sha`, newest first, at most `limit`.
+
+    All parents are followed (a merged branch's commits are part of the change). With `from_sha`
+    None, the history of `to_sha` itself."""
+    return _log(repository, _range(from_sha, to_sha), "-n", str(int(limit)))
+
+
+def count_commits(repository, from_sha, to_sha):
+    """How many commits `log_range` would list without a limit."""
+    output = _run(mirror_path(repository), ["rev-list", "--count", *_range(from_sha, to_sha), "--"],
+                  timeout=LOCAL_TIMEOUT, failure=f"Cannot count the commits up to {to_sha[:10]}")
+    return int(output)
+
+
+def author_emails(repository, from_sha, to_sha):
+    """The distinct author e-mails, lower-cased and sorted, of all the commits `log_range` would list."""
+    output = _run(mirror_path(repository), ["log", "--format=%ae", *_range(from_sha, to_sha), "--"],
+                  timeout=LOCAL_TIMEOUT, failure=f"Cannot read the authors of the commits up to {to_sha[:10]}")
+    return sorted({line.strip().lower() for line in output.splitlines() if line.strip()})
+
+
+def numstat(repository, from_sha, to_sha):
+    """The files that differ from `from_sha` to `to_sha`, with lines added and removed, as FileChanges.
+
+    With `from_sha` None every file of `to_sha` counts as added."""
+    base = _checked_sha(from_sha) if from_sha else EMPTY_TREE
+    args = ["diff", "--numstat", "-z", "-M", *_DIFF_OPTIONS, base, _checked_sha(to_sha), "--"]
+    output = _run(mirror_path(repository), args, timeout=LOCAL_TIMEOUT, strip=False,
+                  failure=f"Cannot compare commit {to_sha[:10]} with {base[:10]}")
+    # Records are "added<TAB>removed<TAB>path<NUL>"; a rename leaves the path empty and
+    # follows with "old<NUL>new<NUL>". Binary files count "-" lines.
+    fields, changes, index = output.split("\0"), [], 0
+    while index < len(fields):
+        record = fields[index]
+        index += 1
+        if not record:
+            continue
+        added, removed, path = record.split("\t", 2)
+        old_path = ""
+        if not path:
+            old_path, path = fields[index], fields[index + 1]
+            index += 2
+        changes.append(FileChange(path=path, old_path=old_path, added=None if added == "-" else int(added),
+                                  removed=None if removed == "-" else int(removed)))
+    return changes
+
+
+def file_diff(repository, from_sha, to_sha, path):
+    """The unified diff of one file from `from_sha` (None: from nothing) to `to_sha`; "" when it did not change."""
+    base = _checked_sha(from_sha) if from_sha else EMPTY_TREE
+    _checked_sha(to_sha)
+    try:
+        validate_relative_path(path)
+    except ValidationError as exc:
+        raise GitError(f"Refusing to compare {path!r}: {exc.messages[0]}") from exc
+    # ":(literal)" so that a path is never read as pathspec magic.
+    args = ["diff", *_DIFF_OPTIONS, "--no-renames", base, to_sha, "--", f":(literal){path}"]
+    return _run(mirror_path(repository), args, timeout=LOCAL_TIMEOUT, strip=False,
+                failure=f"Cannot compare {path} between {base[:10]} and {to_sha[:10]}")
+
+
 # --- ordering tags -----------------------------------------------------------------------------------
 
 _VERSION = re.compile(r"^\D*?(?P<numbers>\d+(?:\.\d+)*)(?P<rest>.*)$")
@@ -248,6 +347,13 @@ def _log(repository, revisions, *options):
         commits.append(Commit(sha=sha, message=message.strip(), author_name=name, author_email=email,
                               committed_at=datetime.fromisoformat(date)))
     return commits
+
+
+def _range(from_sha, to_sha):
+    revisions = [_checked_sha(to_sha)]
+    if from_sha:
+        revisions.append("^" + _checked_sha(from_sha))
+    return revisions
 
 
 def _ensure_mirror(repository):

@@ -1,0 +1,163 @@
+"""Opening change requests: a held deployment gets exactly one, with the environment's policy of that moment,
+and a newer candidate for the same target supersedes the older pending request."""
+
+import threading
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import pytest
+import time_machine
+from django.db import connection
+
+from approvals.models import ChangeRequest
+from approvals.opening import on_deployment_held, open_change_request
+from pipelines import promotion
+from pipelines.models import AuditEvent, Deployment, Target
+from pipelines.signals import deployment_held
+
+pytestmark = pytest.mark.django_db
+
+OPENER = "approvals.open_change_request"  # the dispatch_uid of approvals/apps.py
+
+
+@pytest.fixture
+def releases(repository, origin, production, make_release):
+    """v1.0.0 runs in production; v1.1.0 adds a commit by Erin, v1.2.0 one more by Dana."""
+    running = make_release(repository, "v1.0.0", commit_sha=origin.head())
+    Target.objects.filter(pk=Target.objects.for_pair(repository, production).pk).update(current_release=running)
+    origin.write("app.py", "print('hello')\n")
+    v110 = make_release(repository, "v1.1.0", commit_sha=origin.commit("Add the app", author_email="Erin@Example.com"))
+    origin.write("app.py", "print('hello, world')\n")
+    v120 = make_release(repository, "v1.2.0", commit_sha=origin.commit("Greet the world"))
+    return running, v110, v120
+
+
+def test_a_held_deployment_opens_a_request_with_the_environments_approvals_and_timeout(
+    production, releases, alice, django_capture_on_commit_callbacks
+):
+    production.required_approvals = 2
+    production.approval_timeout = timedelta(hours=4)
+    production.save()
+    opened_at = datetime(2025, 3, 3, 9, 0, tzinfo=dt_timezone.utc)
+
+    with time_machine.travel(opened_at, tick=False), django_capture_on_commit_callbacks(execute=True):
+        deployment = promotion.promote(releases[1], production, by=alice)  # the signal opens the request
+
+    change_request = ChangeRequest.objects.get(deployment=deployment)
+    assert change_request.status == "pending"
+    assert (change_request.repository, change_request.environment) == (deployment.repository, production)
+    assert change_request.requested_by == alice
+    assert change_request.required_approvals == 2
+    assert change_request.opened_at == opened_at
+    assert change_request.expires_at == opened_at + timedelta(hours=4)
+    assert change_request.author_emails == ["erin@example.com"]
+    assert [c["subject"] for c in change_request.summary["commits"]] == ["Add the app"]
+    event = AuditEvent.objects.get(action="change_request.opened")
+    assert (event.actor, event.object_id, event.environment) == (alice, str(change_request.pk), production)
+    assert event.details["release"] == "v1.1.0" and event.details["required_approvals"] == 2
+
+
+def test_the_request_keeps_the_approvals_required_when_it_opened(production, releases, alice):
+    change_request = open_change_request(promotion.promote(releases[1], production, by=alice))
+    production.required_approvals = 3
+    production.save()
+    change_request.refresh_from_db()
+    assert change_request.required_approvals == 1
+
+
+def test_an_automatic_promotion_opens_a_request_without_requester_or_expiry(repository, production, releases):
+    deployment = promotion.promote(releases[1], production, by=None, trigger=Deployment.Trigger.AUTO)
+    change_request = open_change_request(deployment)
+    assert change_request.requested_by is None
+    assert change_request.expires_at is None
+    assert AuditEvent.objects.get(action="change_request.opened").actor_name == "system"
+
+
+def test_opening_twice_gives_the_one_request_and_one_audit_event(production, releases, alice):
+    deployment = promotion.promote(releases[1], production, by=alice)
+    first = open_change_request(deployment)
+    second = open_change_request(deployment)
+    assert first.pk == second.pk
+    assert ChangeRequest.objects.count() == 1
+    assert AuditEvent.objects.filter(action="change_request.opened").count() == 1
+
+
+def test_it_opens_nothing_for_a_deployment_that_no_longer_waits_for_approval(production, releases, alice):
+    deployment = promotion.promote(releases[1], production, by=alice)
+    deployment.cancel(by=alice, reason="Wrong release")
+    assert open_change_request(deployment) is None
+    assert not ChangeRequest.objects.exists()
+
+
+def test_a_newer_candidate_supersedes_the_older_pending_request(
+    production, releases, alice, bob, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        older = promotion.promote(releases[1], production, by=alice)
+    older_request = ChangeRequest.objects.get(deployment=older)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        newer = promotion.promote(releases[2], production, by=bob)
+
+    older_request.refresh_from_db()
+    assert older_request.status == "superseded"
+    assert older_request.status_reason == f"Superseded by v1.2.0 (deployment #{newer.pk})."
+    assert older_request.decided_at is not None
+    assert ChangeRequest.objects.get(deployment=newer).status == "pending"
+    event = AuditEvent.objects.get(action="change_request.superseded")
+    assert event.object_id == str(older_request.pk)
+    assert event.details["reason"] == older_request.status_reason
+
+
+def test_a_request_for_another_target_is_not_superseded(
+    repository, staging, production, releases, alice, django_capture_on_commit_callbacks
+):
+    staging.requires_approval = True
+    staging.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        promotion.promote(releases[1], staging, by=alice)
+        promotion.promote(releases[2], production, by=alice)
+    assert sorted(ChangeRequest.objects.values_list("environment__name", "status")) == [
+        ("production", "pending"), ("staging", "pending")
+    ]
+
+
+def test_a_failure_while_opening_is_logged_and_never_raised_into_pipelines(db, caplog):
+    vanished = Deployment(pk=987654)  # no such row: loading it fails
+    on_deployment_held(sender=Deployment, deployment=vanished)
+    assert "opening a change request for deployment #987654 failed; the reconciler will retry" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_openers_open_exactly_one_request(production, releases, alice):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a database where threads really run concurrently")
+    # Held without the signal (it would open the request on commit): the threads below race to open it.
+    deployment_held.disconnect(dispatch_uid=OPENER)
+    try:
+        deployment = promotion.promote(releases[1], production, by=alice)
+    finally:
+        deployment_held.connect(on_deployment_held, dispatch_uid=OPENER)
+    assert not ChangeRequest.objects.exists()
+    openers = 8
+    barrier = threading.Barrier(openers)
+    opened, errors = [], []
+
+    def open_it():
+        try:
+            barrier.wait(timeout=30)
+            opened.append(open_change_request(deployment).pk)
+        except Exception as exc:  # reported below: a thread's exception would otherwise vanish
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=open_it) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert len(opened) == openers and len(set(opened)) == 1
+    assert ChangeRequest.objects.count() == 1
+    assert AuditEvent.objects.filter(action="change_request.opened").count() == 1

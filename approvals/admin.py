@@ -1,0 +1,68 @@
+"""The approvals app in the Django admin."""
+
+from django.contrib import admin
+from django.utils import timezone
+
+from approvals.freeze import format_until, window_end
+from approvals.models import FreezeWindow
+from pipelines.admin import AuditedAdmin
+
+# ======================================================================================================
+# Freeze windows — edited here by platform admins; validated by FreezeWindow.clean() (the admin's
+# ModelForm runs full_clean), and every add, change and delete lands in the audit log (AuditedAdmin).
+# ======================================================================================================
+
+
+@admin.register(FreezeWindow)
+class FreezeWindowAdmin(AuditedAdmin):
+    list_display = ["name", "schedule", "environment_names", "enabled", "frozen_now"]
+    list_filter = ["enabled", "environments"]
+    search_fields = ["name", "reason"]
+    filter_horizontal = ["environments"]
+    readonly_fields = ["created_by", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "environments", "reason", "enabled"]}),
+        (
+            "One-off window",
+            {
+                "fields": ["starts_at", "ends_at"],
+                "description": "From a start to an end; leave the recurring fields empty.",
+            },
+        ),
+        (
+            "Recurring window",
+            {
+                "fields": ["cron", "duration", "time_zone"],
+                "description": (
+                    "Starts whenever the cron rule fires on the local clock of the time zone and lasts the duration "
+                    "in real time (across a daylight-saving change too). Leave the one-off fields empty."
+                ),
+            },
+        ),
+        ("Record", {"fields": ["created_by", "created_at"]}),
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("environments")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="when")
+    def schedule(self, window):
+        if window.is_recurring:
+            return f"{window.cron} ({window.time_zone}) for {window.duration}"
+        if window.starts_at and window.ends_at:
+            return f"{format_until(window.starts_at)} → {format_until(window.ends_at)}"
+        return "—"
+
+    @admin.display(description="environments")
+    def environment_names(self, window):
+        return ", ".join(environment.name for environment in window.environments.all())
+
+    @admin.display(description="frozen now")
+    def frozen_now(self, window):
+        until = window_end(window, timezone.now())
+        return f"until {format_until(until)}" if until else "—"

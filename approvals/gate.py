@@ -2,6 +2,8 @@
 
 A person with `approvals.override_gate` may skip the gate with a written reason, which is audited."""
 
+from django.db import transaction
+
 from pipelines.models import AuditEvent, Deployment
 from pipelines.promotion import PromotionError, environments_for, promote
 
@@ -30,6 +32,11 @@ def gate_reason(release, environment):
 def promote_through_gate(release, environment, *, by, override_reason=""):
     """A deployer's Promote: the gate first, then `pipelines.promotion.promote` (which holds the
     deployment for approval where the environment requires it)."""
+    with transaction.atomic():  # an override is audited only together with the deployment it let through
+        return _promote_through_gate(release, environment, by=by, override_reason=override_reason)
+
+
+def _promote_through_gate(release, environment, *, by, override_reason):
     reason = gate_reason(release, environment)
     if reason:
         if not override_reason.strip():

@@ -4,8 +4,12 @@
 the policy and raises `DecisionRefused` (a PermissionDenied) with the reason in words; the deployment is
 released through `Deployment.release_hold()`, whose compare-and-swap makes that happen once."""
 
+from datetime import timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -22,11 +26,15 @@ class ChangeRequestQuerySet(models.QuerySet):
         return self.filter(status=ChangeRequest.Status.PENDING)
 
     def awaiting(self, user):
-        """Pending requests this user could approve: in the approver group, not yet decided by them."""
+        """Pending requests this user could approve: in the approver group, not yet decided by them, and
+        not their own request unless the environment allows that. (The commit-author rule is left to
+        `refusal_reason`, which the page shows: it needs the e-mails stored as JSON.)"""
+        own_and_not_allowed = models.Q(requested_by=user, environment__allow_self_approval=False)
         return (
             self.pending()
             .filter(environment__approver_group__in=user.groups.all())
             .exclude(decisions__user=user)
+            .exclude(own_and_not_allowed)
         )
 
 
@@ -210,6 +218,54 @@ class FreezeWindow(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def is_recurring(self):
+        return bool(self.cron)
+
+    def clean(self):
+        """Exactly one kind: a one-off window (start before end, no rule) or a recurring one (a valid
+        cron rule, a positive duration, an IANA time zone)."""
+        one_off = self.starts_at is not None or self.ends_at is not None
+        recurring = bool(self.cron) or self.duration is not None
+        if one_off and recurring:
+            raise ValidationError(
+                "A window is either one-off (a start and an end) or recurring (a cron rule and a duration), not both: "
+                "clear one or the other."
+            )
+        if not one_off and not recurring:
+            raise ValidationError(
+                "Give a start and an end for a one-off window, "
+                "or a cron rule, a duration and a time zone for a recurring one."
+            )
+        errors = {}
+        if one_off:
+            if self.starts_at is None:
+                errors["starts_at"] = "A one-off window needs a start."
+            if self.ends_at is None:
+                errors["ends_at"] = "A one-off window needs an end."
+            if self.starts_at and self.ends_at and self.starts_at >= self.ends_at:
+                errors["ends_at"] = "The window must end after it starts."
+        else:
+            if not self.cron:
+                errors["cron"] = "A recurring window needs a cron rule for when it starts, e.g. '0 18 * * FRI'."
+            elif not croniter.is_valid(self.cron, strict=True):
+                errors["cron"] = (
+                    f"{self.cron!r} is not a valid cron rule: five fields, minute hour day-of-month month day-of-week, "
+                    "e.g. '0 18 * * FRI' for every Friday at 18:00."
+                )
+            if self.duration is None or self.duration <= timedelta(0):
+                errors["duration"] = (
+                    "A recurring window needs a positive duration, e.g. '2 15:00:00' for 2 days 15 hours."
+                )
+            try:
+                ZoneInfo(self.time_zone)
+            except (ValueError, ZoneInfoNotFoundError):
+                errors["time_zone"] = (
+                    f"{self.time_zone!r} is not a known time zone; use an IANA name such as 'Europe/Berlin'."
+                )
+        if errors:
+            raise ValidationError(errors)
 
 
 class FreezeOverride(models.Model):

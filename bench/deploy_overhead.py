@@ -3,7 +3,8 @@
 The staging step does nothing but write two timestamps, so what is left is the portal:
 overhead = (step start − rq job started_at) + (rq job ended_at − step end).
 rq stamps started_at in the work-horse right before calling the job, and ended_at right after it returns.
-The split uses the deployment row too: claimed (started_at) and finished (finished_at).
+The split uses the rows too: claimed (Deployment.started_at), files written (the first log line, which the
+runner appends after materialising the release) and finished (Deployment.finished_at).
 Target: median ≤ 150 ms.
 """
 
@@ -21,8 +22,8 @@ DIRS, FILES_PER_DIR = 40, 50
 
 
 def diagnostics(repository, release, work_dir):
-    """Where the pickup time goes: writing the files (vs tar alone, the floor of this disk) and the imports
-    that each forked work-horse repeats because the worker's main process never made them."""
+    """Where the pickup time goes: writing the files (vs tar alone, the floor of this disk), and the imports
+    that a forked work-horse makes when the worker's main process has not made them before forking."""
     from django.conf import settings
 
     from pipelines import git
@@ -45,9 +46,9 @@ def diagnostics(repository, release, work_dir):
     code = ("import time, django; django.setup(); t = time.perf_counter(); import pipelines.runner; "
             "print(time.perf_counter() - t)")
     imports = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
-    return [f"in-process, best of 3, into GITOPS_WORK_DIR ({settings.GITOPS_WORK_DIR}):",
+    return [f"in-process, best of 3, into GITOPS_WORK_DIR ({settings.GITOPS_WORK_DIR}; TMPDIR=/dev/shm puts it on tmpfs):",
             f"  git.materialise {ms(materialise)}, tar -x of the same archive alone {ms(tar_alone)} (this disk's floor)",
-            f"  import pipelines.runner (GitPython…) after django.setup(): {ms(imports)}, repeated by every work-horse"]
+            f"  import pipelines.runner after django.setup() (paid again by every work-horse): {ms(imports)}"]
 
 
 def main():
@@ -68,7 +69,7 @@ def main():
         (release,) = tracking.poll_repository(repository)
 
         the_portal.start_worker("deploy")
-        samples = []  # per deployment: (pickup → claimed, claimed → step start, step end → finished, finished → job end)
+        samples = []  # per deployment: the five intervals of the report's split, in seconds
         for n in range(N + 1):  # the first one warms up and is not counted
             trigger = Deployment.Trigger.MANUAL if n == 0 else Deployment.Trigger.RETRY
             deployment, job = wait_finished(promote(release, staging, by=None, trigger=trigger))
@@ -77,12 +78,13 @@ def main():
             start, end = (float((marker / name).read_text()) for name in ("start", "end"))
             job_start, job_end = job.started_at.timestamp(), job.ended_at.timestamp()
             claimed, finished = deployment.started_at.timestamp(), deployment.finished_at.timestamp()
+            logged = deployment.log_chunks.order_by("seq").first().created_at.timestamp()
             if n:
-                samples.append((claimed - job_start, start - claimed, finished - end, job_end - finished))
+                samples.append((claimed - job_start, logged - claimed, start - logged, finished - end, job_end - finished))
 
         notes = diagnostics(repository, release, the_portal.data_dir / "work")
-        pickup = [a + b for a, b, _, _ in samples]
-        bookkeeping = [c + d for _, _, c, d in samples]
+        pickup = [sum(s[:3]) for s in samples]
+        bookkeeping = [sum(s[3:]) for s in samples]
         overhead = [p + b for p, b in zip(pickup, bookkeeping)]
 
         def row(label, values, target=None):
@@ -94,10 +96,11 @@ def main():
             row("overhead per deployment", overhead, TARGET),
             row("  pickup → step start", pickup),
             row("    job start → claimed (DB)", [s[0] for s in samples]),
-            row("    claimed → step start (files, log)", [s[1] for s in samples]),
+            row("    claimed → files written", [s[1] for s in samples]),
+            row("    files written → step start", [s[2] for s in samples]),
             row("  step end → job end", bookkeeping),
-            row("    step end → finished (DB)", [s[2] for s in samples]),
-            row("    finished → job end", [s[3] for s in samples]),
+            row("    step end → finished (DB)", [s[3] for s in samples]),
+            row("    finished → job end (rm, next stage)", [s[4] for s in samples]),
         ], notes=["overhead: " + " ".join(f"{v * 1000:.0f}" for v in overhead) + " ms", *notes])
 
 

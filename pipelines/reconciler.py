@@ -50,7 +50,7 @@ def requeue_lost_jobs(now):
         with transaction.atomic():
             AuditEvent.objects.record(
                 action="deployment.requeued", obj=deployment, repository=deployment.repository,
-                environment=deployment.environment, details={"reason": "its queue job was gone"},
+                environment=deployment.environment, details={"reason": "it had no live queue job (Redis lost it, or what held it has ended)"},
             )
             jobs.enqueue_deployment(deployment)
         requeued += 1

@@ -164,6 +164,10 @@ def deployment_log(request, pk):
 def release_deploy(request, pk):
     release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
     environment = get_object_or_404(Environment, name=request.POST.get("environment", ""))
+    if environment.requires_approval:
+        # Change control (approvals) owns these: its Promote checks the pre-production gate first.
+        messages.error(request, f"{environment} requires approval: use Promote, which checks the release passed the stage before.")
+        return redirect(release)
     try:
         deployment = promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
     except PromotionError as exc:

@@ -145,3 +145,12 @@ def test_the_permission_to_deploy_does_not_make_someone_an_approver(open_request
     charlie.user_permissions.add(Permission.objects.get(codename="deploy"))
     with pytest.raises(DecisionRefused):
         open_request().approve(charlie)
+
+
+def test_waiting_on_me_leaves_out_requests_i_may_not_approve(open_request, bob, carol):
+    mine = open_request(requested_by=bob)
+    theirs = open_request(requested_by=carol)
+    assert list(ChangeRequest.objects.awaiting(bob)) == [theirs]
+    theirs.approve(bob)
+    assert list(ChangeRequest.objects.awaiting(bob)) == []
+    assert list(ChangeRequest.objects.awaiting(carol)) == [mine]

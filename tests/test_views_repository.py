@@ -192,7 +192,9 @@ def test_a_version_with_a_slash_has_its_page(client, charlie, repository, enviro
 def test_deployers_get_a_button_per_environment_of_the_file(client, bob, release, environments):
     client.force_login(bob)
     html = client.get(reverse("release_detail", args=["shop", "v2.3.0"])).content.decode()
-    assert "Deploy to staging" in html and "Deploy to production" in html
+    assert "Deploy to staging" in html and "Deploy to production" not in html
+    # Approval-requiring environments get approvals' gated Promote, loaded from its own view.
+    assert f'hx-get="/approvals/releases/{release.pk}/actions"' in html
 
 
 def test_a_deployer_deploys_a_release(client, bob, release, staging, production):
@@ -203,8 +205,13 @@ def test_a_deployer_deploys_a_release(client, bob, release, staging, production)
     assert deployment.status == Deployment.Status.QUEUED
     assert deployment.trigger == Deployment.Trigger.MANUAL and deployment.triggered_by == bob
 
-    client.post(reverse("release_deploy", args=[release.pk]), {"environment": "production"})
-    assert Deployment.objects.get(release=release, environment=production).status == Deployment.Status.AWAITING_APPROVAL
+
+
+def test_deploying_straight_to_an_approval_environment_is_refused(client, bob, release, production):
+    client.force_login(bob)
+    response = client.post(reverse("release_deploy", args=[release.pk]), {"environment": "production"}, follow=True)
+    assert "production requires approval: use Promote" in response.content.decode()
+    assert not Deployment.objects.filter(environment=production).exists()
 
 
 def test_deploying_an_invalid_release_shows_why_and_changes_nothing(client, bob, repository, environments):
@@ -216,9 +223,9 @@ def test_deploying_an_invalid_release_shows_why_and_changes_nothing(client, bob,
 
 
 def test_deploying_to_an_environment_the_file_does_not_name_is_refused(client, bob, repository, environments):
-    only_staging = create_release(repository, "v4", pipeline_text="environments:\n  staging:\n    steps:\n      - run: ./deploy.sh\n")
+    only_production = create_release(repository, "v4", pipeline_text="environments:\n  production:\n    steps:\n      - run: ./deploy.sh\n")
     client.force_login(bob)
-    response = client.post(reverse("release_deploy", args=[only_staging.pk]), {"environment": "production"}, follow=True)
+    response = client.post(reverse("release_deploy", args=[only_production.pk]), {"environment": "staging"}, follow=True)
     assert "does not name the environment" in response.content.decode()
     assert not Deployment.objects.exists()
 

@@ -1,0 +1,21 @@
+"""Context for the navigation bar: how many change requests wait on the signed-in user."""
+
+from functools import cache
+
+from approvals.models import ChangeRequest
+
+
+def pending_approvals(request):
+    """{"approvals_waiting_count": N} for a signed-in user, N from one query.
+
+    The count is computed only when a template reads it (the navigation of full pages), so the htmx
+    fragments that poll every few seconds do not pay for it."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+
+    @cache
+    def approvals_waiting_count():
+        return ChangeRequest.objects.awaiting(user).count()
+
+    return {"approvals_waiting_count": approvals_waiting_count}

@@ -1,0 +1,466 @@
+"""The change-control pages: the approvals inbox, the change-request page with Approve and Reject, and the
+deployer's actions that go through change control (promote through the gate, roll back, block, deploy
+during a freeze).
+
+Reading pages make a fixed number of queries; the change itself is JSON on the request row. Mutating
+views are short: guard, model method, message, redirect. Anything refused leaves nothing changed."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from approvals.gate import gate_reason, promote_through_gate
+from approvals.models import ChangeRequest, Decision, DecisionRefused
+from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Target
+from pipelines.promotion import PromotionError, environments_for, rollback
+
+RECENTLY_DECIDED = 50
+deployer_required = permission_required("pipelines.deploy", raise_exception=True)
+freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)
+
+
+# --- what a change contains, from the summary stored on the request ------------------------------------
+
+
+@dataclass
+class Commit:
+    sha: str
+    short_sha: str
+    subject: str
+    author_name: str
+    author_email: str
+    committed_at: datetime | None
+    url: str
+
+
+@dataclass
+class FileChange:
+    path: str
+    old_path: str  # set on a rename
+    added: int | None  # None for a binary file
+    removed: int | None
+
+
+@dataclass
+class EarlierResult:
+    environment: str
+    deployment_id: int | None
+    status: str
+    finished_at: datetime | None
+    ran: timedelta | None
+    running_for: timedelta | None  # until the summary was computed, or until replaced_by replaced it
+    replaced_by: str
+
+    @property
+    def succeeded(self):
+        return self.status == Deployment.Status.SUCCEEDED
+
+    @property
+    def status_label(self):
+        return Deployment.Status(self.status).label if self.status in Deployment.Status.values else self.status
+
+
+@dataclass
+class Change:
+    """The summary JSON (see approvals/changes.py) made ready for the page."""
+
+    recorded: bool
+    commits: list
+    commit_count: int
+    first_deployment: bool
+    files: list
+    file_count: int
+    lines_added: int
+    lines_removed: int
+    pipeline_path: str
+    pipeline_diff: list  # (kind, line) with kind in meta, hunk, add, del, context
+    is_rollback: bool
+    from_release: dict | None  # {"version", "sha"}
+    to_release: dict | None
+    earlier_results: list
+    computed_at: datetime | None
+    truncated: bool
+    error: str
+
+    @classmethod
+    def from_summary(cls, summary):
+        summary = summary or {}
+        commits = [_commit(item) for item in summary.get("commits") or []]
+        files = [
+            FileChange(item.get("path", ""), item.get("old_path") or "", item.get("added"), item.get("removed"))
+            for item in summary.get("files") or []
+        ]
+        totals = summary.get("totals") or {}
+        return cls(
+            recorded=bool(summary),
+            commits=commits,
+            commit_count=summary.get("commit_count") or len(commits),
+            first_deployment=bool(summary.get("first_deployment")),
+            files=files,
+            file_count=totals.get("files", len(files)),
+            lines_added=totals.get("added", sum(f.added or 0 for f in files)),
+            lines_removed=totals.get("removed", sum(f.removed or 0 for f in files)),
+            pipeline_path=summary.get("pipeline_path") or "",
+            pipeline_diff=_diff_lines(summary.get("pipeline_diff") or ""),
+            is_rollback=bool(summary.get("is_rollback")),
+            from_release=summary.get("from"),
+            to_release=summary.get("to"),
+            earlier_results=[_earlier_result(item) for item in summary.get("earlier_results") or []],
+            computed_at=_datetime(summary.get("computed_at")),
+            truncated=bool(summary.get("truncated")),
+            error=summary.get("error") or "",
+        )
+
+
+def _datetime(value):
+    return parse_datetime(value) if isinstance(value, str) else None
+
+
+def _seconds(value):
+    return timedelta(seconds=value) if isinstance(value, (int, float)) else None
+
+
+def _commit(item):
+    url = item.get("url") or ""
+    sha = item.get("sha", "")
+    return Commit(
+        sha=sha,
+        short_sha=item.get("short_sha") or sha[:10],
+        subject=item.get("subject", ""),
+        author_name=item.get("author_name", ""),
+        author_email=item.get("author_email", ""),
+        committed_at=_datetime(item.get("committed_at")),
+        # Only web links: the summary is data, not markup.
+        url=url if url.startswith(("https://", "http://")) else "",
+    )
+
+
+def _earlier_result(item):
+    return EarlierResult(
+        environment=item.get("environment", ""),
+        deployment_id=item.get("deployment_id"),
+        status=item.get("status") or Deployment.Status.SUCCEEDED,
+        finished_at=_datetime(item.get("finished_at")),
+        ran=_seconds(item.get("duration_seconds")),
+        running_for=_seconds(item.get("running_for_seconds")),
+        replaced_by=item.get("replaced_by") or "",
+    )
+
+
+def _diff_lines(diff):
+    lines = []
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---", "diff ", "index ")):
+            kind = "meta"
+        elif line.startswith("@@"):
+            kind = "hunk"
+        elif line.startswith("+"):
+            kind = "add"
+        elif line.startswith("-"):
+            kind = "del"
+        else:
+            kind = "context"
+        lines.append((kind, line))
+    return lines
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+def _with_row_facts(requests):
+    """What an inbox row shows, in the same query: the related rows and the approvals given so far."""
+    return requests.select_related("repository", "environment", "deployment__release", "requested_by").annotate(
+        approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE))
+    )
+
+
+def _get_change_request_or_404(pk):
+    related = (
+        "repository", "environment__approver_group", "requested_by",
+        "deployment__release", "deployment__environment", "deployment__repository",
+    )
+    return get_object_or_404(ChangeRequest.objects.select_related(*related), pk=pk)
+
+
+def _status_context(change_request):
+    decisions = list(change_request.decisions.select_related("user"))
+    return {
+        "cr": change_request,
+        "decisions": decisions,
+        "approvals_given": sum(1 for d in decisions if d.verdict == Decision.Verdict.APPROVE),
+        "now": timezone.now(),
+    }
+
+
+@login_required
+def inbox(request):
+    decided = ChangeRequest.objects.exclude(status=ChangeRequest.Status.PENDING)
+    context = {
+        "waiting": list(_with_row_facts(ChangeRequest.objects.awaiting(request.user))),
+        "pending": list(_with_row_facts(ChangeRequest.objects.pending())),
+        "decided": list(
+            _with_row_facts(decided).order_by(F("decided_at").desc(nulls_last=True), "-id")[:RECENTLY_DECIDED]
+        ),
+        "recently_decided": RECENTLY_DECIDED,
+        "now": timezone.now(),
+    }
+    return render(request, "approvals/inbox.html", context)
+
+
+@login_required
+def change_request_detail(request, pk):
+    """The page; for htmx, only its status (polled every 3 s while pending).
+
+    Once the request is closed the poll answers 286 to stop, and swaps the decision panel out of band so
+    that buttons for a request decided elsewhere disappear."""
+    change_request = _get_change_request_or_404(pk)
+    context = _status_context(change_request)
+    if request.htmx:
+        if change_request.is_pending:
+            return render(request, "approvals/change_request_detail.html#status", context)
+        context.update(refusal=change_request.refusal_reason(request.user), oob=True)
+        content = render_to_string("approvals/change_request_detail.html#closed_update", context, request)
+        return HttpResponseStopPolling(content)
+    release = change_request.deployment.release
+    context.update(
+        refusal=change_request.refusal_reason(request.user),
+        change=Change.from_summary(change_request.summary),
+        release=release,
+        deployment=change_request.deployment,
+        commit_url=change_request.repository.commit_url(release.commit_sha),
+    )
+    return render(request, "approvals/change_request_detail.html", context)
+
+
+@login_required
+def deployment_change_request(request, pk):
+    """From a held deployment to the request that decides on it."""
+    change_request = ChangeRequest.objects.filter(deployment_id=pk).only("pk").first()
+    if change_request is None:
+        deployment = get_object_or_404(Deployment, pk=pk)
+        messages.info(request, f"No change request has been opened for deployment #{deployment.pk} yet.")
+        return redirect(deployment)
+    return redirect(change_request)
+
+
+# --- deciding ----------------------------------------------------------------------------------------
+
+
+@require_POST
+@login_required
+def change_request_approve(request, pk):
+    change_request = get_object_or_404(ChangeRequest, pk=pk)
+    try:
+        change_request.approve(request.user, request.POST.get("comment", "").strip())
+    except (DecisionRefused, DeploymentStateError) as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+    else:
+        if change_request.status == ChangeRequest.Status.APPROVED:
+            released = f"deployment #{change_request.deployment_id} is released"
+            messages.success(request, f"You approved change request #{change_request.pk}; {released}.")
+        else:
+            messages.success(request, f"You approved change request #{change_request.pk}; it needs more approvals.")
+    return redirect(change_request)
+
+
+@require_POST
+@login_required
+def change_request_reject(request, pk):
+    change_request = get_object_or_404(ChangeRequest, pk=pk)
+    try:
+        change_request.reject(request.user, request.POST.get("comment", "").strip())
+    except (DecisionRefused, DeploymentStateError) as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+    else:
+        stopped = f"deployment #{change_request.deployment_id} will not run"
+        messages.success(request, f"You rejected change request #{change_request.pk}; {stopped}.")
+    return redirect(change_request)
+
+
+# --- the release page's actions ------------------------------------------------------------------------
+
+
+@dataclass
+class Promotion:
+    environment: Environment
+    gate: str | None  # why the gate is closed, in words; None when it is open
+    on_its_way: Deployment | None  # this release already waiting or running there
+
+
+def _get_release_or_404(pk):
+    return get_object_or_404(Release.objects.select_related("repository"), pk=pk)
+
+
+def _already_on_its_way(request, release, environment):
+    """This release's deployment already waiting or running in `environment`, said as a message; else None.
+
+    A second click on Promote or Roll back would otherwise supersede the first deployment with a copy."""
+    deployment = Deployment.objects.filter(release=release, environment=environment).active().first()
+    if deployment is not None:
+        status = deployment.get_status_display().lower()
+        messages.error(
+            request,
+            f"{release.version} is already on its way to {environment}: deployment #{deployment.pk} is {status}. "
+            "Nothing was changed.",
+        )
+    return deployment
+
+
+@login_required
+@deployer_required
+def release_actions(request, pk):
+    """The promote and roll-back part of the release page (loaded into it by htmx, so that pipelines'
+    page needs nothing from approvals): the gate's answer per approval-requiring environment, and a
+    rollback wherever this release succeeded before and is not what runs there now."""
+    release = _get_release_or_404(pk)
+    environments = environments_for(release)
+    active = {d.environment_id: d for d in Deployment.objects.filter(release=release).active()}
+    succeeded_there = Deployment.objects.filter(release=release, status=Deployment.Status.SUCCEEDED)
+    succeeded = set(succeeded_there.values_list("environment_id", flat=True))
+    targets = Target.objects.filter(repository=release.repository)
+    current = dict(targets.values_list("environment_id", "current_release_id"))
+    context = {
+        "release": release,
+        "promotions": [
+            Promotion(environment=env, gate=gate_reason(release, env), on_its_way=active.get(env.id))
+            for env in environments if env.requires_approval
+        ],
+        "rollbacks": [
+            env for env in environments
+            if env.id in succeeded and current.get(env.id) != release.id and env.id not in active
+        ],
+        "can_override_gate": request.user.has_perm("approvals.override_gate"),
+    }
+    return render(request, "approvals/_release_actions.html", context)
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_promote(request, pk):
+    """Promote through the pre-production gate; with `approvals.override_gate` and a reason, past it."""
+    release = _get_release_or_404(pk)
+    environment = get_object_or_404(Environment, name=request.POST.get("environment", ""))
+    if (on_its_way := _already_on_its_way(request, release, environment)) is not None:
+        return redirect(on_its_way)
+    try:
+        deployment = promote_through_gate(
+            release, environment, by=request.user, override_reason=request.POST.get("override_reason", "").strip()
+        )
+    except PromotionError as exc:
+        messages.error(request, str(exc))
+        return redirect(release)
+    status = deployment.get_status_display().lower()
+    messages.success(request, f"{release.version} to {environment}: deployment #{deployment.pk} is {status}.")
+    return redirect(deployment)
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_rollback(request, pk):
+    release = _get_release_or_404(pk)
+    environment = get_object_or_404(Environment, name=request.POST.get("environment", ""))
+    if (on_its_way := _already_on_its_way(request, release, environment)) is not None:
+        return redirect(on_its_way)
+    try:
+        with transaction.atomic():
+            deployment = rollback(release, environment, by=request.user, reason=request.POST.get("reason", "").strip())
+    except PromotionError as exc:
+        messages.error(request, str(exc))
+        return redirect(release)
+    status = deployment.get_status_display().lower()
+    messages.success(
+        request,
+        f"Rolling {environment} back to {release.version}: deployment #{deployment.pk} is {status}. "
+        f"Automatic deployment of {release.repository} to {environment} is paused until someone resumes it.",
+    )
+    return redirect(deployment)
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_block(request, pk):
+    release = _get_release_or_404(pk)
+    reason = request.POST.get("reason", "").strip()
+    if not reason:
+        messages.error(request, "Give a reason for blocking the release; nothing was changed.")
+    elif release.blocked:
+        blocked = f"{release.version} is already blocked ({release.blocked_reason})"
+        messages.error(request, f"{blocked}; nothing was changed.")
+    else:
+        release.block(by=request.user, reason=reason)
+        messages.success(request, f"{release.version} is blocked: it will not be promoted, automatically or by hand.")
+    return redirect(release)
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_unblock(request, pk):
+    release = _get_release_or_404(pk)
+    if not release.blocked:
+        messages.error(request, f"{release.version} is not blocked; nothing was changed.")
+    else:
+        release.unblock(by=request.user)
+        messages.success(request, f"{release.version} is unblocked.")
+    return redirect(release)
+
+
+# --- deploying during a freeze -----------------------------------------------------------------------
+
+
+def _get_deployment_or_404(pk):
+    deployments = Deployment.objects.select_related("release__repository", "environment", "repository")
+    return get_object_or_404(deployments, pk=pk)
+
+
+@login_required
+def deployment_freeze(request, pk):
+    """For the deployment page (loaded by htmx): why a queued deployment waits for a freeze to end, and
+    "Deploy anyway" for those allowed to. Empty when no freeze holds it."""
+    from approvals import freeze
+
+    deployment = _get_deployment_or_404(pk)
+    if deployment.status != Deployment.Status.QUEUED:
+        return HttpResponse("")
+    hold = freeze.deploy_guard(deployment, timezone.now())
+    if not hold:
+        return HttpResponse("")
+    can_override = request.user.has_perm("approvals.deploy_during_freeze")
+    context = {"deployment": deployment, "hold": hold, "can_override": can_override}
+    return render(request, "approvals/_freeze_hold.html", context)
+
+
+@require_POST
+@login_required
+@freeze_overrider_required
+def deployment_freeze_override(request, pk):
+    from approvals.freeze import override_freeze
+
+    deployment = _get_deployment_or_404(pk)
+    reason = request.POST.get("reason", "").strip()
+    if not reason:
+        messages.error(request, "Give a reason for deploying during the freeze; nothing was changed.")
+        return redirect(deployment)
+    try:
+        with transaction.atomic():
+            override_freeze(deployment, by=request.user, reason=reason)
+    except (PermissionDenied, DeploymentStateError) as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+    else:
+        messages.success(request, f"Deployment #{deployment.pk} will run despite the freeze.")
+    return redirect(deployment)

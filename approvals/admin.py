@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.utils import timezone
 
 from approvals.freeze import format_until, window_end
-from approvals.models import FreezeWindow
-from pipelines.admin import AuditedAdmin
+from approvals.models import ChangeRequest, Decision, FreezeOverride, FreezeWindow
+from pipelines.admin import AuditedAdmin, ReadOnlyAdmin
 
 # ======================================================================================================
 # Freeze windows — edited here by platform admins; validated by FreezeWindow.clean() (the admin's
@@ -66,3 +66,34 @@ class FreezeWindowAdmin(AuditedAdmin):
     def frozen_now(self, window):
         until = window_end(window, timezone.now())
         return f"until {format_until(until)}" if until else "—"
+
+
+# ======================================================================================================
+# Change requests, decisions and freeze overrides — records, read-only: the pages and
+# ChangeRequest.approve()/reject() are the one way to change them.
+# ======================================================================================================
+
+
+class DecisionInline(admin.TabularInline):
+    model = Decision
+    fields = ["user", "verdict", "comment", "decided_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ChangeRequest)
+class ChangeRequestAdmin(ReadOnlyAdmin):
+    list_display = ["id", "repository", "environment", "deployment", "status", "requested_by", "opened_at", "decided_at"]
+    list_filter = ["status", "environment", "repository"]
+    list_select_related = ["repository", "environment", "deployment__release__repository", "deployment__environment", "requested_by"]
+    inlines = [DecisionInline]
+
+
+@admin.register(FreezeOverride)
+class FreezeOverrideAdmin(ReadOnlyAdmin):
+    list_display = ["deployment", "user", "reason", "created_at"]
+    list_select_related = ["deployment__release__repository", "deployment__environment", "user"]

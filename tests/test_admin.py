@@ -236,3 +236,9 @@ def test_signed_in_users_without_staff_cannot_open_the_admin(client, charlie):
     client.force_login(charlie)
     response = client.get(reverse("admin:index"))
     assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def test_change_requests_are_read_only_in_the_admin(client, alice):
+    client.force_login(alice)
+    assert client.get("/admin/approvals/changerequest/").status_code == 200
+    assert client.get("/admin/approvals/changerequest/add/").status_code == 403

@@ -1,7 +1,7 @@
 """Memory of the long-lived processes.
 
 (a) gunicorn (1 worker) serving the dashboard of 50 repositories × 2 environments to a signed-in superuser:
-    the worker's RSS after 1, 50, 100 and 200 requests of GET /.
+    the worker's RSS after 1, 50, 100, 200, 500 and 1,000 requests of GET /.
 (b) one long-running `manage.py rqworker git deploy`: the RSS of its main process (the one that forks a
     work-horse per job) after deployments 1, 25, 50, 75 and 100 — it must stay flat — and the work-horses' peak.
 """
@@ -18,7 +18,7 @@ import psutil
 from _common import make_origin, pipeline_yaml, portal, report, wait_finished
 
 REPOSITORIES = 50
-WEB_SAMPLES = (1, 50, 100, 200)  # RSS sampled after this many requests; the last is how many are made
+WEB_SAMPLES = (1, 50, 100, 200, 500, 1000)  # RSS sampled after this many requests; the last is how many are made
 WORKER_SAMPLES = (1, 25, 50, 75, 100)  # and after this many deployments
 FLAT_MB = 2.0  # "flat": the worker's main process grows by no more than this from deployment 25 to 100
 PASSWORD = "bench-password-8472"

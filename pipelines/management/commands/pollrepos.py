@@ -60,7 +60,7 @@ class Command(BaseCommand):
             close_old_connections()
             try:
                 summary = tracking.poll_due_repositories()
-                if summary["polled"]:
+                if summary["releases"] or summary["failed"]:  # quiet while nothing happens
                     self.stdout.write(_describe(summary))
                     self.stdout.flush()
                 reconciler.reconcile()

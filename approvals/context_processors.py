@@ -1,15 +1,17 @@
 """Template context for every page: which environments are frozen now (the banner in base.html)."""
 
 from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
 
 from approvals.freeze import active_freezes
 
 
 def freeze_notices(request):
     """For signed-in users, `freeze_notices`: a list of Freeze(environment, until, window), each with
-    `.reason`, in promotion order. Two queries at most, however many windows there are; none (and an
+    `.reason`, in promotion order. Two queries at most, however many windows there are, made only when a template reads it; none (and an
     empty list) when no one is signed in."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"freeze_notices": []}
-    return {"freeze_notices": active_freezes(timezone.now())}
+    # Lazy: htmx polls render fragments that never show the banner, and then no query is made.
+    return {"freeze_notices": SimpleLazyObject(lambda: active_freezes(timezone.now()))}

@@ -102,6 +102,9 @@ class ChangeRequest(models.Model):
             return "You requested this change, so someone else has to approve it."
         if environment.block_commit_authors and user.email and user.email.lower() in self.author_emails:
             return "You authored a commit in this change, so someone else has to approve it."
+        if environment.block_commit_authors and self.summary.get("error"):
+            # Fail closed: without the commits, nobody can be shown not to be one of their authors.
+            return "The change could not be read from git yet, so its commit authors are unknown; the portal retries."
         if self.decisions.filter(user=user).exists():
             return "You have already decided on this change request."
         return None

@@ -4,11 +4,14 @@ Each tick:
 - a pending request whose deployment no longer waits is closed: superseded when pipelines cancelled it
   for a newer candidate, withdrawn otherwise;
 - a held deployment without a change request gets one (a missed or failed signal loses nothing);
-- a pending request past its `expires_at` expires, which cancels its deployment.
+- a pending request past its `expires_at` expires, which cancels its deployment;
+- a pending request whose change could not be read from git is read again (until then nobody may
+  approve it where the commit-author rule applies: see ChangeRequest.refusal_reason).
 Each step is one query for the rows that need work; one row's failure never stops the others."""
 
 import logging
 
+from approvals import changes
 from approvals.models import ChangeRequest
 from approvals.opening import close_orphans, open_change_request
 from pipelines.models import Deployment, DeploymentStateError
@@ -20,7 +23,22 @@ def reconcile(now):
     report = close_orphans(ChangeRequest.objects.pending())
     report["opened"] = open_missing()
     report["expired"] = expire_overdue(now)
+    report["summaries_retried"] = retry_failed_summaries()
     return report
+
+
+def retry_failed_summaries():
+    unread = ChangeRequest.objects.pending().filter(summary__error__isnull=False).exclude(summary__error="")
+    failed = unread.select_related(
+        "deployment__release", "deployment__repository", "deployment__environment", "deployment__previous_release"
+    )
+    mended = 0
+    for change_request in failed:
+        change = changes.inspect(change_request.deployment)
+        if not change.summary.get("error"):
+            ChangeRequest.objects.filter(pk=change_request.pk).update(summary=change.summary, author_emails=change.author_emails)
+            mended += 1
+    return mended
 
 
 def open_missing():

@@ -427,12 +427,16 @@ def _first_line(stderr):
 
 
 def _redact(text, url):
-    """Never show a password or token embedded in an https URL."""
+    """Never show credentials embedded in a URL: a token often stands where the user name would."""
     if "://" in url:
         try:
-            password = urlsplit(url).password
+            parts = urlsplit(url)
+            userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
         except ValueError:
             return text  # not a URL urllib can read; _checked_url refuses it before git runs
-        if password:
-            text = text.replace(password, "***")
+        if userinfo and parts.scheme.lower() in ("http", "https"):
+            text = text.replace(userinfo + "@", "***@")
+            for secret in (parts.username, parts.password):
+                if secret:
+                    text = text.replace(secret, "***")
     return text

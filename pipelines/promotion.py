@@ -59,8 +59,10 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
             details={"release": release.version, "commit": release.commit_sha, "trigger": trigger,
                      "status": deployment.status, "reason": reason},
         )
+        # Only what waits in the same way: a new candidate awaiting approval must not cancel an older
+        # deployment that was already approved and is queued.
         waiting = Deployment.objects.for_target(release.repository, environment).filter(
-            status__in=[Deployment.Status.QUEUED, Deployment.Status.AWAITING_APPROVAL]
+            status=deployment.status
         ).exclude(pk=deployment.pk)
         for older in waiting.select_related("release", "environment", "repository"):
             older.cancel(by=by, reason=f"Superseded by {release.version} (deployment #{deployment.pk}).")
@@ -88,7 +90,9 @@ def retry(deployment, *, by):
     newer = Deployment.objects.for_target(deployment.repository, deployment.environment).filter(pk__gt=deployment.pk).first()
     if newer is not None:
         raise PromotionError(f"Deployment #{newer.pk} of this target came after #{deployment.pk}; nothing was retried.")
-    return promote(deployment.release, deployment.environment, by=by, trigger=Deployment.Trigger.RETRY)
+    # A retried rollback is still a rollback: it must not move the old release on to the next environment.
+    trigger = Deployment.Trigger.ROLLBACK if deployment.trigger == Deployment.Trigger.ROLLBACK else Deployment.Trigger.RETRY
+    return promote(deployment.release, deployment.environment, by=by, trigger=trigger)
 
 
 def _promote_automatically(release, environment):

@@ -43,8 +43,12 @@ def requeue_lost_jobs(now):
     """Wake queued deployments whose job is gone, unless a guard (a freeze) still holds them."""
     connection = django_rq.get_connection(jobs.DEPLOY_QUEUE)
     requeued = 0
+    # A deployment queued behind a running one of its target is woken when that one ends, not here.
+    busy = set(Deployment.objects.filter(status=Deployment.Status.RUNNING).values_list("repository_id", "environment_id"))
     queued = Deployment.objects.filter(status=Deployment.Status.QUEUED).select_related("repository", "environment")
     for deployment in queued:
+        if (deployment.repository_id, deployment.environment_id) in busy:
+            continue
         if _job_is_live(connection, deployment.job_id) or hooks.hold_reason(deployment, now):
             continue
         with transaction.atomic():

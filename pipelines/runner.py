@@ -3,6 +3,7 @@
 Each step runs under `bash -eo pipefail` in its own process group with a scrubbed environment, so a
 timeout or a cancel kills everything it started and the portal's own secrets never reach it."""
 
+import codecs
 import logging
 import os
 import select
@@ -11,12 +12,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from pipelines import git, hooks, promotion
 from pipelines.models import Deployment, StaleStatus, TargetBusy
@@ -75,31 +77,69 @@ def wake_next_in_line(deployment):
             jobs.enqueue_deployment(following)
 
 
+class Heartbeat(threading.Thread):
+    """Beats for the whole run (a slow fetch included), so the reconciler never takes a live deployment
+    for a lost one; sets `stop` when someone asked for a cancel or the row is no longer running."""
+
+    def __init__(self, deployment):
+        super().__init__(name=f"heartbeat-{deployment.pk}", daemon=True)
+        self.deployment = deployment
+        self.stop = threading.Event()
+        self._finished = threading.Event()
+
+    def run(self):
+        try:
+            while not self._finished.wait(settings.GITOPS_HEARTBEAT_SECONDS):
+                if self.deployment.beat():
+                    self.stop.set()
+        except Exception:
+            logger.exception("heartbeat of deployment %s failed", self.deployment.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._finished.set()
+        self.join()
+
+
 def _execute(deployment):
     spec = deployment.release.pipeline.environments[deployment.environment.name]
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"deployment-{deployment.pk}-", dir=settings.GITOPS_WORK_DIR))
     try:
-        git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
-        environment = step_environment(deployment, spec.variables, workdir)
-        for number, step in enumerate(spec.steps, start=1):
-            deployment.append_log(f"==> step {number}/{len(spec.steps)}: {step.name}\n$ {step.run}\n")
-            outcome = run_step(deployment, step, workdir, environment)
-            if outcome.cancelled:
-                deployment.append_log("==> cancelled\n")
-                deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled during step '{step.name}'.")
-                return
-            if outcome.timed_out:
-                deployment.append_log(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
-                deployment.fail(f"Step '{step.name}' timed out after {step.timeout} s.", exit_code=outcome.exit_code)
-                return
-            if outcome.exit_code != 0:
-                deployment.fail(f"Step '{step.name}' exited with status {outcome.exit_code}.", exit_code=outcome.exit_code)
+        with Heartbeat(deployment) as heartbeat:
+            git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
+            environment = step_environment(deployment, spec.variables, workdir)
+            if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat.stop):
                 return
         deployment.succeed()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     promotion.on_deployment_succeeded(deployment)
+
+
+def _run_steps(deployment, steps, workdir, environment, stop):
+    """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded."""
+    for number, step in enumerate(steps, start=1):
+        deployment.append_log(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
+        outcome = run_step(deployment, step, workdir, environment, stop)
+        if outcome.cancelled:
+            if Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.RUNNING).exists():
+                deployment.append_log("==> cancelled\n")
+                deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled during step '{step.name}'.")
+            return False
+        if outcome.timed_out:
+            deployment.append_log(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
+            deployment.fail(f"Step '{step.name}' timed out after {step.timeout} s.", exit_code=outcome.exit_code)
+            return False
+        if outcome.exit_code != 0:
+            deployment.fail(f"Step '{step.name}' exited with status {outcome.exit_code}.", exit_code=outcome.exit_code)
+            return False
+    return True
 
 
 def step_environment(deployment, variables, workdir):
@@ -121,8 +161,9 @@ def step_environment(deployment, variables, workdir):
     }
 
 
-def run_step(deployment, step, workdir, environment):
-    """Run one step, streaming its output into the deployment log and beating the heartbeat."""
+def run_step(deployment, step, workdir, environment, stop):
+    """Run one step, streaming its output into the deployment log. Whatever happens here, even an
+    exception of the portal's own, the step's process group does not outlive this function."""
     process = subprocess.Popen(
         ["bash", "-eo", "pipefail", "-c", step.run],
         cwd=workdir,
@@ -132,10 +173,20 @@ def run_step(deployment, step, workdir, environment):
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, killed as a whole
     )
+    try:
+        return _follow(deployment, step, process, stop)
+    finally:
+        _kill_group(process)  # whatever the step left behind in its group goes with it
+        process.stdout.close()
+
+
+def _follow(deployment, step, process, stop):
     output = process.stdout.fileno()
     os.set_blocking(output, False)
-    pending = bytearray()
-    started = last_flush = last_beat = time.monotonic()
+    # Incremental: a multi-byte character split across two reads is decoded whole.
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = []
+    started = last_flush = time.monotonic()
     outcome = None
     while True:
         readable, _, _ = select.select([output], [], [], LOG_FLUSH_SECONDS)
@@ -143,28 +194,23 @@ def run_step(deployment, step, workdir, environment):
         if readable:
             chunk = os.read(output, 65536)
             eof = not chunk
-            pending += chunk
+            pending.append(decoder.decode(chunk, final=eof))
         now = time.monotonic()
-        if pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or len(pending) >= LOG_FLUSH_BYTES):
-            deployment.append_log(pending.decode("utf-8", "replace"))
+        if pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or sum(map(len, pending)) >= LOG_FLUSH_BYTES):
+            deployment.append_log("".join(pending))
             pending.clear()
             last_flush = now
-        if outcome is None and now - last_beat >= settings.GITOPS_HEARTBEAT_SECONDS:
-            last_beat = now
-            if deployment.beat():
-                outcome = StepOutcome(exit_code=_kill_group(process), cancelled=True)
+        if outcome is None and stop.is_set():
+            outcome = StepOutcome(exit_code=_kill_group(process), cancelled=True)
         if outcome is None and now - started >= step.timeout:
             outcome = StepOutcome(exit_code=_kill_group(process), timed_out=True)
         if eof or (outcome is not None and not readable):
             break
         if process.poll() is not None and not readable:
             break  # exited; a background child may hold the pipe open, so do not wait for EOF
-    exit_code = process.wait() if outcome is None else outcome.exit_code
-    _kill_group(process)  # whatever the step left behind in its group goes with it
-    if pending:
-        deployment.append_log(pending.decode("utf-8", "replace"))
-    process.stdout.close()
-    return outcome or StepOutcome(exit_code=exit_code)
+    pending.append(decoder.decode(b"", final=True))
+    deployment.append_log("".join(pending))
+    return outcome or StepOutcome(exit_code=process.wait())
 
 
 def _kill_group(process):

@@ -46,7 +46,7 @@ def test_it_opens_a_request_for_a_held_deployment_whose_signal_was_missed(
 
     report = reconciler.reconcile()  # the scheduler's tick, which runs the approvals hook
 
-    assert report["approvals.reconcile.reconcile"] == {"opened": 1, "superseded": 0, "withdrawn": 0, "expired": 0}
+    assert report["approvals.reconcile.reconcile"] == {"opened": 1, "superseded": 0, "withdrawn": 0, "expired": 0, "summaries_retried": 0}
     change_request = ChangeRequest.objects.get(deployment=deployment)
     assert change_request.status == "pending" and change_request.requested_by == alice
     assert [c["subject"] for c in change_request.summary["commits"]] == ["Add the app"]
@@ -92,7 +92,7 @@ def test_it_supersedes_a_pending_request_whose_deployment_a_newer_candidate_repl
 
     report = approvals_reconcile.reconcile(timezone.now())
 
-    assert report == {"superseded": 1, "withdrawn": 0, "opened": 1, "expired": 0}
+    assert report == {"superseded": 1, "withdrawn": 0, "opened": 1, "expired": 0, "summaries_retried": 0}
     older_request.refresh_from_db()
     assert older_request.status == "superseded"
     assert older_request.status_reason == f"Superseded by v1.2.0 (deployment #{newer.pk})."
@@ -122,6 +122,6 @@ def test_a_tick_with_nothing_to_do_makes_three_queries_however_many_requests_are
             status=Deployment.Status.AWAITING_APPROVAL, trigger=Deployment.Trigger.MANUAL, triggered_by=alice,
         )
         open_change_request(deployment)
-    with django_assert_num_queries(3):  # orphans, held without a request, overdue
+    with django_assert_num_queries(4):  # orphans, held without a request, overdue, unread changes
         report = approvals_reconcile.reconcile(timezone.now())
-    assert report == {"superseded": 0, "withdrawn": 0, "opened": 0, "expired": 0}
+    assert report == {"superseded": 0, "withdrawn": 0, "opened": 0, "expired": 0, "summaries_retried": 0}

@@ -154,3 +154,15 @@ def test_waiting_on_me_leaves_out_requests_i_may_not_approve(open_request, bob, 
     theirs.approve(bob)
     assert list(ChangeRequest.objects.awaiting(bob)) == []
     assert list(ChangeRequest.objects.awaiting(carol)) == [mine]
+
+
+def test_nobody_may_approve_while_the_commit_authors_are_unknown(open_request, bob, production):
+    change = open_request(author_emails=())
+    ChangeRequest.objects.filter(pk=change.pk).update(summary={"error": "Cannot reach repository"})
+    change.refresh_from_db()
+    with pytest.raises(DecisionRefused, match="commit authors are unknown"):
+        change.approve(bob)
+    production.block_commit_authors = False
+    production.save()
+    change.approve(bob)
+    assert change.status == "approved"

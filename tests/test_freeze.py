@@ -370,9 +370,21 @@ def test_the_context_processor_makes_two_queries_however_many_windows(
 
     with django_assert_max_num_queries(2), CaptureQueriesContext(connection) as queries:
         notices = freeze_notices(signed_in_request(alice))["freeze_notices"]
+        assert len(queries) == 0, "nothing is read until a template shows the banner"
+        environments = [notice.environment for notice in notices]
 
     assert len(queries) == 2
-    assert [notice.environment for notice in notices] == [staging, production]
+    assert environments == [staging, production]
+
+
+def test_every_page_says_what_is_frozen_until_when(production, staging, alice, client, time_machine):
+    freeze(production, name="Year-end freeze", ends_at=FREEZE_ENDS)
+    time_machine.move_to(DURING)
+    client.force_login(alice)
+    for page in ("/", "/approvals/", "/audit/"):
+        html = client.get(page).content.decode()
+        assert "production is frozen until" in html, page
+        assert "staging is frozen" not in html
 
 
 # --- a window is one kind or the other, and says what is wrong ---------------------------------------

@@ -48,12 +48,21 @@ def test_it_refuses_unsafe_urls_that_bypassed_the_form(repository, tmp_path, url
     assert not pwned.exists()
 
 
-def test_it_hides_the_password_of_an_https_url_in_errors(db):
-    repository = Repository.objects.create(name="private", url="https://deploy:s3cr3t-token@127.0.0.1:9/shop.git")
+@pytest.mark.parametrize("credentials", ["deploy:s3cr3t-token", "s3cr3t-token", "x-access-token:s3cr3t-token"])
+def test_it_hides_the_credentials_of_an_https_url_in_errors(db, credentials):
+    repository = Repository.objects.create(name="private", url=f"https://{credentials}@127.0.0.1:9/shop.git")
     with pytest.raises(git.GitError) as caught:
         git.ls_remote(repository)
     assert "s3cr3t-token" not in str(caught.value)
-    assert str(caught.value).startswith("Cannot reach repository https://deploy:***@127.0.0.1:9/shop.git: ")
+    assert str(caught.value).startswith("Cannot reach repository https://***@127.0.0.1:9/shop.git: ")
+
+
+def test_the_repository_page_never_shows_a_token_in_the_url(client, alice):
+    Repository.objects.create(name="private", url="https://ghp_s3cr3t@github.example/org/shop.git")
+    client.force_login(alice)
+    html = client.get("/repos/private/").content.decode()
+    assert "ghp_s3cr3t" not in html
+    assert "https://***@github.example/org/shop.git" in html
 
 
 def test_it_mirrors_branches_and_tags_and_prunes_deleted_ones(repository, origin):

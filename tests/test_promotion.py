@@ -130,3 +130,28 @@ def test_a_blocked_release_is_never_promoted_and_is_audited(repository, staging,
     assert [e.action for e in AuditEvent.objects.order_by("seq") if e.action.startswith("release.")] == [
         "release.blocked", "release.unblocked"
     ]
+
+
+def test_a_new_candidate_awaiting_approval_does_not_cancel_an_approved_one(repository, production, make_release, alice):
+    approved = promotion.promote(make_release(repository, "v1.0.0", pipeline=ONLY_PRODUCTION), production, by=alice)
+    approved.release_hold(by=alice)  # approved, queued behind a freeze or a running deployment
+    newer = promotion.promote(make_release(repository, "v1.1.0", pipeline=ONLY_PRODUCTION), production, by=alice)
+    approved.refresh_from_db()
+    assert approved.status == "queued"
+    assert newer.status == "awaiting_approval"
+
+
+def test_retrying_a_failed_rollback_is_still_a_rollback(repository, staging, production, make_release, alice):
+    old = make_release(repository, "v1.0.0")
+    first = promotion.promote(old, staging, by=alice)
+    first.claim(worker_name="w")
+    first.succeed()
+    rollback = promotion.rollback(old, staging, by=alice)
+    rollback.claim(worker_name="w")
+    rollback.fail("boom", exit_code=1)
+    again = promotion.retry(rollback, by=alice)
+    assert again.trigger == "rollback"
+    again.claim(worker_name="w")
+    again.succeed()
+    assert promotion.on_deployment_succeeded(again) is None
+    assert not Deployment.objects.filter(environment=production).exists()

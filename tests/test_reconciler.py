@@ -131,3 +131,13 @@ def _kill_quietly(pid):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_deployment_waiting_behind_a_running_one_is_not_requeued_every_tick(repository, staging, make_release):
+    running = promotion.promote(make_release(repository, "v1.0.0"), staging, by=None)
+    running.claim(worker_name="w")
+    waiting = promotion.promote(make_release(repository, "v1.1.0"), staging, by=None)
+    django_rq.get_connection("deploy").flushdb()  # its job ran and ended on "target busy"
+
+    assert reconciler.reconcile()["requeued"] == 0
+    assert not AuditEvent.objects.filter(action="deployment.requeued", object_id=str(waiting.pk)).exists()

@@ -212,3 +212,51 @@ def _alive(pid):
             return stat.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_step_stops_when_its_deployment_was_given_up_as_lost(release_of, staging, settings, tmp_path):
+    settings.GITOPS_HEARTBEAT_SECONDS = 0.1
+    pidfile = tmp_path / "step.pid"
+    deployment = deploy_to_staging(release_of(pipeline_with(f"echo $$ > {pidfile}; sleep 300")), staging)
+    worker = threading.Thread(target=_run_in_thread, args=(deployment.pk,))
+    worker.start()
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the step to start")
+        Deployment.objects.get(pk=deployment.pk).fail("Worker lost: no heartbeat.")  # as the reconciler does
+    finally:
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert not _alive(int(pidfile.read_text()))
+    deployment.refresh_from_db()
+    assert deployment.status == "failed" and deployment.error == "Worker lost: no heartbeat."
+
+
+def test_output_with_nul_bytes_and_split_characters_is_kept_readable(release_of, staging):
+    run = "printf 'before\\0after\\n'; printf 'é\\n%.0s' $(seq 40000)"
+    deployment = deploy_to_staging(release_of(pipeline_with(run)), staging)
+    runner.run_deployment(deployment.pk)
+    deployment.refresh_from_db()
+    log = log_of(deployment)
+    assert deployment.status == "succeeded", deployment.error
+    assert "beforeafter" in log
+    assert log.count("é\n") == 40000
+    assert "\ufffd" not in log, "a character split between two reads was decoded whole"
+
+
+def test_the_heartbeat_goes_on_while_the_release_is_materialised(release_of, staging, settings, monkeypatch):
+    """A slow fetch must not look like a lost worker."""
+    from pipelines import git
+
+    settings.GITOPS_HEARTBEAT_SECONDS = 0.05
+    deployment = deploy_to_staging(release_of(pipeline_with("true")), staging)
+    materialise, beats = git.materialise, []
+
+    def slow_materialise(repository, sha, destination):
+        first = Deployment.objects.get(pk=deployment.pk).heartbeat_at
+        wait_for(lambda: Deployment.objects.get(pk=deployment.pk).heartbeat_at != first, message="a heartbeat")
+        beats.append(True)
+        materialise(repository, sha, destination)
+
+    monkeypatch.setattr(git, "materialise", slow_materialise)
+    runner.run_deployment(deployment.pk)
+    assert beats and Deployment.objects.get(pk=deployment.pk).status == "succeeded"

@@ -202,13 +202,17 @@ class Deployment(models.Model):
         return self.transition(Status.FAILED, by=by, error=error, exit_code=exit_code, details={"error": error[:500]})
 
     def beat(self):
-        """Record that the runner is alive; returns True when someone asked for a cancel."""
-        Deployment.objects.filter(pk=self.pk, status=Status.RUNNING).update(heartbeat_at=timezone.now())
-        return Deployment.objects.filter(pk=self.pk).exclude(cancel_requested_at=None).exists()
+        """Record that the runner is alive. True means stop: a cancel was asked for, or the deployment is no
+        longer running (the reconciler gave it up as lost, say), so its step must not go on."""
+        alive = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING, cancel_requested_at=None).update(
+            heartbeat_at=timezone.now()
+        )
+        return alive != 1
 
     # --- log -----------------------------------------------------------------------------------------
 
     def append_log(self, text):
+        text = text.replace("\x00", "")  # PostgreSQL text cannot hold NUL; a step may print anything
         if not text:
             return
         last = self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0

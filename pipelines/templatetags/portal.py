@@ -43,3 +43,11 @@ def first_line(text):
         if line.strip():
             return line.strip()
     return ""
+
+
+@register.filter
+def without_credentials(url):
+    """A repository URL as people may see it: no token or password."""
+    from pipelines.git import display_url
+
+    return display_url(url)

@@ -25,9 +25,9 @@ from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused
 from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Target
 from pipelines.promotion import PromotionError, environments_for, rollback
+from pipelines.views import deployer_required
 
 RECENTLY_DECIDED = 50
-deployer_required = permission_required("pipelines.deploy", raise_exception=True)
 freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)
 
 

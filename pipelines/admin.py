@@ -7,6 +7,8 @@ import logging
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -15,15 +17,23 @@ from pipelines.models import AuditEvent, Deployment, Environment, Release, Repos
 logger = logging.getLogger(__name__)
 
 
-class AuditedAdmin(admin.ModelAdmin):
-    """Writes an AuditEvent next to each admin LogEntry. The change message holds field names, never values."""
+class AuditedAdminMixin:
+    """Writes an AuditEvent next to each admin LogEntry, with the old and new value of every changed field
+    (so "required_approvals 2 → 1" is on record), except secrets and passwords, which appear by name only."""
+
+    def save_model(self, request, obj, form, change):
+        # The form has already written the new values onto obj: the old ones come from the stored row.
+        before = type(obj)._default_manager.filter(pk=obj.pk).first() if change else None
+        request._audited_values = _changed_values(form, before) if before else {}
+        super().save_model(request, obj, form, change)
 
     def log_addition(self, request, obj, message):
         AuditEvent.objects.record(action="admin.add", actor=request.user, obj=obj, details={"change": message})
         return super().log_addition(request, obj, message)
 
     def log_change(self, request, obj, message):
-        AuditEvent.objects.record(action="admin.change", actor=request.user, obj=obj, details={"change": message})
+        details = {"change": message, "values": getattr(request, "_audited_values", {})}
+        AuditEvent.objects.record(action="admin.change", actor=request.user, obj=obj, details=details)
         return super().log_change(request, obj, message)
 
     def log_deletions(self, request, queryset):
@@ -31,6 +41,30 @@ class AuditedAdmin(admin.ModelAdmin):
         for obj in queryset:
             AuditEvent.objects.record(action="admin.delete", actor=request.user, obj=obj)
         return super().log_deletions(request, queryset)
+
+
+class AuditedAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    pass
+
+
+def _changed_values(form, before):
+    values = {}
+    for name in form.changed_data:
+        if "secret" in name or "password" in name or isinstance(form.fields.get(name), SecretField):
+            continue
+        values[name] = [_plain(getattr(before, name, None)), _plain(form.cleaned_data.get(name))]
+    return values
+
+
+def _plain(value):
+    """A JSON-able, readable form of a field value (model instances and sets of them by name)."""
+    if hasattr(value, "all"):  # a many-to-many manager
+        value = value.all()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "__iter__") and not isinstance(value, (bytes, dict)):
+        return sorted(str(item) for item in value)
+    return str(value)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -235,3 +269,19 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_select_related = ["repository", "environment"]
     search_fields = ["actor_name", "action", "object_repr", "object_id"]
     date_hierarchy = "created_at"
+
+
+# --- accounts: who approves is policy, so changes to users and groups are audited too -----------------
+
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class AuditedUserAdmin(AuditedAdminMixin, UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(AuditedAdminMixin, GroupAdmin):
+    pass

@@ -37,7 +37,8 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         target = Target.objects.select_for_update().get(pk=target.pk)
         if trigger == Deployment.Trigger.ROLLBACK:
             # Otherwise the next release would deploy straight over the rollback.
-            target.pause(by=by, reason=f"Rolled back to {release.version}; resume to deploy new releases automatically.")
+            target.pause(by=by, reason=f"Rollback to {release.version} (deployment requested by "
+                         f"{by.get_username() if by else 'the portal'}); resume to deploy new releases automatically.")
         deployment = Deployment.objects.create(
             release=release,
             environment=environment,

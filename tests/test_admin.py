@@ -70,7 +70,7 @@ def test_an_admin_change_is_audited_without_the_secret(client, alice, signed_rep
     event = AuditEvent.objects.get(action="admin.change")
     assert event.actor == alice
     assert (event.object_type, event.object_id) == ("pipelines.repository", str(signed_repository.pk))
-    assert event.details == {"change": [{"changed": {"fields": ["Branch", "Webhook secret"]}}]}
+    assert event.details == {"change": [{"changed": {"fields": ["Branch", "Webhook secret"]}}], "values": {"branch": ["main", "release"]}}, "the secret by name only"
     assert "rotated-secret" not in event.canonical_json() and SECRET not in event.canonical_json()
     assert AuditEvent.objects.first_broken() is None
 
@@ -78,7 +78,7 @@ def test_an_admin_change_is_audited_without_the_secret(client, alice, signed_rep
 def test_a_blank_secret_is_not_reported_as_a_change(client, alice, signed_repository):
     client.force_login(alice)
     client.post(change_url(signed_repository), repository_form(signed_repository, branch="release"))
-    assert AuditEvent.objects.get(action="admin.change").details == {"change": [{"changed": {"fields": ["Branch"]}}]}
+    assert AuditEvent.objects.get(action="admin.change").details["change"] == [{"changed": {"fields": ["Branch"]}}]
 
 
 # --- adding and deleting ---------------------------------------------------------------------------
@@ -242,3 +242,25 @@ def test_change_requests_are_read_only_in_the_admin(client, alice):
     client.force_login(alice)
     assert client.get("/admin/approvals/changerequest/").status_code == 200
     assert client.get("/admin/approvals/changerequest/add/").status_code == 403
+
+
+def test_a_policy_change_in_the_admin_records_the_old_and_new_values(client, alice, production):
+    client.force_login(alice)
+    url = f"/admin/pipelines/environment/{production.pk}/change/"
+    form = {"name": "production", "position": 20, "auto_deploy": "on", "requires_approval": "on",
+            "required_approvals": 2, "approver_group": production.approver_group_id, "block_commit_authors": "on",
+            "approval_timeout": ""}
+    response = client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event = AuditEvent.objects.filter(action="admin.change").latest("seq")
+    assert event.details["values"] == {"required_approvals": [1, 2]}
+
+
+def test_adding_someone_to_an_approver_group_is_audited(client, alice, charlie, approvers):
+    client.force_login(alice)
+    form = {"username": "charlie", "email": "charlie@example.com", "is_active": "on", "groups": [approvers.pk],
+            "date_joined_0": "2026-11-01", "date_joined_1": "10:00:00", "last_login_0": "", "last_login_1": ""}
+    response = client.post(f"/admin/auth/user/{charlie.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    event = AuditEvent.objects.filter(action="admin.change").latest("seq")
+    assert event.details["values"]["groups"] == [[], ["approvers"]]

@@ -42,3 +42,25 @@ def test_the_actor_is_kept_by_name_when_the_user_is_deleted(alice):
     event = AuditEvent.objects.get()
     assert event.actor is None and event.actor_name == "alice"
     assert AuditEvent.objects.first_broken() is None
+
+
+def test_events_cut_off_the_end_are_reported(alice):
+    record_three(alice)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pipelines_auditevent WHERE seq >= 2")
+    assert AuditEvent.objects.first_broken() == (2, "events 2 to 3 are missing from the end of the log")
+
+
+def test_a_forged_head_is_reported(alice):
+    record_three(alice)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pipelines_auditevent WHERE seq = 3")
+        cursor.execute("UPDATE pipelines_audithead SET seq = 2, hash = (SELECT hash FROM pipelines_auditevent WHERE seq = 2)")
+    assert AuditEvent.objects.first_broken() == (2, "the record of the chain's head was altered (its signature does not match)")
+
+
+def test_the_head_survives_a_key_rotation_with_the_old_key_as_fallback(alice, settings):
+    record_three(alice)
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-new-key"
+    assert AuditEvent.objects.first_broken() is None

@@ -115,7 +115,7 @@ def test_after_a_rollback_automatic_deployment_to_that_target_pauses(repository,
     promotion.rollback(old, staging, by=alice)
     target = Target.objects.get(repository=repository, environment=staging)
     assert target.auto_deploy_paused
-    assert "Rolled back to v1.0.0" in target.paused_reason
+    assert "Rollback to v1.0.0" in target.paused_reason
     assert promotion.on_release_recorded(make_release(repository, "v1.2.0")) is None
 
 

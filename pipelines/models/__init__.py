@@ -1,4 +1,4 @@
-from .audit import AuditEvent
+from .audit import AuditEvent, AuditHead
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .release import Release
@@ -6,6 +6,7 @@ from .repository import Repository, WebhookDelivery
 
 __all__ = [
     "AuditEvent",
+    "AuditHead",
     "Deployment",
     "DeploymentLogChunk",
     "DeploymentStateError",

@@ -11,6 +11,7 @@ import json
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 GENESIS_HASH = "0" * 64
 # Any fixed number; PostgreSQL serialises audit writers on it for the length of their transaction.
@@ -49,6 +50,9 @@ class AuditEventQuerySet(models.QuerySet):
         )
         event.hash = event.compute_hash()
         event.save(force_insert=True)
+        AuditHead.objects.update_or_create(
+            pk=AuditHead.SINGLETON, defaults={"seq": event.seq, "hash": event.hash, "signature": _sign(event.seq, event.hash)}
+        )
         return event
 
     def first_broken(self):
@@ -64,7 +68,31 @@ class AuditEventQuerySet(models.QuerySet):
             if event.compute_hash() != event.hash:
                 return event.seq, f"event {event.seq} was altered after it was recorded"
             prev_hash, expected_seq = event.hash, expected_seq + 1
-        return None
+        return _check_head(expected_seq - 1, prev_hash)
+
+
+def _sign(seq, hash_):
+    return salted_hmac("gitops.audit.head", f"{seq}:{hash_}", algorithm="sha256").hexdigest()
+
+
+def _signed_by_a_known_key(head):
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    expected = (salted_hmac("gitops.audit.head", f"{head.seq}:{head.hash}", secret=key, algorithm="sha256").hexdigest() for key in keys)
+    return any(constant_time_compare(signature, head.signature) for signature in expected)
+
+
+def _check_head(last_seq, last_hash):
+    """The walk ended at (last_seq, last_hash): is that where the signed head says the chain ends?"""
+    head = AuditHead.objects.filter(pk=AuditHead.SINGLETON).first()
+    if head is None:
+        return (1, "the record of the chain's head is missing") if last_seq else None
+    if not _signed_by_a_known_key(head):
+        return head.seq, "the record of the chain's head was altered (its signature does not match)"
+    if head.seq > last_seq:
+        return last_seq + 1, f"events {last_seq + 1} to {head.seq} are missing from the end of the log"
+    if head.seq == last_seq and head.hash != last_hash:
+        return last_seq, f"event {last_seq} does not match the signed head of the chain"
+    return None  # head.seq < last_seq: events appended while we walked
 
 
 def _actor_name(actor):
@@ -114,3 +142,12 @@ class AuditEvent(models.Model):
 
     def compute_hash(self):
         return hashlib.sha256((self.prev_hash + self.canonical_json()).encode()).hexdigest()
+
+
+class AuditHead(models.Model):
+    """One row: where the chain ends, signed, so that removing its last events does not go unnoticed."""
+
+    SINGLETON = 1
+    seq = models.PositiveBigIntegerField()
+    hash = models.CharField(max_length=64)
+    signature = models.CharField(max_length=64)

@@ -34,7 +34,10 @@ GITOPS_MIRROR_DIR = GITOPS_DATA_DIR / "mirrors"
 # Each deployment's checkout is made here and removed afterwards. File creation dominates a deployment's
 # overhead on slow disks: point it at a tmpfs (e.g. /dev/shm/gitops-work) where steps write little.
 GITOPS_WORK_DIR = Path(os.environ.get("GITOPS_WORK_DIR", GITOPS_DATA_DIR / "work")).resolve()
-# A running deployment whose heartbeat is older than this is considered lost.
+# An unprivileged account for deploy steps (workers then run as root): a step cannot read the worker's
+# environment or the portal's files. Empty: steps run as the worker's own user.
+GITOPS_STEP_USER = os.environ.get("GITOPS_STEP_USER", "")
+# A running deployment beats this often; one whose heartbeat is older than WORKER_LOST_AFTER is lost.
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)

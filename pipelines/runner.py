@@ -6,6 +6,7 @@ timeout or a cancel kills everything it started and the portal's own secrets nev
 import codecs
 import logging
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -111,10 +112,13 @@ def _execute(deployment):
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"deployment-{deployment.pk}-", dir=settings.GITOPS_WORK_DIR))
     try:
+        account = step_account()
         with Heartbeat(deployment) as heartbeat:
             git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
-            environment = step_environment(deployment, spec.variables, workdir)
-            if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat.stop):
+            if account is not None:
+                _hand_over(workdir, account)
+            environment = step_environment(deployment, spec.variables, workdir, account)
+            if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat.stop, account):
                 return
         deployment.succeed()
     finally:
@@ -122,11 +126,11 @@ def _execute(deployment):
     promotion.on_deployment_succeeded(deployment)
 
 
-def _run_steps(deployment, steps, workdir, environment, stop):
+def _run_steps(deployment, steps, workdir, environment, stop, account):
     """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded."""
     for number, step in enumerate(steps, start=1):
         deployment.append_log(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
-        outcome = run_step(deployment, step, workdir, environment, stop)
+        outcome = run_step(deployment, step, workdir, environment, stop, account)
         if outcome.cancelled:
             if Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.RUNNING).exists():
                 deployment.append_log("==> cancelled\n")
@@ -142,12 +146,35 @@ def _run_steps(deployment, steps, workdir, environment, stop):
     return True
 
 
-def step_environment(deployment, variables, workdir):
+def step_account():
+    """The unprivileged account steps run as (settings.GITOPS_STEP_USER), or None: as the worker itself.
+
+    Under its own account a step cannot read the worker's environment (/proc/<pid>/environ), the portal's
+    data directory or the worker's home, which the scrubbed environment alone does not prevent."""
+    name = settings.GITOPS_STEP_USER
+    if not name:
+        return None
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise RuntimeError(f"GITOPS_STEP_USER names {name!r}, which is not an account on this machine.") from None
+    if os.geteuid() != 0 and account.pw_uid != os.geteuid():
+        raise RuntimeError(f"Running steps as {name!r} (GITOPS_STEP_USER) needs the worker to run as root.")
+    return account
+
+
+def _hand_over(workdir, account):
+    for directory, subdirectories, files in os.walk(workdir):
+        for path in (directory, *(os.path.join(directory, name) for name in subdirectories + files)):
+            os.lchown(path, account.pw_uid, account.pw_gid)
+
+
+def step_environment(deployment, variables, workdir, account=None):
     """Only what a step needs: nothing of the portal's own environment leaks (SECRET_KEY, DATABASE_URL…)."""
     release, previous = deployment.release, deployment.previous_release
     return {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", str(workdir)),
+        "HOME": account.pw_dir if account else os.environ.get("HOME", str(workdir)),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         **variables,
         "GITOPS_REPOSITORY": deployment.repository.name,
@@ -161,9 +188,10 @@ def step_environment(deployment, variables, workdir):
     }
 
 
-def run_step(deployment, step, workdir, environment, stop):
+def run_step(deployment, step, workdir, environment, stop, account=None):
     """Run one step, streaming its output into the deployment log. Whatever happens here, even an
     exception of the portal's own, the step's process group does not outlive this function."""
+    as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
     process = subprocess.Popen(
         ["bash", "-eo", "pipefail", "-c", step.run],
         cwd=workdir,
@@ -172,6 +200,7 @@ def run_step(deployment, step, workdir, environment, stop):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, killed as a whole
+        **as_account,
     )
     try:
         return _follow(deployment, step, process, stop)

@@ -4,6 +4,7 @@ log, timeouts and cancels that kill the whole process group, and the outcome rec
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -260,3 +261,23 @@ def test_the_heartbeat_goes_on_while_the_release_is_materialised(release_of, sta
     monkeypatch.setattr(git, "materialise", slow_materialise)
     runner.run_deployment(deployment.pk)
     assert beats and Deployment.objects.get(pk=deployment.pk).status == "succeeded"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running steps as another account needs a root worker")
+def test_a_step_run_as_its_own_account_cannot_read_the_workers_environment(release_of, staging, settings, tmp_path):
+    import tempfile
+
+    settings.GITOPS_STEP_USER = "nobody"
+    settings.GITOPS_WORK_DIR = Path(tempfile.mkdtemp(prefix="gitops-steps-"))  # tmp_path is root-only (0700)
+    settings.GITOPS_WORK_DIR.chmod(0o711)
+    run = "id -un; touch made-by-the-step; cat /proc/$PPID/environ >/dev/null 2>&1 && echo LEAK-ED || echo SEAL-ED"
+    deployment = deploy_to_staging(release_of(pipeline_with(run)), staging)
+    try:
+        runner.run_deployment(deployment.pk)
+    finally:
+        settings.GITOPS_WORK_DIR.rmdir()
+    deployment.refresh_from_db()
+    log = log_of(deployment)
+    assert deployment.status == "succeeded", log
+    assert "\nnobody\n" in log
+    assert "\nSEAL-ED\n" in log and "\nLEAK-ED" not in log

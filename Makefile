@@ -76,7 +76,7 @@ test: venv
 	exit $$status
 
 bench: venv
-	@set -e; shopt -s nullglob; benches=(bench/*.py); \
+	@set -e; shopt -s nullglob; benches=(bench/[!_]*.py); \
 	if [ $${#benches[@]} -eq 0 ]; then echo "No benchmarks in bench/ yet."; exit 0; fi; \
 	for bench in "$${benches[@]}"; do echo "== $$bench"; GITOPS_DATA_DIR="$(TEST_DATA_DIR)" $(PY) "$$bench"; done
 

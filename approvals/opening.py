@@ -15,7 +15,6 @@ from pipelines.models import AuditEvent, Deployment
 
 logger = logging.getLogger(__name__)
 
-SUPERSEDED_PREFIX = "Superseded"
 
 
 def on_deployment_held(sender, deployment, **kwargs):
@@ -98,7 +97,7 @@ def close_orphans(change_requests):
     )
     for change_request in orphans:
         deployment = change_request.deployment
-        if deployment.status == Deployment.Status.CANCELLED and deployment.error.startswith(SUPERSEDED_PREFIX):
+        if deployment.superseded_by_id is not None:
             if change_request.supersede(reason=deployment.error):
                 closed["superseded"] += 1
         else:

@@ -66,7 +66,7 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
             status=deployment.status
         ).exclude(pk=deployment.pk)
         for older in waiting.select_related("release", "environment", "repository"):
-            older.cancel(by=by, reason=f"Superseded by {release.version} (deployment #{deployment.pk}).")
+            older.supersede(by=by, newer=deployment)
         Target.objects.filter(pk=target.pk).update(last_deployment=deployment)
         if held:
             transaction.on_commit(lambda: deployment_held.send(sender=Deployment, deployment=deployment))

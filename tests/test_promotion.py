@@ -35,6 +35,7 @@ def test_a_newer_queued_release_supersedes_an_older_queued_one(repository, stagi
     older.refresh_from_db()
     assert older.status == "cancelled"
     assert older.error == f"Superseded by v1.1.0 (deployment #{newer.pk})."
+    assert older.superseded_by == newer
     assert newer.status == "queued"
 
 

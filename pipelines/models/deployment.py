@@ -66,6 +66,8 @@ class Deployment(models.Model):
     # Denormalised from the release so that the database can hold "one running per target".
     repository = models.ForeignKey("pipelines.Repository", on_delete=models.PROTECT, related_name="deployments")
     previous_release = models.ForeignKey("pipelines.Release", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Set when a newer candidate for the same target cancelled this one before it ran.
+    superseded_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -167,6 +169,12 @@ class Deployment(models.Model):
 
     def reject(self, *, by, reason=""):
         return self.transition(Status.REJECTED, by=by, error=reason, details={"reason": reason})
+
+    def supersede(self, *, by, newer):
+        """A newer candidate for the same target replaces this one, which has not run yet."""
+        reason = f"Superseded by {newer.release.version} (deployment #{newer.pk})."
+        return self.transition(Status.CANCELLED, by=by, error=reason, superseded_by=newer,
+                               details={"reason": reason, "superseded_by": newer.pk})
 
     def cancel(self, *, by=None, reason=""):
         """Cancel a deployment that has not run yet; ask the runner to stop one that is running."""

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import Count, F, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -21,11 +20,12 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused
 from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Target
 from pipelines.promotion import PromotionError, environments_for, rollback
-from pipelines.views import deployer_required
+from pipelines.views import deployer_required, redirect_after_promotion
 
 RECENTLY_DECIDED = 50
 freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)
@@ -355,16 +355,11 @@ def release_promote(request, pk):
     environment = get_object_or_404(Environment, name=request.POST.get("environment", ""))
     if (on_its_way := _already_on_its_way(request, release, environment)) is not None:
         return redirect(on_its_way)
-    try:
-        deployment = promote_through_gate(
-            release, environment, by=request.user, override_reason=request.POST.get("override_reason", "").strip()
-        )
-    except PromotionError as exc:
-        messages.error(request, str(exc))
-        return redirect(release)
-    status = deployment.get_status_display().lower()
-    messages.success(request, f"{release.version} to {environment}: deployment #{deployment.pk} is {status}.")
-    return redirect(deployment)
+    override_reason = request.POST.get("override_reason", "").strip()
+    return redirect_after_promotion(
+        request, release, environment,
+        lambda: promote_through_gate(release, environment, by=request.user, override_reason=override_reason),
+    )
 
 
 @require_POST
@@ -376,8 +371,7 @@ def release_rollback(request, pk):
     if (on_its_way := _already_on_its_way(request, release, environment)) is not None:
         return redirect(on_its_way)
     try:
-        with transaction.atomic():
-            deployment = rollback(release, environment, by=request.user, reason=request.POST.get("reason", "").strip())
+        deployment = rollback(release, environment, by=request.user, reason=request.POST.get("reason", "").strip())
     except PromotionError as exc:
         messages.error(request, str(exc))
         return redirect(release)
@@ -432,8 +426,6 @@ def _get_deployment_or_404(pk):
 def deployment_freeze(request, pk):
     """For the deployment page (loaded by htmx): why a queued deployment waits for a freeze to end, and
     "Deploy anyway" for those allowed to. Empty when no freeze holds it."""
-    from approvals import freeze
-
     deployment = _get_deployment_or_404(pk)
     if deployment.status != Deployment.Status.QUEUED:
         return HttpResponse("")
@@ -449,16 +441,13 @@ def deployment_freeze(request, pk):
 @login_required
 @freeze_overrider_required
 def deployment_freeze_override(request, pk):
-    from approvals.freeze import override_freeze
-
     deployment = _get_deployment_or_404(pk)
     reason = request.POST.get("reason", "").strip()
     if not reason:
         messages.error(request, "Give a reason for deploying during the freeze; nothing was changed.")
         return redirect(deployment)
     try:
-        with transaction.atomic():
-            override_freeze(deployment, by=request.user, reason=reason)
+        freeze.override_freeze(deployment, by=request.user, reason=reason)
     except (PermissionDenied, DeploymentStateError) as exc:
         messages.error(request, f"{exc} Nothing was changed.")
     else:

@@ -168,8 +168,15 @@ def release_deploy(request, pk):
         # Change control (approvals) owns these: its Promote checks the pre-production gate first.
         messages.error(request, f"{environment} requires approval: use Promote, which checks the release passed the stage before.")
         return redirect(release)
+    return redirect_after_promotion(
+        request, release, environment, lambda: promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
+    )
+
+
+def redirect_after_promotion(request, release, environment, start):
+    """Run `start()`, a promotion: go to the new deployment, or back to the release saying why not."""
     try:
-        deployment = promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
+        deployment = start()
     except PromotionError as exc:
         messages.error(request, str(exc))
         return redirect(release)

@@ -44,6 +44,11 @@ GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.deploy_guard"]
+GITOPS_FOLLOW_UP_HANDLERS = {
+    "deployment.held": "approvals.opening.on_deployment_held",
+    "mail.change_request_opened": "approvals.notifications.on_change_request_opened",
+    "mail.change_request_decided": "approvals.notifications.on_change_request_decided",
+}
 # Shown next to commits on pages; the portal's own URL is used in notifications.
 GITOPS_BASE_URL = os.environ.get("GITOPS_BASE_URL", "http://127.0.0.1:8000")
 

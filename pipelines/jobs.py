@@ -1,8 +1,16 @@
 """rq jobs. Each takes ids, loads rows, and calls model methods; the database stays the truth and
-the queue is only a wake-up call, so enqueueing twice or losing a job is harmless."""
+the queue is only a wake-up call, so enqueueing twice or losing a job is harmless.
+
+Enqueueing never fails the caller: with Redis away the row that needs the work is already committed,
+and the reconciler enqueues it again once the queue is back (see `queue_is_reachable`)."""
+
+import logging
 
 import django_rq
 from django.db import transaction
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 DEPLOY_QUEUE = "deploy"
 GIT_QUEUE = "git"
@@ -10,6 +18,23 @@ GIT_QUEUE = "git"
 
 def deployment_job_id(deployment_id):
     return f"deployment-{deployment_id}"
+
+
+def queue_is_reachable():
+    """True when Redis answers now; pages use it to say that work will start once the queue is back."""
+    try:
+        return bool(django_rq.get_connection(DEPLOY_QUEUE).ping())
+    except RedisError:
+        return False
+
+
+def _enqueue(queue_name, function, *args, **options):
+    """Enqueue now; on a Redis error log and return None: the database row re-drives it later."""
+    try:
+        return django_rq.get_queue(queue_name, commit_mode="auto").enqueue(function, *args, **options)
+    except RedisError as exc:
+        logger.warning("could not enqueue %s%r (%s); the reconciler will enqueue it once Redis is back", function, args, exc)
+        return None
 
 
 def enqueue_deployment(deployment):
@@ -20,18 +45,25 @@ def enqueue_deployment(deployment):
     Deployment.objects.filter(pk=deployment.pk).update(job_id=job_id)
     deployment.job_id = job_id
     transaction.on_commit(
-        lambda: django_rq.get_queue(DEPLOY_QUEUE, commit_mode="auto").enqueue(
-            "pipelines.jobs.run_deployment", deployment.pk, job_id=job_id, job_timeout=-1, result_ttl=600, failure_ttl=86400
-        )
+        lambda: _enqueue(DEPLOY_QUEUE, "pipelines.jobs.run_deployment", deployment.pk, job_id=job_id, job_timeout=-1,
+                         result_ttl=600, failure_ttl=86400)
     )
 
 
 def enqueue_poll(repository_id):
     transaction.on_commit(
-        lambda: django_rq.get_queue(GIT_QUEUE, commit_mode="auto").enqueue(
-            "pipelines.jobs.poll_repository", repository_id, job_id=f"poll-{repository_id}", result_ttl=60
-        )
+        lambda: _enqueue(GIT_QUEUE, "pipelines.jobs.poll_repository", repository_id, job_id=f"poll-{repository_id}",
+                         result_ttl=60)
     )
+
+
+def enqueue_follow_up(follow_up_id):
+    transaction.on_commit(lambda: enqueue_follow_up_now(follow_up_id))
+
+
+def enqueue_follow_up_now(follow_up_id):
+    return _enqueue(GIT_QUEUE, "pipelines.jobs.run_follow_up", follow_up_id, job_id=f"follow-up-{follow_up_id}",
+                    result_ttl=60, failure_ttl=3600)
 
 
 def run_deployment(deployment_id):
@@ -47,6 +79,12 @@ def poll_repository(repository_id):
     repository = Repository.objects.filter(pk=repository_id, enabled=True).first()
     if repository is not None:
         tracking.poll_repository(repository)
+
+
+def run_follow_up(follow_up_id):
+    from pipelines import followups
+
+    followups.carry_out(follow_up_id)
 
 
 def reconcile():

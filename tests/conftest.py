@@ -215,3 +215,123 @@ def make_release(db):
         )
 
     return make
+
+
+# --- helpers for tests that drive real processes (tests/faults/ above all) ----------------------------
+
+
+def wait_for(condition, what="the condition", timeout=30.0, interval=0.05):
+    """Poll `condition` until it returns something true, with a deadline; returns that value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def database_url():
+    """The URL of the test database, for child processes (workers, schedulers) started by a test."""
+    from urllib.parse import quote
+
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    credentials = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
+    return f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def child_env(data_dir, **extra):
+    """The environment of a portal process (rqworker, pollrepos) that a test starts against its database."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(data_dir)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "DJANGO_SETTINGS_MODULE": "gitops_portal.test_settings",
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "GITOPS_DATA_DIR": str(data_dir),
+        "PYTHONUNBUFFERED": "1",
+        **{name: str(value) for name, value in extra.items()},
+    }
+
+
+def kill_tree(pid):
+    """SIGKILL a process and all its descendants (suspended first, so none reacts to the others dying)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for action in (psutil.Process.suspend, psutil.Process.kill):
+        for process in family:
+            try:
+                action(process)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrivateRedis:
+    """A real redis-server of this test's own on a free port, which the test may stop and start again
+    (the shared Redis of REDIS_URL is never stopped: other tests and other runs use it)."""
+
+    def __init__(self, directory, password=""):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = password
+        self.process = None
+
+    @property
+    def url(self):
+        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
+
+    def start(self):
+        import shutil
+
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.skip("redis-server is not installed")
+        args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.directory)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+
+        def answers():
+            try:
+                return client.ping()
+            except redis.exceptions.RedisError:
+                return False
+
+        wait_for(answers, "the private redis-server to answer", timeout=10)
+        return self
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path / "private-redis").start()
+    yield server
+    server.stop()

@@ -1,16 +1,19 @@
-from .audit import AuditEvent, AuditHead
+from .audit import AuditEvent, AuditHead, AuditVerification
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
+from .followup import FollowUp
 from .release import Release
 from .repository import Repository, WebhookDelivery
 
 __all__ = [
     "AuditEvent",
     "AuditHead",
+    "AuditVerification",
     "Deployment",
     "DeploymentLogChunk",
     "DeploymentStateError",
     "Environment",
+    "FollowUp",
     "InvalidTransition",
     "Release",
     "Repository",

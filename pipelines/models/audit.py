@@ -117,6 +117,8 @@ class AuditEvent(models.Model):
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    # A keyed MAC over `hash` (key from the environment, not the database): re-hashing is not enough to forge.
+    mac = models.CharField(max_length=64, blank=True)
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -151,3 +153,17 @@ class AuditHead(models.Model):
     seq = models.PositiveBigIntegerField()
     hash = models.CharField(max_length=64)
     signature = models.CharField(max_length=64)
+
+
+class AuditVerification(models.Model):
+    """The outcome of one walk over the chain (a job runs it; the audit page shows the last)."""
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    intact = models.BooleanField(null=True)
+    events = models.PositiveBigIntegerField(default=0)
+    first_bad_seq = models.PositiveBigIntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]

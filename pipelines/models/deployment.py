@@ -84,6 +84,10 @@ class Deployment(models.Model):
     error = models.TextField(blank=True)
     job_id = models.CharField(max_length=100, blank=True)
     worker_name = models.CharField(max_length=200, blank=True)
+    # Where the run happens, so that a reconciler on the same host can tell a dead runner from a slow one.
+    runner_host = models.CharField(max_length=200, blank=True)
+    runner_pid = models.IntegerField(null=True, blank=True)
+    step_pgid = models.IntegerField(null=True, blank=True, help_text="Process group of the step running now.")
 
     objects = DeploymentQuerySet.as_manager()
 

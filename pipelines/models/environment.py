@@ -26,6 +26,12 @@ class Environment(models.Model):
         ordering = ["position", "name"]
         constraints = [
             models.CheckConstraint(condition=models.Q(required_approvals__gte=1), name="required_approvals_at_least_one"),
+            # Otherwise its deployments would wait for approvals that nobody may give.
+            models.CheckConstraint(
+                condition=models.Q(requires_approval=False) | models.Q(approver_group__isnull=False),
+                name="approval_needs_an_approver_group",
+                violation_error_message="An environment that requires approval needs an approver group.",
+            ),
         ]
 
     def __str__(self):
@@ -49,6 +55,10 @@ class Target(models.Model):
     paused_reason = models.TextField(blank=True)
     paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     paused_at = models.DateTimeField(null=True, blank=True)
+    # The lease of the run that owns this target now. The next run starts only once the holder let go
+    # or its lease expired, which is after the holder's runner stopped its step by itself (fencing).
+    lease_holder = models.ForeignKey("pipelines.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     objects = TargetQuerySet.as_manager()
 

@@ -42,6 +42,11 @@ class Repository(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     # sha256 of the last `ls-remote` answer: equal means nothing moved and nothing is fetched.
     refs_fingerprint = models.CharField(max_length=64, blank=True)
+    # Set by a webhook in the transaction that accepts it: the sweep polls it even if the queue lost the job.
+    poll_requested_at = models.DateTimeField(null=True, blank=True)
+    # Tags that match the pattern but can never be releases (on a blob or a tree, a name too long), with why.
+    skipped_tags = models.JSONField(default=list, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = RepositoryQuerySet.as_manager()

@@ -1,0 +1,79 @@
+"""Carrying out follow-ups (see pipelines/models/followup.py for what they are and why).
+
+The kinds `pipelines` knows are below; an upper layer adds its own through
+settings.GITOPS_FOLLOW_UP_HANDLERS ({kind: dotted path}), the same way it adds guards and reconcile hooks
+(pipelines/hooks.py). A handler takes the FollowUp and raises to be retried later."""
+
+import logging
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from pipelines.models import FollowUp
+
+logger = logging.getLogger(__name__)
+
+PROMOTE_NEW_RELEASE = "promote.new_release"
+PROMOTE_AFTER_SUCCESS = "promote.after_success"
+DEPLOYMENT_HELD = "deployment.held"
+
+
+def _promote_new_release(follow_up):
+    from pipelines import promotion
+
+    promotion.on_release_recorded(follow_up.release, since=follow_up.created_at)
+
+
+def _promote_after_success(follow_up):
+    from pipelines import promotion
+
+    promotion.on_deployment_succeeded(follow_up.deployment, since=follow_up.created_at)
+
+
+_BUILT_IN = {
+    PROMOTE_NEW_RELEASE: _promote_new_release,
+    PROMOTE_AFTER_SUCCESS: _promote_after_success,
+}
+
+
+def handler_for(kind):
+    if kind in _BUILT_IN:
+        return _BUILT_IN[kind]
+    path = settings.GITOPS_FOLLOW_UP_HANDLERS.get(kind)
+    return import_string(path) if path else None
+
+
+def carry_out(follow_up_id, now=None):
+    """One attempt at one follow-up. True when it is done (now or before)."""
+    follow_up = FollowUp.objects.select_related("deployment", "release", "repository").filter(pk=follow_up_id).first()
+    if follow_up is None or follow_up.done_at is not None:
+        return True
+    if not follow_up.claim(now):
+        return False  # not due yet, or another attempt holds it
+    handler = handler_for(follow_up.kind)
+    if handler is None:
+        logger.warning("no handler for follow-up kind %r; marking #%s done", follow_up.kind, follow_up.pk)
+        follow_up.complete()
+        return True
+    try:
+        handler(follow_up)
+    except Exception as exc:
+        logger.exception("follow-up #%s (%s) failed; it will be retried", follow_up.pk, follow_up.kind)
+        close_old_connections()  # the failure may have been a dropped connection
+        follow_up.retry_later(exc)
+        return False
+    follow_up.complete()
+    return True
+
+
+def redrive(now=None, limit=500):
+    """Enqueue a job for each due follow-up (the reconciler calls this): one query, however many wait."""
+    from pipelines import jobs
+
+    now = now or timezone.now()
+    due = list(FollowUp.objects.due(now).order_by("due_at", "id").values_list("pk", flat=True)[:limit])
+    for follow_up_id in due:
+        jobs.enqueue_follow_up_now(follow_up_id)
+    return len(due)

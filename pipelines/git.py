@@ -232,6 +232,15 @@ def author_emails(repository, from_sha, to_sha):
     return sorted({line.strip().lower() for line in output.splitlines() if line.strip()})
 
 
+def commit_emails(repository, from_sha, to_sha, limit=None):
+    """The distinct author and committer e-mails, lower-cased and sorted, of the commits `log_range` would
+    list (the newest `limit` of them when given): whoever committed a commit had a hand in it too."""
+    options = ["-n", str(int(limit))] if limit is not None else []
+    output = _run(mirror_path(repository), ["log", *options, "--format=%ae%n%ce", *_range(from_sha, to_sha), "--"],
+                  timeout=LOCAL_TIMEOUT, failure=f"Cannot read who wrote the commits up to {to_sha[:10]}")
+    return sorted({line.strip().lower() for line in output.splitlines() if line.strip()})
+
+
 def numstat(repository, from_sha, to_sha):
     """The files that differ from `from_sha` to `to_sha`, with lines added and removed, as FileChanges.
 

@@ -43,7 +43,7 @@ MAX_DIFF_CHARS = 100_000
 @dataclass(frozen=True)
 class Change:
     summary: dict
-    # Lower-cased e-mails of the authors of all commits in the change, not only the listed ones.
+    # Lower-cased e-mails of the authors and committers of all commits in the change, not only the listed ones.
     author_emails: list
 
 
@@ -53,7 +53,7 @@ def summarise(deployment):
 
 
 def inspect(deployment, now=None):
-    """The summary and the commit authors' e-mails of what `deployment` would change."""
+    """The summary and the e-mails of the commits' authors and committers of what `deployment` would change."""
     now = now or timezone.now()
     release = deployment.release
     base = running_release(deployment)
@@ -79,7 +79,8 @@ def inspect(deployment, now=None):
         logger.warning("cannot summarise deployment #%s: %s", deployment.pk, exc)
         summary.update(is_rollback=False, commits=[], commit_count=0, files=[], pipeline_diff="", truncated=False,
                        totals={"files": 0, "added": 0, "removed": 0}, error=str(exc))
-        # Git cannot say who wrote the change; the candidate commit's author at least is known.
+        # Git cannot say who wrote the change; the candidate commit's author at least is known. (The
+        # commit-author rule then refuses everyone anyway: see ChangeRequest.refusal_reason.)
         authors = [release.author_email.lower()] if release.author_email else []
     return Change(summary=summary, author_emails=authors)
 
@@ -142,7 +143,8 @@ def earlier_results(deployment, now):
 
 
 def _compare(repository, base, release, summary):
-    """Fill in the git part of `summary`; return the commit authors' e-mails. Raises GitError."""
+    """Fill in the git part of `summary`; return the e-mails of the commits' authors and committers.
+    Raises GitError."""
     to_sha = release.commit_sha
     from_sha = base.commit_sha if base else None
     git.ensure_commits(repository, *([from_sha, to_sha] if from_sha else [to_sha]))
@@ -151,7 +153,7 @@ def _compare(repository, base, release, summary):
         # A first deployment: the candidate's own latest history stands for the change.
         listed = (None, to_sha)
         commits = git.log_range(repository, *listed, MAX_HISTORY)
-        authors = sorted({commit.author_email.lower() for commit in commits if commit.author_email})
+        authors = git.commit_emails(repository, *listed, MAX_HISTORY)
     else:
         if from_sha != to_sha and git.is_ancestor(repository, to_sha, from_sha):
             summary["is_rollback"] = True
@@ -159,7 +161,7 @@ def _compare(repository, base, release, summary):
         else:
             listed = (from_sha, to_sha)
         commits = git.log_range(repository, *listed, MAX_COMMITS)
-        authors = git.author_emails(repository, *listed)
+        authors = git.commit_emails(repository, *listed)
     count = git.count_commits(repository, *listed)
     summary["commits"] = [_commit(repository, commit) for commit in commits]
     summary["commit_count"] = count

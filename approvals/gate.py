@@ -1,32 +1,15 @@
-"""The pre-production gate: a release reaches an environment only after it succeeded in the one before.
+"""Promote through the pre-production gate (pipelines/gate.py), or past it.
 
-A person with `approvals.override_gate` may skip the gate with a written reason, which is audited."""
+A person with `approvals.override_gate` may skip the gate with a written reason, which is audited together
+with the deployment it let through."""
 
 from django.db import transaction
 
+from pipelines.gate import GateClosed, environment_before, gate_reason
 from pipelines.models import AuditEvent, Deployment
-from pipelines.promotion import PromotionError, environments_for, promote
+from pipelines.promotion import promote
 
-
-class GateClosed(PromotionError):
-    pass
-
-
-def environment_before(release, environment):
-    """The environment the release's pipeline file names just before `environment`, or None."""
-    earlier = [env for env in environments_for(release) if env.position < environment.position]
-    return earlier[-1] if earlier else None
-
-
-def gate_reason(release, environment):
-    """Why the gate is closed for this release and environment, in words; None when it is open."""
-    before = environment_before(release, environment)
-    if before is None:
-        return None
-    succeeded = Deployment.objects.filter(release=release, environment=before, status=Deployment.Status.SUCCEEDED)
-    if succeeded.exists():
-        return None
-    return f"{release.version} has not succeeded in {before} yet; it must before it goes to {environment}."
+__all__ = ["GateClosed", "environment_before", "gate_reason", "promote_through_gate"]
 
 
 def promote_through_gate(release, environment, *, by, override_reason=""):
@@ -43,8 +26,12 @@ def _promote_through_gate(release, environment, *, by, override_reason):
             raise GateClosed(reason)
         if not by.has_perm("approvals.override_gate"):
             raise GateClosed(f"{reason} Only someone allowed to override the gate may skip it.")
+    deployment = promote(release, environment, by=by, reason=override_reason, trigger=Deployment.Trigger.MANUAL)
+    if reason:
+        # Recorded after promote() has locked the target: the audit chain's lock is always taken last.
         AuditEvent.objects.record(
             action="gate.overridden", actor=by, obj=release, repository=release.repository, environment=environment,
-            details={"release": release.version, "gate": reason, "reason": override_reason},
+            details={"release": release.version, "gate": reason, "reason": override_reason,
+                     "deployment": deployment.pk},
         )
-    return promote(release, environment, by=by, reason=override_reason, trigger=Deployment.Trigger.MANUAL)
+    return deployment

@@ -61,7 +61,8 @@ class ChangeRequest(models.Model):
     # What the change contains, computed from the mirror when the request opens (see approvals/changes.py):
     # {"commits": [...], "files": [...], "pipeline_diff": str, "is_rollback": bool, "earlier_results": [...]}.
     summary = models.JSONField(default=dict, blank=True)
-    # Lower-cased e-mails of the commits' authors, for the "no approving your own commits" rule.
+    # Lower-cased e-mails of the commits' authors and committers, for the "no approving your own commits"
+    # rule: whoever committed a change (a rebase, a cherry-pick, a patch applied) had a hand in it too.
     author_emails = models.JSONField(default=list, blank=True)
 
     objects = ChangeRequestQuerySet.as_manager()
@@ -100,8 +101,14 @@ class ChangeRequest(models.Model):
             return f"Only members of {group!r} may decide on changes to {environment}."
         if self.requested_by_id == user.pk and not environment.allow_self_approval:
             return "You requested this change, so someone else has to approve it."
-        if environment.block_commit_authors and user.email and user.email.lower() in self.author_emails:
-            return "You authored a commit in this change, so someone else has to approve it."
+        if environment.block_commit_authors and not (user.email or "").strip():
+            # Fail closed: without an e-mail nobody can tell whether this person wrote any of the commits.
+            return (
+                "You have no e-mail address on your account, so the portal cannot check that you did not author "
+                "a commit in this change; ask an admin to set one."
+            )
+        if environment.block_commit_authors and user.email.strip().lower() in self.author_emails:
+            return "You authored or committed a commit in this change, so someone else has to approve it."
         if environment.block_commit_authors and self.summary.get("error"):
             # Fail closed: without the commits, nobody can be shown not to be one of their authors.
             return "The change could not be read from git yet, so its commit authors are unknown; the portal retries."

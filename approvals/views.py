@@ -322,8 +322,9 @@ def _already_on_its_way(request, release, environment):
 @deployer_required
 def release_actions(request, pk):
     """The promote and roll-back part of the release page (loaded into it by htmx, so that pipelines'
-    page needs nothing from approvals): the gate's answer per approval-requiring environment, and a
-    rollback wherever this release succeeded before and is not what runs there now."""
+    page needs nothing from approvals): the gate's answer per approval-requiring environment, and per
+    other environment where the gate is closed (pipelines' Deploy refuses there; an override goes through
+    Promote here), and a rollback wherever this release succeeded before and is not what runs there now."""
     release = _get_release_or_404(pk)
     environments = environments_for(release)
     active = {d.environment_id: d for d in Deployment.objects.filter(release=release).active()}
@@ -331,11 +332,12 @@ def release_actions(request, pk):
     succeeded = set(succeeded_there.values_list("environment_id", flat=True))
     targets = Target.objects.filter(repository=release.repository)
     current = dict(targets.values_list("environment_id", "current_release_id"))
+    gates = {env.id: gate_reason(release, env) for env in environments}
     context = {
         "release": release,
         "promotions": [
-            Promotion(environment=env, gate=gate_reason(release, env), on_its_way=active.get(env.id))
-            for env in environments if env.requires_approval
+            Promotion(environment=env, gate=gates[env.id], on_its_way=active.get(env.id))
+            for env in environments if env.requires_approval or gates[env.id]
         ],
         "rollbacks": [
             env for env in environments

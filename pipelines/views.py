@@ -14,6 +14,7 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from pipelines import gate
 from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Repository, Target
 from pipelines.promotion import PromotionError, environments_for, promote, retry
 
@@ -168,9 +169,12 @@ def release_deploy(request, pk):
         # Change control (approvals) owns these: its Promote checks the pre-production gate first.
         messages.error(request, f"{environment} requires approval: use Promote, which checks the release passed the stage before.")
         return redirect(release)
-    return redirect_after_promotion(
-        request, release, environment, lambda: promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
-    )
+
+    def deploy():
+        gate.check(release, environment)  # every manual deployment passes the pre-production gate
+        return promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
+
+    return redirect_after_promotion(request, release, environment, deploy)
 
 
 def redirect_after_promotion(request, release, environment, start):
@@ -208,6 +212,8 @@ def deployment_cancel(request, pk):
 def deployment_retry(request, pk):
     deployment = _get_deployment_or_404(pk)
     try:
+        # A retry is a manual deployment too: what failed the stage before does not get here again by it.
+        gate.check(deployment.release, deployment.environment)
         retried = retry(deployment, by=request.user)
     except PromotionError as exc:
         messages.error(request, str(exc))

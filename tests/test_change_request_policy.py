@@ -69,7 +69,7 @@ def test_self_approval_is_allowed_where_the_environment_says_so(open_request, pr
 
 def test_it_refuses_approval_from_an_author_of_a_commit_in_the_change(open_request, dana):
     change = open_request()
-    with pytest.raises(DecisionRefused, match="You authored a commit in this change"):
+    with pytest.raises(DecisionRefused, match="You authored or committed a commit in this change"):
         change.approve(dana)
 
 
@@ -166,3 +166,66 @@ def test_nobody_may_approve_while_the_commit_authors_are_unknown(open_request, b
     production.save()
     change.approve(bob)
     assert change.status == "approved"
+
+
+def test_it_refuses_an_approver_without_an_e_mail_where_commit_authors_are_blocked(open_request, bob, production):
+    bob.email = ""
+    bob.save()
+    change = open_request()
+    with pytest.raises(DecisionRefused, match="You have no e-mail address on your account") as refused:
+        change.approve(bob)
+    assert "ask an admin to set one" in str(refused.value)
+    assert not Decision.objects.exists()
+    assert Deployment.objects.get().status == "awaiting_approval"
+    # Where commit authors may approve, the e-mail does not matter.
+    production.block_commit_authors = False
+    production.save()
+    change.approve(bob)
+    assert change.status == "approved"
+
+
+def test_a_blank_e_mail_is_no_e_mail(open_request, bob):
+    bob.email = "   "
+    bob.save()
+    with pytest.raises(DecisionRefused, match="no e-mail address"):
+        open_request().approve(bob)
+
+
+def test_it_refuses_the_committer_of_a_commit_in_the_change(repository, origin, production, make_release, alice, bob):
+    """Bob applied dana's patch: he committed it, so he may not approve it either."""
+    from approvals import changes
+    from pipelines import promotion
+    from pipelines.models import Target
+    from tests.conftest import git
+
+    running = make_release(repository, "v1.0.0", commit_sha=origin.head())
+    target = Target.objects.for_pair(repository, production)
+    Target.objects.filter(pk=target.pk).update(current_release=running)
+    origin.write("fix.txt", "a patch from dana\n")
+    git(origin.path, "add", "-A")
+    git(origin.path, "commit", "-q", "-m", "Apply dana's fix",
+        env={"GIT_COMMITTER_EMAIL": "Bob@Example.com", "GIT_COMMITTER_NAME": "Bob"})
+    candidate = make_release(repository, "v1.1.0", commit_sha=origin.head())
+    deployment = promotion.promote(candidate, production, by=alice)
+
+    change = changes.inspect(deployment)
+    assert change.author_emails == ["bob@example.com", "dana@example.com"]
+    request = ChangeRequest.objects.create(
+        deployment=deployment, repository=repository, environment=production, requested_by=alice,
+        required_approvals=1, summary=change.summary, author_emails=change.author_emails,
+    )
+    with pytest.raises(DecisionRefused, match="You authored or committed a commit in this change"):
+        request.approve(bob)
+    assert Deployment.objects.get(pk=deployment.pk).status == "awaiting_approval"
+
+
+def test_a_first_deployment_counts_the_committers_of_its_history_too(repository, origin, production, make_release, alice):
+    from approvals import changes
+    from pipelines import promotion
+    from tests.conftest import git
+
+    git(origin.path, "commit", "-q", "--allow-empty", "-m", "Cherry-picked by erin",
+        env={"GIT_COMMITTER_EMAIL": "erin@example.com"})
+    candidate = make_release(repository, "v1.0.0", commit_sha=origin.head())
+    change = changes.inspect(promotion.promote(candidate, production, by=alice))
+    assert "erin@example.com" in change.author_emails

@@ -71,3 +71,119 @@ def test_an_override_with_the_permission_and_a_reason_is_audited(repository, sta
 def test_an_override_without_a_reason_is_refused(repository, staging, production, make_release, alice):
     with pytest.raises(GateClosed, match="has not succeeded in staging"):
         promote_through_gate(make_release(repository, "v1.0.0"), production, by=alice, override_reason="  ")
+
+
+# --- every manual deployment passes the gate, environments without approval too --------------------
+
+THREE_STAGES = """\
+environments:
+  staging:
+    steps: [{run: ./deploy.sh}]
+  qa:
+    steps: [{run: ./deploy.sh}]
+  production:
+    steps: [{run: ./deploy.sh}]
+"""
+
+
+@pytest.fixture
+def qa(environments):
+    """An environment between staging and production that needs no approval."""
+    from pipelines.models import Environment
+
+    return Environment.objects.create(name="qa", position=15, auto_deploy=False)
+
+
+def fail_in(release, environment):
+    deployment = Deployment.objects.create(
+        release=release, environment=environment, repository=release.repository,
+        status=Deployment.Status.QUEUED, trigger=Deployment.Trigger.AUTO,
+    )
+    deployment.claim(worker_name="w")
+    deployment.fail("boom", exit_code=1)
+    return deployment
+
+
+def test_the_gate_names_the_failed_run_of_the_stage_before(repository, staging, qa, make_release):
+    from pipelines.gate import gate_reason
+
+    release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
+    failed = fail_in(release, staging)
+    assert gate_reason(release, qa) == (
+        f"v1.0.0 failed in staging (deployment #{failed.pk}); it must succeed there before it goes to qa."
+    )
+
+
+def test_a_release_that_failed_after_an_earlier_success_must_pass_again(repository, staging, qa, make_release):
+    from pipelines.gate import gate_reason
+
+    release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
+    succeed_in(release, staging)
+    assert gate_reason(release, qa) is None
+    fail_in(release, staging)
+    assert "failed in staging" in gate_reason(release, qa)
+    succeed_in(release, staging)
+    assert gate_reason(release, qa) is None
+
+
+def test_deploy_by_hand_to_an_environment_without_approval_passes_the_gate(client, repository, staging, qa, make_release, bob):
+    """The hole: Deploy to qa of a release that failed staging used to go straight through."""
+    from django.urls import reverse
+
+    release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
+    fail_in(release, staging)
+    client.force_login(bob)
+    response = client.post(reverse("release_deploy", args=[release.pk]), {"environment": "qa"}, follow=True)
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "v1.0.0 failed in staging" in text and "override the gate" in text
+    assert not Deployment.objects.filter(environment=qa).exists()
+    succeed_in(release, staging)
+    response = client.post(reverse("release_deploy", args=[release.pk]), {"environment": "qa"})
+    assert Deployment.objects.get(environment=qa).status == "queued"
+
+
+def test_a_retry_passes_the_gate_too(client, repository, staging, qa, make_release, bob):
+    from django.urls import reverse
+
+    release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
+    succeed_in(release, staging)
+    failed_in_qa = fail_in(release, qa)
+    fail_in(release, staging)  # staging broke since
+    client.force_login(bob)
+    response = client.post(reverse("deployment_retry", args=[failed_in_qa.pk]), follow=True)
+    assert "v1.0.0 failed in staging" in response.content.decode()
+    assert Deployment.objects.filter(environment=qa).count() == 1
+
+
+def test_the_gate_to_an_environment_without_approval_is_overridden_through_promote_and_audited(
+    client, repository, staging, qa, make_release, alice
+):
+    from django.urls import reverse
+
+    release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
+    fail_in(release, staging)
+    client.force_login(alice)
+    actions = client.get(reverse("release_actions", args=[release.pk])).content.decode()
+    assert "Override the gate: promote to qa" in actions
+    response = client.post(reverse("release_promote", args=[release.pk]),
+                           {"environment": "qa", "override_reason": "staging is down, qa is the test"})
+    deployment = Deployment.objects.get(environment=qa)
+    assert response.status_code == 302 and deployment.status == "queued"
+    event = AuditEvent.objects.get(action="gate.overridden")
+    assert event.details["reason"] == "staging is down, qa is the test"
+    assert event.details["deployment"] == deployment.pk
+    assert event.seq > AuditEvent.objects.get(action="deployment.created", object_id=str(deployment.pk)).seq
+
+
+def test_a_second_click_on_deploy_is_answered_with_a_message(client, repository, staging, make_release, bob):
+    from django.urls import reverse
+
+    release = make_release(repository, "v1.0.0")
+    client.force_login(bob)
+    first = client.post(reverse("release_deploy", args=[release.pk]), {"environment": "staging"})
+    assert first.status_code == 302
+    second = client.post(reverse("release_deploy", args=[release.pk]), {"environment": "staging"}, follow=True)
+    assert second.status_code == 200
+    assert "nothing new was started" in second.content.decode()
+    assert Deployment.objects.filter(environment=staging).count() == 1

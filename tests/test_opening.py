@@ -111,7 +111,7 @@ def test_a_newer_candidate_supersedes_the_older_pending_request(
 def test_a_request_for_another_target_is_not_superseded(
     repository, staging, production, releases, alice, django_capture_on_commit_callbacks
 ):
-    staging.requires_approval = True
+    staging.requires_approval, staging.approver_group = True, production.approver_group
     staging.save()
     with django_capture_on_commit_callbacks(execute=True):
         promotion.promote(releases[1], staging, by=alice)

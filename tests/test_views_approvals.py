@@ -373,7 +373,7 @@ def test_an_author_of_a_commit_sees_that_someone_else_has_to_approve(client, dja
     dana.groups.add(approvers)
     client.force_login(dana)
     html = page(client, change_request)
-    assert "You authored a commit in this change, so someone else has to approve it." in html
+    assert "You authored or committed a commit in this change, so someone else has to approve it." in html
     assert ">Approve</button>" not in html
 
 

@@ -140,15 +140,24 @@ def active_freezes(now=None):
 
 
 def deploy_guard(deployment, now):
-    """A GITOPS_DEPLOY_GUARDS function: why this queued deployment must wait, or None.
+    """Why this queued deployment must wait for a freeze, or None.
 
     A deployment that someone let through (a FreezeOverride) never waits for a freeze."""
-    frozen = frozen_until(deployment.environment_id, now)
-    if frozen is None:
-        return None
-    if FreezeOverride.objects.filter(deployment=deployment).exists():
-        return None
-    return str(Freeze(deployment.environment, *frozen))
+    return hold_reasons([deployment], now).get(deployment.pk)
+
+
+def hold_reasons(deployments, now):
+    """The GITOPS_DEPLOY_GUARDS function: {deployment id: why it must wait} for those a freeze holds.
+
+    Three queries however many deployments wait (the reconciler asks about all of them every tick)."""
+    freezes = {freeze.environment.pk: freeze for freeze in active_freezes(now)}
+    frozen = [deployment for deployment in deployments if deployment.environment_id in freezes]
+    if not frozen:
+        return {}
+    let_through = set(
+        FreezeOverride.objects.filter(deployment__in=[d.pk for d in frozen]).values_list("deployment_id", flat=True)
+    )
+    return {d.pk: str(freezes[d.environment_id]) for d in frozen if d.pk not in let_through}
 
 
 def override_freeze(deployment, *, by, reason):

@@ -14,7 +14,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from pipelines.models import AuditEvent, Deployment
+from pipelines.models import AuditEvent, Deployment, FollowUp
 
 
 class DecisionRefused(PermissionDenied):
@@ -127,7 +127,9 @@ class ChangeRequest(models.Model):
     def _decide(self, user, verdict, comment):
         with transaction.atomic():
             # The row lock makes concurrent deciders queue up here; each then sees the others' decisions.
-            locked = ChangeRequest.objects.select_for_update(of=("self",)).select_related(
+            # The deployment's row is locked too, before the first audit event: one lock order everywhere
+            # (target, deployment, then the audit chain), so no decision deadlocks with a promotion.
+            locked = ChangeRequest.objects.select_for_update(of=("self", "deployment")).select_related(
                 "environment__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
             ).get(pk=self.pk)
             reason = locked.refusal_reason(user)
@@ -141,8 +143,13 @@ class ChangeRequest(models.Model):
             elif locked.decisions.filter(verdict=Decision.Verdict.APPROVE).count() >= locked.required_approvals:
                 locked._close(self.Status.APPROVED, by=user)
                 locked.deployment.release_hold(by=user)
+            if locked.status != self.Status.PENDING:
+                # Mail is a follow-up of the decision: it lands with it, and a mail server that is down
+                # delays it rather than losing it (or failing the decision).
+                FollowUp.objects.schedule(
+                    "mail.change_request_decided", deployment=locked.deployment, payload={"change_request": locked.pk}
+                )
         self.refresh_from_db()
-        transaction.on_commit(lambda: _notify_decided(self.pk))
         return decision
 
     # --- closing without a decision ------------------------------------------------------------------
@@ -180,12 +187,6 @@ class ChangeRequest(models.Model):
             action=action, actor=actor, obj=self, repository=self.repository, environment=self.environment,
             details={"deployment": self.deployment_id, "release": self.deployment.release.version, **details},
         )
-
-
-def _notify_decided(change_request_id):
-    from approvals import notifications
-
-    notifications.notify_decided(change_request_id)
 
 
 class Decision(models.Model):

@@ -1,8 +1,8 @@
 """E-mail about change requests: to the eligible approvers when one opens, to the requester when it is decided.
 
-Sent through Django's default mailer (settings.MAILERS; the console backend unless configured). Both
-functions take an id, run after the deciding transaction commits, and never raise: a mail server that is
-down is logged, and the request stands as it is."""
+Sent through Django's default mailer (settings.MAILERS; the console backend unless configured). Mail is
+a follow-up (pipelines/followups.py) recorded in the transaction that opens or decides the request, and
+carried out by a job: a mail server that is down raises, and the follow-up is tried again later."""
 
 import logging
 
@@ -19,35 +19,36 @@ LISTED_COMMITS = 10
 LISTED_FILES = 10
 
 
+def on_change_request_opened(follow_up):
+    """The follow-up handler (settings.GITOPS_FOLLOW_UP_HANDLERS); raises to be retried."""
+    notify_opened(follow_up.payload["change_request"])
+
+
+def on_change_request_decided(follow_up):
+    notify_decided(follow_up.payload["change_request"])
+
+
 def notify_opened(change_request_id):
     """Ask every eligible approver with an e-mail address to review the request. Returns how many were sent."""
-    try:
-        change_request = _load(change_request_id)
-        if not change_request.is_pending:
-            return 0
-        recipients = eligible_approvers(change_request)
-        subject = f"{SUBJECT_PREFIX} Approval needed: {_title(change_request)}"
-        body = _opened_body(change_request)
-        return _send([EmailMessage(subject=subject, body=body, to=[user.email]) for user in recipients])
-    except Exception:
-        logger.exception("notifying the approvers of change request #%s failed", change_request_id)
+    change_request = _load(change_request_id)
+    if not change_request.is_pending:
         return 0
+    recipients = eligible_approvers(change_request)
+    subject = f"{SUBJECT_PREFIX} Approval needed: {_title(change_request)}"
+    body = _opened_body(change_request)
+    return _send([EmailMessage(subject=subject, body=body, to=[user.email]) for user in recipients])
 
 
 def notify_decided(change_request_id):
     """Tell the requester that their request was approved or rejected, by whom and why. Returns how many were sent."""
-    try:
-        change_request = _load(change_request_id)
-        requester = change_request.requested_by
-        decided = change_request.status in (ChangeRequest.Status.APPROVED, ChangeRequest.Status.REJECTED)
-        if not decided or requester is None or not requester.email:
-            return 0
-        verdict = change_request.get_status_display()
-        subject = f"{SUBJECT_PREFIX} {verdict}: {_title(change_request)}"
-        return _send([EmailMessage(subject=subject, body=_decided_body(change_request), to=[requester.email])])
-    except Exception:
-        logger.exception("notifying the requester of change request #%s failed", change_request_id)
+    change_request = _load(change_request_id)
+    requester = change_request.requested_by
+    decided = change_request.status in (ChangeRequest.Status.APPROVED, ChangeRequest.Status.REJECTED)
+    if not decided or requester is None or not requester.email:
         return 0
+    verdict = change_request.get_status_display()
+    subject = f"{SUBJECT_PREFIX} {verdict}: {_title(change_request)}"
+    return _send([EmailMessage(subject=subject, body=_decided_body(change_request), to=[requester.email])])
 
 
 def eligible_approvers(change_request):

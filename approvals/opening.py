@@ -1,28 +1,26 @@
 """Opening a change request for a held deployment.
 
-`pipelines` sends `deployment_held` on commit (see approvals/apps.py); the reconciler calls
-`open_change_request` again for any held deployment without a request, so a missed or failed signal
-loses nothing. Opening is idempotent: one request per deployment, however many callers race."""
+`pipelines` records a `deployment.held` follow-up in the transaction that holds a deployment; its job
+calls `on_deployment_held` (settings.GITOPS_FOLLOW_UP_HANDLERS), and a failure (git away, say) is retried.
+The reconciler also opens a request for any held deployment without one. Opening is idempotent: one
+request per deployment, however many callers race."""
 
 import logging
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from approvals import changes, notifications
+from approvals import changes
 from approvals.models import ChangeRequest
-from pipelines.models import AuditEvent, Deployment
+from pipelines.models import AuditEvent, Deployment, FollowUp
 
 logger = logging.getLogger(__name__)
 
 
 
-def on_deployment_held(sender, deployment, **kwargs):
-    """The receiver of `pipelines.signals.deployment_held`. Never raises into pipelines."""
-    try:
-        open_change_request(deployment)
-    except Exception:
-        logger.exception("opening a change request for deployment #%s failed; the reconciler will retry", deployment.pk)
+def on_deployment_held(follow_up):
+    """The handler of the `deployment.held` follow-up; raises to be retried."""
+    open_change_request(follow_up.deployment)
 
 
 def open_change_request(deployment):
@@ -82,7 +80,9 @@ def open_change_request(deployment):
             .filter(repository_id=deployment.repository_id, environment_id=environment.pk)
             .exclude(pk=change_request.pk)
         )
-        transaction.on_commit(lambda: notifications.notify_opened(change_request.pk))
+        FollowUp.objects.schedule(
+            "mail.change_request_opened", deployment=deployment, payload={"change_request": change_request.pk}
+        )
     return change_request
 
 

@@ -43,7 +43,7 @@ GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
-GITOPS_DEPLOY_GUARDS = ["approvals.freeze.deploy_guard"]
+GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",
     "mail.change_request_opened": "approvals.notifications.on_change_request_opened",
@@ -119,7 +119,7 @@ RQ_QUEUES = {
     "git": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "deploy": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
 }
-RQ = {"COMMIT_MODE": "on_db_commit"}
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "pipelines.worker.PortalWorker"}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

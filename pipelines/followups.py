@@ -7,7 +7,7 @@ settings.GITOPS_FOLLOW_UP_HANDLERS ({kind: dotted path}), the same way it adds g
 import logging
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -61,7 +61,8 @@ def carry_out(follow_up_id, now=None):
         handler(follow_up)
     except Exception as exc:
         logger.exception("follow-up #%s (%s) failed; it will be retried", follow_up.pk, follow_up.kind)
-        close_old_connections()  # the failure may have been a dropped connection
+        if not connection.in_atomic_block:
+            close_old_connections()  # the failure may have been a dropped connection
         follow_up.retry_later(exc)
         return False
     follow_up.complete()

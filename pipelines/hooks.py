@@ -1,23 +1,32 @@
 """Extension points through which upper layers (approvals) take part without `pipelines` importing them.
 
-Both are lists of dotted paths in settings, so the direction of dependency stays one way:
-- GITOPS_DEPLOY_GUARDS: functions `(deployment, now) -> str | None`; a non-empty answer keeps a queued
-  deployment waiting (a freeze window, say) and says why. The reconciler wakes it again later.
-- GITOPS_RECONCILE_HOOKS: functions `(now) -> summary`, run by the reconciler after its own repairs."""
+All are dotted paths in settings, so the direction of dependency stays one way:
+- GITOPS_DEPLOY_GUARDS: functions `(deployments, now) -> {deployment id: reason}`; a reason keeps a queued
+  deployment waiting (a freeze window, say) and says why. The reconciler wakes it again later. They take
+  many deployments at once so that a reconciler tick costs the same few queries however many wait.
+- GITOPS_RECONCILE_HOOKS: functions `(now) -> summary`, run by the reconciler after its own repairs.
+- GITOPS_FOLLOW_UP_HANDLERS: {kind: function(follow_up)} for follow-ups the upper layer handles
+  (see pipelines/followups.py)."""
 
 from django.conf import settings
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 
+def hold_reasons(deployments, now=None):
+    """{deployment id: why it may not start now} for those of `deployments` that a guard holds."""
+    now = now or timezone.now()
+    deployments = list(deployments)
+    reasons = {}
+    for path in settings.GITOPS_DEPLOY_GUARDS:
+        for deployment_id, reason in import_string(path)(deployments, now).items():
+            reasons.setdefault(deployment_id, reason)
+    return reasons
+
+
 def hold_reason(deployment, now=None):
     """Why this queued deployment may not start now, or None."""
-    now = now or timezone.now()
-    for path in settings.GITOPS_DEPLOY_GUARDS:
-        reason = import_string(path)(deployment, now)
-        if reason:
-            return reason
-    return None
+    return hold_reasons([deployment], now).get(deployment.pk)
 
 
 def run_reconcile_hooks(now):

@@ -1,10 +1,13 @@
-"""Moving releases through the environments: what deploys where next, and who is superseded."""
+"""Moving releases through the environments: what deploys where next, and who is superseded.
+
+Lock order, the same in every audited transaction: the Target row, then the Deployment rows, then the
+audit chain (AuditEvent.record takes PostgreSQL's audit lock and holds it to the end of the transaction).
+A transaction that locked a row after recording an event could wait on one that waits for the audit lock."""
 
 from django.db import transaction
 
-from pipelines import jobs
-from pipelines.models import AuditEvent, Deployment, Environment, Target
-from pipelines.signals import deployment_held
+from pipelines import followups, jobs
+from pipelines.models import AuditEvent, Deployment, Environment, FollowUp, Target
 
 
 class PromotionError(Exception):
@@ -35,6 +38,17 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         target = Target.objects.for_pair(release.repository, environment)
         # Lock the target so that two promotions of one target never both survive supersession.
         target = Target.objects.select_for_update().get(pk=target.pk)
+        status = Deployment.Status.AWAITING_APPROVAL if held else Deployment.Status.QUEUED
+        # Lock what this promotion may supersede before the first audit event (see the lock order above).
+        waiting = list(
+            Deployment.objects.for_target(release.repository, environment).active().select_for_update()
+            .select_related("release", "environment", "repository")
+        )
+        duplicate = next((d for d in waiting if d.release_id == release.pk), None)
+        if duplicate is not None:
+            # A double click, or two people at once: the release is already on its way to this target.
+            raise PromotionError(f"{release.version} is already {duplicate.get_status_display().lower()} for "
+                                 f"{environment} (deployment #{duplicate.pk}); nothing new was started.")
         if trigger == Deployment.Trigger.ROLLBACK:
             # Otherwise the next release would deploy straight over the rollback.
             target.pause(by=by, reason=f"Rollback to {release.version} (deployment requested by "
@@ -44,7 +58,7 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
             environment=environment,
             repository=release.repository,
             previous_release=target.current_release,
-            status=Deployment.Status.AWAITING_APPROVAL if held else Deployment.Status.QUEUED,
+            status=status,
             trigger=trigger,
             triggered_by=by,
             reason=reason,
@@ -62,14 +76,14 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         )
         # Only what waits in the same way: a new candidate awaiting approval must not cancel an older
         # deployment that was already approved and is queued.
-        waiting = Deployment.objects.for_target(release.repository, environment).filter(
-            status=deployment.status
-        ).exclude(pk=deployment.pk)
-        for older in waiting.select_related("release", "environment", "repository"):
-            older.supersede(by=by, newer=deployment)
+        for older in waiting:
+            if older.status == status:
+                older.supersede(by=by, newer=deployment)
         Target.objects.filter(pk=target.pk).update(last_deployment=deployment)
         if held:
-            transaction.on_commit(lambda: deployment_held.send(sender=Deployment, deployment=deployment))
+            # The upper layer (approvals) opens the change request from this follow-up, with git work
+            # that must not run inside this transaction or a web request.
+            FollowUp.objects.schedule(followups.DEPLOYMENT_HELD, deployment=deployment)
         else:
             jobs.enqueue_deployment(deployment)
     return deployment
@@ -96,9 +110,17 @@ def retry(deployment, *, by):
     return promote(deployment.release, deployment.environment, by=by, trigger=trigger)
 
 
-def _promote_automatically(release, environment):
+def _promote_automatically(release, environment, since=None):
+    """Promote `release` to `environment` if automatic deployment is on and not paused there.
+
+    `since` makes it idempotent for follow-ups, which may run twice: a deployment of this release to
+    this environment created at or after `since` is the one a previous attempt made."""
     if not environment.auto_deploy or release.blocked or release.error:
         return None
+    if since is not None:
+        earlier = Deployment.objects.filter(release=release, environment=environment, created_at__gte=since).first()
+        if earlier is not None:
+            return earlier
     target = Target.objects.for_pair(release.repository, environment)
     if target.auto_deploy_paused:
         AuditEvent.objects.record(
@@ -106,18 +128,26 @@ def _promote_automatically(release, environment):
             details={"release": release.version, "reason": f"automatic deployment is paused: {target.paused_reason}"},
         )
         return None
-    return promote(release, environment, by=None, trigger=Deployment.Trigger.AUTO)
+    try:
+        return promote(release, environment, by=None, trigger=Deployment.Trigger.AUTO)
+    except PromotionError as exc:
+        # Already on its way there (a person was quicker): nothing to do, and nothing to retry.
+        AuditEvent.objects.record(
+            action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
+            details={"release": release.version, "reason": str(exc)},
+        )
+        return None
 
 
-def on_release_recorded(release):
+def on_release_recorded(release, since=None):
     """A new release deploys to the first environment its pipeline file names."""
     environments = environments_for(release)
-    return _promote_automatically(release, environments[0]) if environments else None
+    return _promote_automatically(release, environments[0], since) if environments else None
 
 
-def on_deployment_succeeded(deployment):
+def on_deployment_succeeded(deployment, since=None):
     """Success moves the release on to the next environment its file names; a rollback stays put."""
     if deployment.trigger == Deployment.Trigger.ROLLBACK:
         return None
     later = [env for env in environments_for(deployment.release) if env.position > deployment.environment.position]
-    return _promote_automatically(deployment.release, later[0]) if later else None
+    return _promote_automatically(deployment.release, later[0], since) if later else None

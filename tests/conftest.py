@@ -335,3 +335,23 @@ def private_redis(tmp_path):
     server = PrivateRedis(tmp_path / "private-redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def run_follow_ups(db):
+    """Carry out every due follow-up in this process, as their jobs would (and the ones those schedule)."""
+    from django.utils import timezone
+
+    from pipelines import followups
+    from pipelines.models import FollowUp
+
+    def run(now=None):
+        carried_out = 0
+        for _ in range(20):
+            due = list(FollowUp.objects.due(now or timezone.now()).values_list("pk", flat=True))
+            if not due:
+                break
+            carried_out += sum(followups.carry_out(pk, now) for pk in due)
+        return carried_out
+
+    return run

@@ -9,23 +9,18 @@ from django.utils import timezone
 
 from approvals import reconcile as approvals_reconcile
 from approvals.models import ChangeRequest
-from approvals.opening import on_deployment_held, open_change_request
+from approvals.opening import open_change_request
 from pipelines import promotion, reconciler
-from pipelines.models import AuditEvent, Deployment, Target
-from pipelines.signals import deployment_held
+from pipelines.models import AuditEvent, Deployment, FollowUp, Target
 
 pytestmark = pytest.mark.django_db
 
-OPENER = "approvals.open_change_request"  # the dispatch_uid of approvals/apps.py
 START = datetime(2025, 3, 3, 9, 0, tzinfo=dt_timezone.utc)
 
 
-@pytest.fixture
-def signal_lost():
-    """Held deployments made meanwhile get no request from the signal, as if a process died before it."""
-    deployment_held.disconnect(dispatch_uid=OPENER)
-    yield
-    deployment_held.connect(on_deployment_held, dispatch_uid=OPENER)
+def lose_follow_ups():
+    """As if the held deployments' follow-ups had been carried out wrongly or dropped: the backstop must act."""
+    FollowUp.objects.filter(kind="deployment.held").update(done_at=timezone.now())
 
 
 @pytest.fixture
@@ -37,11 +32,9 @@ def releases(repository, origin, production, make_release):
     return running, v110, v120
 
 
-def test_it_opens_a_request_for_a_held_deployment_whose_signal_was_missed(
-    production, releases, alice, signal_lost, django_capture_on_commit_callbacks
-):
-    with django_capture_on_commit_callbacks(execute=True):
-        deployment = promotion.promote(releases[1], production, by=alice)
+def test_it_opens_a_request_for_a_held_deployment_whose_follow_up_was_lost(production, releases, alice):
+    deployment = promotion.promote(releases[1], production, by=alice)
+    lose_follow_ups()
     assert not ChangeRequest.objects.exists()
 
     report = reconciler.reconcile()  # the scheduler's tick, which runs the approvals hook
@@ -84,11 +77,12 @@ def test_a_request_without_timeout_never_expires(production, releases, alice):
 
 
 def test_it_supersedes_a_pending_request_whose_deployment_a_newer_candidate_replaced(
-    production, releases, alice, signal_lost
+    production, releases, alice
 ):
     older = promotion.promote(releases[1], production, by=alice)
     older_request = open_change_request(older)
-    newer = promotion.promote(releases[2], production, by=alice)  # cancels the older one, signal lost
+    newer = promotion.promote(releases[2], production, by=alice)  # cancels the older one
+    lose_follow_ups()
 
     report = approvals_reconcile.reconcile(timezone.now())
 

@@ -1,13 +1,16 @@
 """E-mail: the eligible approvers hear of a request when it opens, the requester of the decision."""
 
+from datetime import timedelta
+
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.models import ChangeRequest
 from pipelines import promotion
-from pipelines.models import Deployment, Target
+from pipelines.models import Deployment, FollowUp, Target
 
 pytestmark = pytest.mark.django_db
 
@@ -40,17 +43,17 @@ def approvers_cast(django_user_model, approvers, alice, bob):
     return alice, bob, dave
 
 
-def request_for(candidate, production, by, capture):
-    with capture(execute=True):
-        deployment = promotion.promote(candidate, production, by=by)
+def request_for(candidate, production, by, run_follow_ups):
+    deployment = promotion.promote(candidate, production, by=by)
+    run_follow_ups()  # opens the request, then mails about it
     return ChangeRequest.objects.get(deployment=deployment)
 
 
 def test_it_mails_the_eligible_approvers_when_a_request_opens_but_not_the_requester_or_a_commit_author(
-    candidate, production, approvers_cast, mailoutbox, django_capture_on_commit_callbacks
+    candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
     alice, bob, dave = approvers_cast
-    change_request = request_for(candidate, production, alice, django_capture_on_commit_callbacks)
+    change_request = request_for(candidate, production, alice, run_follow_ups)
 
     assert [message.to for message in mailoutbox] == [["bob@example.com"]]
     message = mailoutbox[0]
@@ -67,25 +70,25 @@ def test_it_mails_the_eligible_approvers_when_a_request_opens_but_not_the_reques
 
 
 def test_it_mails_the_requester_and_the_authors_too_when_the_environment_lets_them_approve(
-    candidate, production, approvers_cast, mailoutbox, django_capture_on_commit_callbacks
+    candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
     production.allow_self_approval = True
     production.block_commit_authors = False
     production.save()
-    request_for(candidate, production, approvers_cast[0], django_capture_on_commit_callbacks)
+    request_for(candidate, production, approvers_cast[0], run_follow_ups)
     recipients = sorted(message.to[0] for message in mailoutbox)
     assert recipients == ["alice@example.com", "bob@example.com", "dave@example.com"]
 
 
 def test_it_tells_the_requester_who_approved_and_what_they_said(
-    candidate, production, approvers_cast, mailoutbox, django_capture_on_commit_callbacks
+    candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
     alice, bob, _ = approvers_cast
-    change_request = request_for(candidate, production, alice, django_capture_on_commit_callbacks)
+    change_request = request_for(candidate, production, alice, run_follow_ups)
     mailoutbox.clear()
 
-    with django_capture_on_commit_callbacks(execute=True):
-        change_request.approve(bob, "Looks good, ship it")
+    change_request.approve(bob, "Looks good, ship it")
+    run_follow_ups()
 
     assert [message.to for message in mailoutbox] == [["alice@example.com"]]
     message = mailoutbox[0]
@@ -95,14 +98,14 @@ def test_it_tells_the_requester_who_approved_and_what_they_said(
 
 
 def test_it_tells_the_requester_who_rejected_and_why(
-    candidate, production, approvers_cast, mailoutbox, django_capture_on_commit_callbacks
+    candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
     alice, bob, _ = approvers_cast
-    change_request = request_for(candidate, production, alice, django_capture_on_commit_callbacks)
+    change_request = request_for(candidate, production, alice, run_follow_ups)
     mailoutbox.clear()
 
-    with django_capture_on_commit_callbacks(execute=True):
-        change_request.reject(bob, "Not during the sale")
+    change_request.reject(bob, "Not during the sale")
+    run_follow_ups()
 
     (message,) = mailoutbox
     assert message.to == ["alice@example.com"]
@@ -112,43 +115,51 @@ def test_it_tells_the_requester_who_rejected_and_why(
 
 
 def test_a_partial_approval_mails_nobody(
-    candidate, production, approvers_cast, mailoutbox, django_capture_on_commit_callbacks
+    candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
     production.required_approvals = 2
     production.save()
     alice, bob, _ = approvers_cast
-    change_request = request_for(candidate, production, alice, django_capture_on_commit_callbacks)
+    change_request = request_for(candidate, production, alice, run_follow_ups)
     mailoutbox.clear()
-    with django_capture_on_commit_callbacks(execute=True):
-        change_request.approve(bob)
+    change_request.approve(bob)
+    run_follow_ups()
     assert mailoutbox == []
 
 
 def test_an_automatic_request_has_no_requester_to_tell(
-    candidate, production, approvers_cast, mailoutbox, django_capture_on_commit_callbacks
+    candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
     _, bob, _ = approvers_cast
-    with django_capture_on_commit_callbacks(execute=True):
-        deployment = promotion.promote(candidate, production, by=None, trigger=Deployment.Trigger.AUTO)
+    deployment = promotion.promote(candidate, production, by=None, trigger=Deployment.Trigger.AUTO)
+    run_follow_ups()
     assert sorted(message.to[0] for message in mailoutbox) == ["alice@example.com", "bob@example.com"]
     assert "Requested by: automatic promotion" in mailoutbox[0].body
     mailoutbox.clear()
-    with django_capture_on_commit_callbacks(execute=True):
-        ChangeRequest.objects.get(deployment=deployment).approve(bob)
+    ChangeRequest.objects.get(deployment=deployment).approve(bob)
+    run_follow_ups()
     assert mailoutbox == []
 
 
-def test_a_mail_server_that_is_down_is_logged_and_never_raised(
-    candidate, production, approvers_cast, settings, caplog, django_capture_on_commit_callbacks
+def test_a_mail_server_that_is_down_delays_the_mail_and_never_the_decision(
+    candidate, production, approvers_cast, settings, mailoutbox, run_follow_ups
 ):
     # Port 9 on localhost: nothing listens, the connection is refused.
+    locmem = settings.MAILERS
     settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend",
                                     "OPTIONS": {"host": "127.0.0.1", "port": 9, "timeout": 5}}}
     alice, bob, _ = approvers_cast
-    change_request = request_for(candidate, production, alice, django_capture_on_commit_callbacks)
-    assert f"notifying the approvers of change request #{change_request.pk} failed" in caplog.text
-    with django_capture_on_commit_callbacks(execute=True):
-        change_request.approve(bob)
+    change_request = request_for(candidate, production, alice, run_follow_ups)
+    change_request.approve(bob)
+    run_follow_ups()
     change_request.refresh_from_db()
     assert change_request.status == "approved"
-    assert f"notifying the requester of change request #{change_request.pk} failed" in caplog.text
+    unsent = FollowUp.objects.pending().filter(kind__startswith="mail.").order_by("pk")
+    assert [f.kind for f in unsent] == ["mail.change_request_opened", "mail.change_request_decided"]
+    assert all(f.attempts == 1 and "refused" in f.last_error.lower() for f in unsent)
+
+    settings.MAILERS = locmem  # the mail server is back; the reconciler's re-drive runs them again
+    run_follow_ups(now=timezone.now() + timedelta(minutes=1))
+    # The request was decided meanwhile: asking bob to review it would be noise; alice hears the verdict.
+    assert [message.to for message in mailoutbox] == [["alice@example.com"]]
+    assert not FollowUp.objects.pending().exists()

@@ -7,16 +7,14 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 import pytest
 import time_machine
 from django.db import connection
+from django.utils import timezone
 
 from approvals.models import ChangeRequest
-from approvals.opening import on_deployment_held, open_change_request
+from approvals.opening import open_change_request
 from pipelines import promotion
-from pipelines.models import AuditEvent, Deployment, Target
-from pipelines.signals import deployment_held
+from pipelines.models import AuditEvent, Deployment, FollowUp, Target
 
 pytestmark = pytest.mark.django_db
-
-OPENER = "approvals.open_change_request"  # the dispatch_uid of approvals/apps.py
 
 
 @pytest.fixture
@@ -32,15 +30,16 @@ def releases(repository, origin, production, make_release):
 
 
 def test_a_held_deployment_opens_a_request_with_the_environments_approvals_and_timeout(
-    production, releases, alice, django_capture_on_commit_callbacks
+    production, releases, alice, run_follow_ups
 ):
     production.required_approvals = 2
     production.approval_timeout = timedelta(hours=4)
     production.save()
     opened_at = datetime(2025, 3, 3, 9, 0, tzinfo=dt_timezone.utc)
 
-    with time_machine.travel(opened_at, tick=False), django_capture_on_commit_callbacks(execute=True):
-        deployment = promotion.promote(releases[1], production, by=alice)  # the signal opens the request
+    with time_machine.travel(opened_at, tick=False):
+        deployment = promotion.promote(releases[1], production, by=alice)
+        run_follow_ups()  # the deployment.held follow-up opens the request
 
     change_request = ChangeRequest.objects.get(deployment=deployment)
     assert change_request.status == "pending"
@@ -89,14 +88,14 @@ def test_it_opens_nothing_for_a_deployment_that_no_longer_waits_for_approval(pro
 
 
 def test_a_newer_candidate_supersedes_the_older_pending_request(
-    production, releases, alice, bob, django_capture_on_commit_callbacks
+    production, releases, alice, bob, run_follow_ups
 ):
-    with django_capture_on_commit_callbacks(execute=True):
-        older = promotion.promote(releases[1], production, by=alice)
+    older = promotion.promote(releases[1], production, by=alice)
+    run_follow_ups()
     older_request = ChangeRequest.objects.get(deployment=older)
 
-    with django_capture_on_commit_callbacks(execute=True):
-        newer = promotion.promote(releases[2], production, by=bob)
+    newer = promotion.promote(releases[2], production, by=bob)
+    run_follow_ups()
 
     older_request.refresh_from_db()
     assert older_request.status == "superseded"
@@ -109,34 +108,41 @@ def test_a_newer_candidate_supersedes_the_older_pending_request(
 
 
 def test_a_request_for_another_target_is_not_superseded(
-    repository, staging, production, releases, alice, django_capture_on_commit_callbacks
+    repository, staging, production, releases, alice, run_follow_ups
 ):
     staging.requires_approval, staging.approver_group = True, production.approver_group
     staging.save()
-    with django_capture_on_commit_callbacks(execute=True):
-        promotion.promote(releases[1], staging, by=alice)
-        promotion.promote(releases[2], production, by=alice)
+    promotion.promote(releases[1], staging, by=alice)
+    promotion.promote(releases[2], production, by=alice)
+    run_follow_ups()
     assert sorted(ChangeRequest.objects.values_list("environment__name", "status")) == [
         ("production", "pending"), ("staging", "pending")
     ]
 
 
-def test_a_failure_while_opening_is_logged_and_never_raised_into_pipelines(db, caplog):
-    vanished = Deployment(pk=987654)  # no such row: loading it fails
-    on_deployment_held(sender=Deployment, deployment=vanished)
-    assert "opening a change request for deployment #987654 failed; the reconciler will retry" in caplog.text
+def test_a_failure_while_opening_is_retried_later_and_never_raised_into_pipelines(
+    production, releases, alice, settings, run_follow_ups
+):
+    settings.GITOPS_FOLLOW_UP_HANDLERS = {**settings.GITOPS_FOLLOW_UP_HANDLERS, "deployment.held": f"{__name__}.git_is_away"}
+    deployment = promotion.promote(releases[1], production, by=alice)  # does not raise
+    run_follow_ups()
+    (follow_up,) = FollowUp.objects.filter(kind="deployment.held", deployment=deployment)
+    assert follow_up.done_at is None and follow_up.attempts == 1
+    assert follow_up.last_error == "the git host did not answer"
+    assert follow_up.due_at > timezone.now(), "it backs off before the next attempt"
+    assert not ChangeRequest.objects.exists()
+
+
+def git_is_away(follow_up):
+    raise RuntimeError("the git host did not answer")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_openers_open_exactly_one_request(production, releases, alice):
     if connection.vendor != "postgresql":
         pytest.skip("needs a database where threads really run concurrently")
-    # Held without the signal (it would open the request on commit): the threads below race to open it.
-    deployment_held.disconnect(dispatch_uid=OPENER)
-    try:
-        deployment = promotion.promote(releases[1], production, by=alice)
-    finally:
-        deployment_held.connect(on_deployment_held, dispatch_uid=OPENER)
+    # Held, its follow-up not carried out yet: the threads below race to open the request.
+    deployment = promotion.promote(releases[1], production, by=alice)
     assert not ChangeRequest.objects.exists()
     openers = 8
     barrier = threading.Barrier(openers)

@@ -9,6 +9,7 @@ Safety: URLs are re-validated before every call, always follow `--`, and only th
 GIT_ALLOW_PROTOCOL work (no `ext::`, no `fd::`); shas and paths are checked before they reach git.
 """
 
+import contextlib
 import fcntl
 import os
 import re
@@ -27,7 +28,13 @@ from django.core.exceptions import ValidationError
 
 from pipelines.validators import validate_relative_path, validate_repository_url
 
-NETWORK_TIMEOUT = 60  # ls-remote: a host that does not answer in a minute is unreachable
+# Network calls are bounded three ways: a connect timeout and an idle timeout where the transport has
+# them (http(s): curl's low-speed limit; ssh: ConnectTimeout and server-alive probes), and an overall kill
+# timeout for everything (git:// has nothing else). A remote that accepts a connection and never answers
+# costs one poll at most GITOPS_GIT_TIMEOUT seconds, and the scheduler never waits for it (see pollrepos).
+DEFAULT_GIT_TIMEOUT = 30  # ls-remote: a host that does not list its refs in 30 s is taken as unreachable
+CONNECT_TIMEOUT = 10
+IDLE_TIMEOUT = 15  # seconds below 1,000 bytes/s (http) or without an answer to ssh keep-alives
 FETCH_TIMEOUT = 300  # a first mirror of a large repository takes longer than a ref listing
 LOCAL_TIMEOUT = 300
 
@@ -69,13 +76,17 @@ def display_url(url):
 # --- talking to the remote ---------------------------------------------------------------------------
 
 
+def network_timeout():
+    return int(getattr(settings, "GITOPS_GIT_TIMEOUT", DEFAULT_GIT_TIMEOUT))
+
+
 def ls_remote(repository):
     """Branches and tags of the remote as {ref name: commit sha}; annotated tags are peeled."""
     url = _checked_url(repository)
     # Run inside the mirror (empty on a first poll) so that git reads no other repository's config.
     mirror = _ensure_mirror(repository)
-    output = _run(mirror, ["ls-remote", "--heads", "--tags", "--", url], timeout=NETWORK_TIMEOUT,
-                  failure=f"Cannot reach repository {display_url(url)}", url=url)
+    output = _run(mirror, [*_network_options(url), "ls-remote", "--heads", "--tags", "--", url],
+                  timeout=network_timeout(), failure=f"Cannot reach repository {display_url(url)}", url=url)
     refs, peeled = {}, {}
     for line in output.splitlines():
         sha, _, name = line.partition("\t")
@@ -92,7 +103,7 @@ def sync_mirror(repository):
     url = _checked_url(repository)
     mirror = _ensure_mirror(repository)
     with _locked(mirror):
-        _run(mirror, ["fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", "--", url,
+        _run(mirror, [*_network_options(url), "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", "--", url,
                       "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
              timeout=FETCH_TIMEOUT, failure=f"Cannot fetch from repository {display_url(url)}", url=url)
 
@@ -139,6 +150,95 @@ def read_file(repository, sha, path):
         return None  # a directory or a submodule of that name is not the file
     return _run(mirror, ["cat-file", "blob", blob], timeout=LOCAL_TIMEOUT,
                 failure=f"Cannot read {path} at commit {sha[:10]}", strip=False)
+
+
+# --- reading many tags at once (a first poll may see thousands) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class TagTarget:
+    """What a tag points at once peeled: `kind` is "commit" for a usable tag, else "blob", "tree" …"""
+
+    kind: str
+    sha: str
+
+
+def tag_targets(repository):
+    """{tag name: TagTarget} of every tag in the mirror, peeled, from one `for-each-ref`."""
+    mirror = mirror_path(repository)
+    output = _run(mirror, ["for-each-ref", "--format=%(refname) %(objecttype) %(objectname) %(*objecttype) %(*objectname)",
+                           "refs/tags/"], timeout=LOCAL_TIMEOUT,
+                  failure=f"Cannot list the tags of repository {display_url(repository.url)}")
+    targets, nested = {}, {}
+    for line in output.splitlines():
+        # Ref names cannot contain spaces, so the fields split cleanly; `*` fields are empty unless annotated.
+        name, kind, sha, peeled_kind, peeled_sha = (line.split(" ") + ["", ""])[:5]
+        name = name.removeprefix("refs/tags/")
+        if peeled_kind == "tag":
+            nested[name] = peeled_sha  # a tag of a tag: peeled below
+        elif peeled_kind:
+            targets[name] = TagTarget(peeled_kind, peeled_sha)
+        else:
+            targets[name] = TagTarget(kind, sha)
+    if nested:
+        names = list(nested)
+        answers = _batch(mirror, [f"{nested[name]}^{{}}" for name in names], "--batch-check")
+        for name, (kind, sha, _) in zip(names, answers):
+            targets[name] = TagTarget(kind or "missing", sha)
+    return targets
+
+
+def commits_info(repository, shas):
+    """{sha: Commit} for the given commit shas, from one `git log --no-walk --stdin`."""
+    shas = sorted({_checked_sha(sha) for sha in shas})
+    if not shas:
+        return {}
+    mirror = mirror_path(repository)
+    output = _run(mirror, ["log", "-z", "--no-walk=unsorted", _LOG_FORMAT, "--stdin"], timeout=LOCAL_TIMEOUT,
+                  stdin="".join(f"{sha}\n" for sha in shas), strip=False,
+                  failure=f"Cannot read the commits of repository {display_url(repository.url)}")
+    return {commit.sha: commit for commit in _parse_log(output)}
+
+
+def read_files(repository, shas, path):
+    """{sha: text of `path` at that commit, or None without such a file}, from one `git cat-file --batch`."""
+    try:
+        validate_relative_path(path)
+    except ValidationError as exc:
+        raise GitError(f"Refusing to read {path!r}: {exc.messages[0]}") from exc
+    if "\n" in path:
+        raise GitError(f"Refusing to read {path!r}: a path with a line break.")
+    shas = sorted({_checked_sha(sha) for sha in shas})
+    if not shas:
+        return {}
+    answers = _batch(mirror_path(repository), [f"{sha}:{path}" for sha in shas], "--batch")
+    # A directory or a submodule of that name is not the file.
+    return {sha: content.decode("utf-8", "replace") if kind == "blob" else None
+            for sha, (kind, _, content) in zip(shas, answers)}
+
+
+def _batch(mirror, requests, mode):
+    """Answers of `git cat-file <mode>` to each request line: (type, sha, content) — ("", "", b"") when missing."""
+    status, stdout, stderr = _execute(mirror, ["cat-file", mode], timeout=LOCAL_TIMEOUT,
+                                      stdin="".join(f"{request}\n" for request in requests))
+    if status != 0:
+        raise GitError(f"Cannot read objects of the mirror {mirror.name}: {_first_line(stderr) or f'status {status}'}")
+    answers, position = [], 0
+    for _ in requests:
+        end = stdout.index(b"\n", position)
+        header = stdout[position:end].decode("utf-8", "replace")
+        position = end + 1
+        fields = header.rsplit(" ", 2)
+        if len(fields) != 3 or not fields[2].isdigit():  # "<request> missing", "<request> ambiguous"
+            answers.append(("", "", b""))
+            continue
+        sha, kind, size = fields[0], fields[1], int(fields[2])
+        content = b""
+        if mode == "--batch":
+            content = stdout[position:position + size]
+            position += size + 1  # the content is followed by a newline
+        answers.append((kind, sha, content))
+    return answers
 
 
 def materialise(repository, commit_sha, destination):
@@ -311,9 +411,21 @@ def _environment():
         "GIT_TERMINAL_PROMPT": "0",  # never wait for a password nobody will type
         "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
     }
-    if "GIT_SSH" not in os.environ:  # an admin's own ssh wrapper wins; otherwise ssh never prompts either
-        environment["GIT_SSH_COMMAND"] = os.environ.get("GIT_SSH_COMMAND", "ssh") + " -o BatchMode=yes"
+    if "GIT_SSH" not in os.environ:  # an admin's own ssh wrapper wins; otherwise ssh never prompts nor hangs
+        keep_alive = max(1, IDLE_TIMEOUT // 3)
+        environment["GIT_SSH_COMMAND"] = (
+            os.environ.get("GIT_SSH_COMMAND", "ssh") + f" -o BatchMode=yes -o ConnectTimeout={CONNECT_TIMEOUT}"
+            f" -o ServerAliveInterval={keep_alive} -o ServerAliveCountMax=3"
+        )
     return environment
+
+
+def _network_options(url):
+    """Idle limit for http(s): give up when fewer than 1,000 bytes/s arrive for IDLE_TIMEOUT seconds
+    (that covers a server that accepts the connection and never answers)."""
+    if url.lower().startswith(("http://", "https://")):
+        return ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={IDLE_TIMEOUT}"]
+    return []
 
 
 def _git(mirror):
@@ -324,18 +436,25 @@ def _command(mirror, args):
     return [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *_GIT_OPTIONS, f"--git-dir={mirror}", *args]
 
 
-def _execute(mirror, args, *, timeout):
-    try:
-        return _git(mirror).execute(
-            _command(mirror, args), with_extended_output=True, with_exceptions=False,
-            kill_after_timeout=timeout, env=_environment(), stdout_as_string=False, strip_newline_in_stdout=False,
-        )
-    except git.GitCommandNotFound as exc:
-        raise GitError("git is not installed on this machine.") from exc
+def _execute(mirror, args, *, timeout, stdin=None):
+    """Run git; `stdin` (text) is handed over through a temporary file, so no pipe can fill and block."""
+    with contextlib.ExitStack() as stack:
+        istream = None
+        if stdin is not None:
+            istream = stack.enter_context(tempfile.TemporaryFile())
+            istream.write(stdin.encode())
+            istream.seek(0)
+        try:
+            return _git(mirror).execute(
+                _command(mirror, args), with_extended_output=True, with_exceptions=False, istream=istream,
+                kill_after_timeout=timeout, env=_environment(), stdout_as_string=False, strip_newline_in_stdout=False,
+            )
+        except git.GitCommandNotFound as exc:
+            raise GitError("git is not installed on this machine.") from exc
 
 
-def _run(mirror, args, *, timeout, failure, url="", strip=True):
-    status, stdout, stderr = _execute(mirror, args, timeout=timeout)
+def _run(mirror, args, *, timeout, failure, url="", strip=True, stdin=None):
+    status, stdout, stderr = _execute(mirror, args, timeout=timeout, stdin=stdin)
     if status != 0:
         if stderr.startswith("Timeout:"):  # GitPython killed it after `timeout`
             reason = f"no answer within {timeout} s"
@@ -350,6 +469,10 @@ def _log(repository, revisions, *options):
     mirror = mirror_path(repository)
     output = _run(mirror, ["log", "-z", *options, _LOG_FORMAT, *revisions, "--"], timeout=LOCAL_TIMEOUT,
                   failure=f"Cannot read commit {revisions[0][:10]} of repository {display_url(repository.url)}")
+    return _parse_log(output)
+
+
+def _parse_log(output):
     commits = []
     for record in filter(None, output.split("\0")):
         sha, name, email, date, message = record.split("\x1f", 4)

@@ -91,3 +91,47 @@ def reconcile():
     from pipelines import reconciler
 
     reconciler.reconcile()
+
+
+def poll_job_id(repository_id):
+    return f"poll-{repository_id}"
+
+
+_PENDING_JOB_STATUSES = ("queued", "started", "deferred", "scheduled")
+
+
+def enqueue_poll_unless_pending(repository_id):
+    """Enqueue a poll now unless one for this repository waits or runs: "enqueued", "pending" or "unreachable".
+
+    The scheduler calls it every tick for each due repository; a second poll job would only repeat the first."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    job_id = poll_job_id(repository_id)
+    try:
+        connection = django_rq.get_connection(GIT_QUEUE)
+        try:
+            if Job.fetch(job_id, connection=connection).get_status(refresh=False) in _PENDING_JOB_STATUSES:
+                return "pending"
+        except NoSuchJobError:
+            pass
+    except RedisError as exc:
+        logger.warning("could not look up job %s (%s); the next tick tries again", job_id, exc)
+        return "unreachable"
+    job = _enqueue(GIT_QUEUE, "pipelines.jobs.poll_repository", repository_id, job_id=job_id, result_ttl=60)
+    return "enqueued" if job is not None else "unreachable"
+
+
+def enqueue_audit_verification(verification_id):
+    """Wake a worker for a queued audit verification once the current transaction commits."""
+    transaction.on_commit(
+        lambda: _enqueue(GIT_QUEUE, "pipelines.jobs.verify_audit_chain", verification_id,
+                         job_id=f"audit-verification-{verification_id}", result_ttl=60, failure_ttl=86400)
+    )
+
+
+def verify_audit_chain(verification_id=None):
+    """Walk the audit chain and record the outcome as an AuditVerification (see pipelines/models/audit.py)."""
+    from pipelines.models.audit import run_verification
+
+    run_verification(verification_id)

@@ -19,6 +19,9 @@ MAX_STEP_TIMEOUT = 24 * 3600
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the runner; a pipeline file may not override them.
 RESERVED_VARIABLES = {"PATH", "HOME", "LANG"}
+# A real pipeline file is a handful of levels deep; the YAML composer recurses once per level, so a file
+# nested thousands deep would exhaust Python's stack. It is refused with a message instead.
+MAX_NESTING = 50
 
 
 class PipelineFileError(ValueError):
@@ -47,6 +50,20 @@ class PipelineSpec:
 
     def names(self):
         return list(self.environments)
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting beyond MAX_NESTING before the composer's recursion gets deep."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_NESTING:
+                mark = self.peek_event().start_mark
+                raise PipelineFileError(f"the file is nested too deeply (more than {MAX_NESTING} levels)", mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _line(node):
@@ -123,7 +140,7 @@ def parse_pipeline(text, *, known_environments=None):
 
     With `known_environments`, an environment the portal does not have is an error too."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_DepthLimitedLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -1,24 +1,36 @@
 """Turning what git says into Releases: poll a repository, record new versions, hand the newest to promotion.
 
 A poll asks `ls-remote` first and fetches only when the refs that matter moved. Git work happens
-before the transaction; the transaction only writes rows, so it never waits on the network."""
+before the transaction; the transaction only writes rows, so it never waits on the network. New tags are
+read in a few batched git calls (one `for-each-ref`, one `log --stdin`, one `cat-file --batch`), however
+many there are.
+
+Each candidate stands on its own: a tag on a blob is skipped and listed in `Repository.skipped_tags`, a
+pipeline file that cannot be read or parsed makes that one release invalid with the reason. Nothing one
+tag holds can stop the repository's later releases from being recorded."""
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from django.db import transaction
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connections, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from pipelines import git, promotion
-from pipelines.models import AuditEvent, Environment, Release, Repository
+from pipelines import followups, git, jobs
+from pipelines.models import AuditEvent, Environment, FollowUp, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 
 logger = logging.getLogger(__name__)
 
 ACTOR = "poller"
 MAX_NEW_COMMITS = 50
+# One-shot sweeps poll this many repositories at once: most of a poll is waiting on git.
+DEFAULT_POLL_CONCURRENCY = 4
 _VERSION_MAX_LENGTH = Release._meta.get_field("version").max_length
 
 
@@ -31,58 +43,128 @@ class Candidate:
 
 
 def poll_repository(repository):
-    """Record the repository's new releases and return them; a git failure is stored, never raised."""
+    """Record the repository's new releases and return them; a failure is stored, never raised.
+
+    Only the transaction that records the releases may raise (the database itself is away)."""
     now = timezone.now()
     try:
         refs = git.ls_remote(repository)
         tracked = _tracked_refs(repository, refs)
         fingerprint = _fingerprint(repository, tracked)
         if fingerprint == repository.refs_fingerprint:
-            _save_state(repository, last_polled_at=now, last_error="")
+            _record_success(repository, now)
             return []
         git.sync_mirror(repository)
         if repository.release_from == Repository.ReleaseFrom.TAGS:
-            candidates, moved = _tag_candidates(repository, tracked)
+            candidates, moved, skipped = _tag_candidates(repository, tracked)
         else:
-            candidates, moved = _commit_candidates(repository, tracked), {}
+            candidates, moved, skipped = _commit_candidates(repository, tracked), {}, []
         environments = set(Environment.objects.values_list("name", flat=True))
-        prepared = [_prepare(repository, candidate, environments) for candidate in candidates]
+        prepared = _prepare_all(repository, candidates, environments)
     except git.GitError as exc:
         _record_failure(repository, str(exc), now)
+        return []
+    except Exception as exc:
+        logger.exception("polling %s failed unexpectedly", repository)
+        _record_failure(repository, f"Polling failed unexpectedly: {exc}", now)
         return []
 
     with transaction.atomic():
         # Serialise pollers of one repository (a webhook and the scheduler may both run one).
         Repository.objects.select_for_update().get(pk=repository.pk)
-        previous_versions = list(repository.releases.values_list("version", flat=True))
-        recorded = [release for release in prepared if _record(release, previous_versions)]
-        for version, new_sha in moved.items():
-            _flag_moved_tag(repository, version, new_sha)
-        _save_state(repository, last_polled_at=now, last_error="", refs_fingerprint=fingerprint)
-
-    newest = _release_to_promote(repository, recorded, previous_versions, tracked)
-    if newest is not None:
-        try:
-            promotion.on_release_recorded(newest)
-        except Exception:
-            # The release stays recorded; a deployer can still promote it by hand.
-            logger.exception("automatic promotion of %s failed", newest)
+        # Rows before the audit chain (the lock order of every audited transaction): the moved tags' releases too.
+        moved_releases = list(repository.releases.select_for_update().filter(version__in=list(moved)))
+        previous_versions = set(repository.releases.values_list("version", flat=True))
+        recorded = []
+        for release in prepared:
+            if release.version in previous_versions:
+                continue  # another poller recorded it first
+            problem = _record(release)
+            if problem:
+                skipped.append({"tag": release.version, "reason": problem})
+            else:
+                recorded.append(release)
+        for release in moved_releases:
+            _flag_moved_tag(release, moved[release.version])
+        newest = _release_to_promote(repository, recorded, previous_versions, tracked)
+        if newest is not None and newest.is_valid:
+            # Written with the release: if promotion fails or the worker dies, the follow-up is retried.
+            FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=newest)
+        _record_success(repository, now, refs_fingerprint=fingerprint, skipped_tags=skipped)
     return recorded
 
 
-def poll_due_repositories(now=None):
-    """Poll every repository that is due. One repository's failure never stops the others."""
+def poll_due_repositories(now=None, concurrency=None):
+    """Poll every repository that is due, several at a time. One repository's failure never stops the others."""
+    due = Repository.objects.due_for_poll(now)
     summary = {"polled": 0, "releases": 0, "failed": []}
-    for repository in Repository.objects.due_for_poll(now):
-        summary["polled"] += 1
+    lock = threading.Lock()
+
+    def poll(repository):
         try:
-            summary["releases"] += len(poll_repository(repository))
+            releases = len(poll_repository(repository))
         except Exception as exc:
             logger.exception("polling %s failed unexpectedly", repository)
             _record_failure(repository, f"Polling failed unexpectedly: {exc}", timezone.now())
-        if repository.last_error:
-            summary["failed"].append(repository.name)
+            releases = 0
+        with lock:
+            summary["polled"] += 1
+            summary["releases"] += releases
+            if repository.last_error:
+                summary["failed"].append(repository.name)
+
+    concurrency = concurrency or getattr(settings, "GITOPS_POLL_CONCURRENCY", DEFAULT_POLL_CONCURRENCY)
+    # Rows written in an open transaction are invisible to other connections: then poll here, one by one.
+    if concurrency <= 1 or len(due) <= 1 or transaction.get_connection().in_atomic_block:
+        for repository in due:
+            poll(repository)
+    else:
+        _in_threads(poll, due, concurrency)
+    summary["failed"].sort()
     return summary
+
+
+def enqueue_due_polls(now=None):
+    """The scheduler's sweep: one poll job per due repository on the "git" queue, none while one waits or runs.
+
+    A repository asked for is marked as polled now, so it is not asked again every tick; if its job is
+    lost it is due again after its interval (or at once, while a webhook's request for it stands)."""
+    now = now or timezone.now()
+    asked, waiting, unreachable = [], 0, 0
+    for repository in Repository.objects.due_for_poll(now):
+        outcome = jobs.enqueue_poll_unless_pending(repository.pk)
+        if outcome == "enqueued":
+            asked.append(repository.pk)
+        elif outcome == "pending":
+            waiting += 1
+        else:
+            unreachable += 1
+    if asked:
+        Repository.objects.filter(pk__in=asked).update(last_polled_at=now)
+    return {"asked": len(asked), "waiting": waiting, "unreachable": unreachable}
+
+
+def _in_threads(function, items, concurrency):
+    """Call `function` on each item from `concurrency` threads; each thread closes its own database connection."""
+    pending = list(items)
+    lock = threading.Lock()
+
+    def work():
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    item = pending.pop(0)
+                function(item)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    threads = [threading.Thread(target=work, name=f"poll-{n}") for n in range(min(concurrency, len(pending)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # --- which refs matter -------------------------------------------------------------------------------
@@ -101,25 +183,45 @@ def _tracked_refs(repository, refs):
 
 
 def _fingerprint(repository, tracked):
-    # The settings are part of it: changing the pattern or the branch must lead to a fresh look.
+    # The settings are part of it: changing the pattern, the branch or the pipeline path must lead to a fresh look.
     lines = [repository.release_from, repository.branch, repository.tag_pattern]
     lines += [f"{sha} {name}" for name, sha in sorted(tracked.items())]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _tag_candidates(repository, tags):
-    """New tags in version order, and recorded tags that now point elsewhere ({version: new sha})."""
+    """New tags in version order, recorded tags that now point elsewhere ({version: new sha}), and the
+    tags that can never be releases ([{"tag", "reason"}])."""
     recorded = dict(repository.releases.filter(version__in=list(tags)).values_list("version", "commit_sha"))
-    candidates, moved = [], {}
+    moved, skipped, new = {}, [], []
     for tag in sorted(tags, key=git.version_sort_key):
         if tag in recorded:
             if recorded[tag] != tags[tag]:
                 moved[tag] = tags[tag]
         elif len(tag) > _VERSION_MAX_LENGTH:
-            logger.warning("tag %r of %s is too long to record", tag[:80], repository)
+            skipped.append({"tag": tag[:80] + "…", "reason": f"the name is longer than {_VERSION_MAX_LENGTH} characters"})
         else:
-            candidates.append(Candidate(version=tag, commit=git.commit_info(repository, tags[tag])))
-    return candidates, moved
+            new.append(tag)
+    if not new:
+        return [], moved, skipped
+    targets = git.tag_targets(repository)
+    commit_tags = []
+    for tag in new:
+        target = targets.get(tag)
+        if target is None:
+            continue  # deleted between ls-remote and fetch: the next poll sees the truth
+        if target.kind != "commit":
+            skipped.append({"tag": tag, "reason": f"it points to a {target.kind}, not a commit"})
+        else:
+            commit_tags.append((tag, target.sha))
+    commits = git.commits_info(repository, [sha for _, sha in commit_tags])
+    candidates = []
+    for tag, sha in commit_tags:
+        if sha in commits:
+            candidates.append(Candidate(version=tag, commit=commits[sha]))
+        else:
+            skipped.append({"tag": tag, "reason": f"its commit {sha[:10]} could not be read"})
+    return candidates, moved, skipped
 
 
 def _commit_candidates(repository, tracked):
@@ -143,21 +245,25 @@ def _commit_candidates(repository, tracked):
 # --- recording ---------------------------------------------------------------------------------------
 
 
-def _prepare(repository, candidate, environments):
-    """An unsaved Release with its pipeline file read and checked at the commit."""
+def _prepare_all(repository, candidates, environments):
+    """Unsaved Releases for the candidates, their pipeline files read in one batch."""
+    if not candidates:
+        return []
+    texts = git.read_files(repository, [candidate.commit.sha for candidate in candidates], repository.pipeline_path)
+    return [_prepare(repository, candidate, texts.get(candidate.commit.sha), environments) for candidate in candidates]
+
+
+def _prepare(repository, candidate, text, environments):
+    """An unsaved Release with its pipeline file checked; whatever goes wrong with the file makes it invalid."""
     commit = candidate.commit
     path = repository.pipeline_path
-    text = git.read_file(repository, commit.sha, path)
     error = ""
     if text is None:
         text, error = "", f"{path} not found at commit {commit.sha[:10]}"
     elif "\0" in text:
         text, error = "", f"{path} at commit {commit.sha[:10]} is not a text file"
     else:
-        try:
-            parse_pipeline(text, known_environments=environments)
-        except PipelineFileError as exc:
-            error = f"{path} {exc}" if exc.line else f"{path}: {exc}"
+        error = _pipeline_error(path, text, environments)
     return Release(
         repository=repository,
         version=candidate.version,
@@ -172,28 +278,45 @@ def _prepare(repository, candidate, environments):
     )
 
 
-def _record(release, previous_versions):
-    """Save a prepared release unless another poller recorded that version first."""
-    if release.version in previous_versions:
-        return False
-    release.full_clean()
-    release.save(force_insert=True)
-    AuditEvent.objects.record(
-        action="release.recorded", actor=ACTOR, obj=release, repository=release.repository,
-        details={"version": release.version, "commit": release.commit_sha, "error": release.error},
-    )
-    return True
+def _pipeline_error(path, text, environments):
+    """Why the pipeline file is unusable, in words, or ""."""
+    try:
+        parse_pipeline(text, known_environments=environments)
+    except PipelineFileError as exc:
+        return f"{path} {exc}" if exc.line else f"{path}: {exc}"
+    except RecursionError:
+        return f"{path}: the file is nested too deeply to be read"
+    except Exception as exc:  # a parser bug must cost this release, not the repository
+        logger.exception("parsing %s failed unexpectedly", path)
+        return f"{path}: the file could not be read ({type(exc).__name__}: {exc})"
+    return ""
 
 
-def _flag_moved_tag(repository, version, new_sha):
+def _record(release):
+    """Save a prepared release and its audit event; return why it cannot be recorded, or ""."""
+    try:
+        with transaction.atomic():
+            # Uniqueness is settled by the caller under the repository lock; the rest is checked here.
+            release.full_clean(validate_unique=False, validate_constraints=False)
+            release.save(force_insert=True)
+            AuditEvent.objects.record(
+                action="release.recorded", actor=ACTOR, obj=release, repository=release.repository,
+                details={"version": release.version, "commit": release.commit_sha, "error": release.error},
+            )
+    except ValidationError as exc:
+        release.pk = None
+        return "it cannot be recorded: " + "; ".join(exc.messages)
+    return ""
+
+
+def _flag_moved_tag(release, new_sha):
     """A tag now on another commit: say so once; the release keeps its commit and nothing redeploys."""
-    release = repository.releases.select_for_update().get(version=version)
     if release.tag_moved_to:
         return
     Release.objects.filter(pk=release.pk).update(tag_moved_to=new_sha)
     AuditEvent.objects.record(
-        action="release.tag_moved", actor=ACTOR, obj=release, repository=repository,
-        details={"version": version, "old_commit": release.commit_sha, "new_commit": new_sha},
+        action="release.tag_moved", actor=ACTOR, obj=release, repository=release.repository,
+        details={"version": release.version, "old_commit": release.commit_sha, "new_commit": new_sha},
     )
 
 
@@ -209,17 +332,35 @@ def _release_to_promote(repository, recorded, previous_versions, tracked):
     return newest if all(key > git.version_sort_key(v) for v in previous_versions) else None
 
 
-def _save_state(repository, **fields):
-    Repository.objects.filter(pk=repository.pk).update(**fields)
+def _served_request(repository):
+    """The update that clears the webhook's request this poll served, unless a newer one came meanwhile."""
+    if repository.poll_requested_at is None:
+        return {}
+    return {"poll_requested_at": Case(When(poll_requested_at=repository.poll_requested_at, then=Value(None)),
+                                      default=F("poll_requested_at"))}
+
+
+def _record_success(repository, now, **fields):
+    fields = {"last_polled_at": now, "last_error": "", "consecutive_failures": 0, **fields}
+    Repository.objects.filter(pk=repository.pk).update(**fields, **_served_request(repository))
     for name, value in fields.items():
         setattr(repository, name, value)
+    repository.poll_requested_at = None
 
 
 def _record_failure(repository, message, now):
-    """Store the error; audit it only when it differs from the last one, so a dead host is not spam."""
+    """Store the error and back off; audit it only when it differs from the last one, so a dead host is not spam.
+
+    A webhook's request counts as served: the back-off, not every tick, decides when to try again."""
     with transaction.atomic():
         changed = message != repository.last_error
-        _save_state(repository, last_error=message, last_error_at=now, last_polled_at=now)
+        Repository.objects.filter(pk=repository.pk).update(
+            last_error=message, last_error_at=now, last_polled_at=now,
+            consecutive_failures=F("consecutive_failures") + 1, **_served_request(repository),
+        )
+        repository.last_error, repository.last_error_at, repository.last_polled_at = message, now, now
+        repository.consecutive_failures += 1
+        repository.poll_requested_at = None
         if changed:
             AuditEvent.objects.record(
                 action="repository.poll_failed", actor=ACTOR, obj=repository, repository=repository,
@@ -229,3 +370,4 @@ def _record_failure(repository, message, now):
 
 def _clean(text):
     return text.replace("\0", "")  # PostgreSQL text cannot hold NUL
+

@@ -6,7 +6,8 @@ Accepted signatures, all compared in constant time against the repository's webh
 - generic: X-Gitops-Signature: sha256=<hex HMAC-SHA256 of the body>
 
 A delivery id (X-GitHub-Delivery, X-Gitlab-Event-UUID, X-Gitops-Delivery) is remembered so that a replay is
-ignored; a signed request without one still wakes a poll, which is harmless to repeat.
+ignored; a signed request without one still wakes a poll, which is harmless to repeat. The answer is 202
+whether or not the queue answered: the request is stored on the repository and the sweep honours it.
 """
 
 import hashlib
@@ -14,6 +15,7 @@ import hmac
 
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -57,8 +59,13 @@ def receive(request, name):
             details={"source": source, "delivery": delivery_id,
                      "event": request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event") or ""},
         )
+        # The request is recorded with the delivery: if the queue is away now, the scheduler's sweep polls
+        # the repository once it answers, so a delivery accepted here is never lost.
+        Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
         jobs.enqueue_poll(repository.pk)
-    return _text(202, f"accepted: {repository.name} will be polled now")
+    if jobs.queue_is_reachable():
+        return _text(202, f"accepted: {repository.name} will be polled now")
+    return _text(202, f"accepted: {repository.name} will be polled as soon as the queue is back")
 
 
 def _verified_source(request, body, secret):

@@ -9,6 +9,7 @@ from datetime import timedelta
 from io import StringIO
 from urllib.parse import quote
 
+import django_rq
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
@@ -73,7 +74,7 @@ def _database_url():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_it_loops_until_it_is_told_to_stop(repository, origin, tmp_path, stop_signal):
+def test_it_loops_until_it_is_told_to_stop(repository, origin, tmp_path, stop_signal, run_workers):
     origin.tag("v1.0.0")
     env = {
         **os.environ,
@@ -89,20 +90,42 @@ def test_it_loops_until_it_is_told_to_stop(repository, origin, tmp_path, stop_si
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        # The first sweep records the tag; a later tick picks up what is due after the interval.
-        _wait_for(lambda: Release.objects.filter(version="v1.0.0").exists(), scheduler)
+        # The loop asks a worker to poll; it never polls itself.
+        _wait_for(lambda: _poll_job_queued(repository), scheduler)
+        assert not Release.objects.exists()
+        run_workers()
+        assert Release.objects.filter(version="v1.0.0").exists()
+        # A later tick asks again once the repository is due after its interval.
         origin.commit("next")
         origin.tag("v1.1.0")
         Repository.objects.filter(pk=repository.pk).update(last_polled_at=timezone.now() - timedelta(hours=1))
-        _wait_for(lambda: Release.objects.filter(version="v1.1.0").exists(), scheduler)
+        _wait_for(lambda: _poll_job_queued(repository), scheduler)
+        run_workers()
+        assert Release.objects.filter(version="v1.1.0").exists()
     finally:
         scheduler.send_signal(stop_signal)
         out, err = scheduler.communicate(timeout=30)
 
     assert scheduler.returncode == 0, err
     assert out.splitlines()[0] == "Polling repositories and reconciling every 1 s; stop with SIGTERM or Ctrl-C."
-    assert "Polled 1 repository: 1 new release, 0 failed." in out
     assert out.splitlines()[-1] == "Scheduler stopped."
+
+
+def _poll_job_queued(repository):
+    return f"poll-{repository.pk}" in django_rq.get_queue("git").job_ids
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_shot_sweep_polls_several_repositories_at_once(make_git_repo, environments):
+    for n in range(6):
+        origin = make_git_repo(f"origin-{n}")
+        origin.tag("v1.0.0")
+        Repository.objects.create(name=f"repo-{n}", url=origin.url)
+
+    assert pollrepos() == "Polled 6 repositories: 6 new releases, 0 failed."
+
+    assert Release.objects.count() == 6
+    assert pollrepos() == "Polled 0 repositories: 0 new releases, 0 failed."
 
 
 def _wait_for(check, process, timeout=30):

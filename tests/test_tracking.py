@@ -6,12 +6,25 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from pipelines import git, tracking
-from pipelines.models import AuditEvent, Deployment, Release, Repository
+from pipelines import followups, git, tracking
+from pipelines.models import AuditEvent, Deployment, FollowUp, Release, Repository
 from tests.conftest import PIPELINE
 from tests.conftest import git as run_git
 
 pytestmark = pytest.mark.usefixtures("environments")
+
+
+@pytest.fixture
+def poll_and_promote(django_capture_on_commit_callbacks, run_workers):
+    """Poll, then let a worker carry out what the poll left for it (the automatic promotion is a follow-up)."""
+
+    def poll(repository):
+        with django_capture_on_commit_callbacks(execute=True):
+            recorded = tracking.poll_repository(repository)
+        run_workers()
+        return recorded
+
+    return poll
 
 
 def versions(repository):
@@ -55,23 +68,30 @@ def test_it_records_tags_in_version_order_and_deploys_only_the_newest(repository
     tracking.poll_repository(repository)
 
     assert versions(repository) == ["v1.9.0-rc1", "v1.9.0", "v1.10.0"]
+    # The promotion is promised in the transaction that recorded the release, and done by a worker.
+    follow_up = FollowUp.objects.get()
+    assert (follow_up.kind, follow_up.release.version, follow_up.done_at) == (followups.PROMOTE_NEW_RELEASE, "v1.10.0", None)
+    assert not Deployment.objects.exists()
+
+    followups.carry_out(follow_up.pk)
+
     deployment = Deployment.objects.get()
     assert (deployment.release.version, deployment.environment, deployment.status, deployment.trigger) == (
         "v1.10.0", staging, Deployment.Status.QUEUED, Deployment.Trigger.AUTO)
 
 
-def test_it_records_an_old_tag_pushed_late_without_rolling_back(repository, origin):
+def test_it_records_an_old_tag_pushed_late_without_rolling_back(repository, origin, poll_and_promote):
     origin.tag("v2.0.0")
-    tracking.poll_repository(repository)
+    poll_and_promote(repository)
     origin.commit("backport")
     origin.tag("v1.9.5")
 
-    assert [r.version for r in tracking.poll_repository(repository)] == ["v1.9.5"]
+    assert [r.version for r in poll_and_promote(repository)] == ["v1.9.5"]
 
     assert list(Deployment.objects.values_list("release__version", flat=True)) == ["v2.0.0"]
 
 
-def test_it_records_the_head_then_every_new_commit_in_commits_mode(repository, origin):
+def test_it_records_the_head_then_every_new_commit_in_commits_mode(repository, origin, poll_and_promote):
     Repository.objects.filter(pk=repository.pk).update(release_from=Repository.ReleaseFrom.COMMITS)
     repository.refresh_from_db()
     origin.commit("before the portal knew")
@@ -87,7 +107,7 @@ def test_it_records_the_head_then_every_new_commit_in_commits_mode(repository, o
     run_git(origin.path, "merge", "-q", "--no-ff", "-m", "merge side", "side")
     merge = origin.head()
 
-    recorded = tracking.poll_repository(repository)
+    recorded = poll_and_promote(repository)
 
     assert [r.commit_sha for r in recorded] == [*new, merge]  # first parent only, oldest first
     assert side not in Release.objects.values_list("commit_sha", flat=True)
@@ -161,14 +181,14 @@ def test_it_records_a_release_without_a_pipeline_file_as_invalid(db, make_git_re
     assert not Deployment.objects.exists()
 
 
-def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin):
+def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin, poll_and_promote):
     original = origin.head()
     origin.tag("v1.0.0")
-    tracking.poll_repository(repository)
+    poll_and_promote(repository)
     moved_to = origin.commit("sneaky change")
     origin.move_tag("v1.0.0")
 
-    assert tracking.poll_repository(repository) == []
+    assert poll_and_promote(repository) == []
 
     release = Release.objects.get(version="v1.0.0")
     assert (release.commit_sha, release.tag_moved_to) == (original, moved_to)
@@ -178,7 +198,7 @@ def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin):
     # Moving it again is not news: still one flag, one event.
     origin.commit("another change")
     origin.move_tag("v1.0.0")
-    tracking.poll_repository(repository)
+    poll_and_promote(repository)
     assert Release.objects.get(version="v1.0.0").tag_moved_to == moved_to
     assert AuditEvent.objects.filter(action="release.tag_moved").count() == 1
     assert Deployment.objects.count() == 1

@@ -8,13 +8,17 @@ from django.utils import timezone
 from pipelines.validators import validate_git_ref_name, validate_relative_path, validate_repository_url, validate_tag_pattern
 
 
+MAX_POLL_BACKOFF = 600  # a failing repository is still tried every 10 minutes at least
+
+
 class RepositoryQuerySet(models.QuerySet):
     def due_for_poll(self, now=None):
-        """Enabled repositories whose poll interval has passed (never-polled ones first)."""
+        """Enabled repositories to poll now: asked for by a webhook, never polled, or past their delay
+        (the interval, longer while polls fail). Asked-for ones first, then the longest waiting."""
         now = now or timezone.now()
-        due = [r for r in self.filter(enabled=True).order_by(models.F("last_polled_at").asc(nulls_first=True))
-               if r.last_polled_at is None or r.last_polled_at + timedelta(seconds=r.poll_interval) <= now]
-        return due
+        due = [r for r in self.filter(enabled=True) if r.is_due_for_poll(now)]
+        return sorted(due, key=lambda r: (r.poll_requested_at is None, r.last_polled_at is not None,
+                                          r.last_polled_at or now))
 
 
 class Repository(models.Model):
@@ -61,8 +65,27 @@ class Repository(models.Model):
     def get_absolute_url(self):
         return reverse("repository_detail", args=[self.name])
 
+    def poll_delay(self):
+        """Seconds between polls: the interval, doubled per consecutive failure up to MAX_POLL_BACKOFF."""
+        if not self.consecutive_failures:
+            return self.poll_interval
+        backoff = self.poll_interval * 2 ** min(self.consecutive_failures, 20)
+        return max(self.poll_interval, min(backoff, MAX_POLL_BACKOFF))
+
+    def is_due_for_poll(self, now):
+        if self.poll_requested_at is not None or self.last_polled_at is None:
+            return True
+        return self.last_polled_at + timedelta(seconds=self.poll_delay()) <= now
+
     def commit_url(self, sha):
         return f"{self.web_url.rstrip('/')}/commit/{sha}" if self.web_url else ""
+
+    @property
+    def display_url(self):
+        """The URL as people may see it: a token or password in it is shown as ***."""
+        from pipelines.git import display_url  # git.py imports GitPython: only when a page needs it
+
+        return display_url(self.url)
 
 
 class WebhookDelivery(models.Model):

@@ -2,7 +2,11 @@
 
     python manage.py pollrepos                    # one sweep over the repositories that are due, then exit
     python manage.py pollrepos --repository shop  # poll that one now, whatever its interval
-    python manage.py pollrepos --loop             # every GITOPS_SCHEDULER_TICK s: a sweep and the reconciler
+    python manage.py pollrepos --loop             # every GITOPS_SCHEDULER_TICK s: ask workers to poll what is due,
+                                                  # and run the reconciler
+The one-shot forms poll here (several repositories at once). The loop never waits on git: it enqueues one
+poll job per due repository on the "git" queue for the workers, and the reconciler runs in a thread of its
+own, so a remote that never answers delays neither "worker lost" detection nor the other repositories.
 """
 
 import logging
@@ -11,7 +15,7 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from pipelines import reconciler, tracking
 from pipelines.models import Repository
@@ -55,21 +59,33 @@ class Command(BaseCommand):
         tick = settings.GITOPS_SCHEDULER_TICK
         self.stdout.write(f"Polling repositories and reconciling every {tick} s; stop with SIGTERM or Ctrl-C.")
         self.stdout.flush()
-        while not stop.is_set():
-            # A long-lived process: drop a connection the database closed (restart, idle timeout).
-            close_old_connections()
-            try:
-                summary = tracking.poll_due_repositories()
-                if summary["releases"] or summary["failed"]:  # quiet while nothing happens
-                    self.stdout.write(_describe(summary))
-                    self.stdout.flush()
-                reconciler.reconcile()
-            except Exception:
-                # One bad tick (database briefly away) must not stop the scheduler.
-                logger.exception("scheduler tick failed")
-            stop.wait(tick)
-        close_old_connections()
+        reconciling = threading.Thread(target=_every_tick, args=(stop, tick, "reconciler", reconciler.reconcile),
+                                       name="reconciler", daemon=True)
+        reconciling.start()
+        _every_tick(stop, tick, "poll sweep", self._ask_for_polls)
+        reconciling.join(timeout=60)
         self.stdout.write("Scheduler stopped.")
+
+    def _ask_for_polls(self):
+        summary = tracking.enqueue_due_polls()
+        if summary["unreachable"]:  # quiet while all is well
+            self.stdout.write(f"Could not ask for {summary['unreachable']} poll(s): the queue does not answer; "
+                              "trying again next tick.")
+            self.stdout.flush()
+
+
+def _every_tick(stop, tick, what, work):
+    """Run `work` every `tick` seconds until `stop` is set, on this thread's own database connection."""
+    while not stop.is_set():
+        # A long-lived thread: drop a connection the database closed (restart, idle timeout).
+        close_old_connections()
+        try:
+            work()
+        except Exception:
+            # One bad tick (database or Redis briefly away) must not stop the scheduler.
+            logger.exception("%s tick failed", what)
+        stop.wait(tick)
+    connections.close_all()
 
 
 def _describe(summary):

@@ -34,7 +34,7 @@ from pipelines.validators import validate_relative_path, validate_repository_url
 # costs one poll at most GITOPS_GIT_TIMEOUT seconds, and the scheduler never waits for it (see pollrepos).
 DEFAULT_GIT_TIMEOUT = 30  # ls-remote: a host that does not list its refs in 30 s is taken as unreachable
 CONNECT_TIMEOUT = 10
-IDLE_TIMEOUT = 15  # seconds below 1,000 bytes/s (http) or without an answer to ssh keep-alives
+IDLE_TIMEOUT = 15  # seconds below 1,000 bytes/s (http) or without an answer to ssh keep-alives (GITOPS_GIT_IDLE_TIMEOUT)
 FETCH_TIMEOUT = 300  # a first mirror of a large repository takes longer than a ref listing
 LOCAL_TIMEOUT = 300
 
@@ -78,6 +78,10 @@ def display_url(url):
 
 def network_timeout():
     return int(getattr(settings, "GITOPS_GIT_TIMEOUT", DEFAULT_GIT_TIMEOUT))
+
+
+def _idle_timeout():
+    return int(getattr(settings, "GITOPS_GIT_IDLE_TIMEOUT", IDLE_TIMEOUT))
 
 
 def ls_remote(repository):
@@ -412,7 +416,7 @@ def _environment():
         "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
     }
     if "GIT_SSH" not in os.environ:  # an admin's own ssh wrapper wins; otherwise ssh never prompts nor hangs
-        keep_alive = max(1, IDLE_TIMEOUT // 3)
+        keep_alive = max(1, _idle_timeout() // 3)
         environment["GIT_SSH_COMMAND"] = (
             os.environ.get("GIT_SSH_COMMAND", "ssh") + f" -o BatchMode=yes -o ConnectTimeout={CONNECT_TIMEOUT}"
             f" -o ServerAliveInterval={keep_alive} -o ServerAliveCountMax=3"
@@ -421,10 +425,10 @@ def _environment():
 
 
 def _network_options(url):
-    """Idle limit for http(s): give up when fewer than 1,000 bytes/s arrive for IDLE_TIMEOUT seconds
+    """Idle limit for http(s): give up when fewer than 1,000 bytes/s arrive for the idle timeout
     (that covers a server that accepts the connection and never answers)."""
     if url.lower().startswith(("http://", "https://")):
-        return ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={IDLE_TIMEOUT}"]
+        return ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={_idle_timeout()}"]
     return []
 
 

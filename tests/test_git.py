@@ -190,3 +190,102 @@ def test_it_orders_versions_by_version_not_by_name():
         "v1.10.0", "v2.0.0-alpha", "v2.0.0-beta",
     ]
     assert git.version_sort_key("v1.10.0") > git.version_sort_key("v1.9.0") > git.version_sort_key("v1.9.0-rc1")
+
+
+# --- a remote that accepts a connection and never answers ----------------------------------------------
+
+
+@pytest.fixture
+def silent_remote():
+    """A TCP listener that accepts connections and never reads nor writes: the worst git host there is."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/silent.git", accepted
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_it_gives_up_on_a_silent_remote_after_the_overall_timeout(db, settings, silent_remote):
+    url, accepted = silent_remote
+    settings.GITOPS_GIT_TIMEOUT = 2
+    repository = Repository.objects.create(name="silent", url=url)
+    started = time.monotonic()
+    with pytest.raises(git.GitError) as caught:
+        git.ls_remote(repository)
+    assert time.monotonic() - started < 8
+    assert accepted, "git never connected to the listener"
+    assert str(caught.value) == f"Cannot reach repository {url}: no answer within 2 s"
+
+
+def test_it_gives_up_on_an_idle_http_remote_before_the_overall_timeout(db, settings, silent_remote):
+    url, _ = silent_remote
+    settings.GITOPS_GIT_TIMEOUT = 60
+    settings.GITOPS_GIT_IDLE_TIMEOUT = 2
+    repository = Repository.objects.create(name="silent", url=url)
+    started = time.monotonic()
+    with pytest.raises(git.GitError) as caught:
+        git.ls_remote(repository)
+    assert time.monotonic() - started < 15
+    assert str(caught.value).startswith(f"Cannot reach repository {url}: ")
+    assert "no answer within 60 s" not in str(caught.value)
+
+
+# --- batched reads of many tags --------------------------------------------------------------------------
+
+
+def test_it_peels_every_tag_in_one_listing(repository, origin):
+    commit = origin.head()
+    origin.tag("v1.0.0")
+    origin.tag("v1.1.0", annotated=True)
+    run_git(origin.path, "tag", "-a", "v1.2.0", "-m", "a tag of a tag", "v1.1.0")
+    blob = run_git(origin.path, "hash-object", "-w", ".gitops.yml")
+    run_git(origin.path, "tag", "v1.3.0", blob)
+    git.sync_mirror(repository)
+
+    targets = git.tag_targets(repository)
+
+    assert targets == {
+        "v1.0.0": git.TagTarget("commit", commit), "v1.1.0": git.TagTarget("commit", commit),
+        "v1.2.0": git.TagTarget("commit", commit), "v1.3.0": git.TagTarget("blob", blob),
+    }
+
+
+def test_it_reads_commits_and_files_of_many_commits_at_once(repository, origin):
+    first = origin.head()
+    origin.write(".gitops.yml", "second version\n")
+    second = origin.commit("Second\n\nwith a body")
+    origin.path.joinpath(".gitops.yml").unlink()
+    origin.write(".gitops.yml/inside", "a directory of that name is not the file\n")
+    third = origin.commit("third")
+    git.sync_mirror(repository)
+
+    commits = git.commits_info(repository, [first, second, third, second])
+    files = git.read_files(repository, [first, second, third], ".gitops.yml")
+
+    assert sorted(commits) == sorted([first, second, third])
+    assert (commits[second].message, commits[second].author_email) == ("Second\n\nwith a body", "dana@example.com")
+    assert files[first] == git.read_file(repository, first, ".gitops.yml")
+    assert files[second] == "second version\n"
+    assert files[third] is None
+    assert git.read_files(repository, [first], "missing.yml") == {first: None}
+    with pytest.raises(git.GitError, match="not a full commit sha"):
+        git.read_files(repository, ["--output=/tmp/x"], ".gitops.yml")

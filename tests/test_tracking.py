@@ -274,3 +274,135 @@ def test_it_survives_an_unexpected_error_in_one_repository(repository, origin, t
     assert versions(other) == ["v1.0.0"]
     repository.refresh_from_db()
     assert repository.last_error == "Polling failed unexpectedly: disk on fire"
+
+
+# --- one bad tag costs one release, never the repository ------------------------------------------------
+
+
+def test_it_skips_a_tag_on_a_blob_and_still_records_the_later_tags(repository, origin):
+    origin.tag("v1.0.0")
+    blob = run_git(origin.path, "hash-object", "-w", "deploy.sh")
+    run_git(origin.path, "tag", "v1.1.0", blob)
+    tree = run_git(origin.path, "rev-parse", "HEAD^{tree}")
+    run_git(origin.path, "tag", "-a", "v1.2.0", "-m", "a tree", tree)
+    origin.commit("next")
+    origin.tag("v1.3.0")
+
+    recorded = tracking.poll_repository(repository)
+
+    assert [r.version for r in recorded] == ["v1.0.0", "v1.3.0"]
+    repository.refresh_from_db()
+    assert repository.last_error == ""
+    assert repository.skipped_tags == [
+        {"tag": "v1.1.0", "reason": "it points to a blob, not a commit"},
+        {"tag": "v1.2.0", "reason": "it points to a tree, not a commit"},
+    ]
+    # And the next tag after that is recorded as well: the repository is not stuck.
+    origin.commit("later")
+    origin.tag("v1.4.0")
+    assert [r.version for r in tracking.poll_repository(repository)] == ["v1.4.0"]
+    repository.refresh_from_db()
+    assert [entry["tag"] for entry in repository.skipped_tags] == ["v1.1.0", "v1.2.0"]
+
+
+def test_a_pipeline_file_nested_thousands_deep_makes_one_invalid_release(repository, origin):
+    origin.write(".gitops.yml", "environments: " + "[" * 3000 + "]" * 3000 + "\n")
+    origin.commit("deeply nested")
+    origin.tag("v1.0.0")
+    origin.write(".gitops.yml", PIPELINE)
+    origin.commit("fixed")
+    origin.tag("v1.0.1")
+
+    bad, good = tracking.poll_repository(repository)
+
+    assert bad.version == "v1.0.0"
+    assert bad.error == ".gitops.yml line 1: the file is nested too deeply (more than 50 levels)"
+    assert (good.version, good.error) == ("v1.0.1", "")
+    assert FollowUp.objects.get().release == good
+
+
+def test_the_first_poll_reads_many_tags_in_a_few_git_calls(repository, origin, monkeypatch):
+    for n in range(30):
+        origin.commit(f"change {n}")
+        origin.tag(f"v1.{n}.0", annotated=n % 2 == 0)
+    calls = []
+    real_execute = git._execute
+
+    def counted(mirror, args, **options):  # only counts: every call still runs real git
+        calls.append(args)
+        return real_execute(mirror, args, **options)
+
+    monkeypatch.setattr(git, "_execute", counted)
+
+    recorded = tracking.poll_repository(repository)
+
+    assert len(recorded) == 30 and all(r.error == "" for r in recorded)
+    assert Release.objects.get(version="v1.29.0").message == "change 29"
+    assert len(calls) <= 8, [args[:3] for args in calls]
+
+
+# --- when to poll: back-off after failures, at once when a webhook asked ------------------------------
+
+
+def test_a_failing_repository_backs_off_and_is_reset_by_a_success(repository, origin, tmp_path):
+    good_url = repository.url
+    Repository.objects.filter(pk=repository.pk).update(url=str(tmp_path / "gone"), poll_interval=60)
+    repository.refresh_from_db()
+    for _ in range(3):
+        tracking.poll_repository(repository)
+    repository.refresh_from_db()
+    polled = repository.last_polled_at
+    assert repository.consecutive_failures == 3
+
+    due = Repository.objects.due_for_poll
+    assert due(now=polled + timedelta(seconds=479)) == []  # 60 s * 2**3
+    assert due(now=polled + timedelta(seconds=480)) == [repository]
+    Repository.objects.filter(pk=repository.pk).update(consecutive_failures=10)
+    assert due(now=polled + timedelta(seconds=600)) == [repository]  # never more than 10 minutes
+
+    Repository.objects.filter(pk=repository.pk).update(url=good_url)
+    repository.refresh_from_db()
+    tracking.poll_repository(repository)
+    repository.refresh_from_db()
+    assert (repository.consecutive_failures, repository.last_error) == (0, "")
+    assert due(now=repository.last_polled_at + timedelta(seconds=60)) == [repository]
+
+
+def test_a_requested_poll_is_due_at_once_and_cleared_only_by_the_poll_that_served_it(repository, origin):
+    tracking.poll_repository(repository)
+    assert Repository.objects.due_for_poll() == []
+    asked = timezone.now()
+    Repository.objects.filter(pk=repository.pk).update(poll_requested_at=asked)
+    assert Repository.objects.due_for_poll() == [repository]
+
+    repository.refresh_from_db()
+    # A second webhook arrives while this poll runs: its request must survive the poll.
+    Repository.objects.filter(pk=repository.pk).update(poll_requested_at=asked + timedelta(seconds=1))
+    tracking.poll_repository(repository)
+    assert Repository.objects.get(pk=repository.pk).poll_requested_at == asked + timedelta(seconds=1)
+
+    repository.refresh_from_db()
+    tracking.poll_repository(repository)
+    assert Repository.objects.get(pk=repository.pk).poll_requested_at is None
+    assert Repository.objects.due_for_poll() == []
+
+
+def test_the_scheduler_sweep_enqueues_one_poll_job_per_due_repository(repository, origin, make_git_repo):
+    import django_rq
+
+    other = Repository.objects.create(name="other", url=make_git_repo("other").url)
+    queue = django_rq.get_queue("git")
+
+    assert tracking.enqueue_due_polls() == {"asked": 2, "waiting": 0, "unreachable": 0}
+
+    assert sorted(queue.job_ids) == sorted([f"poll-{repository.pk}", f"poll-{other.pk}"])
+    # Marked as asked: not due again until its interval has passed.
+    assert tracking.enqueue_due_polls() == {"asked": 0, "waiting": 0, "unreachable": 0}
+    # A webhook's request makes it due at once, but its job still waits: no second job.
+    Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
+    assert tracking.enqueue_due_polls() == {"asked": 0, "waiting": 1, "unreachable": 0}
+    assert len(queue.job_ids) == 2
+    # The job was lost (Redis flushed): the standing request gets it asked again.
+    queue.connection.flushdb()
+    assert tracking.enqueue_due_polls() == {"asked": 1, "waiting": 0, "unreachable": 0}
+    assert queue.job_ids == [f"poll-{repository.pk}"]

@@ -25,7 +25,7 @@ from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused
 from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Target
 from pipelines.promotion import PromotionError, environments_for, rollback
-from pipelines.views import deployer_required, redirect_after_promotion
+from pipelines.views import deployer_required, redirect_after_promotion, warn_if_queue_was_unreachable
 
 RECENTLY_DECIDED = 50
 freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)
@@ -270,6 +270,7 @@ def change_request_approve(request, pk):
         if change_request.status == ChangeRequest.Status.APPROVED:
             released = f"deployment #{change_request.deployment_id} is released"
             messages.success(request, f"You approved change request #{change_request.pk}; {released}.")
+            warn_if_queue_was_unreachable(request)
         else:
             messages.success(request, f"You approved change request #{change_request.pk}; it needs more approvals.")
     return redirect(change_request)

@@ -2,9 +2,10 @@
 the queue is only a wake-up call, so enqueueing twice or losing a job is harmless.
 
 Enqueueing never fails the caller: with Redis away the row that needs the work is already committed,
-and the reconciler enqueues it again once the queue is back (see `queue_is_reachable`)."""
+and the reconciler enqueues it again once the queue is back (see `queue_was_unreachable`)."""
 
 import logging
+import threading
 
 import django_rq
 from django.db import transaction
@@ -20,21 +21,28 @@ def deployment_job_id(deployment_id):
     return f"deployment-{deployment_id}"
 
 
-def queue_is_reachable():
-    """True when Redis answers now; pages use it to say that work will start once the queue is back."""
-    try:
-        return bool(django_rq.get_connection(DEPLOY_QUEUE).ping())
-    except RedisError:
-        return False
+# Per thread (a web request, a job): whether the last enqueue found Redis away, for `queue_was_unreachable`.
+_last_enqueue = threading.local()
 
 
 def _enqueue(queue_name, function, *args, **options):
     """Enqueue now; on a Redis error log and return None: the database row re-drives it later."""
     try:
-        return django_rq.get_queue(queue_name, commit_mode="auto").enqueue(function, *args, **options)
+        job = django_rq.get_queue(queue_name, commit_mode="auto").enqueue(function, *args, **options)
     except RedisError as exc:
         logger.warning("could not enqueue %s%r (%s); the reconciler will enqueue it once Redis is back", function, args, exc)
+        _last_enqueue.failed = True
         return None
+    _last_enqueue.failed = False
+    return job
+
+
+def queue_was_unreachable():
+    """True when the last enqueue of this thread found Redis away (and forget it): a page can then say that
+    the work is recorded and starts once the queue is back, instead of pretending it started."""
+    failed = getattr(_last_enqueue, "failed", False)
+    _last_enqueue.failed = False
+    return failed
 
 
 def enqueue_deployment(deployment):

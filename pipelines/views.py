@@ -14,7 +14,7 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import gate
+from pipelines import gate, jobs
 from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Repository, Target
 from pipelines.promotion import PromotionError, environments_for, promote, retry
 
@@ -186,7 +186,15 @@ def redirect_after_promotion(request, release, environment, start):
         return redirect(release)
     status = deployment.get_status_display().lower()
     messages.success(request, f"{release.version} to {environment}: deployment #{deployment.pk} is {status}.")
+    warn_if_queue_was_unreachable(request)
     return redirect(deployment)
+
+
+def warn_if_queue_was_unreachable(request):
+    """Say so when the action is recorded but its job could not be queued (Redis away): it starts later."""
+    if jobs.queue_was_unreachable():
+        messages.warning(request, "The work queue is unreachable right now: this is recorded and starts by itself "
+                                  "as soon as the queue is back.")
 
 
 @require_POST
@@ -219,6 +227,7 @@ def deployment_retry(request, pk):
         messages.error(request, str(exc))
         return redirect(deployment)
     messages.success(request, f"Retrying as deployment #{retried.pk}.")
+    warn_if_queue_was_unreachable(request)
     return redirect(retried)
 
 

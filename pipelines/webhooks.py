@@ -63,9 +63,9 @@ def receive(request, name):
         # the repository once it answers, so a delivery accepted here is never lost.
         Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
         jobs.enqueue_poll(repository.pk)
-    if jobs.queue_is_reachable():
-        return _text(202, f"accepted: {repository.name} will be polled now")
-    return _text(202, f"accepted: {repository.name} will be polled as soon as the queue is back")
+    if jobs.queue_was_unreachable():
+        return _text(202, f"accepted: {repository.name} will be polled as soon as the queue is back")
+    return _text(202, f"accepted: {repository.name} will be polled now")
 
 
 def _verified_source(request, body, secret):

@@ -51,6 +51,12 @@ GITOPS_FOLLOW_UP_HANDLERS = {
 }
 # Shown next to commits on pages; the portal's own URL is used in notifications.
 GITOPS_BASE_URL = os.environ.get("GITOPS_BASE_URL", "http://127.0.0.1:8000")
+# The audit chain's MAC key (each event and the signed head). Unset: SECRET_KEY (and SECRET_KEY_FALLBACKS),
+# through a salt of its own. Rotate like SECRET_KEY: the new key here, old ones (comma-separated) in the
+# fallbacks, which still verify. When moving off the default, list the old SECRET_KEY as a fallback.
+GITOPS_AUDIT_KEY = os.environ.get("GITOPS_AUDIT_KEY", "")
+GITOPS_AUDIT_KEY_FALLBACKS = [k for k in os.environ.get("GITOPS_AUDIT_KEY_FALLBACKS", "").split(",") if k]
+GITOPS_AUDIT_VERIFY_EVERY = envint("GITOPS_AUDIT_VERIFY_EVERY", 3600)  # seconds between automatic verifications
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -2,6 +2,7 @@
 
 Every add, change and delete made through the admin also lands in the hash-chained audit log."""
 
+import json
 import logging
 
 from django import forms
@@ -13,26 +14,65 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
+from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
 
 
 class AuditedAdminMixin:
-    """Writes an AuditEvent next to each admin LogEntry, with the old and new value of every changed field
-    (so "required_approvals 2 → 1" is on record), except secrets and passwords, which appear by name only."""
+    """Writes an AuditEvent next to each admin LogEntry.
+
+    Values go on record through an allow-list: `audited_fields` are recorded with their old and new value
+    (so "required_approvals 2 → 1" is on record), `audited_secrets` by name only ("changed"), and any
+    other field only by name, in the admin's own change message. A field added to a model therefore never
+    lands in the log by accident. Credentials in URLs are redacted (`https://***@host/…`)."""
+
+    audited_fields = ()
+    audited_secrets = ()
 
     def save_model(self, request, obj, form, change):
-        # The form has already written the new values onto obj: the old ones come from the stored row.
-        before = type(obj)._default_manager.filter(pk=obj.pk).first() if change else None
-        request._audited_values = _changed_values(form, before) if before else {}
+        self.remember_audited_values(request, obj, form, change)
         super().save_model(request, obj, form, change)
 
+    def remember_audited_values(self, request, obj, form, change):
+        # The form has already written the new values onto obj: the old ones come from the stored row.
+        before = type(obj)._default_manager.filter(pk=obj.pk).first() if change else None
+        values = self._changed_values(form, before) if before else self._initial_values(form)
+        obj._audited_values = values  # read back by log_addition/log_change, right after the save
+
+    def _is_secret(self, name, form):
+        return (name in self.audited_secrets or "secret" in name or "password" in name
+                or isinstance(form.fields.get(name), SecretField))
+
+    def _changed_values(self, form, before):
+        values = {}
+        for name in form.changed_data:
+            if self._is_secret(name, form):
+                values[name] = "changed"
+            elif name in self.audited_fields:
+                values[name] = [_plain(getattr(before, name, None)), _plain(form.cleaned_data.get(name))]
+        return redact(values)
+
+    def _initial_values(self, form):
+        values = {}
+        for name in form.fields:
+            if self._is_secret(name, form):
+                if form.cleaned_data.get(name):
+                    values[name] = "set"
+            elif name in self.audited_fields:
+                values[name] = _plain(form.cleaned_data.get(name))
+        return redact(values)
+
+    def _audited_values(self, request, obj):
+        return getattr(obj, "_audited_values", {})
+
     def log_addition(self, request, obj, message):
-        AuditEvent.objects.record(action="admin.add", actor=request.user, obj=obj, details={"change": message})
+        details = {"change": message, "values": self._audited_values(request, obj)}
+        AuditEvent.objects.record(action="admin.add", actor=request.user, obj=obj, details=details)
         return super().log_addition(request, obj, message)
 
     def log_change(self, request, obj, message):
-        details = {"change": message, "values": getattr(request, "_audited_values", {})}
+        details = {"change": message, "values": self._audited_values(request, obj)}
         AuditEvent.objects.record(action="admin.change", actor=request.user, obj=obj, details=details)
         return super().log_change(request, obj, message)
 
@@ -45,15 +85,6 @@ class AuditedAdminMixin:
 
 class AuditedAdmin(AuditedAdminMixin, admin.ModelAdmin):
     pass
-
-
-def _changed_values(form, before):
-    values = {}
-    for name in form.changed_data:
-        if "secret" in name or "password" in name or isinstance(form.fields.get(name), SecretField):
-            continue
-        values[name] = [_plain(getattr(before, name, None)), _plain(form.cleaned_data.get(name))]
-    return values
 
 
 def _plain(value):
@@ -113,21 +144,44 @@ class RepositoryForm(forms.ModelForm):
 @admin.register(Repository)
 class RepositoryAdmin(AuditedAdmin):
     form = RepositoryForm
-    list_display = ["name", "url", "release_from", "enabled", "last_polled_at", "short_last_error"]
+    audited_fields = ["name", "url", "web_url", "enabled", "branch", "release_from", "tag_pattern", "pipeline_path",
+                      "poll_interval"]
+    audited_secrets = ["webhook_secret"]
+    # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
+    list_display = ["name", "shown_url", "release_from", "enabled", "last_polled_at", "short_last_error"]
     list_filter = ["enabled", "release_from"]
-    search_fields = ["name", "url"]
-    readonly_fields = ["last_polled_at", "last_error", "last_error_at", "created_at"]
+    search_fields = ["name"]  # not the URL: a search would confirm a guessed token
+    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
-        ("State", {"fields": ["last_polled_at", "last_error", "last_error_at", "created_at"]}),
+        ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
     ]
     actions = ["poll_now"]
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # View-only staff see every field as text: the URL as it may be shown.
+        return [(title, {**options, "fields": [("shown_url" if f == "url" else f) for f in options["fields"]]})
+                for title, options in fieldsets]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "shown_url"]
+
+    @admin.display(description="URL", ordering="url")
+    def shown_url(self, repository):
+        return display_url(repository.url)
+
     @admin.display(description="last error")
     def short_last_error(self, repository):
-        return repository.last_error[:120]
+        return redact_text(repository.last_error)[:120]
+
+    @admin.display(description="last error")
+    def shown_last_error(self, repository):
+        return redact_text(repository.last_error)
 
     @admin.action(
         description="Poll now",
@@ -167,6 +221,11 @@ def _describe_poll(result):
 
 @admin.register(Environment)
 class EnvironmentAdmin(AuditedAdmin):
+    # The whole policy is on record with its old and new values; add new policy fields here.
+    audited_fields = [
+        "name", "position", "auto_deploy", "requires_approval", "required_approvals", "approver_group",
+        "allow_self_approval", "block_commit_authors", "approval_timeout",
+    ]
     list_display = [
         "name", "position", "auto_deploy", "requires_approval", "required_approvals", "approver_group",
         "allow_self_approval", "approval_timeout",
@@ -181,6 +240,8 @@ class EnvironmentAdmin(AuditedAdmin):
 @admin.register(Target)
 class TargetAdmin(AuditedAdmin):
     """Only the pause can be changed, and through the model's own pause/resume."""
+
+    audited_fields = ["auto_deploy_paused", "paused_reason"]
 
     list_display = [
         "repository", "environment", "current_release", "last_deployment", "auto_deploy_paused", "paused_reason",
@@ -217,6 +278,7 @@ class TargetAdmin(AuditedAdmin):
     def save_model(self, request, obj, form, change):
         if not form.changed_data:
             return
+        self.remember_audited_values(request, obj, form, change)
         if obj.auto_deploy_paused:
             obj.pause(by=request.user, reason=obj.paused_reason.strip())
         else:
@@ -269,6 +331,13 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_select_related = ["repository", "environment"]
     search_fields = ["actor_name", "action", "object_repr", "object_id"]
     date_hierarchy = "created_at"
+    exclude = ["details"]
+    readonly_fields = ["shown_details"]
+
+    @admin.display(description="details")
+    def shown_details(self, event):
+        # Events recorded before credentials were redacted on the way in are redacted on the way out.
+        return json.dumps(redact(event.details), ensure_ascii=False, sort_keys=True, indent=1)
 
 
 # --- accounts: who approves is policy, so changes to users and groups are audited too -----------------
@@ -279,9 +348,11 @@ admin.site.unregister(Group)
 
 @admin.register(User)
 class AuditedUserAdmin(AuditedAdminMixin, UserAdmin):
-    pass
+    audited_fields = ["username", "email", "first_name", "last_name", "is_active", "is_staff", "is_superuser",
+                      "groups", "user_permissions"]
+    audited_secrets = ["password", "password1", "password2", "usable_password"]
 
 
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdminMixin, GroupAdmin):
-    pass
+    audited_fields = ["name", "permissions"]

@@ -1,8 +1,13 @@
-"""The audit log page, its CSV and JSON exports, and verifying the hash chain on demand.
+"""The audit log page, its CSV and JSON exports, and verifying the chain on demand.
 
 The page and the exports share one filter. Exports stream in `seq` order with every field the hash
 covers (see AuditEvent.canonical_json), so an auditor can re-verify the chain without the portal.
-Verifying reads every event, so the page never does it by itself: a "Verify now" button does."""
+Verifying reads every event, so it runs as a job (hourly, and when staff press "Verify now"); the page
+shows the last outcome and when it ran.
+
+Credentials in URLs are redacted before an event is recorded; the page and the exports redact again,
+for events recorded before that rule. CSV cells that a spreadsheet would take for a formula get a
+leading apostrophe (OWASP's advice on CSV injection): strip it before re-hashing such a cell."""
 
 import csv
 import json
@@ -12,6 +17,7 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -19,7 +25,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from pipelines.models import AuditEvent, Environment, Repository
+from pipelines.models import AuditEvent, AuditVerification, Environment, Repository
+from pipelines.models.audit import queue_verification
+from pipelines.redaction import redact, redact_text
 
 EVENTS_PER_PAGE = 50
 EXPORT_CHUNK_SIZE = 2000
@@ -27,6 +35,8 @@ EXPORT_COLUMNS = [
     "seq", "created_at", "actor", "action", "object_type", "object_id", "object_repr",
     "repository", "repository_id", "environment", "environment_id", "details", "prev_hash", "hash",
 ]
+# A cell starting with one of these is a formula (or becomes one) in a spreadsheet.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class AuditFilterForm(forms.Form):
@@ -69,7 +79,8 @@ def _filtered(request):
 @dataclass
 class AuditRow:
     event: AuditEvent
-    details: str  # compact JSON
+    details: str  # compact JSON, credentials redacted
+    object_repr: str
 
 
 @login_required
@@ -79,24 +90,36 @@ def audit_log(request):
     context = {
         "form": form,
         "page": page,
-        "rows": [AuditRow(event, json.dumps(event.details, ensure_ascii=False, sort_keys=True)) for event in page],
+        "rows": [_row(event) for event in page],
         "repositories": list(Repository.objects.values_list("name", flat=True)),
         "environments": list(Environment.objects.values_list("name", flat=True)),
+        **_verification_state(),
     }
     return render(request, "pipelines/audit_log.html", context)
+
+
+def _row(event):
+    details = json.dumps(redact(event.details), ensure_ascii=False, sort_keys=True)
+    return AuditRow(event, details, redact_text(event.object_repr))
+
+
+def _verification_state():
+    """The last finished verification, and the one waiting for a worker if it is newer."""
+    latest = list(AuditVerification.objects.all()[:1])
+    if latest and latest[0].finished_at is None:
+        return {"pending_verification": latest[0],
+                "last_verification": AuditVerification.objects.exclude(finished_at=None).first()}
+    return {"pending_verification": None, "last_verification": latest[0] if latest else None}
 
 
 @require_POST
 @login_required
 def audit_verify(request):
-    """Walk the whole chain now and say whether it holds (the result comes as a message)."""
-    total = AuditEvent.objects.count()
-    broken = AuditEvent.objects.first_broken()
-    if broken is None:
-        messages.success(request, f"Chain verified: intact. All {total} events link up and match their hashes.")
-    else:
-        seq, reason = broken
-        messages.error(request, f"Chain broken at event #{seq}: {reason}.")
+    """Staff: queue a walk over the whole chain now; its outcome appears on the page when a worker is done."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff may start a verification of the audit chain.")
+    queue_verification()
+    messages.info(request, "Verification queued: the outcome appears here once a worker has walked the chain.")
     query = QueryDict(request.POST.get("query", "")).urlencode()
     return redirect(reverse("audit_log") + (f"?{query}" if query else ""))
 
@@ -112,12 +135,12 @@ def _record(event):
         "action": event.action,
         "object_type": event.object_type,
         "object_id": event.object_id,
-        "object_repr": event.object_repr,
+        "object_repr": redact_text(event.object_repr),
         "repository": event.repository.name if event.repository_id else "",
         "repository_id": event.repository_id,
         "environment": event.environment.name if event.environment_id else "",
         "environment_id": event.environment_id,
-        "details": event.details,
+        "details": redact(event.details),
         "prev_hash": event.prev_hash,
         "hash": event.hash,
     }
@@ -141,7 +164,16 @@ def _csv_lines(records):
     yield writer.writerow(EXPORT_COLUMNS)
     for record in records:
         record["details"] = json.dumps(record["details"], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        yield writer.writerow(["" if record[column] is None else record[column] for column in EXPORT_COLUMNS])
+        yield writer.writerow([_spreadsheet_safe(record[column]) for column in EXPORT_COLUMNS])
+
+
+def _spreadsheet_safe(value):
+    """A cell a spreadsheet shows as text: one that would start a formula gets a leading apostrophe."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _json_lines(records):

@@ -70,7 +70,10 @@ def test_an_admin_change_is_audited_without_the_secret(client, alice, signed_rep
     event = AuditEvent.objects.get(action="admin.change")
     assert event.actor == alice
     assert (event.object_type, event.object_id) == ("pipelines.repository", str(signed_repository.pk))
-    assert event.details == {"change": [{"changed": {"fields": ["Branch", "Webhook secret"]}}], "values": {"branch": ["main", "release"]}}, "the secret by name only"
+    assert event.details == {
+        "change": [{"changed": {"fields": ["Branch", "Webhook secret"]}}],
+        "values": {"branch": ["main", "release"], "webhook_secret": "changed"},
+    }, "the secret by name only"
     assert "rotated-secret" not in event.canonical_json() and SECRET not in event.canonical_json()
     assert AuditEvent.objects.first_broken() is None
 
@@ -99,7 +102,7 @@ def test_an_unsafe_url_is_refused_with_a_clear_message(client, alice, db):
 def test_adding_a_repository_is_audited(client, alice, origin):
     client.force_login(alice)
     response = client.post(reverse("admin:pipelines_repository_add"), {
-        "name": "shop", "url": origin.url, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
+        "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
         "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": SECRET, "_save": "Save",
     })
     assert response.status_code == 302
@@ -107,6 +110,10 @@ def test_adding_a_repository_is_audited(client, alice, origin):
     assert repository.webhook_secret == SECRET
     event = AuditEvent.objects.get(action="admin.add")
     assert event.object_id == str(repository.pk) and event.actor == alice
+    assert event.details["values"] == {
+        "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "set",
+    }
     assert SECRET not in event.canonical_json()
 
 
@@ -193,7 +200,8 @@ def deployment(repository, staging):
 @pytest.mark.parametrize("model", ["release", "deployment", "auditevent"])
 def test_recorded_history_is_read_only(client, alice, deployment, model):
     AuditEvent.objects.record(action="test.event", actor=alice)
-    obj = {"release": deployment.release, "deployment": deployment, "auditevent": AuditEvent.objects.get()}[model]
+    obj = {"release": deployment.release, "deployment": deployment,
+           "auditevent": AuditEvent.objects.get(action="test.event")}[model]
     client.force_login(alice)
     assert client.get(reverse(f"admin:pipelines_{model}_changelist")).status_code == 200
     change_page = client.get(reverse(f"admin:pipelines_{model}_change", args=[obj.pk]))
@@ -264,3 +272,25 @@ def test_adding_someone_to_an_approver_group_is_audited(client, alice, charlie, 
     assert response.status_code == 302, response.content.decode()[:3000]
     event = AuditEvent.objects.filter(action="admin.change").latest("seq")
     assert event.details["values"]["groups"] == [[], ["approvers"]]
+
+
+def test_only_allow_listed_fields_are_recorded_with_their_values(client, alice, signed_repository, monkeypatch):
+    """A field the allow-list does not name is recorded by name only, whatever it holds."""
+    from pipelines.admin import RepositoryAdmin
+
+    monkeypatch.setattr(RepositoryAdmin, "audited_fields", ["branch"])
+    client.force_login(alice)
+    client.post(change_url(signed_repository), repository_form(signed_repository, branch="release", tag_pattern="rel-*"))
+    event = AuditEvent.objects.get(action="admin.change")
+    assert event.details["values"] == {"branch": ["main", "release"]}
+    assert event.details["change"] == [{"changed": {"fields": ["Branch", "Tag pattern"]}}]
+
+
+def test_a_user_password_change_is_recorded_by_name_only(client, alice, charlie):
+    client.force_login(alice)
+    response = client.post(f"/admin/auth/user/{charlie.pk}/password/",
+                           {"password1": "N3w-pass-phrase!", "password2": "N3w-pass-phrase!", "usable_password": "true"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event = AuditEvent.objects.filter(action="admin.change").latest("seq")
+    assert "N3w-pass-phrase!" not in event.canonical_json()
+    assert "pbkdf2" not in event.canonical_json()

@@ -1,5 +1,7 @@
-"""The audit log page: filters, pagination, "Verify now", and the CSV and JSON exports an auditor can
-re-verify without the portal."""
+"""The audit log page: filters, pagination, the last verification and "Verify now", and the CSV and JSON
+exports an auditor can re-verify without the portal.
+
+The first event ever recorded is the chain's genesis marker (#1, by "system"): the fixture's events are #2 to #6."""
 
 import csv
 import hashlib
@@ -12,9 +14,10 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from pipelines.models import AuditEvent
-from pipelines.models.audit import GENESIS_HASH
+from pipelines.models import AuditEvent, AuditVerification
+from pipelines.models.audit import GENESIS_ACTION, GENESIS_HASH, run_verification
 
 
 @pytest.fixture
@@ -56,23 +59,23 @@ def test_every_audit_view_requires_sign_in(client, db, method, name):
 def test_any_signed_in_user_reads_the_log_newest_first(client, charlie, events):
     client.force_login(charlie)
     html = get(client)
-    assert seqs(html) == [5, 4, 3, 2, 1]
-    assert "<code>change_request.approved_by</code>" in html
+    assert seqs(html) == [6, 5, 4, 3, 2, 1]
+    assert "<code>change_request.approved_by</code>" in html and f"<code>{GENESIS_ACTION}</code>" in html
     assert "ship it — ✓" in html  # details as JSON, readable
     assert "system" in html
     assert events[0].hash[:10] in html
 
 
 @pytest.mark.parametrize("params, expected", [
-    ({"actor": "alice"}, [2, 1]),
-    ({"actor": "system"}, [5]),
-    ({"action": "change_request."}, [5, 4, 3]),
-    ({"action": "change_request.approved"}, [4, 3]),
-    ({"repository": "shop"}, [4, 3, 2, 1]),
-    ({"environment": "production"}, [4, 3]),
-    ({"date_from": "2026-03-02"}, [5, 4, 3]),
-    ({"date_to": "2026-03-02"}, [4, 3, 2, 1]),
-    ({"date_from": "2026-03-02", "date_to": "2026-03-02", "actor": "bob", "environment": "production"}, [4, 3]),
+    ({"actor": "alice"}, [3, 2]),
+    ({"actor": "system"}, [6, 1]),
+    ({"action": "change_request."}, [6, 5, 4]),
+    ({"action": "change_request.approved"}, [5, 4]),
+    ({"repository": "shop"}, [5, 4, 3, 2]),
+    ({"environment": "production"}, [5, 4]),
+    ({"date_from": "2026-03-02"}, [6, 5, 4]),
+    ({"date_to": "2026-03-02"}, [5, 4, 3, 2, 1]),
+    ({"date_from": "2026-03-02", "date_to": "2026-03-02", "actor": "bob", "environment": "production"}, [5, 4]),
     ({"actor": "nobody"}, []),
 ])
 def test_it_filters(client, charlie, events, params, expected):
@@ -84,7 +87,7 @@ def test_a_bad_date_is_reported_and_filters_nothing(client, charlie, events):
     client.force_login(charlie)
     html = get(client, date_from="yesterday", actor="bob")
     assert "From: Enter a valid date." in html
-    assert seqs(html) == [4, 3]
+    assert seqs(html) == [5, 4]
 
 
 def test_it_pages_fifty_at_a_time_keeping_the_filters(client, charlie, db):
@@ -92,10 +95,10 @@ def test_it_pages_fifty_at_a_time_keeping_the_filters(client, charlie, db):
         AuditEvent.objects.record(action="test.event" if n % 2 else "other.event", details={"n": n})
     client.force_login(charlie)
     first = get(client, action="test.")
-    assert seqs(first) == list(range(120, 20, -2))
+    assert seqs(first) == list(range(121, 21, -2))
     assert "Page 1 of 2" in first and 'href="?action=test.&amp;page=2"' in first
     second = get(client, action="test.", page=2)
-    assert seqs(second) == list(range(20, 0, -2))
+    assert seqs(second) == list(range(21, 1, -2))
     assert 'href="?action=test.&amp;page=1"' in second
 
 
@@ -114,23 +117,45 @@ def test_the_page_makes_the_same_number_of_queries_for_few_or_many_events(client
 def test_the_page_does_not_walk_the_chain_by_itself(client, charlie, events):
     client.force_login(charlie)
     html = get(client)
+    assert "not verified yet" in html
+    assert not AuditVerification.objects.exists()
+
+
+def test_only_staff_see_and_may_press_verify_now(client, charlie, events):
+    client.force_login(charlie)
+    assert "Verify now" not in get(client)
+    assert client.post(reverse("audit_verify")).status_code == 403
+    assert not AuditVerification.objects.exists()
+
+
+def test_verify_now_queues_a_verification_job_and_the_page_shows_its_outcome(
+    client, alice, events, run_workers, django_capture_on_commit_callbacks
+):
+    client.force_login(alice)
+    html = get(client)
     assert f'action="{reverse("audit_verify")}"' in html and "Verify now" in html
-    assert "Chain verified" not in html
-
-
-def test_verify_now_reports_an_intact_chain(client, charlie, events):
-    client.force_login(charlie)
-    response = client.post(reverse("audit_verify"), {"query": "actor=bob"}, follow=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("audit_verify"), {"query": "actor=bob"}, follow=True)
     assert response.redirect_chain == [(reverse("audit_log") + "?actor=bob", 302)]
-    assert "Chain verified: intact. All 5 events link up and match their hashes." in response.content.decode()
+    html = response.content.decode()
+    assert "Verification queued" in html and "A verification is queued since" in html
+
+    run_workers()
+    verification = AuditVerification.objects.get()
+    assert verification.intact and verification.events == 6
+    html = get(client)
+    checked_at = timezone.localtime(verification.finished_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"Intact: 6 events verified, checked at <span title=" in html and checked_at in html
+    assert "A verification is queued" not in html
 
 
-def test_verify_now_reports_the_first_altered_event(client, charlie, events):
+def test_the_page_shows_a_failed_verification_naming_the_first_bad_event(client, charlie, events):
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE pipelines_auditevent SET details = %s WHERE seq = 3", ['{"comment": "ship it"}'])
+        cursor.execute("UPDATE pipelines_auditevent SET details = %s WHERE seq = 4", ['{"comment": "ship it"}'])
+    run_verification()
     client.force_login(charlie)
-    response = client.post(reverse("audit_verify"), follow=True)
-    assert "Chain broken at event #3: event 3 was altered after it was recorded." in response.content.decode()
+    html = get(client)
+    assert "Broken at event #4: event 4 was altered after it was recorded (checked at" in html
 
 
 # --- exports ---------------------------------------------------------------------------------------
@@ -176,13 +201,14 @@ def test_the_csv_export_has_every_event_and_re_verifies_outside_the_portal(clien
         "seq", "created_at", "actor", "action", "object_type", "object_id", "object_repr",
         "repository", "repository_id", "environment", "environment_id", "details", "prev_hash", "hash",
     ]
-    assert [row["seq"] for row in rows] == ["1", "2", "3", "4", "5"]
-    third = rows[2]
+    assert [row["seq"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert rows[0]["action"] == GENESIS_ACTION
+    third = rows[3]
     assert third["actor"] == "bob" and third["action"] == "change_request.approved_by"
     assert third["repository"] == "shop" and third["environment"] == "production"
     assert third["created_at"] == "2026-03-02T12:00:00+00:00"
     assert json.loads(third["details"]) == {"comment": "ship it — ✓"}
-    assert rows[4]["actor"] == "system" and rows[4]["repository"] == ""
+    assert rows[5]["actor"] == "system" and rows[5]["repository"] == ""
 
     assert_chain([{**row, "details": json.loads(row["details"])} for row in rows])
 
@@ -193,27 +219,27 @@ def test_the_json_export_re_verifies_outside_the_portal(client, charlie, events)
     assert response["Content-Type"] == "application/json"
     assert response["Content-Disposition"] == 'attachment; filename="audit-log.json"'
     records = json.loads(text)
-    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
-    assert records[2]["details"] == {"comment": "ship it — ✓"}
-    assert records[2]["environment"] == "production" and records[4]["environment_id"] is None
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[3]["details"] == {"comment": "ship it — ✓"}
+    assert records[3]["environment"] == "production" and records[5]["environment_id"] is None
     assert_chain(records)
 
 
 def test_an_altered_event_no_longer_verifies_in_the_export(client, charlie, events):
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE pipelines_auditevent SET details = %s WHERE seq = 2", ['{"release": "v6.6.6"}'])
+        cursor.execute("UPDATE pipelines_auditevent SET details = %s WHERE seq = 3", ['{"release": "v6.6.6"}'])
     client.force_login(charlie)
     records = json.loads(export(client, "json")[1])
-    assert rehash(records[1]) != records[1]["hash"]
-    assert rehash(records[2]) == records[2]["hash"]
+    assert rehash(records[2]) != records[2]["hash"]
+    assert rehash(records[3]) == records[3]["hash"]
 
 
 def test_exports_carry_only_the_filtered_events(client, charlie, events):
     client.force_login(charlie)
     rows = list(csv.DictReader(io.StringIO(export(client, "csv", actor="bob")[1])))
-    assert [row["seq"] for row in rows] == ["3", "4"]
+    assert [row["seq"] for row in rows] == ["4", "5"]
     records = json.loads(export(client, "json", environment="staging", date_to="2026-03-01")[1])
-    assert [r["seq"] for r in records] == [1, 2]
+    assert [r["seq"] for r in records] == [2, 3]
     # each exported event still proves itself against the hash before it
     assert all(rehash(r) == r["hash"] for r in records)
 
@@ -248,3 +274,27 @@ def test_the_export_streams_in_chunks(client, charlie, db):
     assert len(records) == 4500
     assert_chain(records)
     assert len(queries) <= 4  # a few chunks, not one query per event
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(client, charlie, db):
+    starts = ["=HYPERLINK(\"http://evil\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for actor in starts:
+        AuditEvent.objects.record(action="test.event", actor=actor)
+    client.force_login(charlie)
+    rows = list(csv.DictReader(io.StringIO(export(client, "csv")[1], newline="")))
+    assert [row["actor"] for row in rows[1:]] == ["'" + actor for actor in starts]
+    assert rows[0]["actor"] == "system"  # an ordinary cell is left as it is
+    records = json.loads(export(client, "json")[1])
+    assert [r["actor"] for r in records[1:]] == starts  # the JSON export keeps the values as they are
+
+
+def test_credentials_recorded_before_redaction_are_not_shown(client, charlie, db):
+    """An event recorded in clear by an older version: the page and the exports still redact it."""
+    event = AuditEvent(seq=1, created_at=timezone.now(), actor_name="alice", action="admin.change",
+                       details={"values": {"url": ["https://user:old-t0ken@git.example.com/a.git", "x"]}},
+                       prev_hash=GENESIS_HASH)
+    event.hash = event.compute_hash()
+    event.save()
+    client.force_login(charlie)
+    for text in (get(client), export(client, "csv")[1], export(client, "json")[1]):
+        assert "old-t0ken" not in text and "https://***@git.example.com/a.git" in text

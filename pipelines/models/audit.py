@@ -1,30 +1,85 @@
-"""The append-only, hash-chained audit log.
+"""The append-only, hash-chained, keyed audit log.
 
 Each event's hash covers the previous event's hash and the event's own canonical JSON, so altering,
 inserting or deleting a stored row breaks the chain from that point on. `seq` is unique: two writers
 can never both extend the chain from the same predecessor.
+
+Anyone who can write to the database can also re-hash a chain, so each event also carries a MAC: an
+HMAC-SHA256 of its hash under the audit key, which lives in the environment (GITOPS_AUDIT_KEY, else
+derived from SECRET_KEY), never in the database. The head of the chain (its last seq and hash) is signed
+with the same key. Verification checks every MAC and anchors the walk on the signed head, so rewriting
+and re-hashing, appending, cutting events off the end and deleting everything are all reported.
+
+How the chain proves where it starts: the first event ever recorded is a keyed marker,
+`audit.genesis` at #1. A log recorded before events were keyed starts with events that have no MAC;
+they are accepted as "legacy, hash-chained only" only as an unbroken prefix closed by the keyed marker
+`audit.keyed`. An empty log is accepted only while the portal holds nothing the log must have recorded.
 """
 
 import hashlib
 import json
+from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from pipelines.redaction import redact, redact_text
+
 GENESIS_HASH = "0" * 64
+GENESIS_ACTION = "audit.genesis"
+KEYED_ACTION = "audit.keyed"
 # Any fixed number; PostgreSQL serialises audit writers on it for the length of their transaction.
 _AUDIT_LOCK_KEY = 0x617564697400
+_EVENT_SALT = "gitops.audit.event"
+_HEAD_SALT = "gitops.audit.head"
+
+
+# --- the audit key ---------------------------------------------------------------------------------
+
+
+def audit_keys():
+    """The current audit key first, then the old ones that still verify (as SECRET_KEY_FALLBACKS does).
+
+    Without GITOPS_AUDIT_KEY the key is SECRET_KEY (and its fallbacks), always used through salted_hmac
+    with a salt of its own, so no other signature of the portal can stand in for an audit MAC."""
+    fallbacks = list(getattr(settings, "GITOPS_AUDIT_KEY_FALLBACKS", []))
+    key = getattr(settings, "GITOPS_AUDIT_KEY", "")
+    if key:
+        return [key, *fallbacks]
+    return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", []), *fallbacks]
+
+
+def _mac(value, salt, key):
+    return salted_hmac(salt, value, secret=key, algorithm="sha256").hexdigest()
+
+
+def _matches_a_known_key(value, salt, mac, keys):
+    return bool(mac) and any(constant_time_compare(_mac(value, salt, key), mac) for key in keys)
+
+
+def event_mac(hash_, key=None):
+    return _mac(hash_, _EVENT_SALT, key or audit_keys()[0])
+
+
+def _sign(seq, hash_):
+    return _mac(f"{seq}:{hash_}", _HEAD_SALT, audit_keys()[0])
+
+
+# --- recording ---------------------------------------------------------------------------------------
 
 
 class AuditEventQuerySet(models.QuerySet):
     def record(self, *, action, actor=None, obj=None, repository=None, environment=None, details=None):
-        """Append one event. Call inside the transaction that makes the change, so both land or neither."""
+        """Append one event. Call inside the transaction that makes the change, so both land or neither.
+
+        Credentials in URLs are redacted before the event is hashed: what is recorded is what may be shown."""
         for attempt in range(5):
             try:
                 with transaction.atomic():
-                    return self._append(action, actor, obj, repository, environment, details or {})
+                    return self._append(action, actor, obj, repository, environment, redact(details or {}))
             except IntegrityError:
                 if attempt == 4:
                     raise
@@ -33,66 +88,58 @@ class AuditEventQuerySet(models.QuerySet):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
-        last = self.order_by("-seq").only("seq", "hash").first()
-        event = AuditEvent(
-            seq=(last.seq + 1) if last else 1,
-            created_at=timezone.now(),
-            actor=actor if getattr(actor, "pk", None) else None,
-            actor_name=_actor_name(actor),
-            action=action,
-            object_type=obj._meta.label_lower if obj is not None else "",
-            object_id=str(obj.pk) if obj is not None else "",
-            object_repr=str(obj)[:300] if obj is not None else "",
-            repository=repository,
-            environment=environment,
-            details=details,
-            prev_hash=last.hash if last else GENESIS_HASH,
+        last = self.order_by("-seq").only("seq", "hash", "mac").first()
+        if last is None or not last.mac:
+            # The keyed chain starts here: once per installation, so it costs nothing on later events.
+            last = self._append_event(_start_marker(last), after=last)
+        event = self._append_event(
+            AuditEvent(
+                action=action,
+                actor=actor if getattr(actor, "pk", None) else None,
+                actor_name=_actor_name(actor),
+                object_type=obj._meta.label_lower if obj is not None else "",
+                object_id=str(obj.pk) if obj is not None else "",
+                object_repr=redact_text(str(obj))[:300] if obj is not None else "",
+                repository=repository,
+                environment=environment,
+                details=details,
+            ),
+            after=last,
         )
-        event.hash = event.compute_hash()
-        event.save(force_insert=True)
         AuditHead.objects.update_or_create(
             pk=AuditHead.SINGLETON, defaults={"seq": event.seq, "hash": event.hash, "signature": _sign(event.seq, event.hash)}
         )
         return event
 
+    def _append_event(self, event, *, after):
+        event.seq = (after.seq + 1) if after else 1
+        event.created_at = timezone.now()
+        event.prev_hash = after.hash if after else GENESIS_HASH
+        event.hash = event.compute_hash()
+        event.mac = event_mac(event.hash)
+        event.save(force_insert=True)
+        return event
+
+    # --- verifying -----------------------------------------------------------------------------------
+
+    def verify(self):
+        """Walk the whole chain; a ChainReport naming the first bad event, if any, and why."""
+        return _ChainWalk().run(self.order_by("seq"))
+
     def first_broken(self):
-        """The first event whose hash or link does not hold, or a gap in `seq`; None when the chain is intact.
-
-        Returns (seq, reason)."""
-        prev_hash, expected_seq = GENESIS_HASH, 1
-        for event in self.order_by("seq").iterator(chunk_size=2000):
-            if event.seq != expected_seq:
-                return expected_seq, f"event {expected_seq} is missing (next stored is {event.seq})"
-            if event.prev_hash != prev_hash:
-                return event.seq, f"event {event.seq} does not link to the event before it"
-            if event.compute_hash() != event.hash:
-                return event.seq, f"event {event.seq} was altered after it was recorded"
-            prev_hash, expected_seq = event.hash, expected_seq + 1
-        return _check_head(expected_seq - 1, prev_hash)
+        """(seq, reason) of the first event that does not hold, or None when the chain is intact."""
+        report = self.verify()
+        return None if report.intact else (report.first_bad_seq, report.reason)
 
 
-def _sign(seq, hash_):
-    return salted_hmac("gitops.audit.head", f"{seq}:{hash_}", algorithm="sha256").hexdigest()
-
-
-def _signed_by_a_known_key(head):
-    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-    expected = (salted_hmac("gitops.audit.head", f"{head.seq}:{head.hash}", secret=key, algorithm="sha256").hexdigest() for key in keys)
-    return any(constant_time_compare(signature, head.signature) for signature in expected)
-
-
-def _check_head(last_seq, last_hash):
-    """The walk ended at (last_seq, last_hash): is that where the signed head says the chain ends?"""
-    head = AuditHead.objects.filter(pk=AuditHead.SINGLETON).first()
-    if head is None:
-        return (1, "the record of the chain's head is missing") if last_seq else None
-    if not _signed_by_a_known_key(head):
-        return head.seq, "the record of the chain's head was altered (its signature does not match)"
-    if head.seq > last_seq:
-        return last_seq + 1, f"events {last_seq + 1} to {head.seq} are missing from the end of the log"
-    if head.seq == last_seq and head.hash != last_hash:
-        return last_seq, f"event {last_seq} does not match the signed head of the chain"
-    return None  # head.seq < last_seq: events appended while we walked
+def _start_marker(last):
+    if last is None:
+        return AuditEvent(actor_name="system", action=GENESIS_ACTION,
+                          details={"note": "The first event of this portal's audit log."})
+    return AuditEvent(actor_name="system", action=KEYED_ACTION, details={
+        "legacy_events": last.seq,
+        "note": f"Events #1 to #{last.seq} were recorded without a MAC: they are hash-chained only.",
+    })
 
 
 def _actor_name(actor):
@@ -101,6 +148,164 @@ def _actor_name(actor):
     if isinstance(actor, str):
         return actor
     return actor.get_username()
+
+
+# --- verifying -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What a walk over the chain found: how many events held, and the first that did not (and why)."""
+
+    events: int
+    legacy: int = 0
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+    @property
+    def intact(self):
+        return self.first_bad_seq is None
+
+    @property
+    def message(self):
+        if not self.intact:
+            return f"broken at event #{self.first_bad_seq}: {self.reason}"
+        text = f"intact: {self.events} events verified"
+        if self.legacy:
+            text += (f" (#1 to #{self.legacy} are legacy events, recorded before events carried a MAC: "
+                     "hash-chained only)")
+        return text
+
+
+class _ChainWalk:
+    def run(self, events):
+        # The head is read before the walk: every event up to it is committed and must be seen; events
+        # appended while we walk come after it and must carry a valid MAC of their own.
+        self.keys = audit_keys()
+        self.head = AuditHead.objects.filter(pk=AuditHead.SINGLETON).first()
+        self.head_signed = self.head is not None and _matches_a_known_key(
+            f"{self.head.seq}:{self.head.hash}", _HEAD_SALT, self.head.signature, self.keys
+        )
+        self.prev_hash, self.count, self.keyed_from, self.legacy = GENESIS_HASH, 0, None, 0
+        for event in events.iterator(chunk_size=2000):
+            problem = self._event_problem(event)
+            if problem:
+                return ChainReport(self.count, self.legacy, *problem)
+            if event.mac and self.keyed_from is None:
+                self.keyed_from = event.seq
+            self.legacy += not event.mac
+            self.prev_hash, self.count = event.hash, self.count + 1
+        problem = self._end_problem() or _history_problem(self.count)
+        return ChainReport(self.count, self.legacy, *(problem or ()))
+
+    def _event_problem(self, event):
+        seq, expected = event.seq, self.count + 1
+        if seq != expected:
+            return expected, f"event {expected} is missing (next stored is {seq})"
+        if event.prev_hash != self.prev_hash:
+            return seq, f"event {seq} does not link to the event before it"
+        if event.compute_hash() != event.hash:
+            return seq, f"event {seq} was altered after it was recorded"
+        if event.mac:
+            if not _matches_a_known_key(event.hash, _EVENT_SALT, event.mac, self.keys):
+                return seq, (f"event {seq} does not carry a valid MAC: it was rewritten and re-hashed, "
+                             "or forged, without the audit key")
+            if self.keyed_from is None and event.action != (GENESIS_ACTION if seq == 1 else KEYED_ACTION):
+                return seq, f"event {seq} is the first keyed event but not the marker that starts the keyed chain"
+        elif self.keyed_from is not None:
+            return seq, f"event {seq} has no MAC but follows keyed events: it was inserted or its MAC removed"
+        elif event.action in (GENESIS_ACTION, KEYED_ACTION) or (self.head_signed and seq > self.head.seq):
+            return seq, f"event {seq} has no MAC: it was forged or its MAC removed"
+        if self.head_signed and seq == self.head.seq and event.hash != self.head.hash:
+            return seq, f"event {seq} does not match the signed head of the chain"
+        return None
+
+    def _end_problem(self):
+        last, head = self.count, self.head
+        if head is None:
+            if last:
+                return last + 1, f"the signed head of the chain is missing: events after #{last} may have been cut off"
+            return _empty_log_problem()
+        if not self.head_signed:
+            return last + 1, (f"the record of the chain's head was altered (its signature does not match): "
+                              f"events after #{last} may have been cut off")
+        if head.seq > last:
+            return last + 1, f"events {last + 1} to {head.seq} are missing from the end of the log"
+        return None
+
+
+def _empty_log_problem():
+    """An empty log is a fresh install, unless the portal holds what the log must have recorded."""
+    from django.apps import apps
+
+    witnesses = [("pipelines", "Repository", "repository", "repositories"),
+                 ("pipelines", "Release", "release", "releases"),
+                 ("pipelines", "Deployment", "deployment", "deployments"),
+                 ("admin", "LogEntry", "admin change", "admin changes")]
+    held = []
+    for app_label, model_name, singular, plural in witnesses:
+        if not apps.is_installed(f"django.contrib.{app_label}") and app_label != "pipelines":
+            continue
+        count = apps.get_model(app_label, model_name)._default_manager.count()
+        if count:
+            held.append(f"{count} {singular if count == 1 else plural}")
+    if held:
+        return 1, f"the audit log is empty but the portal holds {', '.join(held)}: its events were deleted"
+    return None
+
+
+def _history_problem(count):
+    """An earlier verification saw more events than there are now: the end was cut off (and the head replayed)."""
+    seen = AuditVerification.objects.filter(intact=True).aggregate(most=models.Max("events"))["most"] or 0
+    if seen > count:
+        return count + 1, (f"events {count + 1} to {seen} are missing: an earlier verification "
+                           f"counted {seen} intact events")
+    return None
+
+
+def run_verification(verification_id=None):
+    """Walk the chain now and record the outcome: in the AuditVerification that was queued, or a new one.
+
+    Returns that AuditVerification, or None when the queued one was already carried out."""
+    started = timezone.now()
+    if verification_id is None:
+        verification = AuditVerification.objects.create(started_at=started)
+    elif not AuditVerification.objects.filter(pk=verification_id, finished_at=None).update(started_at=started, message=""):
+        return None  # a retry of a job that already finished
+    else:
+        verification = AuditVerification.objects.get(pk=verification_id)
+    report = AuditEvent.objects.verify()
+    verification.finished_at = timezone.now()
+    verification.intact = report.intact
+    verification.events = report.events
+    verification.first_bad_seq = report.first_bad_seq
+    verification.message = report.message
+    verification.save(update_fields=["finished_at", "intact", "events", "first_bad_seq", "message"])
+    return verification
+
+
+def queue_verification(now=None):
+    """Record a pending verification and wake a worker for it once the current transaction commits."""
+    from pipelines import jobs
+
+    verification = AuditVerification.objects.create(started_at=now or timezone.now(), message="Waiting for a worker.")
+    jobs.enqueue_audit_verification(verification.pk)
+    return verification
+
+
+def schedule_verification_if_due(now=None):
+    """Queue a verification unless one was queued or run in the last GITOPS_AUDIT_VERIFY_EVERY seconds.
+
+    Called by the reconciler on every tick: one query when nothing is due."""
+    now = now or timezone.now()
+    every = timedelta(seconds=getattr(settings, "GITOPS_AUDIT_VERIFY_EVERY", 3600))
+    latest = AuditVerification.objects.order_by("-started_at").values_list("started_at", flat=True).first()
+    if latest is not None and latest > now - every:
+        return None
+    return queue_verification(now)
+
+
+# --- the rows --------------------------------------------------------------------------------------------
 
 
 class AuditEvent(models.Model):
@@ -156,7 +361,9 @@ class AuditHead(models.Model):
 
 
 class AuditVerification(models.Model):
-    """The outcome of one walk over the chain (a job runs it; the audit page shows the last)."""
+    """The outcome of one walk over the chain (a job runs it; the audit page shows the last).
+
+    A row with no finished_at is queued or running; `message` is ChainReport.message once it finished."""
 
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)

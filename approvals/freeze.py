@@ -180,6 +180,9 @@ def override_freeze(deployment, *, by, reason):
         )
     frozen = frozen_until(deployment.environment_id, timezone.now())
     with transaction.atomic():
+        # Its row first: a promotion or a run may lock it too, and the audit chain comes last for everyone.
+        # Read the status under the lock: an approval may have queued it since the caller loaded it.
+        status = Deployment.objects.select_for_update().filter(pk=deployment.pk).values_list("status", flat=True).get()
         override, created = FreezeOverride.objects.get_or_create(
             deployment=deployment, defaults={"user": by, "reason": reason}
         )
@@ -195,8 +198,6 @@ def override_freeze(deployment, *, by, reason):
                 "release": deployment.release.version,
             },
         )
-        # Read the status again: an approval may have queued it since the caller loaded it.
-        status = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).get()
         if status == Deployment.Status.QUEUED:
             jobs.enqueue_deployment(deployment)  # held by the guard until now: wake it
     return override

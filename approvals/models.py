@@ -156,6 +156,8 @@ class ChangeRequest(models.Model):
 
     def expire(self, now=None):
         with transaction.atomic():
+            # The deployment's row before the first audit event (the lock order of pipelines/promotion.py).
+            Deployment.objects.select_for_update().filter(pk=self.deployment_id).values_list("pk").first()
             if not self._close_if_pending(self.Status.EXPIRED, reason="No decision before the approval timeout."):
                 return False
             self.deployment.cancel(reason="The approval request expired.")

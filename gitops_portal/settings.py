@@ -27,9 +27,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
-# Mirrors, the embedded database and the embedded Redis live here.
+# Mirrors, the embedded database and the embedded Redis live here. Traversable but not listable by others
+# (steps' checkouts may live under it); what is secret in it has its own 0600/0700 modes.
 GITOPS_DATA_DIR = Path(os.environ.get("GITOPS_DATA_DIR", BASE_DIR / "var")).resolve()
-GITOPS_DATA_DIR.mkdir(parents=True, exist_ok=True)
+GITOPS_DATA_DIR.mkdir(mode=0o711, parents=True, exist_ok=True)
 GITOPS_MIRROR_DIR = GITOPS_DATA_DIR / "mirrors"
 # Each deployment's checkout is made here and removed afterwards. File creation dominates a deployment's
 # overhead on slow disks: point it at a tmpfs (e.g. /dev/shm/gitops-work) where steps write little.
@@ -119,8 +120,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The queue only wakes workers; the database holds the truth. Without REDIS_URL the portal uses the
-# embedded Redis that `manage.py runportal` starts on this unix socket.
-REDIS_URL = os.environ.get("REDIS_URL", f"unix://{GITOPS_DATA_DIR / 'redis.sock'}")
+# embedded Redis that `manage.py runportal` starts on this unix socket, in a directory only the portal's
+# account may enter, with the password it generated there (see pipelines/embedded.py).
+def _embedded_redis_url(directory):
+    directory.mkdir(mode=0o700, exist_ok=True)
+    try:
+        password = (directory / "password").read_text().strip()
+    except FileNotFoundError:
+        password = ""  # not started yet: runportal generates it before it starts the server
+    return f"unix://{f':{password}@' if password else ''}{directory / 'redis.sock'}"
+
+
+REDIS_URL = os.environ.get("REDIS_URL") or _embedded_redis_url(GITOPS_DATA_DIR / "redis")
 RQ_QUEUES = {
     "git": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "deploy": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
@@ -149,7 +160,6 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
-MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gitops-portal@localhost")
 
 LOGGING = {
@@ -163,3 +173,37 @@ LOGGING = {
 if not DEBUG:
     SESSION_COOKIE_HTTPONLY = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- production: HTTPS and mail, from the environment (README, "Production") ---------------------------
+# Off by default so that `make run` works on plain http://127.0.0.1; `manage.py check --deploy` says what
+# is missing. Behind a proxy that ends TLS, GITOPS_BEHIND_TLS_PROXY=1 trusts its X-Forwarded-Proto (only
+# set it when the proxy always sets or strips that header).
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+if envbool("GITOPS_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Mail goes out through the SMTP host of EMAIL_HOST (Django 6.1 configures it in MAILERS; the EMAIL_*
+# names are only read from the environment here). Without one, EMAIL_BACKEND, by default the console.
+# Failures raise: mail is sent by follow-up jobs that retry, so nothing is swallowed.
+if os.environ.get("EMAIL_HOST"):
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": os.environ["EMAIL_HOST"],
+                "port": envint("EMAIL_PORT", 465 if envbool("EMAIL_USE_SSL", False) else 587),
+                "username": os.environ.get("EMAIL_HOST_USER", ""),
+                "password": os.environ.get("EMAIL_HOST_PASSWORD", ""),
+                "use_tls": envbool("EMAIL_USE_TLS", False),
+                "use_ssl": envbool("EMAIL_USE_SSL", False),
+                "timeout": envint("EMAIL_TIMEOUT", 10),
+            },
+        }
+    }
+else:
+    MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}

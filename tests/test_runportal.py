@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 from django.conf import settings as django_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -73,7 +75,7 @@ class Portal:
             found = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             found = []
-        wanted = f"unixsocket:{self.data_dir / 'redis.sock'}"
+        wanted = f"unixsocket:{self.data_dir / 'redis' / 'redis.sock'}"
         found += [p for p in psutil.process_iter(["cmdline"]) if wanted in " ".join(p.info["cmdline"] or [])]
         for process in found:
             if process.pid not in self.seen:
@@ -204,7 +206,13 @@ def test_make_run_starts_the_portal_deploys_the_demo_to_staging_and_stops_cleanl
     output = portal.output()
     assert f"GitOps Portal is running at {portal.url}" in output
     assert f"Sign in at {portal.url} as admin / {password}" in output
-    assert (data_dir / "redis.sock").is_socket()
+    assert (data_dir / "redis" / "redis.sock").is_socket()
+    # Sealed: the socket in a directory only the portal's account enters, and a password required.
+    assert stat.S_IMODE((data_dir / "redis").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "redis" / "password").stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o711
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock")).ping()
 
     versions = portal.wait_for("succeeded staging deployment of the demo", lambda: staging_succeeded(data_dir))
     assert set(versions) <= {"v1.0.0", "v1.1.0"}
@@ -226,8 +234,8 @@ def test_make_run_starts_the_portal_deploys_the_demo_to_staging_and_stops_cleanl
     assert returncode == 0, portal.output()
     assert "The portal has stopped." in portal.output()
     assert portal.leftovers() == []
-    assert not (data_dir / "redis.sock").exists()
-    assert (data_dir / "redis.rdb").stat().st_size > 0  # the embedded Redis saved its data on the way out
+    assert not (data_dir / "redis" / "redis.sock").exists()
+    assert (data_dir / "redis" / "redis.rdb").stat().st_size > 0  # the embedded Redis saved its data on the way out
 
 
 def test_when_a_child_dies_the_portal_stops_the_others_and_fails(portal_dirs, start_portal):
@@ -252,7 +260,7 @@ def test_when_a_child_dies_the_portal_stops_the_others_and_fails(portal_dirs, st
     assert returncode == 1
     assert re.search(r"The worker-\d process \(pid \d+\) exited unexpectedly", portal.output())
     assert portal.leftovers() == []
-    assert not (data_dir / "redis.sock").exists()
+    assert not (data_dir / "redis" / "redis.sock").exists()
     assert not any("redis-server" in command for command in portal.seen_commands())
 
 
@@ -268,4 +276,4 @@ def test_a_busy_port_is_refused_before_anything_starts(portal_dirs):
 
     assert result.returncode == 1
     assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert not (data_dir / "redis.sock").exists()
+    assert not (data_dir / "redis" / "redis.sock").exists()

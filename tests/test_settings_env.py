@@ -84,9 +84,30 @@ def test_database_url_selects_postgresql(tmp_path):
 def test_default_redis_is_the_embedded_socket_in_the_data_dir(tmp_path):
     loaded = settings_with(tmp_path)
 
-    expected = f"unix://{tmp_path / 'data' / 'redis.sock'}"
+    expected = f"unix://{tmp_path / 'data' / 'redis' / 'redis.sock'}"
     assert loaded["REDIS_URL"] == expected
     assert loaded["QUEUE_URLS"] == [expected]
+
+
+def test_the_embedded_redis_password_is_read_from_its_sealed_directory(tmp_path):
+    directory = tmp_path / "data" / "redis"
+    directory.mkdir(parents=True)
+    (directory / "password").write_text("0123abcd\n")
+
+    loaded = settings_with(tmp_path)
+
+    assert loaded["REDIS_URL"] == f"unix://:0123abcd@{directory / 'redis.sock'}"
+    assert loaded["QUEUE_URLS"] == [loaded["REDIS_URL"]]
+    assert settings_with(tmp_path, REDIS_URL="redis://:pw@cache:6379/0")["REDIS_URL"] == "redis://:pw@cache:6379/0"
+
+
+def test_the_data_directory_is_created_traversable_but_not_listable(tmp_path):
+    import stat
+
+    settings_with(tmp_path)
+
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o711
+    assert stat.S_IMODE((tmp_path / "data" / "redis").stat().st_mode) == 0o700
 
 
 def test_redis_url_is_used_by_every_queue(tmp_path):

@@ -3,7 +3,8 @@
     python manage.py runportal [--host 127.0.0.1] [--port 8000] [--workers 2]
 
 Without REDIS_URL in the environment the embedded Redis is started first, on the socket that the default
-REDIS_URL names, and held until the end. Each child runs in its own process group (so Ctrl-C reaches only
+REDIS_URL names (in a 0700 directory, with a generated password: see pipelines/embedded.py), and held until
+the end. Each child runs in its own process group (so Ctrl-C reaches only
 this command, which then stops the children in order). If a child dies, the others are stopped and the
 command exits with status 1: a half-running portal would only hide the failure."""
 
@@ -92,7 +93,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._request_stop)
         self._check_port_free(host, port)
-        redis_server = self._start_embedded_redis() if "REDIS_URL" not in os.environ else None
+        redis_server = self._start_embedded_redis() if not os.environ.get("REDIS_URL") else None
         children = self._children(host, port, workers, threads)
         failure = None
         try:
@@ -145,7 +146,10 @@ class Command(BaseCommand):
             server = embedded.start(data_dir, socket_path)
         except embedded.EmbeddedRedisError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"Embedded Redis listening on {socket_path} (data in {data_dir / 'redis.rdb'}).")
+        self.stdout.write(
+            f"Embedded Redis listening on {socket_path} only, with the password in {embedded.password_file(data_dir)} "
+            f"(data in {embedded.redis_dir(data_dir)})."
+        )
         return server
 
     def _check_port_free(self, host, port):

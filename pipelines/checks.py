@@ -1,0 +1,39 @@
+"""System checks for promises that a setting alone could break.
+
+Sealed steps (GITOPS_STEP_USER) keep a deploy step away from the portal's secrets, but not from the network:
+a Redis that takes no password lets a step push a job that the worker then runs as its own account. So
+while steps are sealed, a REDIS_URL without a password is an error, and no portal process starts."""
+
+from urllib.parse import parse_qs, urlsplit
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+
+def _password_of(url):
+    parts = urlsplit(url)
+    return parts.password or (parse_qs(parts.query).get("password") or [""])[0]
+
+
+def _is_embedded(url):
+    """The embedded Redis of runportal: a socket in the data directory's sealed Redis directory, whose server
+    always requires the password runportal generated (pipelines/embedded.py)."""
+    if not url.startswith("unix://"):
+        return False
+    return urlsplit(url).path == str(settings.GITOPS_DATA_DIR / "redis" / "redis.sock")
+
+
+@register(Tags.security)
+def check_redis_password_when_steps_are_sealed(app_configs, **kwargs):
+    url = settings.REDIS_URL
+    if not settings.GITOPS_STEP_USER or _password_of(url) or _is_embedded(url):
+        return []
+    return [
+        Error(
+            f"REDIS_URL has no password while deploy steps run sealed as {settings.GITOPS_STEP_USER!r}: any step "
+            "could then push a job into Redis that a worker would run with the portal's rights.",
+            hint="Set a password on the Redis server (requirepass, or an ACL user) and put it in REDIS_URL, "
+            "e.g. redis://:PASSWORD@redis.internal:6379/0 or rediss://portal:PASSWORD@redis.internal:6380/0.",
+            id="pipelines.E001",
+        )
+    ]

@@ -196,11 +196,13 @@ class RepositoryAdmin(AuditedAdmin):
                 result = tracking.poll_repository(repository)
             except Exception as exc:  # git and the network: report it, and go on with the next repository
                 logger.exception("Polling %s from the admin failed", repository)
-                self.message_user(request, f"Polling {repository} failed: {exc or type(exc).__name__}", messages.ERROR)
+                reason = redact_text(str(exc)) or type(exc).__name__
+                self.message_user(request, f"Polling {repository} failed: {reason}", messages.ERROR)
                 continue
             repository.refresh_from_db()
             if repository.last_error:
-                self.message_user(request, f"Polling {repository} failed: {repository.last_error}", messages.ERROR)
+                self.message_user(request, f"Polling {repository} failed: {redact_text(repository.last_error)}",
+                                  messages.ERROR)
             else:
                 self.message_user(request, f"Polled {repository}. {_describe_poll(result)}".strip(), messages.SUCCESS)
 

@@ -1,9 +1,22 @@
-"""Run one deployment: claim it, materialise the release, run its steps, record the outcome.
+"""Run one deployment: claim it with its target's lease, materialise the release, run its steps, record
+the outcome.
 
 Each step runs under `bash -eo pipefail` in its own process group with a scrubbed environment, so a
-timeout or a cancel kills everything it started and the portal's own secrets never reach it."""
+timeout or a cancel kills everything it started and the portal's own secrets never reach it.
+
+Fencing: a run never overlaps the next run of its target.
+- The run holds its target's lease (Deployment.claim), renewed by the heartbeat. When the heartbeat has
+  not renewed for half of GITOPS_WORKER_LOST_AFTER, the run kills its step itself, so by the time the
+  lease expires and the reconciler may fail it and start the next one, nothing of it runs any more.
+- A step dies with its work-horse: the work-horse gets SIGKILL when the rq worker dies (PR_SET_PDEATHSIG),
+  the step's supervisor (pipelines/sandbox.py) gets SIGTERM when the work-horse dies and takes the step's
+  whole process group with it; the supervisor also holds the step's timeout when no work-horse is left.
+- A database blip (a restart, a terminated backend) does not fail a run: the log is buffered and
+  retried, beats are retried, and the outcome is retried for up to half of GITOPS_WORKER_LOST_AFTER.
+- A cancel is checked before every step, the first included."""
 
 import codecs
+import ctypes
 import logging
 import os
 import pwd
@@ -12,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -19,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
+from django.db.utils import InterfaceError, OperationalError
 
-from pipelines import git, hooks, promotion
+from pipelines import git, hooks, masking, sandbox
 from pipelines.models import Deployment, StaleStatus, TargetBusy
 
 logger = logging.getLogger(__name__)
@@ -29,6 +44,20 @@ logger = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.25
 LOG_FLUSH_BYTES = 64 * 1024
 KILL_GRACE_SECONDS = 5
+# What a database blip looks like from here: the connection dropped or the server refused it.
+DATABASE_BLIP = (OperationalError, InterfaceError)
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+if sys.platform.startswith("linux"):
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+else:  # pragma: no cover - the portal's workers run on Linux
+    _prctl = None
+
+
+class WorkerGone(RuntimeError):
+    """The rq worker that forked this work-horse died before the run began."""
 
 
 @dataclass
@@ -36,6 +65,7 @@ class StepOutcome:
     exit_code: int
     timed_out: bool = False
     cancelled: bool = False
+    lost: bool = False
 
 
 def run_deployment(deployment_id):
@@ -48,19 +78,68 @@ def run_deployment(deployment_id):
         return  # a duplicate wake-up: someone else ran or cancelled it
     if hooks.hold_reason(deployment):
         return  # held (a freeze window): it stays queued and the reconciler wakes it when free
+    seal_work_horse()
     try:
-        deployment.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}")
+        deployment.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=socket.gethostname(),
+                         runner_pid=os.getpid())
     except (StaleStatus, TargetBusy):
         return  # the running deployment of this target wakes the queue when it ends
+    log = LogWriter(deployment)
     try:
-        _execute(deployment)
+        with Heartbeat(deployment) as heartbeat:
+            _execute(deployment, heartbeat, log)
     except Exception as exc:
         logger.exception("deployment %s crashed in the portal", deployment.pk)
-        deployment.refresh_from_db()
-        if deployment.status == Deployment.Status.RUNNING:
-            deployment.fail(f"The portal could not run this deployment: {exc}")
+        try:
+            log.close()
+        except Exception:
+            logger.exception("could not store the end of the log of deployment %s", deployment.pk)
+        _record(deployment, "failure", lambda: deployment.fail(f"The portal could not run this deployment: {exc}"))
     finally:
-        wake_next_in_line(deployment)
+        try:
+            wake_next_in_line(deployment)
+        except Exception:
+            logger.exception("could not wake the deployment after #%s; the reconciler will", deployment.pk)
+
+
+def seal_work_horse():
+    """In a forked rq work-horse: die with the worker, and hide this process's environment.
+
+    PR_SET_PDEATHSIG: when the rq worker is SIGKILLed, its work-horse gets SIGKILL too (and the step's
+    supervisor then stops the step), instead of running on unseen. PR_SET_DUMPABLE=0: /proc/<horse>/environ,
+    which holds SECRET_KEY, DATABASE_URL and REDIS_URL, becomes unreadable to a step running as the same
+    user. Does nothing where jobs run in the worker's own process (SimpleWorker: tests, `run_workers`),
+    whose parent is no worker of ours to die with."""
+    worker_pid = _forking_worker_pid()
+    if worker_pid is None or _prctl is None:
+        return
+    _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != worker_pid:  # it died before the signal was armed: nobody would kill us
+        raise WorkerGone(f"The rq worker {worker_pid} that forked this work-horse is gone; the deployment stays queued.")
+
+
+def _forking_worker_pid():
+    """The pid of the rq worker when this process is a work-horse it forked, else None."""
+    from rq import get_current_job
+    from rq.worker import Worker
+
+    job = get_current_job()
+    if job is None or not job.worker_name:
+        return None
+    try:
+        pid = job.connection.hget(Worker.redis_worker_namespace_prefix + job.worker_name, "pid")
+    except Exception:
+        logger.warning("could not ask Redis which process runs worker %s", job.worker_name, exc_info=True)
+        return None
+    pid = int(pid) if pid else None
+    return pid if pid is not None and pid != os.getpid() else None
+
+
+def _die_with_the_runner():
+    """preexec_fn of the step's supervisor: SIGTERM when the work-horse that started it dies."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def wake_next_in_line(deployment):
@@ -78,72 +157,243 @@ def wake_next_in_line(deployment):
             jobs.enqueue_deployment(following)
 
 
-class Heartbeat(threading.Thread):
-    """Beats for the whole run (a slow fetch included), so the reconciler never takes a live deployment
-    for a lost one; sets `stop` when someone asked for a cancel or the row is no longer running."""
+def _reset_connection():
+    """After a database error: drop this thread's connection so the next query opens a fresh one."""
+    close_old_connections()
+    try:
+        if not connection.in_atomic_block:
+            connection.close()
+    except Exception:
+        pass
+
+
+def _record(deployment, what, action):
+    """Record the run's outcome (`action`), retrying through a database blip for up to half of
+    GITOPS_WORKER_LOST_AFTER: the run's lease is good that long. True once recorded."""
+    deadline = time.monotonic() + settings.GITOPS_WORKER_LOST_AFTER / 2
+    delay, failed_before = 0.2, False
+    while True:
+        try:
+            if failed_before:  # an attempt may have committed before its answer was lost
+                deployment.refresh_from_db(fields=["status"])
+                if deployment.status != Deployment.Status.RUNNING:
+                    return False
+            action()
+            return True
+        except StaleStatus:
+            return False  # no longer running: cancelled, or given up as lost
+        except DATABASE_BLIP as exc:
+            if time.monotonic() + delay > deadline:
+                logger.error("could not record the %s of deployment %s: %s", what, deployment.pk, exc)
+                return False
+            logger.warning("recording the %s of deployment %s failed (%s); retrying", what, deployment.pk, exc)
+            failed_before = True
+            _reset_connection()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class LogWriter:
+    """The deployment's log on its way to the database: secrets masked (also when one is split across
+    two chunks of output), and buffered, so a flush that fails keeps its text for the next one; a
+    database blip loses no line and never reaches the step."""
 
     def __init__(self, deployment):
-        super().__init__(name=f"heartbeat-{deployment.pk}", daemon=True)
+        self.deployment = deployment
+        self.masker = masking.StreamMasker(masking.secrets_for(deployment))
+        self.pending = []
+        self.failing_since = None
+
+    def write(self, text):
+        text = self.masker.feed(text)
+        if text:
+            self.pending.append(text)
+
+    def flush(self, *, final=False):
+        """Store what is pending; False when the database did not take it (it stays pending)."""
+        if final:
+            rest = self.masker.finish()
+            if rest:
+                self.pending.append(rest)
+        if not self.pending:
+            return True
+        text = "".join(self.pending)
+        try:
+            self.deployment.append_log(text)
+        except DATABASE_BLIP as exc:
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+                logger.warning("could not store the log of deployment %s (%s); keeping it to retry", self.deployment.pk, exc)
+            _reset_connection()
+            return False
+        self.pending = []
+        self.failing_since = None
+        return True
+
+    def pending_size(self):
+        return sum(map(len, self.pending))
+
+    def close(self):
+        """Store everything left, retrying for up to half of GITOPS_WORKER_LOST_AFTER."""
+        deadline = time.monotonic() + settings.GITOPS_WORKER_LOST_AFTER / 2
+        while not self.flush(final=True):
+            if time.monotonic() > deadline:
+                logger.error("gave up storing the end of the log of deployment %s", self.deployment.pk)
+                return False
+            time.sleep(0.25)
+        return True
+
+
+class Heartbeat:
+    """Beats for the whole run (a slow fetch included), renewing the run's lease of its target, so the
+    reconciler never takes a live deployment for a lost one. Sets `stop` when someone asked for a cancel
+    or the row is no longer running.
+
+    Two threads. The beat thread survives failures: it drops its connection and tries again at the next
+    beat. The watch thread touches no database, so it cannot hang with it: when no beat has renewed the
+    lease for half of GITOPS_WORKER_LOST_AFTER, it sets `lost` and `stop` and kills the step's process
+    group itself; the lease expires only after that, and only then may the next run of the target start."""
+
+    def __init__(self, deployment):
         self.deployment = deployment
         self.stop = threading.Event()
+        self.lost = threading.Event()
+        self.silent_for = 0.0
+        self.step_pgid = None
+        self.renewed_at = time.monotonic()  # claim() took the lease just now
         self._finished = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._beat, name=f"heartbeat-{deployment.pk}", daemon=True),
+            threading.Thread(target=self._watch, name=f"lease-watch-{deployment.pk}", daemon=True),
+        ]
 
-    def run(self):
+    def _beat(self):
         try:
-            while not self._finished.wait(settings.GITOPS_HEARTBEAT_SECONDS):
-                if self.deployment.beat():
-                    self.stop.set()
-        except Exception:
-            logger.exception("heartbeat of deployment %s failed", self.deployment.pk)
+            while not self._finished.wait(settings.GITOPS_HEARTBEAT_SECONDS) and not self.lost.is_set():
+                try:
+                    if self.deployment.beat():
+                        self.stop.set()
+                    else:
+                        self.renewed_at = time.monotonic()
+                except Exception as exc:
+                    logger.warning("heartbeat of deployment %s failed (%s); retrying at the next beat", self.deployment.pk, exc)
+                    _reset_connection()
         finally:
-            connection.close()  # this thread's own connection
+            try:
+                connection.close()  # this thread's own connection
+            except Exception:
+                pass
+
+    def _watch(self):
+        limit = settings.GITOPS_WORKER_LOST_AFTER / 2
+        while not self._finished.wait(min(0.25, limit / 10)):
+            silent = time.monotonic() - self.renewed_at
+            if silent >= limit:
+                self.silent_for = silent
+                self.lost.set()
+                self.stop.set()
+                logger.error("deployment %s could not renew its lease for %.0f s; stopping its step", self.deployment.pk, silent)
+                self.kill_step()
+                return
+
+    def kill_step(self):
+        pgid = self.step_pgid
+        if pgid:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def lost_reason(self):
+        return f"Lost its lease: the database did not answer for {self.silent_for:.0f} s, so the run stopped its step."
 
     def __enter__(self):
-        self.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc_info):
         self._finished.set()
-        self.join()
+        for thread in self._threads:
+            thread.join()
 
 
-def _execute(deployment):
+def _execute(deployment, heartbeat, log):
     spec = deployment.release.pipeline.environments[deployment.environment.name]
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"deployment-{deployment.pk}-", dir=settings.GITOPS_WORK_DIR))
     try:
         account = step_account()
-        with Heartbeat(deployment) as heartbeat:
-            git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
-            if account is not None:
-                _hand_over(workdir, account)
-            environment = step_environment(deployment, spec.variables, workdir, account)
-            if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat.stop, account):
-                return
-        deployment.succeed()
+        git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
+        if account is not None:
+            _hand_over(workdir, account)
+        environment = step_environment(deployment, spec.variables, workdir, account)
+        if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat, log, account):
+            return
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    promotion.on_deployment_succeeded(deployment)
+    log.close()
+    # The automatic promotion is a follow-up recorded with the success (see Deployment.succeed).
+    _record(deployment, "success", deployment.succeed)
 
 
-def _run_steps(deployment, steps, workdir, environment, stop, account):
+def _cancel_requested(deployment):
+    """Asked from the database, before every step: the heartbeat alone could be a beat late. A database
+    that does not answer now says nothing; the heartbeat goes on asking."""
+    try:
+        return not Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.RUNNING,
+                                             cancel_requested_at=None).exists()
+    except DATABASE_BLIP:
+        _reset_connection()
+        return False
+
+
+def _still_running(deployment):
+    """True or False, or None when the database does not answer."""
+    try:
+        return Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.RUNNING).exists()
+    except DATABASE_BLIP:
+        _reset_connection()
+        return None
+
+
+def _run_steps(deployment, steps, workdir, environment, heartbeat, log, account):
     """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded."""
     for number, step in enumerate(steps, start=1):
-        deployment.append_log(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
-        outcome = run_step(deployment, step, workdir, environment, stop, account)
-        if outcome.cancelled:
-            if Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.RUNNING).exists():
-                deployment.append_log("==> cancelled\n")
-                deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled during step '{step.name}'.")
+        if heartbeat.stop.is_set() or _cancel_requested(deployment):
+            _stopped(deployment, heartbeat, log, f"before step '{step.name}'")
+            return False
+        log.write(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
+        outcome = run_step(deployment, step, workdir, environment, heartbeat, log, account)
+        if outcome.cancelled or outcome.lost:
+            _stopped(deployment, heartbeat, log, f"during step '{step.name}'")
             return False
         if outcome.timed_out:
-            deployment.append_log(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
-            deployment.fail(f"Step '{step.name}' timed out after {step.timeout} s.", exit_code=outcome.exit_code)
+            log.write(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
+            log.close()
+            _record(deployment, "failure", lambda: deployment.fail(
+                f"Step '{step.name}' timed out after {step.timeout} s.", exit_code=outcome.exit_code))
             return False
         if outcome.exit_code != 0:
-            deployment.fail(f"Step '{step.name}' exited with status {outcome.exit_code}.", exit_code=outcome.exit_code)
+            log.close()
+            _record(deployment, "failure", lambda: deployment.fail(
+                f"Step '{step.name}' exited with status {outcome.exit_code}.", exit_code=outcome.exit_code))
             return False
     return True
+
+
+def _stopped(deployment, heartbeat, log, when):
+    """The run stops early: its lease was lost, a cancel was asked for, or it was given up."""
+    if heartbeat.lost.is_set():
+        log.write(f"==> {heartbeat.lost_reason()}\n")
+        log.close()
+        _record(deployment, "lost lease", lambda: deployment.fail(heartbeat.lost_reason()))
+        return
+    if _still_running(deployment) is not False:
+        log.write("==> cancelled\n")
+    log.close()
+    cancel = lambda: deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled {when}.")  # noqa: E731
+    _record(deployment, "cancel", cancel)
 
 
 def step_account():
@@ -188,33 +438,44 @@ def step_environment(deployment, variables, workdir, account=None):
     }
 
 
-def run_step(deployment, step, workdir, environment, stop, account=None):
+def run_step(deployment, step, workdir, environment, heartbeat, log, account=None):
     """Run one step, streaming its output into the deployment log. Whatever happens here, even an
     exception of the portal's own, the step's process group does not outlive this function."""
     as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
     process = subprocess.Popen(
-        ["bash", "-eo", "pipefail", "-c", step.run],
+        sandbox.wrap(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir, timeout=step.timeout),
         cwd=workdir,
         env=environment,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, killed as a whole
+        preexec_fn=_die_with_the_runner,
         **as_account,
     )
+    heartbeat.step_pgid = process.pid
     try:
-        return _follow(deployment, step, process, stop)
+        _record_step(deployment, process.pid)
+        return _follow(step, process, heartbeat, log)
     finally:
         _kill_group(process)  # whatever the step left behind in its group goes with it
+        heartbeat.step_pgid = None
         process.stdout.close()
 
 
-def _follow(deployment, step, process, stop):
+def _record_step(deployment, pgid):
+    try:
+        deployment.record_step(pgid)
+    except DATABASE_BLIP as exc:
+        logger.warning("could not record the process group of deployment %s (%s)", deployment.pk, exc)
+        _reset_connection()
+
+
+def _follow(step, process, heartbeat, log):
     output = process.stdout.fileno()
     os.set_blocking(output, False)
     # Incremental: a multi-byte character split across two reads is decoded whole.
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    pending = []
     started = last_flush = time.monotonic()
     outcome = None
     while True:
@@ -223,23 +484,28 @@ def _follow(deployment, step, process, stop):
         if readable:
             chunk = os.read(output, 65536)
             eof = not chunk
-            pending.append(decoder.decode(chunk, final=eof))
+            log.write(decoder.decode(chunk, final=eof))
         now = time.monotonic()
-        if pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or sum(map(len, pending)) >= LOG_FLUSH_BYTES):
-            deployment.append_log("".join(pending))
-            pending.clear()
+        if log.pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or log.pending_size() >= LOG_FLUSH_BYTES):
+            log.flush()  # a failure keeps the text pending for the next flush
             last_flush = now
-        if outcome is None and stop.is_set():
-            outcome = StepOutcome(exit_code=_kill_group(process), cancelled=True)
+        if outcome is None and heartbeat.stop.is_set():
+            lost = heartbeat.lost.is_set()
+            outcome = StepOutcome(exit_code=_kill_group(process), cancelled=not lost, lost=lost)
         if outcome is None and now - started >= step.timeout:
             outcome = StepOutcome(exit_code=_kill_group(process), timed_out=True)
         if eof or (outcome is not None and not readable):
             break
         if process.poll() is not None and not readable:
             break  # exited; a background child may hold the pipe open, so do not wait for EOF
-    pending.append(decoder.decode(b"", final=True))
-    deployment.append_log("".join(pending))
-    return outcome or StepOutcome(exit_code=process.wait())
+    log.write(decoder.decode(b"", final=True))
+    log.flush(final=True)
+    if outcome is None:
+        exit_code = process.wait()
+        # The supervisor (`timeout`) ended it: exit status 124, or 137 after its SIGKILL.
+        timed_out = exit_code in (124, 137) and time.monotonic() - started >= step.timeout - 0.5
+        outcome = StepOutcome(exit_code=exit_code, timed_out=timed_out)
+    return outcome
 
 
 def _kill_group(process):

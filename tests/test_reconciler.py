@@ -52,14 +52,15 @@ def test_a_running_deployment_without_a_heartbeat_fails_as_worker_lost(repositor
 
 def test_a_killed_worker_is_detected_and_the_next_deployment_of_its_target_runs(repository, staging, origin, make_release, tmp_path, run_workers):
     """A real rq worker process is killed with SIGKILL in the middle of a step."""
-    pidfile = tmp_path / "step.pid"
-    origin.write(".gitops.yml", f"environments:\n  staging:\n    steps:\n      - run: echo $$ > {pidfile}; sleep 300\n")
+    # Outside the worker's data directory, which steps do not see; and no pid: a step may have a PID namespace of its own.
+    pidfile = tmp_path / "step.started"
+    origin.write(".gitops.yml", f"environments:\n  staging:\n    steps:\n      - run: echo started > {pidfile}; sleep 300\n")
     stuck = make_release(repository, "v1.0.0", commit_sha=origin.commit("slow"), pipeline=(origin.path / ".gitops.yml").read_text())
     deployment = promotion.promote(stuck, staging, by=None)
 
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "rqworker", "deploy"],
-        cwd=BASE_DIR, env=_child_env(tmp_path), start_new_session=True,
+        cwd=BASE_DIR, env=_child_env(tmp_path / "data"), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -69,7 +70,6 @@ def test_a_killed_worker_is_detected_and_the_next_deployment_of_its_target_runs(
         worker.wait()
     finally:
         _kill_tree(worker.pid)
-        _kill_quietly(int(pidfile.read_text() or 0) if pidfile.exists() else 0)
 
     origin.write(".gitops.yml", "environments:\n  staging:\n    steps:\n      - run: echo fixed\n")
     fixed = make_release(repository, "v1.0.1", commit_sha=origin.commit("fast"), pipeline=(origin.path / ".gitops.yml").read_text())

@@ -113,8 +113,8 @@ def test_pipefail_makes_a_failing_pipeline_fail_the_step(release_of, staging):
     assert deployment.status == "failed"
 
 
-def test_success_promotes_to_the_next_environment_and_records_the_current_release(release_of, staging, production):
-    from pipelines.models import Target
+def test_success_promotes_to_the_next_environment_and_records_the_current_release(release_of, staging, production, run_workers):
+    from pipelines.models import FollowUp, Target
 
     pipeline = pipeline_with("echo ok") + "  production:\n    steps:\n      - run: echo prod\n"
     release = release_of(pipeline)
@@ -123,13 +123,15 @@ def test_success_promotes_to_the_next_environment_and_records_the_current_releas
     runner.run_deployment(deployment.pk)
 
     assert Target.objects.get(repository=release.repository, environment=staging).current_release == release
+    # The promotion is a follow-up recorded with the success, carried out by a job.
+    assert FollowUp.objects.get(deployment=deployment).kind == "promote.after_success"
+    run_workers()
     held = Deployment.objects.get(environment=production)
     assert held.status == "awaiting_approval" and held.release == release
 
 
 def test_a_step_that_runs_too_long_is_killed_with_its_children(release_of, staging, tmp_path):
-    pidfile = tmp_path / "child.pid"
-    release = release_of(pipeline_with(f"sleep 300 & echo $! > {pidfile}; wait", timeout=1))
+    release = release_of(pipeline_with("sleep 301.1 & wait", timeout=1))
     deployment = deploy_to_staging(release, staging)
 
     runner.run_deployment(deployment.pk)
@@ -138,8 +140,7 @@ def test_a_step_that_runs_too_long_is_killed_with_its_children(release_of, stagi
     assert deployment.status == "failed"
     assert deployment.error == "Step 'deploy' timed out after 1 s."
     assert "timed out after 1s" in log_of(deployment)
-    child = int(pidfile.read_text())
-    wait_for(lambda: not _alive(child), timeout=5, message="the step's child to be gone")
+    wait_for(lambda: not _sleepers("301.1"), timeout=5, message="the step's child to be gone")
 
 
 def test_the_log_streams_to_the_database_while_the_step_runs(release_of, staging, tmp_path):
@@ -161,8 +162,7 @@ def test_the_log_streams_to_the_database_while_the_step_runs(release_of, staging
 
 def test_cancelling_a_running_deployment_kills_its_step(release_of, staging, settings, alice, tmp_path):
     settings.GITOPS_HEARTBEAT_SECONDS = 0.1
-    pidfile = tmp_path / "step.pid"
-    release = release_of(pipeline_with(f"echo $$ > {pidfile}; printf 'step-%s\\n' started; sleep 300"))
+    release = release_of(pipeline_with("printf 'step-%s\\n' started; sleep 302.2"))
     deployment = deploy_to_staging(release, staging)
     worker = threading.Thread(target=_run_in_thread, args=(deployment.pk,))
     worker.start()
@@ -174,7 +174,7 @@ def test_cancelling_a_running_deployment_kills_its_step(release_of, staging, set
     deployment.refresh_from_db()
     assert deployment.status == "cancelled"
     assert deployment.error == "Cancelled during step 'deploy'."
-    assert not _alive(int(pidfile.read_text()))
+    assert not _sleepers("302.2")
 
 
 def test_a_duplicate_wake_up_does_not_run_a_deployment_twice(release_of, staging, tmp_path):
@@ -202,6 +202,18 @@ def _run_in_thread(deployment_id):
         connection.close()
 
 
+def _sleepers(duration):
+    """Live `sleep <duration>` processes: steps may run in a PID namespace of their own, where the pid
+    they see of themselves means nothing outside, so tests find them by a unique command line."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info["cmdline"] == ["sleep", duration] and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
+    return found
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -217,17 +229,16 @@ def _alive(pid):
 
 def test_a_step_stops_when_its_deployment_was_given_up_as_lost(release_of, staging, settings, tmp_path):
     settings.GITOPS_HEARTBEAT_SECONDS = 0.1
-    pidfile = tmp_path / "step.pid"
-    deployment = deploy_to_staging(release_of(pipeline_with(f"echo $$ > {pidfile}; sleep 300")), staging)
+    deployment = deploy_to_staging(release_of(pipeline_with("sleep 303.3")), staging)
     worker = threading.Thread(target=_run_in_thread, args=(deployment.pk,))
     worker.start()
     try:
-        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the step to start")
+        wait_for(lambda: _sleepers("303.3"), message="the step to start")
         Deployment.objects.get(pk=deployment.pk).fail("Worker lost: no heartbeat.")  # as the reconciler does
     finally:
         worker.join(timeout=30)
     assert not worker.is_alive()
-    assert not _alive(int(pidfile.read_text()))
+    wait_for(lambda: not _sleepers("303.3"), timeout=5, message="the step to be gone")
     deployment.refresh_from_db()
     assert deployment.status == "failed" and deployment.error == "Worker lost: no heartbeat."
 
@@ -270,7 +281,8 @@ def test_a_step_run_as_its_own_account_cannot_read_the_workers_environment(relea
     settings.GITOPS_STEP_USER = "nobody"
     settings.GITOPS_WORK_DIR = Path(tempfile.mkdtemp(prefix="gitops-steps-"))  # tmp_path is root-only (0700)
     settings.GITOPS_WORK_DIR.chmod(0o711)
-    run = "id -un; touch made-by-the-step; cat /proc/$PPID/environ >/dev/null 2>&1 && echo LEAK-ED || echo SEAL-ED"
+    # The worker is this process (the runner runs in it here); its pid as this machine sees it.
+    run = f"id -un; touch made-by-the-step; cat /proc/{os.getpid()}/environ >/dev/null 2>&1 && echo LEAK-ED || echo SEAL-ED"
     deployment = deploy_to_staging(release_of(pipeline_with(run)), staging)
     try:
         runner.run_deployment(deployment.pk)

@@ -1,5 +1,10 @@
+import os
+import socket
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -141,10 +146,16 @@ class Deployment(models.Model):
             fields.setdefault("finished_at", now)
         try:
             with transaction.atomic():
+                if old_status == Status.RUNNING:
+                    # Row locks before the audit record (which takes the audit lock), Target first: the
+                    # same order as promote(), so the two never deadlock.
+                    self.lock_target()
                 updated = Deployment.objects.filter(pk=self.pk, status=old_status).update(**fields)
                 if updated != 1:
                     current = Deployment.objects.filter(pk=self.pk).values_list("status", flat=True).first()
                     raise StaleStatus(f"Deployment #{self.pk} is already {current}; nothing was changed.")
+                if old_status == Status.RUNNING:
+                    self._release_lease()
                 AuditEvent.objects.record(
                     action=f"deployment.{new_status}",
                     actor=by,
@@ -197,36 +208,110 @@ class Deployment(models.Model):
             return self
         return self.transition(Status.CANCELLED, by=by, error=reason, details={"reason": reason})
 
-    def claim(self, *, worker_name):
-        return self.transition(Status.RUNNING, worker_name=worker_name)
+    def claim(self, *, worker_name, runner_host=None, runner_pid=None):
+        """Start running: the deployment and the lease of its target, in one transaction.
 
-    def succeed(self):
+        The lease is a compare-and-swap that succeeds only when the target has no holder or the holder's
+        lease expired, which is after that holder's runner stopped its step by itself (see runner.Heartbeat):
+        so the next run of a target starts only once the old one is fenced. Raises TargetBusy otherwise."""
         from pipelines.models import Target
 
+        now = timezone.now()
         with transaction.atomic():
-            self.transition(Status.SUCCEEDED, exit_code=0)
-            Target.objects.filter(repository=self.repository, environment=self.environment).update(
-                current_release=self.release
+            target = self.lock_target()
+            free = Q(lease_holder__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_holder=self.pk)
+            if Target.objects.filter(free, pk=target.pk).update(lease_holder=self.pk, lease_expires_at=self._lease_end(now)) != 1:
+                raise TargetBusy(
+                    f"Deployment #{target.lease_holder_id} of {self.repository} in {self.environment} holds the target "
+                    f"until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
+                )
+            self.transition(
+                Status.RUNNING, worker_name=worker_name, heartbeat_at=now,
+                runner_host=runner_host if runner_host is not None else socket.gethostname(),
+                runner_pid=runner_pid if runner_pid is not None else os.getpid(),
+                step_pgid=None,
             )
+        return self
+
+    def succeed(self):
+        """Record success, what now runs on the target, and the automatic promotion as a follow-up.
+
+        Lock order: the Target row first, then the transition (whose audit record takes the audit lock)."""
+        from pipelines import followups
+        from pipelines.models import FollowUp, Target
+
+        with transaction.atomic():
+            target = self.lock_target()
+            self.transition(Status.SUCCEEDED, exit_code=0)
+            Target.objects.filter(pk=target.pk).update(current_release=self.release)
+            FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self)
         return self
 
     def fail(self, error, *, exit_code=None, by=None):
         return self.transition(Status.FAILED, by=by, error=error, exit_code=exit_code, details={"error": error[:500]})
 
     def beat(self):
-        """Record that the runner is alive. True means stop: a cancel was asked for, or the deployment is no
-        longer running (the reconciler gave it up as lost, say), so its step must not go on."""
-        alive = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING, cancel_requested_at=None).update(
-            heartbeat_at=timezone.now()
-        )
-        return alive != 1
+        """Record that the runner is alive and renew the lease of its target. True means stop: a cancel was
+        asked for, or the deployment is no longer running or no longer holds its target (the reconciler
+        gave it up as lost, say), so its step must not go on. Raises on a database error: the caller
+        retries at the next beat.
+
+        Separate statements, each its own transaction: no lock is held across them, so a beat cannot take
+        part in a deadlock with a transition (which locks the Target first)."""
+        from pipelines.models import Target
+
+        now = timezone.now()
+        alive = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING).update(heartbeat_at=now)
+        if alive != 1:
+            return True
+        # Renewed while a cancel is carried out too: the run still owns its target until its step is gone.
+        renewed = Target.objects.filter(repository=self.repository_id, environment=self.environment_id).filter(
+            Q(lease_holder=self.pk) | Q(lease_holder__isnull=True)
+        ).update(lease_holder=self.pk, lease_expires_at=self._lease_end(now))
+        if renewed != 1:
+            return True
+        return Deployment.objects.filter(pk=self.pk, cancel_requested_at__isnull=False).exists()
+
+    def record_step(self, pgid):
+        """The process group of the step running now, so a reconciler on this host can tell whether
+        anything of this run can still be running."""
+        Deployment.objects.filter(pk=self.pk).update(step_pgid=pgid)
+        self.step_pgid = pgid
+
+    # --- the target's lease ------------------------------------------------------------------------------
+
+    def lock_target(self):
+        """Lock (creating if need be) the Target row of this deployment; every transaction that changes a
+        running deployment takes it first."""
+        from pipelines.models import Target
+
+        target = Target.objects.select_for_update().filter(repository=self.repository_id, environment=self.environment_id).first()
+        if target is None:
+            Target.objects.for_pair(self.repository, self.environment)
+            target = Target.objects.select_for_update().get(repository=self.repository_id, environment=self.environment_id)
+        return target
+
+    def _release_lease(self):
+        from pipelines.models import Target
+
+        Target.objects.filter(lease_holder=self.pk).update(lease_holder=None, lease_expires_at=None)
+
+    @staticmethod
+    def _lease_end(now):
+        return now + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
 
     # --- log -----------------------------------------------------------------------------------------
 
     def append_log(self, text):
+        """Store a piece of the log, with known secret values masked (see pipelines/masking.py)."""
+        from pipelines import masking
+
         text = text.replace("\x00", "")  # PostgreSQL text cannot hold NUL; a step may print anything
         if not text:
             return
+        if getattr(self, "_log_secrets", None) is None:
+            self._log_secrets = masking.secrets_for(self)
+        text = masking.mask(text, self._log_secrets)
         last = self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0
         DeploymentLogChunk.objects.create(deployment=self, seq=last + 1, text=text)
 

@@ -63,16 +63,19 @@ def test_it_accepts_a_valid_signature_and_the_poll_records_the_release(
 
     response = deliver(client, "shop", SOURCES[source]())
 
-    assert response.status_code == 202
+    assert (response.status_code, response.content) == (202, b"accepted: shop will be polled now")
     assert git_queue_length() == 1
     assert WebhookDelivery.objects.filter(repository=hooked).count() == 1
     event = AuditEvent.objects.get(action="webhook.received")
     assert (event.actor_name, event.details["source"], event.repository_id) == ("webhook", source, hooked.pk)
+    # Stored with the delivery, so that the sweep polls it even if the queue loses the job.
+    assert Repository.objects.get(pk=hooked.pk).poll_requested_at is not None
 
     run_workers()
 
     assert Release.objects.get(repository=hooked).version == "v1.0.0"
     assert Deployment.objects.filter(release__version="v1.0.0", environment__name="staging").exists()
+    assert Repository.objects.get(pk=hooked.pk).poll_requested_at is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -85,6 +88,7 @@ def test_it_refuses_a_forged_signature_and_changes_nothing(client, hooked, sourc
     assert git_queue_length() == 0
     assert not WebhookDelivery.objects.exists()
     assert not AuditEvent.objects.exists()
+    assert Repository.objects.get(pk=hooked.pk).poll_requested_at is None
 
 
 @pytest.mark.django_db(transaction=True)

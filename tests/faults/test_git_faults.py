@@ -116,7 +116,7 @@ def test_a_silent_remote_delays_neither_the_other_repositories_nor_worker_lost_d
 
 @pytest.mark.django_db(transaction=True)
 def test_a_tag_on_a_blob_and_a_deeply_nested_pipeline_file_never_stop_later_releases(
-        repository, origin, environments, run_workers, django_capture_on_commit_callbacks):
+        repository, origin, environments, run_workers, client, alice):
     staging, _ = environments
     origin.tag("v1.0.0")
     blob = run_git(origin.path, "hash-object", "-w", "deploy.sh")
@@ -137,6 +137,9 @@ def test_a_tag_on_a_blob_and_a_deeply_nested_pipeline_file_never_stop_later_rele
     repository.refresh_from_db()
     assert repository.last_error == ""
     assert repository.skipped_tags == [{"tag": "v1.1.0", "reason": "it points to a blob, not a commit"}]
+    client.force_login(alice)
+    page = client.get(repository.get_absolute_url()).content.decode()
+    assert "Skipped tags" in page and "<code>v1.1.0</code>: it points to a blob, not a commit" in page
 
     # Polls go on: the next tag is recorded and the newest release deploys to staging.
     origin.commit("more")

@@ -72,11 +72,12 @@ def test_an_event_relinked_after_an_alteration_is_still_caught(three_events):
         call_command("verifyaudit")
 
 
-def test_a_wiped_log_is_not_taken_for_a_fresh_install(three_events, repository, capsys):
+def test_a_wiped_log_is_not_taken_for_a_fresh_install(three_events, repository, make_release, capsys):
+    make_release(repository, "v1.0.0")
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM pipelines_auditevent")
         cursor.execute("DELETE FROM pipelines_audithead")
     code, _, err = run(capsys)
     assert code == 1
     assert err == ("CommandError: Audit log broken at event #1: the audit log is empty but the portal holds "
-                   "1 repository: its events were deleted\n")
+                   "1 release: its events were deleted\n")

@@ -147,8 +147,23 @@ def wipe():
 def test_deleting_every_event_and_the_head_is_reported(log, make_release, repository):
     make_release(repository, "v1.0.0")
     wipe()
-    assert verifyaudit() == ("Audit log broken at event #1: the audit log is empty but the portal holds 1 repository, "
-                             "1 release: its events were deleted")
+    assert verifyaudit() == ("Audit log broken at event #1: the audit log is empty but the portal holds 1 release: "
+                             "its events were deleted")
+
+
+def test_deleting_every_event_after_admin_changes_is_reported(client, alice, origin):
+    client.force_login(alice)
+    client.post(reverse("admin:pipelines_repository_add"), {
+        "name": "shop", "url": origin.url, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "_save": "Save",
+    })
+    wipe()
+    assert verifyaudit() == ("Audit log broken at event #1: the audit log is empty but the portal holds "
+                             "1 admin change: its events were deleted")
+
+
+def test_a_demo_repository_made_without_an_event_is_not_taken_for_a_wipe(repository):
+    assert verifyaudit() is None
 
 
 def test_deleting_everything_after_a_verification_is_reported_by_its_record(alice):

@@ -106,9 +106,11 @@ class AuditEventQuerySet(models.QuerySet):
             ),
             after=last,
         )
-        AuditHead.objects.update_or_create(
-            pk=AuditHead.SINGLETON, defaults={"seq": event.seq, "hash": event.hash, "signature": _sign(event.seq, event.hash)}
-        )
+        # One UPDATE (not update_or_create's savepoint, locking read and save): the audit lock already
+        # serialises writers, and a lost race on the very first head is retried by record().
+        head = {"seq": event.seq, "hash": event.hash, "signature": _sign(event.seq, event.hash)}
+        if not AuditHead.objects.filter(pk=AuditHead.SINGLETON).update(**head):
+            AuditHead.objects.create(pk=AuditHead.SINGLETON, **head)
         return event
 
     def _append_event(self, event, *, after):

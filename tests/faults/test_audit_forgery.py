@@ -43,8 +43,10 @@ def rows():
 
 def attacker_hash(row, prev_hash):
     created_at = row["created_at"]
-    if isinstance(created_at, str):  # SQLite hands back text
-        created_at = datetime.fromisoformat(created_at).replace(tzinfo=UTC)
+    if isinstance(created_at, str):
+        created_at = datetime.fromisoformat(created_at)
+    if created_at.tzinfo is None:  # SQLite stores UTC without its offset
+        created_at = created_at.replace(tzinfo=UTC)
     details = json.loads(row["details"]) if isinstance(row["details"], str) else row["details"]
     payload = {
         "seq": row["seq"], "created_at": created_at.isoformat(), "actor": row["actor_name"], "action": row["action"],

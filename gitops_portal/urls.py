@@ -2,7 +2,11 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from pipelines import rq_dashboard
+
 urlpatterns = [
+    # Ahead of the admin: django_rq's dashboard for superusers only, its stop going through the portal's cancel.
+    path("admin/django_rq/", include(rq_dashboard.urlpatterns)),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

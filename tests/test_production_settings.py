@@ -151,3 +151,36 @@ else:
     })
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "RAISED ConnectionRefusedError"
+
+
+# --- the system check for sealed steps (pipelines/checks.py) -------------------------------------------
+
+
+@pytest.mark.parametrize(("step_user", "redis_url", "refused"), [
+    ("gitops-step", "redis://redis.internal:6379/0", True),
+    ("gitops-step", "rediss://portal@redis.internal:6380/0", True),  # a user name is no password
+    ("gitops-step", "redis://:s3cret@redis.internal:6379/0", False),
+    ("gitops-step", "rediss://portal:s3cret@redis.internal:6380/0", False),
+    ("gitops-step", "unix:///run/redis/redis.sock?password=s3cret", False),
+    ("", "redis://redis.internal:6379/0", False),  # steps not sealed: they could read the URL anyway
+])
+def test_a_redis_without_a_password_is_refused_while_steps_are_sealed(settings, step_user, redis_url, refused):
+    from pipelines.checks import check_redis_password_when_steps_are_sealed
+
+    settings.GITOPS_STEP_USER, settings.REDIS_URL = step_user, redis_url
+    errors = check_redis_password_when_steps_are_sealed(None)
+    assert [error.id for error in errors] == (["pipelines.E001"] if refused else [])
+    if refused:
+        assert "REDIS_URL has no password while deploy steps run sealed as 'gitops-step'" in errors[0].msg
+
+
+def test_the_embedded_redis_passes_the_check_before_its_password_exists(settings, tmp_path):
+    """runportal's own Redis always requires the password it generates; the check must not stop runportal
+    from starting it."""
+    from pipelines.checks import check_redis_password_when_steps_are_sealed
+
+    settings.GITOPS_STEP_USER, settings.GITOPS_DATA_DIR = "gitops-step", tmp_path
+    settings.REDIS_URL = f"unix://{tmp_path / 'redis' / 'redis.sock'}"
+    assert check_redis_password_when_steps_are_sealed(None) == []
+    settings.REDIS_URL = f"unix://{tmp_path / 'elsewhere.sock'}"
+    assert len(check_redis_password_when_steps_are_sealed(None)) == 1

@@ -143,18 +143,3 @@ def verify_audit_chain(verification_id=None):
     from pipelines.models.audit import run_verification
 
     run_verification(verification_id)
-
-
-def enqueue_audit_verification(verification_id):
-    """Wake a worker for a queued audit verification once the current transaction commits."""
-    transaction.on_commit(
-        lambda: _enqueue(GIT_QUEUE, "pipelines.jobs.verify_audit_chain", verification_id,
-                         job_id=f"audit-verification-{verification_id}", result_ttl=60, failure_ttl=86400)
-    )
-
-
-def verify_audit_chain(verification_id=None):
-    """Walk the audit chain and record the outcome as an AuditVerification (see pipelines/models/audit.py)."""
-    from pipelines.models.audit import run_verification
-
-    run_verification(verification_id)

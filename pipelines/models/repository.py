@@ -87,13 +87,6 @@ class Repository(models.Model):
 
         return display_url(self.url)
 
-    @property
-    def display_url(self):
-        """The URL as people may see it: a token or password in it is shown as ***."""
-        from pipelines.git import display_url  # git.py imports GitPython: only when a page needs it
-
-        return display_url(self.url)
-
 
 class WebhookDelivery(models.Model):
     """Delivery ids already accepted, so that a replayed delivery is ignored."""

@@ -75,15 +75,8 @@ def poll_repository(repository):
         # Rows before the audit chain (the lock order of every audited transaction): the moved tags' releases too.
         moved_releases = list(repository.releases.select_for_update().filter(version__in=list(moved)))
         previous_versions = set(repository.releases.values_list("version", flat=True))
-        recorded = []
-        for release in prepared:
-            if release.version in previous_versions:
-                continue  # another poller recorded it first
-            problem = _record(release)
-            if problem:
-                skipped.append({"tag": release.version, "reason": problem})
-            else:
-                recorded.append(release)
+        fresh = [release for release in prepared if release.version not in previous_versions]  # else another poller won
+        recorded = _record_all(fresh, skipped)
         for release in moved_releases:
             _flag_moved_tag(release, moved[release.version])
         newest = _release_to_promote(repository, recorded, previous_versions, tracked)
@@ -292,21 +285,35 @@ def _pipeline_error(path, text, environments):
     return ""
 
 
-def _record(release):
-    """Save a prepared release and its audit event; return why it cannot be recorded, or ""."""
-    try:
-        with transaction.atomic():
+def _record_all(releases, skipped):
+    """Save the prepared releases and their audit events in a few statements (a first poll may bring
+    thousands); one that fails validation is listed in `skipped` with the reason instead."""
+    valid = []
+    for release in releases:
+        try:
             # Uniqueness is settled by the caller under the repository lock; the rest is checked here.
             release.full_clean(validate_unique=False, validate_constraints=False)
-            release.save(force_insert=True)
-            AuditEvent.objects.record(
-                action="release.recorded", actor=ACTOR, obj=release, repository=release.repository,
-                details={"version": release.version, "commit": release.commit_sha, "error": release.error},
-            )
-    except ValidationError as exc:
-        release.pk = None
-        return "it cannot be recorded: " + "; ".join(exc.messages)
-    return ""
+        except ValidationError as exc:
+            skipped.append({"tag": release.version, "reason": "it cannot be recorded: " + "; ".join(exc.messages)})
+        else:
+            valid.append(release)
+    if not valid:
+        return []
+    if len(valid) == 1:
+        valid[0].save(force_insert=True)
+    else:
+        Release.objects.bulk_create(valid)
+        if valid[0].pk is None:  # a database that does not return the new ids (not PostgreSQL, not SQLite)
+            ids = dict(Release.objects.filter(repository=valid[0].repository, version__in=[r.version for r in valid])
+                       .values_list("version", "pk"))
+            for release in valid:
+                release.pk = ids[release.version]
+    AuditEvent.objects.record_many([
+        dict(action="release.recorded", actor=ACTOR, obj=release, repository=release.repository,
+             details={"version": release.version, "commit": release.commit_sha, "error": release.error})
+        for release in valid
+    ])
+    return valid
 
 
 def _flag_moved_tag(release, new_sha):

@@ -243,10 +243,12 @@ def _prepare_all(repository, candidates, environments):
     if not candidates:
         return []
     texts = git.read_files(repository, [candidate.commit.sha for candidate in candidates], repository.pipeline_path)
-    return [_prepare(repository, candidate, texts.get(candidate.commit.sha), environments) for candidate in candidates]
+    errors = {}  # the pipeline file rarely changes between tags: parse each distinct text once
+    return [_prepare(repository, candidate, texts.get(candidate.commit.sha), environments, errors)
+            for candidate in candidates]
 
 
-def _prepare(repository, candidate, text, environments):
+def _prepare(repository, candidate, text, environments, errors):
     """An unsaved Release with its pipeline file checked; whatever goes wrong with the file makes it invalid."""
     commit = candidate.commit
     path = repository.pipeline_path
@@ -256,7 +258,9 @@ def _prepare(repository, candidate, text, environments):
     elif "\0" in text:
         text, error = "", f"{path} at commit {commit.sha[:10]} is not a text file"
     else:
-        error = _pipeline_error(path, text, environments)
+        if text not in errors:
+            errors[text] = _pipeline_error(path, text, environments)
+        error = errors[text]
     return Release(
         repository=repository,
         version=candidate.version,

@@ -48,7 +48,8 @@ def test_a_held_deployment_opens_a_request_with_the_environments_approvals_and_t
     assert change_request.required_approvals == 2
     assert change_request.opened_at == opened_at
     assert change_request.expires_at == opened_at + timedelta(hours=4)
-    assert change_request.author_emails == ["erin@example.com"]
+    # Erin authored v1.1.0's commit, and Dana (the test repository's committer) committed it: both count.
+    assert change_request.author_emails == ["dana@example.com", "erin@example.com"]
     assert [c["subject"] for c in change_request.summary["commits"]] == ["Add the app"]
     event = AuditEvent.objects.get(action="change_request.opened")
     assert (event.actor, event.object_id, event.environment) == (alice, str(change_request.pk), production)

@@ -54,14 +54,15 @@ def receive(request, name):
                     WebhookDelivery.objects.create(repository=repository, delivery_id=delivery_id)
             except IntegrityError:  # seen before, perhaps a moment ago by a parallel request
                 return _text(200, "duplicate delivery ignored")
+        # The request is recorded with the delivery: if the queue is away now, the scheduler's sweep polls
+        # the repository once it answers, so a delivery accepted here is never lost. The row before the audit
+        # event (the lock order of every audited transaction): a poll locks this row, then records events.
+        Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
         AuditEvent.objects.record(
             action="webhook.received", actor="webhook", obj=repository, repository=repository,
             details={"source": source, "delivery": delivery_id,
                      "event": request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event") or ""},
         )
-        # The request is recorded with the delivery: if the queue is away now, the scheduler's sweep polls
-        # the repository once it answers, so a delivery accepted here is never lost.
-        Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
         jobs.enqueue_poll(repository.pk)
     if jobs.queue_was_unreachable():
         return _text(202, f"accepted: {repository.name} will be polled as soon as the queue is back")

@@ -42,17 +42,22 @@ class Candidate:
     commit: git.Commit
 
 
-def poll_repository(repository):
+def poll_repository(repository, *, unchanged=None):
     """Record the repository's new releases and return them; a failure is stored, never raised.
 
-    Only the transaction that records the releases may raise (the database itself is away)."""
+    Only the transaction that records the releases may raise (the database itself is away). With a list
+    as `unchanged`, a repository that was fine and is still unchanged is appended to it instead of being
+    written: a sweep then records all of those with one statement."""
     now = timezone.now()
     try:
         refs = git.ls_remote(repository)
         tracked = _tracked_refs(repository, refs)
         fingerprint = _fingerprint(repository, tracked)
         if fingerprint == repository.refs_fingerprint:
-            _record_success(repository, now)
+            if unchanged is not None and _nothing_to_clear(repository):
+                unchanged.append(repository)
+            else:
+                _record_success(repository, now)
             return []
         git.sync_mirror(repository)
         if repository.release_from == Repository.ReleaseFrom.TAGS:
@@ -92,10 +97,11 @@ def poll_due_repositories(now=None, concurrency=None):
     due = Repository.objects.due_for_poll(now)
     summary = {"polled": 0, "releases": 0, "failed": []}
     lock = threading.Lock()
+    unchanged = []
 
     def poll(repository):
         try:
-            releases = len(poll_repository(repository))
+            releases = len(poll_repository(repository, unchanged=unchanged))
         except Exception as exc:
             logger.exception("polling %s failed unexpectedly", repository)
             _record_failure(repository, f"Polling failed unexpectedly: {exc}", timezone.now())
@@ -113,6 +119,8 @@ def poll_due_repositories(now=None, concurrency=None):
             poll(repository)
     else:
         _in_threads(poll, due, concurrency)
+    if unchanged:
+        Repository.objects.filter(pk__in=[repository.pk for repository in unchanged]).update(last_polled_at=timezone.now())
     summary["failed"].sort()
     return summary
 
@@ -349,6 +357,11 @@ def _served_request(repository):
         return {}
     return {"poll_requested_at": Case(When(poll_requested_at=repository.poll_requested_at, then=Value(None)),
                                       default=F("poll_requested_at"))}
+
+
+def _nothing_to_clear(repository):
+    """True when a successful poll would only move last_polled_at."""
+    return repository.poll_requested_at is None and not repository.last_error and not repository.consecutive_failures
 
 
 def _record_success(repository, now, **fields):

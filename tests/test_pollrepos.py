@@ -126,6 +126,11 @@ def test_a_one_shot_sweep_polls_several_repositories_at_once(make_git_repo, envi
 
     assert Release.objects.count() == 6
     assert pollrepos() == "Polled 0 repositories: 0 new releases, 0 failed."
+    # Unchanged repositories are recorded as polled together, after the sweep: none is due again.
+    Repository.objects.update(last_polled_at=None)
+    assert pollrepos() == "Polled 6 repositories: 0 new releases, 0 failed."
+    assert not Repository.objects.filter(last_polled_at=None).exists()
+    assert pollrepos() == "Polled 0 repositories: 0 new releases, 0 failed."
 
 
 def _wait_for(check, process, timeout=30):

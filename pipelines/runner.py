@@ -203,6 +203,7 @@ class LogWriter:
         self.masker = masking.StreamMasker(masking.secrets_for(deployment))
         self.pending = []
         self.failing_since = None
+        self.seq = None  # the last piece stored; read from the database at the first flush
 
     def write(self, text):
         text = self.masker.feed(text)
@@ -219,13 +220,17 @@ class LogWriter:
             return True
         text = "".join(self.pending)
         try:
-            self.deployment.append_log(text)
+            if self.seq is None:
+                self.seq = self.deployment.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0
+            # Numbered: a piece sent again after a lost answer is not stored twice.
+            self.deployment.append_log(text, seq=self.seq + 1)
         except DATABASE_BLIP as exc:
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
                 logger.warning("could not store the log of deployment %s (%s); keeping it to retry", self.deployment.pk, exc)
             _reset_connection()
             return False
+        self.seq += 1
         self.pending = []
         self.failing_since = None
         return True

@@ -302,18 +302,25 @@ class Deployment(models.Model):
 
     # --- log -----------------------------------------------------------------------------------------
 
-    def append_log(self, text):
-        """Store a piece of the log, with known secret values masked (see pipelines/masking.py)."""
+    def append_log(self, text, *, seq=None):
+        """Store a piece of the log, with known secret values masked (see pipelines/masking.py).
+
+        A writer that numbers its pieces (`seq`) may send one again after a lost answer: a piece already
+        stored is not stored twice. Returns the seq used."""
         from pipelines import masking
 
         text = text.replace("\x00", "")  # PostgreSQL text cannot hold NUL; a step may print anything
         if not text:
-            return
+            return seq
         if getattr(self, "_log_secrets", None) is None:
             self._log_secrets = masking.secrets_for(self)
         text = masking.mask(text, self._log_secrets)
-        last = self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0
-        DeploymentLogChunk.objects.create(deployment=self, seq=last + 1, text=text)
+        if seq is None:
+            seq = (self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
+            DeploymentLogChunk.objects.create(deployment=self, seq=seq, text=text)
+            return seq
+        DeploymentLogChunk.objects.bulk_create([DeploymentLogChunk(deployment=self, seq=seq, text=text)], ignore_conflicts=True)
+        return seq
 
     def log_since(self, seq):
         """The log chunks after `seq`, as (text, last seq)."""

@@ -1,0 +1,304 @@
+"""Fenced runs: a target never runs two deployments at once, whatever dies or stalls.
+
+Each test drives a real `manage.py rqworker deploy` process (its work-horse forks the steps) and kills
+or starves it for real: SIGKILL of the work-horse or of the worker, beats stuck behind a lock the
+database really holds, backends terminated with pg_terminate_backend. Steps write markers with
+timestamps (`date +%s.%N`) when they start and when they exit, so "no overlap" is read from the steps'
+own clocks, not from the portal's records."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from pipelines import promotion, reconciler, runner
+from pipelines.models import Deployment
+from tests.conftest import child_env, database_url, kill_tree, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+LOST_AFTER = 10  # GITOPS_WORKER_LOST_AFTER of the worker and of this test's reconciler
+HEARTBEAT = 1
+
+
+@pytest.fixture
+def fast_leases(settings):
+    settings.GITOPS_WORKER_LOST_AFTER = LOST_AFTER
+    settings.GITOPS_HEARTBEAT_SECONDS = HEARTBEAT
+
+
+@pytest.fixture
+def markers(tmp_path):
+    # Outside the worker's data directory: steps do not see that one.
+    directory = tmp_path / "markers"
+    directory.mkdir()
+    return directory
+
+
+class Workers:
+    """Real `manage.py rqworker deploy` processes of this test, killed at the end whatever happened."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.processes = []
+
+    def start(self, **extra_env):
+        env = child_env(self.data_dir, GITOPS_WORKER_LOST_AFTER=LOST_AFTER, GITOPS_HEARTBEAT_SECONDS=HEARTBEAT, **extra_env)
+        log = open(self.data_dir.parent / f"worker-{len(self.processes)}.log", "w")
+        process = subprocess.Popen([sys.executable, "manage.py", "rqworker", "deploy"], cwd=BASE_DIR, env=env,
+                                   start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self):
+        for process in self.processes:
+            kill_tree(process.pid)
+            process.wait()
+
+
+@pytest.fixture
+def workers(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    pool = Workers(data_dir)
+    yield pool
+    pool.stop_all()
+
+
+def release_with(origin, make_release, repository, version, run):
+    pipeline = f"environments:\n  staging:\n    steps:\n      - name: deploy\n        run: {run}\n"
+    origin.write(".gitops.yml", pipeline)
+    return make_release(repository, version, pipeline=pipeline, commit_sha=origin.commit(version))
+
+
+def marked(markers, name, body):
+    """A step command that writes `start <time>` first and `exit <time>` however it ends but SIGKILL."""
+    path = markers / name
+    start, end = f'echo "start $(date +%s.%N)" >> {path}', f'echo "exit $(date +%s.%N)" >> {path}'
+    # One write per line, once the time is known: a line is whole or absent, even under SIGKILL.
+    return f"{start}; trap '{end}; exit 143' TERM; trap '{end}' EXIT; {body}"
+
+
+def read_markers(path):
+    times = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            kind, _, value = line.partition(" ")
+            times.setdefault(kind, float(value))
+    return times
+
+
+def sleepers(duration):
+    """Live processes running `sleep <duration>` (a unique duration per test names its step)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info["cmdline"] == ["sleep", duration] and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+def work_horse_of(worker):
+    children = wait_for(lambda: psutil.Process(worker.pid).children(), "the worker to fork its work-horse")
+    return children[0]
+
+
+def status(deployment):
+    return Deployment.objects.get(pk=deployment.pk).status
+
+
+def assert_no_overlap(first_markers, second_markers, first_gone_at):
+    first, second = read_markers(first_markers), read_markers(second_markers)
+    assert "start" in first and "start" in second, (first, second)
+    assert second["start"] > first_gone_at, "the next run started before the old step was gone"
+    if "exit" in first:
+        assert second["start"] > first["exit"], "the next run started before the old step exited"
+
+
+def path_without_bubblewrap(directory):
+    """A PATH with every command of this machine but bwrap: a machine where bubblewrap is missing."""
+    directory.mkdir()
+    for entry in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(entry):
+            continue
+        for name in os.listdir(entry):
+            link = directory / name
+            if name != "bwrap" and not link.exists() and os.access(os.path.join(entry, name), os.X_OK):
+                link.symlink_to(os.path.join(entry, name))
+    return str(directory)
+
+
+@pytest.mark.parametrize("bubblewrap", [True, False], ids=["bubblewrap", "no-bubblewrap"])
+def test_a_killed_work_horse_takes_its_step_along_and_the_next_run_starts_only_after(
+        repository, staging, origin, make_release, markers, workers, fast_leases, tmp_path, bubblewrap):
+    # A background child and `wait`: the step's grandchild must go too.
+    slow = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "sleep 70.1 & wait"))
+    fast = release_with(origin, make_release, repository, "v2", marked(markers, "v2", "echo fast"))
+    first = promotion.promote(slow, staging, by=None)
+    worker = workers.start(**({} if bubblewrap else {"PATH": path_without_bubblewrap(tmp_path / "bin")}))
+    wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
+    following = promotion.promote(fast, staging, by=None)  # queued behind the running one
+    assert reconciler.reconcile()["worker_lost"] == 0, "a live run is left alone"
+
+    horse = work_horse_of(worker)
+    assert Deployment.objects.get(pk=first.pk).runner_pid == horse.pid
+    step_namespace = os.readlink(f"/proc/{wait_for(lambda: sleepers('70.1'), 'the sleep')[0].pid}/ns/pid")
+    assert (step_namespace != os.readlink("/proc/self/ns/pid")) == bubblewrap, "a private PID namespace where bwrap works"
+    horse.kill()
+    killed_at = time.time()
+    wait_for(lambda: not sleepers("70.1"), "the step and its sleep to die with the work-horse", timeout=10)
+    gone_at = time.time()
+    assert gone_at - killed_at < 10
+
+    # Fenced for certain (work-horse and step group gone on this host): failed early, with the true reason.
+    wait_for(lambda: reconciler.reconcile()["worker_lost"] == 1, "the reconciler to fail the run", timeout=30, interval=0.5)
+    first.refresh_from_db()
+    assert first.status == "failed"
+    assert first.error == f"Worker lost: the worker process {horse.pid} on {first.runner_host} died (killed or crashed)."
+
+    wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
+    assert_no_overlap(markers / "v1", markers / "v2", gone_at)
+    assert worker.poll() is None, "the rq worker itself survived its work-horse"
+
+
+def test_a_killed_worker_takes_its_work_horse_and_step_along(
+        repository, staging, origin, make_release, markers, workers, fast_leases):
+    slow = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "sleep 70.2"))
+    fast = release_with(origin, make_release, repository, "v2", marked(markers, "v2", "echo fast"))
+    first = promotion.promote(slow, staging, by=None)
+    worker = workers.start()
+    wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
+    horse = work_horse_of(worker)
+
+    worker.kill()  # the rq worker's main process only: its work-horse gets SIGKILL by parent-death signal
+    worker.wait()
+    killed_at = time.time()
+    wait_for(lambda: not psutil.pid_exists(horse.pid) or horse.status() == psutil.STATUS_ZOMBIE,
+             "the work-horse to die with its worker", timeout=10)
+    wait_for(lambda: not sleepers("70.2"), "the step and its sleep to die with the work-horse", timeout=10)
+    gone_at = time.time()
+    assert gone_at - killed_at < 10
+
+    following = promotion.promote(fast, staging, by=None)
+    later = timezone.now() + timedelta(seconds=LOST_AFTER + 1)  # past the lease
+    assert reconciler.reconcile(now=later)["worker_lost"] == 1
+    first.refresh_from_db()
+    assert first.error == f"Worker lost: the worker process {horse.pid} on {first.runner_host} died (killed or crashed)."
+
+    workers.start()  # the killed worker is gone for good; a new one takes the queue
+    wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
+    assert_no_overlap(markers / "v1", markers / "v2", gone_at)
+
+
+def _conninfo():
+    from urllib.parse import urlsplit
+
+    url = urlsplit(database_url())
+    return f"host={url.hostname} port={url.port or 5432} dbname={url.path.lstrip('/')} user={url.username or ''}" + (
+        f" password={url.password}" if url.password else "")
+
+
+@pytest.mark.skipif("sqlite" in database_url(), reason="row locks held by another session need PostgreSQL")
+def test_a_run_whose_beats_cannot_get_through_stops_itself_before_the_next_one_starts(
+        repository, staging, origin, make_release, markers, workers, fast_leases):
+    """The database holds the Target row locked from another session: the worker's beats hang on it and
+    renew nothing. The run must kill its own step within half of the lease, record the true reason once
+    the database answers, and the next run of the target must start only after that."""
+    import psycopg
+
+    from pipelines.models import Target
+
+    slow = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "sleep 70.3"))
+    fast = release_with(origin, make_release, repository, "v2", marked(markers, "v2", "echo fast"))
+    first = promotion.promote(slow, staging, by=None)
+    workers.start()
+    wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
+    workers.start()  # a second worker, free to take the next deployment the moment it may
+    following = promotion.promote(fast, staging, by=None)
+    target = Target.objects.get(repository=repository, environment=staging)
+    assert target.lease_holder_id == first.pk
+
+    with psycopg.connect(_conninfo()) as blocker:
+        blocker.execute("SELECT id FROM pipelines_target WHERE id = %s FOR UPDATE", [target.pk])
+        blocked_at = time.time()
+        wait_for(lambda: not sleepers("70.3"), "the run to kill its own step", timeout=LOST_AFTER / 2 + 5)
+        gone_at = time.time()
+        assert gone_at - blocked_at <= LOST_AFTER / 2 + HEARTBEAT + 2
+        assert status(first) == "running", "nothing could be recorded while the database did not answer"
+        # Past the lease: the next run may now take the target, and must not have started before.
+        wait_for(lambda: time.time() > blocked_at + LOST_AFTER + 1, "the lease to expire", timeout=LOST_AFTER + 5)
+        assert not read_markers(markers / "v2"), "the next run started while the target was held"
+        blocker.rollback()
+
+    reconciler.reconcile()  # queued behind the run's own record, which waited for the lock first
+    wait_for(lambda: status(first) == "failed", "the run to be recorded as failed", timeout=30)
+    first.refresh_from_db()
+    assert first.error.startswith("Lost its lease: the database did not answer for"), first.error
+    assert "==> Lost its lease" in first.log_since(0)[0]
+    wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
+    assert_no_overlap(markers / "v1", markers / "v2", gone_at)
+
+
+@pytest.mark.skipif("sqlite" in database_url(), reason="pg_terminate_backend is PostgreSQL's")
+def test_terminated_database_connections_during_a_step_do_not_fail_the_run(
+        repository, staging, origin, make_release, markers, workers, fast_leases):
+    run = marked(markers, "v1", "for i in $(seq 1 40); do echo line-$i; sleep 0.1; done")
+    deployment = promotion.promote(release_with(origin, make_release, repository, "v1", run), staging, by=None)
+    workers.start()
+    wait_for(lambda: read_markers(markers / "v1").get("start"), "the step to start", timeout=60)
+
+    terminated = 0
+    for _ in range(6):  # the worker's connections, again and again while the step prints
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            terminated += cursor.fetchone()[0]
+        time.sleep(0.5)
+    assert terminated >= 2, "the worker's connections were there to terminate"
+
+    wait_for(lambda: status(deployment) in ("succeeded", "failed"), "the run to finish", timeout=60)
+    deployment.refresh_from_db()
+    log = deployment.log_since(0)[0]
+    assert deployment.status == "succeeded", (deployment.error, log)
+    lines = [line for line in log.splitlines() if line.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 41)], "the log is complete, in order, nothing twice"
+
+
+def test_a_cancel_before_the_first_step_means_it_never_starts(
+        repository, staging, origin, make_release, markers, alice, monkeypatch, settings):
+    """The cancel arrives while the release is checked out (before any step): no step may start."""
+    from pipelines import git
+
+    settings.GITOPS_HEARTBEAT_SECONDS = 60  # only the check before each step can catch it in time
+    release = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "echo ran"))
+    deployment = promotion.promote(release, staging, by=None)
+    materialise = git.materialise
+
+    def cancelled_while_checking_out(repository, sha, destination):
+        Deployment.objects.get(pk=deployment.pk).cancel(by=alice, reason="wrong release")
+        materialise(repository, sha, destination)
+
+    monkeypatch.setattr(git, "materialise", cancelled_while_checking_out)
+    done = threading.Thread(target=_run_and_close, args=(deployment.pk,))
+    done.start()
+    done.join(timeout=60)
+
+    deployment.refresh_from_db()
+    assert deployment.status == "cancelled"
+    assert deployment.error == "Cancelled before step 'deploy'."
+    assert not (markers / "v1").exists(), "the step never started"
+
+
+def _run_and_close(deployment_id):
+    try:
+        runner.run_deployment(deployment_id)
+    finally:
+        connection.close()

@@ -9,16 +9,20 @@ A tick costs the same few queries however many deployments wait (a freeze may ho
 Redis outage only postpones the parts that need the queue."""
 
 import logging
+import os
+import socket
 from datetime import timedelta
 
 import django_rq
+import psutil
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
-from pipelines import followups, hooks, jobs
+from pipelines import followups, hooks, jobs, sandbox
 from pipelines.models import AuditEvent, Deployment, StaleStatus
 from pipelines.runner import wake_next_in_line
 
@@ -78,19 +82,60 @@ def requeue_lost_jobs(now):
 
 
 def fail_lost_workers(now):
-    deadline = now - timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
-    lost = Deployment.objects.filter(status=Deployment.Status.RUNNING, heartbeat_at__lt=deadline).select_related(
-        "release", "repository", "environment"
-    )
+    """Fail running deployments whose runner is lost, with the true reason, and wake what waited.
+
+    Only once the run is fenced: its lease expired (no heartbeat for GITOPS_WORKER_LOST_AFTER, and the
+    runner stops its own step after half of that), or, on the runner's own host, its work-horse and its
+    step's process group are both gone, so nothing of it can still run (this makes the next run start
+    soon after a kill -9). One query, however many deployments run."""
+    lost_after = timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
+    # A step's supervisor outlives a killed work-horse by at most its kill-after grace; the horse died
+    # at most one beat after its last one.
+    settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
+    here = socket.gethostname()
+    candidates = Deployment.objects.filter(status=Deployment.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=now - lost_after) | Q(runner_host=here, heartbeat_at__lt=now - settled)
+    ).select_related("release", "repository", "environment")
     failed = 0
-    for deployment in lost:
+    for deployment in candidates:
+        runner_died = deployment.runner_host == here and not _process_alive(deployment.runner_pid, deployment.started_at)
+        expired = deployment.heartbeat_at < now - lost_after
+        if not expired and not (runner_died and not _process_group_alive(deployment.step_pgid)):
+            continue
+        if runner_died:
+            reason = (f"Worker lost: the worker process {deployment.runner_pid} on {deployment.runner_host} died "
+                      f"(killed or crashed).")
+        else:
+            reason = (f"Worker lost: no heartbeat from {deployment.worker_name or 'its worker'} since "
+                      f"{deployment.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}.")
         try:
-            deployment.fail(
-                f"Worker lost: no heartbeat from {deployment.worker_name or 'its worker'} since "
-                f"{deployment.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}."
-            )
+            deployment.fail(reason)
         except StaleStatus:
             continue  # it finished while we looked
         failed += 1
         wake_next_in_line(deployment)
     return failed
+
+
+def _process_alive(pid, since):
+    """Whether process `pid` of this host still runs and is the one that started at `since` (not a reuse)."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return since is None or process.create_time() <= since.timestamp() + 1
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _process_group_alive(pgid):
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

@@ -117,3 +117,92 @@ def test_the_log_is_read_back_from_an_offset(repository, staging, make_release):
     assert (text, last) == ("one\ntwo\n", 2)
     assert deployment.log_since(1) == ("two\n", 2)
     assert deployment.log_since(2) == ("", 2)
+
+
+# --- the target's lease (fenced runs) ------------------------------------------------------------------
+
+
+def test_claiming_takes_the_lease_of_the_target_and_records_where_it_runs(repository, staging, make_release):
+    import os
+    import socket
+
+    from pipelines.models import Target
+
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    target = Target.objects.get(repository=repository, environment=staging)
+    deployment.refresh_from_db()
+    assert target.lease_holder_id == deployment.pk
+    assert target.lease_expires_at > deployment.heartbeat_at
+    assert (deployment.runner_host, deployment.runner_pid) == (socket.gethostname(), os.getpid())
+
+
+def test_a_claim_is_refused_while_another_runs_lease_is_live_and_allowed_once_it_expired(repository, staging, make_release):
+    """A holder that is no longer `running` here but whose runner may still run elsewhere: only the
+    expiry of its lease (after which its runner has stopped its step itself) lets the next one start."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from pipelines.models import Target
+
+    holder = make_deployment(make_release(repository, "v1"), staging, status=Deployment.Status.FAILED)
+    target = Target.objects.for_pair(repository, staging)
+    Target.objects.filter(pk=target.pk).update(lease_holder=holder, lease_expires_at=timezone.now() + timedelta(seconds=30))
+    waiting = make_deployment(make_release(repository, "v2"), staging)
+
+    with pytest.raises(TargetBusy, match=f"Deployment #{holder.pk} .* holds the target"):
+        waiting.claim(worker_name="w2")
+    assert Deployment.objects.get(pk=waiting.pk).status == "queued"
+    assert not AuditEvent.objects.filter(action="deployment.running").exists()
+
+    Target.objects.filter(pk=target.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    waiting.claim(worker_name="w2")
+    assert Target.objects.get(pk=target.pk).lease_holder_id == waiting.pk
+
+
+def test_a_beat_renews_the_lease(repository, staging, make_release):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from pipelines.models import Target
+
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    Target.objects.filter(repository=repository).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert deployment.beat() is False
+    assert Target.objects.get(repository=repository).lease_expires_at > timezone.now()
+
+
+@pytest.mark.parametrize("finish", ["succeed", "fail", "cancel"])
+def test_finishing_a_run_releases_the_lease(repository, staging, make_release, finish):
+    from pipelines.models import Target
+
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    if finish == "succeed":
+        deployment.succeed()
+    elif finish == "fail":
+        deployment.fail("Step 'deploy' exited with status 1.", exit_code=1)
+    else:
+        deployment.transition(Deployment.Status.CANCELLED, error="Cancelled during step 'deploy'.")
+    target = Target.objects.get(repository=repository, environment=staging)
+    assert (target.lease_holder_id, target.lease_expires_at) == (None, None)
+
+
+def test_success_records_the_automatic_promotion_as_a_follow_up(repository, staging, make_release):
+    from pipelines.models import FollowUp
+
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.claim(worker_name="w1")
+    deployment.succeed()
+    assert list(FollowUp.objects.filter(deployment=deployment).values_list("kind", flat=True)) == ["promote.after_success"]
+
+
+def test_a_log_piece_sent_twice_is_stored_once(repository, staging, make_release):
+    deployment = make_deployment(make_release(repository, "v1"), staging)
+    deployment.append_log("one\n", seq=1)
+    deployment.append_log("one\n", seq=1)  # the answer to the first was lost; the writer sends it again
+    deployment.append_log("two\n", seq=2)
+    assert deployment.log_since(0) == ("one\ntwo\n", 2)

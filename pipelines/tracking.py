@@ -85,10 +85,19 @@ def poll_repository(repository, *, unchanged=None):
         for release in moved_releases:
             _flag_moved_tag(release, moved[release.version])
         newest = _release_to_promote(repository, recorded, previous_versions, tracked)
+        follow_up = None
         if newest is not None and newest.is_valid:
-            # Written with the release: if promotion fails or the worker dies, the follow-up is retried.
-            FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=newest)
+            # Written with the release: if promotion fails or this process dies, the follow-up is retried.
+            follow_up = FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=newest)
         _record_success(repository, now, refs_fingerprint=fingerprint, skipped_tags=skipped)
+    if follow_up is not None:
+        # A first attempt at once saves a trip through the queue (a poll runs in a worker or in the
+        # one-shot command, never in a web request). Its job, enqueued on commit, finds it claimed or
+        # done; if this attempt fails, the follow-up backs off and the reconciler re-drives it.
+        try:
+            followups.carry_out(follow_up.pk)
+        except Exception:
+            logger.exception("the automatic promotion of %s failed; it will be retried", newest)
     return recorded
 
 
@@ -104,7 +113,11 @@ def poll_due_repositories(now=None, concurrency=None):
             releases = len(poll_repository(repository, unchanged=unchanged))
         except Exception as exc:
             logger.exception("polling %s failed unexpectedly", repository)
-            _record_failure(repository, f"Polling failed unexpectedly: {exc}", timezone.now())
+            try:
+                _record_failure(repository, f"Polling failed unexpectedly: {exc}", timezone.now())
+            except Exception:  # the database itself is away: the next sweep tries again
+                logger.exception("could not record the failure of %s", repository)
+                repository.last_error = str(exc) or type(exc).__name__
             releases = 0
         with lock:
             summary["polled"] += 1

@@ -68,13 +68,10 @@ def test_it_records_tags_in_version_order_and_deploys_only_the_newest(repository
     tracking.poll_repository(repository)
 
     assert versions(repository) == ["v1.9.0-rc1", "v1.9.0", "v1.10.0"]
-    # The promotion is promised in the transaction that recorded the release, and done by a worker.
+    # The promotion is promised in the transaction that recorded the release (and tried at once).
     follow_up = FollowUp.objects.get()
-    assert (follow_up.kind, follow_up.release.version, follow_up.done_at) == (followups.PROMOTE_NEW_RELEASE, "v1.10.0", None)
-    assert not Deployment.objects.exists()
-
-    followups.carry_out(follow_up.pk)
-
+    assert (follow_up.kind, follow_up.release.version) == (followups.PROMOTE_NEW_RELEASE, "v1.10.0")
+    assert follow_up.done_at is not None
     deployment = Deployment.objects.get()
     assert (deployment.release.version, deployment.environment, deployment.status, deployment.trigger) == (
         "v1.10.0", staging, Deployment.Status.QUEUED, Deployment.Trigger.AUTO)
@@ -406,3 +403,22 @@ def test_the_scheduler_sweep_enqueues_one_poll_job_per_due_repository(repository
     queue.connection.flushdb()
     assert tracking.enqueue_due_polls() == {"asked": 1, "waiting": 0, "unreachable": 0}
     assert queue.job_ids == [f"poll-{repository.pk}"]
+
+
+def test_a_failed_automatic_promotion_is_kept_and_retried(repository, origin, staging, monkeypatch):
+    from pipelines import promotion
+
+    origin.tag("v1.0.0")
+    real = promotion.on_release_recorded
+    monkeypatch.setattr(promotion, "on_release_recorded", lambda release, since=None: 1 / 0)
+
+    (release,) = tracking.poll_repository(repository)
+
+    follow_up = FollowUp.objects.get(release=release)
+    assert follow_up.done_at is None and "division by zero" in follow_up.last_error
+    assert not Deployment.objects.exists()
+    monkeypatch.setattr(promotion, "on_release_recorded", real)
+
+    assert followups.carry_out(follow_up.pk, now=timezone.now() + timedelta(minutes=1))
+
+    assert Deployment.objects.get().release == release

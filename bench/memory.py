@@ -112,7 +112,11 @@ def main():
         from pipelines.models import Environment, Repository
 
         staging = Environment.objects.create(name="staging", position=10, auto_deploy=False)
-        production = Environment.objects.create(name="production", position=20, requires_approval=True)
+        from django.contrib.auth.models import Group
+
+        approvers = Group.objects.create(name="approvers")  # approval needs an approver group
+        production = Environment.objects.create(name="production", position=20, requires_approval=True,
+                                                approver_group=approvers)
         dashboard_data(staging, production)
         base_url, master = the_portal.start_web()
         web = web_rss(base_url, master)

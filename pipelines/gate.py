@@ -4,6 +4,8 @@ Every manual deployment passes it (Deploy, Retry, and approvals' Promote); autom
 gate, since it follows a success. Skipping it takes the `approvals.override_gate` permission and a written
 reason, which approvals audits (approvals/gate.py): pipelines only says why the gate is closed."""
 
+from django.db.models import F
+
 from pipelines.models import Deployment
 from pipelines.promotion import PromotionError, environments_for
 
@@ -30,7 +32,7 @@ def gate_reason(release, environment):
         return None
     latest = (
         Deployment.objects.filter(release=release, environment=before, status__in=FINISHED)
-        .order_by("-finished_at", "-id")
+        .order_by(F("finished_at").desc(nulls_last=True), "-id")
         .only("id", "status")
         .first()
     )

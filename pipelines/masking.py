@@ -68,7 +68,8 @@ def secrets_for(deployment):
 
 def usable(values):
     """Longest first, so that a secret containing another is masked whole."""
-    return tuple(sorted({v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
+    kept = {value for value in values if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH}
+    return tuple(sorted(kept, key=len, reverse=True))
 
 
 def mask(text, secrets):

@@ -116,7 +116,8 @@ def seal_work_horse():
     _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != worker_pid:  # it died before the signal was armed: nobody would kill us
-        raise WorkerGone(f"The rq worker {worker_pid} that forked this work-horse is gone; the deployment stays queued.")
+        raise WorkerGone(f"The rq worker {worker_pid} that forked this work-horse is gone; "
+                         f"the deployment stays queued.")
 
 
 def _forking_worker_pid():
@@ -227,7 +228,8 @@ class LogWriter:
         except DATABASE_BLIP as exc:
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
-                logger.warning("could not store the log of deployment %s (%s); keeping it to retry", self.deployment.pk, exc)
+                logger.warning("could not store the log of deployment %s (%s); keeping it to retry",
+                               self.deployment.pk, exc)
             _reset_connection()
             return False
         self.seq += 1
@@ -281,7 +283,8 @@ class Heartbeat:
                     else:
                         self.renewed_at = time.monotonic()
                 except Exception as exc:
-                    logger.warning("heartbeat of deployment %s failed (%s); retrying at the next beat", self.deployment.pk, exc)
+                    logger.warning("heartbeat of deployment %s failed (%s); retrying at the next beat",
+                                   self.deployment.pk, exc)
                     _reset_connection()
         finally:
             try:
@@ -297,7 +300,8 @@ class Heartbeat:
                 self.silent_for = silent
                 self.lost.set()
                 self.stop.set()
-                logger.error("deployment %s could not renew its lease for %.0f s; stopping its step", self.deployment.pk, silent)
+                logger.error("deployment %s could not renew its lease for %.0f s; stopping its step",
+                             self.deployment.pk, silent)
                 self.kill_step()
                 return
 
@@ -448,7 +452,8 @@ def run_step(deployment, step, workdir, environment, heartbeat, log, account=Non
     exception of the portal's own, the step's process group does not outlive this function."""
     as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
     process = subprocess.Popen(
-        sandbox.wrap(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir, timeout=step.timeout),
+        sandbox.wrap(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir,
+                     timeout=step.timeout),
         cwd=workdir,
         env=environment,
         stdin=subprocess.DEVNULL,

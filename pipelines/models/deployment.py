@@ -220,7 +220,10 @@ class Deployment(models.Model):
         with transaction.atomic():
             target = self.lock_target()
             free = Q(lease_holder__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_holder=self.pk)
-            if Target.objects.filter(free, pk=target.pk).update(lease_holder=self.pk, lease_expires_at=self._lease_end(now)) != 1:
+            taken = Target.objects.filter(free, pk=target.pk).update(
+                lease_holder=self.pk, lease_expires_at=self._lease_end(now)
+            )
+            if taken != 1:
                 raise TargetBusy(
                     f"Deployment #{target.lease_holder_id} of {self.repository} in {self.environment} holds the target "
                     f"until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
@@ -285,10 +288,11 @@ class Deployment(models.Model):
         running deployment takes it first."""
         from pipelines.models import Target
 
-        target = Target.objects.select_for_update().filter(repository=self.repository_id, environment=self.environment_id).first()
+        mine = Target.objects.select_for_update().filter(repository=self.repository_id, environment=self.environment_id)
+        target = mine.first()
         if target is None:
             Target.objects.for_pair(self.repository, self.environment)
-            target = Target.objects.select_for_update().get(repository=self.repository_id, environment=self.environment_id)
+            target = mine.get()
         return target
 
     def _release_lease(self):
@@ -319,7 +323,9 @@ class Deployment(models.Model):
             seq = (self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
             DeploymentLogChunk.objects.create(deployment=self, seq=seq, text=text)
             return seq
-        DeploymentLogChunk.objects.bulk_create([DeploymentLogChunk(deployment=self, seq=seq, text=text)], ignore_conflicts=True)
+        DeploymentLogChunk.objects.bulk_create(
+            [DeploymentLogChunk(deployment=self, seq=seq, text=text)], ignore_conflicts=True
+        )
         return seq
 
     def log_since(self, seq):

@@ -7,7 +7,6 @@ files, a real `manage.py rqworker` running a silent step that is stopped from th
 
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys

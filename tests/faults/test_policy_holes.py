@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test import Client
 from django.urls import reverse
 
-from approvals.models import ChangeRequest, Decision, DecisionRefused
+from approvals.models import ChangeRequest, Decision
 from pipelines.models import AuditEvent, Deployment, Environment
 
 CLICKS = 50

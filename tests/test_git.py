@@ -289,3 +289,14 @@ def test_it_reads_commits_and_files_of_many_commits_at_once(repository, origin):
     assert git.read_files(repository, [first], "missing.yml") == {first: None}
     with pytest.raises(git.GitError, match="not a full commit sha"):
         git.read_files(repository, ["--output=/tmp/x"], ".gitops.yml")
+
+
+def test_ssh_gives_up_on_a_host_that_does_not_answer(monkeypatch, settings):
+    monkeypatch.delenv("GIT_SSH", raising=False)
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    settings.GITOPS_GIT_IDLE_TIMEOUT = 15
+    command = git._environment()["GIT_SSH_COMMAND"].split()
+    assert command[0] == "ssh"
+    options = dict(option.split("=", 1) for option in command[2::2])
+    assert options == {"BatchMode": "yes", "ConnectTimeout": str(git.CONNECT_TIMEOUT), "ServerAliveInterval": "5",
+                       "ServerAliveCountMax": "3"}

@@ -24,11 +24,13 @@ logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Poll the git repositories that are due for new releases (--loop: keep going, and run the reconciler)."
+    help = ("Poll the git repositories that are due for new releases (--loop: every tick, ask the workers to poll "
+            "what is due, and run the reconciler).")
 
     def add_arguments(self, parser):
         parser.add_argument("--repository", metavar="NAME", help="Poll this repository now, whatever its interval.")
-        parser.add_argument("--loop", action="store_true", help="Keep polling every GITOPS_SCHEDULER_TICK seconds.")
+        parser.add_argument("--loop", action="store_true", help="Keep going: every GITOPS_SCHEDULER_TICK seconds, enqueue a poll job per due repository "
+                                 "(the workers of the 'git' queue poll) and run the reconciler in its own thread.")
 
     def handle(self, *args, repository=None, loop=False, **options):
         if repository and loop:

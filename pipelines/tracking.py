@@ -145,14 +145,16 @@ def enqueue_due_polls(now=None):
     lost it is due again after its interval (or at once, while a webhook's request for it stands)."""
     now = now or timezone.now()
     asked, waiting, unreachable = [], 0, 0
-    for repository in Repository.objects.due_for_poll(now):
+    due = Repository.objects.due_for_poll(now)
+    for index, repository in enumerate(due):
         outcome = jobs.enqueue_poll_unless_pending(repository.pk)
         if outcome == "enqueued":
             asked.append(repository.pk)
         elif outcome == "pending":
             waiting += 1
-        else:
-            unreachable += 1
+        else:  # the queue is away: do not wait on it once per repository; the next tick tries again
+            unreachable = len(due) - index
+            break
     if asked:
         Repository.objects.filter(pk__in=asked).update(last_polled_at=now)
     return {"asked": len(asked), "waiting": waiting, "unreachable": unreachable}

@@ -3,6 +3,7 @@
 - `queued` deployments whose rq job is gone (Redis down or flushed) are enqueued again;
 - `running` deployments whose lease expired are failed with the reason their runner was lost;
 - follow-ups that are due (never enqueued, lost with Redis, or failed and backing off) are enqueued again;
+- the audit chain is verified by a job every GITOPS_AUDIT_VERIFY_EVERY seconds;
 - then the hooks of `settings.GITOPS_RECONCILE_HOOKS` run (see pipelines/hooks.py).
 
 A tick costs the same few queries however many deployments wait (a freeze may hold hundreds), and a
@@ -24,6 +25,7 @@ from rq.job import Job, JobStatus
 
 from pipelines import followups, hooks, jobs, sandbox
 from pipelines.models import AuditEvent, Deployment, StaleStatus
+from pipelines.models.audit import schedule_verification_if_due
 from pipelines.runner import wake_next_in_line
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ def reconcile(now=None):
     try:
         report["requeued"] = requeue_lost_jobs(now)
         report["follow_ups"] = followups.redrive(now)
+        report["audit_verification_queued"] = schedule_verification_if_due(now) is not None
     except RedisError as exc:
         logger.warning("the queue is unreachable (%s); queued work will be enqueued again once it is back", exc)
         report["queue_unreachable"] = str(exc)
@@ -72,6 +75,9 @@ def requeue_lost_jobs(now):
         if deployment.pk in held:
             continue
         with transaction.atomic():
+            # Its row before the audit chain (the lock order of pipelines/promotion.py), and still queued.
+            if not Deployment.objects.select_for_update().filter(pk=deployment.pk, status=Deployment.Status.QUEUED).exists():
+                continue
             AuditEvent.objects.record(
                 action="deployment.requeued", obj=deployment, repository=deployment.repository,
                 environment=deployment.environment, details={"reason": "it had no live queue job (Redis lost it, or what held it has ended)"},
@@ -139,3 +145,4 @@ def _process_group_alive(pgid):
         return False
     except PermissionError:
         return True
+    return True

@@ -21,6 +21,7 @@ MAX_WAIT_SECONDS = 30
 
 class PortalWorker(Worker):
     def work(self, burst=False, **options):
+        _probe_the_step_sandbox()
         wait = 1.0
         while True:
             try:
@@ -53,3 +54,14 @@ class PortalWorker(Worker):
                 time.sleep(wait)  # a worker with nothing to do may wait: this is not a test
                 wait = min(wait * 2, MAX_WAIT_SECONDS)
         return wait
+
+
+def _probe_the_step_sandbox():
+    """Probe bubblewrap once, before any work-horse is forked: each inherits the answer, instead of
+    probing again (and warning again where it does not work) for every deployment."""
+    from pipelines import runner, sandbox
+
+    try:
+        sandbox.bubblewrap_for(runner.step_account())
+    except Exception:
+        logger.exception("could not probe the step sandbox here; each run will probe it itself")

@@ -59,6 +59,9 @@ class Workers:
         self.processes.append(process)
         return process
 
+    def output(self, number):
+        return (self.data_dir.parent / f"worker-{number}.log").read_text()
+
     def stop_all(self):
         for process in self.processes:
             kill_tree(process.pid)
@@ -167,6 +170,8 @@ def test_a_killed_work_horse_takes_its_step_along_and_the_next_run_starts_only_a
     wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
     assert_no_overlap(markers / "v1", markers / "v2", gone_at)
     assert worker.poll() is None, "the rq worker itself survived its work-horse"
+    warnings = workers.output(0).count("bubblewrap (bwrap) is not installed")
+    assert warnings == (0 if bubblewrap else 1), "the fallback is said once per worker, not once per run"
 
 
 def test_a_killed_worker_takes_its_work_horse_and_step_along(

@@ -318,8 +318,9 @@ def _record_all(releases, skipped):
     valid = []
     for release in releases:
         try:
-            # Uniqueness is settled by the caller under the repository lock; the rest is checked here.
-            release.full_clean(validate_unique=False, validate_constraints=False)
+            # Uniqueness is settled by the caller under the repository lock, and the repository row is
+            # locked (checking the foreign key would cost a query per release); the rest is checked here.
+            release.full_clean(exclude=["repository"], validate_unique=False, validate_constraints=False)
         except ValidationError as exc:
             skipped.append({"tag": release.version, "reason": "it cannot be recorded: " + "; ".join(exc.messages)})
         else:

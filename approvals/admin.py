@@ -20,6 +20,8 @@ class FreezeWindowAdmin(AuditedAdmin):
     search_fields = ["name", "reason"]
     filter_horizontal = ["environments"]
     readonly_fields = ["created_by", "created_at"]
+    # A freeze decides when production may change: every field of it goes on record with its values.
+    audited_fields = ["name", "environments", "reason", "enabled", "starts_at", "ends_at", "cron", "duration", "time_zone"]
     fieldsets = [
         (None, {"fields": ["name", "environments", "reason", "enabled"]}),
         (

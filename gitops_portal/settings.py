@@ -42,6 +42,11 @@ GITOPS_STEP_USER = os.environ.get("GITOPS_STEP_USER", "")
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
+# A git host that does not answer is given up on: ls-remote after GITOPS_GIT_TIMEOUT s in all, any transfer
+# that moves (almost) nothing for GITOPS_GIT_IDLE_TIMEOUT s. A one-shot `pollrepos` polls this many at once.
+GITOPS_GIT_TIMEOUT = envint("GITOPS_GIT_TIMEOUT", 30)
+GITOPS_GIT_IDLE_TIMEOUT = envint("GITOPS_GIT_IDLE_TIMEOUT", 15)
+GITOPS_POLL_CONCURRENCY = envint("GITOPS_POLL_CONCURRENCY", 4)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]

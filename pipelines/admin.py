@@ -10,9 +10,12 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
+from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
+from pipelines import jobs
 from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
 from pipelines.redaction import display_url, redact, redact_text
 
@@ -189,33 +192,19 @@ class RepositoryAdmin(AuditedAdmin):
         location=[admin.ActionLocation.CHANGE_LIST, admin.ActionLocation.CHANGE_FORM],
     )
     def poll_now(self, request, queryset):
-        from pipelines import tracking  # written separately; imported only when an admin polls
-
+        """Ask for a poll of each: git runs in a worker, never in this web request (a silent host would
+        hold it for minutes). The request is recorded first, so the sweep serves it if the queue is away."""
+        names = []
         for repository in queryset:
-            try:
-                result = tracking.poll_repository(repository)
-            except Exception as exc:  # git and the network: report it, and go on with the next repository
-                logger.exception("Polling %s from the admin failed", repository)
-                reason = redact_text(str(exc)) or type(exc).__name__
-                self.message_user(request, f"Polling {repository} failed: {reason}", messages.ERROR)
-                continue
-            repository.refresh_from_db()
-            if repository.last_error:
-                self.message_user(request, f"Polling {repository} failed: {redact_text(repository.last_error)}",
-                                  messages.ERROR)
-            else:
-                self.message_user(request, f"Polled {repository}. {_describe_poll(result)}".strip(), messages.SUCCESS)
-
-
-def _describe_poll(result):
-    """A few words on what a poll found: a list of new releases, or whatever summary tracking returned."""
-    if result is None:
-        return ""
-    if isinstance(result, (list, tuple)):
-        if not result:
-            return "No new releases."
-        return f"New releases: {', '.join(getattr(r, 'version', str(r)) for r in result)}."
-    return str(result)
+            with transaction.atomic():
+                Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
+                AuditEvent.objects.record(action="repository.poll_requested", actor=request.user, obj=repository,
+                                          repository=repository)
+                jobs.enqueue_poll(repository.pk)
+            names.append(repository.name)
+        when = "as soon as the work queue is back" if jobs.queue_was_unreachable() else "now"
+        self.message_user(request, f"Polling {', '.join(names)} {when}; new releases show on the repository page.",
+                          messages.SUCCESS)
 
 
 # --- environments ------------------------------------------------------------------------------------

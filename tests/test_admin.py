@@ -7,7 +7,6 @@ from django.contrib.admin import ActionLocation
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
-from pipelines import tracking
 from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
 from tests.conftest import PIPELINE
 
@@ -156,31 +155,24 @@ def test_environments_are_edited_in_the_list(client, alice, environments):
 # --- poll now --------------------------------------------------------------------------------------
 
 
-def test_poll_now_polls_each_selected_repository_and_reports_the_outcome(client, alice, origin, repository, tmp_path):
+@pytest.mark.django_db(transaction=True)
+def test_poll_now_asks_a_worker_to_poll_each_selected_repository(client, alice, origin, repository, tmp_path, run_workers):
     origin.tag("v1.0.0")
     missing = Repository.objects.create(name="missing", url=str(tmp_path / "no-such-repository"))
     client.force_login(alice)
     response = client.post(reverse("admin:pipelines_repository_changelist"), {
         "action": "poll_now", ACTION_CHECKBOX_NAME: [repository.pk, missing.pk],
     }, follow=True)
-    html = response.content.decode()
-    assert "Polled shop. New releases: v1.0.0." in html
+    assert "Polling missing, shop now; new releases show on the repository page." in response.content.decode()
+    assert not Release.objects.exists(), "no git in the web request"
+    assert set(Repository.objects.values_list("poll_requested_at", flat=True)) != {None}
+    assert AuditEvent.objects.filter(action="repository.poll_requested", actor=alice).count() == 2
+
+    run_workers()
+
     assert Release.objects.filter(repository=repository, version="v1.0.0").exists()
     missing.refresh_from_db()
     assert missing.last_error
-    assert "Polling missing failed: " in html
-
-
-def test_poll_now_reports_an_unexpected_exception(client, alice, repository, monkeypatch):
-    def poll_repository(repo):  # tracking stores git failures itself; anything else must still reach the admin
-        raise RuntimeError("the mirror directory is not writable")
-
-    monkeypatch.setattr(tracking, "poll_repository", poll_repository)
-    client.force_login(alice)
-    response = client.post(change_url(repository), {
-        f"{ActionLocation.CHANGE_FORM.value}-action": "poll_now", ACTION_CHECKBOX_NAME: [repository.pk],
-    }, follow=True)
-    assert "Polling shop failed: the mirror directory is not writable" in response.content.decode()
 
 
 # --- read-only records -----------------------------------------------------------------------------

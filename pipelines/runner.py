@@ -357,13 +357,15 @@ def _cancel_requested(deployment):
         return False
 
 
-def _still_running(deployment):
-    """True or False, or None when the database does not answer."""
+def _why_stopped(deployment):
+    """(status, whether a cancel was asked for) as the database has them, or (None, None) when it does not
+    answer."""
     try:
-        return Deployment.objects.filter(pk=deployment.pk, status=Deployment.Status.RUNNING).exists()
+        found = Deployment.objects.filter(pk=deployment.pk).values_list("status", "cancel_requested_at").first()
     except DATABASE_BLIP:
         _reset_connection()
-        return None
+        return None, None
+    return (found[0], found[1] is not None) if found else (None, None)
 
 
 def _run_steps(deployment, steps, workdir, environment, heartbeat, log, account):
@@ -398,11 +400,20 @@ def _stopped(deployment, heartbeat, log, when):
         log.close()
         _record(deployment, "lost lease", lambda: deployment.fail(heartbeat.lost_reason()))
         return
-    if _still_running(deployment) is not False:
-        log.write("==> cancelled\n")
+    status, cancel_asked = _why_stopped(deployment)
+    if status not in (None, Deployment.Status.RUNNING):
+        log.close()
+        return  # given up (the reconciler) or finished elsewhere: nothing left to record
+    if cancel_asked is False:  # still running, nobody asked: its lease went to no one it knows of
+        reason = "The run stopped: its target's lease was no longer its own."
+        log.write(f"==> {reason}\n")
+        log.close()
+        _record(deployment, "lost lease", lambda: deployment.fail(reason))
+        return
+    log.write("==> cancelled\n")
     log.close()
-    cancel = lambda: deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled {when}.")  # noqa: E731
-    _record(deployment, "cancel", cancel)
+    _record(deployment, "cancel",
+            lambda: deployment.transition(Deployment.Status.CANCELLED, error=f"Cancelled {when}."))
 
 
 def step_account():

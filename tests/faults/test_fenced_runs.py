@@ -52,7 +52,8 @@ class Workers:
         self.processes = []
 
     def start(self, **extra_env):
-        env = child_env(self.data_dir, GITOPS_WORKER_LOST_AFTER=LOST_AFTER, GITOPS_HEARTBEAT_SECONDS=HEARTBEAT, **extra_env)
+        env = child_env(self.data_dir, **{"GITOPS_WORKER_LOST_AFTER": LOST_AFTER, "GITOPS_HEARTBEAT_SECONDS": HEARTBEAT,
+                                          **extra_env})
         log = open(self.data_dir.parent / f"worker-{len(self.processes)}.log", "w")
         process = subprocess.Popen([sys.executable, "manage.py", "rqworker", "deploy"], cwd=BASE_DIR, env=env,
                                    start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -203,12 +204,19 @@ def test_a_killed_worker_takes_its_work_horse_and_step_along(
     assert_no_overlap(markers / "v1", markers / "v2", gone_at)
 
 
-def _conninfo():
+def _conninfo(dbname=None):
     from urllib.parse import urlsplit
 
     url = urlsplit(database_url())
-    return f"host={url.hostname} port={url.port or 5432} dbname={url.path.lstrip('/')} user={url.username or ''}" + (
-        f" password={url.password}" if url.password else "")
+    return (f"host={url.hostname} port={url.port or 5432} dbname={dbname or url.path.lstrip('/')} "
+            f"user={url.username or ''}" + (f" password={url.password}" if url.password else ""))
+
+
+def _backend_pid():
+    """This test's own connection, which the outage spares so that the test can watch."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
 
 
 @pytest.mark.skipif("sqlite" in database_url(), reason="row locks held by another session need PostgreSQL")
@@ -275,6 +283,40 @@ def test_terminated_database_connections_during_a_step_do_not_fail_the_run(
     assert deployment.status == "succeeded", (deployment.error, log)
     lines = [line for line in log.splitlines() if line.startswith("line-")]
     assert lines == [f"line-{i}" for i in range(1, 41)], "the log is complete, in order, nothing twice"
+
+
+@pytest.mark.skipif("sqlite" in database_url(), reason="refusing connections to one database is PostgreSQL's")
+def test_a_database_that_refuses_connections_for_a_while_does_not_fail_the_run(
+        repository, staging, origin, make_release, markers, workers, fast_leases):
+    """As during a PostgreSQL restart: the worker's connections are dropped and new ones refused for 6 s
+    (well within half of its lease, 20 s here): beats, log appends and the outcome wait it out."""
+    run = marked(markers, "v1", "for i in $(seq 1 50); do echo line-$i; sleep 0.2; done")
+    deployment = promotion.promote(release_with(origin, make_release, repository, "v1", run), staging, by=None)
+    workers.start(GITOPS_WORKER_LOST_AFTER=20)
+    wait_for(lambda: read_markers(markers / "v1").get("start"), "the step to start", timeout=60)
+
+    import psycopg
+
+    name = connection.settings_dict["NAME"]
+    # From another database: PostgreSQL does not let a session close the database it is connected to.
+    with psycopg.connect(_conninfo(dbname="postgres"), autocommit=True) as admin:
+        try:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            terminated = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                       "WHERE datname = %s AND pid <> %s", [name, _backend_pid()]).fetchone()[0]
+            assert terminated >= 1, "the worker's connections were there to drop"
+            time.sleep(6)  # the length of the outage, not a wait for work
+            assert status(deployment) == "running"
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    wait_for(lambda: status(deployment) in ("succeeded", "failed"), "the run to finish", timeout=60)
+    deployment.refresh_from_db()
+    log = deployment.log_since(0)[0]
+    assert deployment.status == "succeeded", (deployment.error, log)
+    lines = [line for line in log.splitlines() if line.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 51)], "the log is complete, in order, nothing twice"
+    assert "could not store the log" in workers.output(0), "the outage did reach the worker"
 
 
 def test_a_cancel_before_the_first_step_means_it_never_starts(

@@ -24,6 +24,7 @@ from django.utils import timezone
 from pipelines import followups, git, jobs
 from pipelines.models import AuditEvent, Environment, FollowUp, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.redaction import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -392,6 +393,7 @@ def _record_failure(repository, message, now):
     """Store the error and back off; audit it only when it differs from the last one, so a dead host is not spam.
 
     A webhook's request counts as served: the back-off, not every tick, decides when to try again."""
+    message = redact_text(message)  # an unexpected exception may quote the URL with its token
     with transaction.atomic():
         changed = message != repository.last_error
         Repository.objects.filter(pk=repository.pk).update(

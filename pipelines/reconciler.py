@@ -11,7 +11,6 @@ Redis outage only postpones the parts that need the queue."""
 
 import logging
 import os
-import socket
 from datetime import timedelta
 
 import django_rq
@@ -26,6 +25,7 @@ from rq.job import Job, JobStatus
 from pipelines import followups, hooks, jobs, sandbox
 from pipelines.models import AuditEvent, Deployment, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
+from pipelines.models.deployment import this_host
 from pipelines.runner import wake_next_in_line
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def fail_lost_workers(now):
     # A step's supervisor outlives a killed work-horse by at most its kill-after grace; the horse died
     # at most one beat after its last one.
     settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
-    here = socket.gethostname()
+    here = this_host()
     candidates = Deployment.objects.filter(status=Deployment.Status.RUNNING).filter(
         Q(heartbeat_at__lt=now - lost_after) | Q(runner_host=here, heartbeat_at__lt=now - settled)
     ).select_related("release", "repository", "environment")

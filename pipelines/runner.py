@@ -38,6 +38,7 @@ from django.db.utils import InterfaceError, OperationalError
 
 from pipelines import git, hooks, masking, sandbox
 from pipelines.models import Deployment, StaleStatus, TargetBusy
+from pipelines.models.deployment import this_host
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def run_deployment(deployment_id):
         return  # held (a freeze window): it stays queued and the reconciler wakes it when free
     seal_work_horse()
     try:
-        deployment.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=socket.gethostname(),
+        deployment.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=this_host(),
                          runner_pid=os.getpid())
     except (StaleStatus, TargetBusy):
         return  # the running deployment of this target wakes the queue when it ends

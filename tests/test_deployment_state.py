@@ -127,6 +127,7 @@ def test_claiming_takes_the_lease_of_the_target_and_records_where_it_runs(reposi
     import socket
 
     from pipelines.models import Target
+    from pipelines.models.deployment import this_host
 
     deployment = make_deployment(make_release(repository, "v1"), staging)
     deployment.claim(worker_name="w1")
@@ -134,7 +135,8 @@ def test_claiming_takes_the_lease_of_the_target_and_records_where_it_runs(reposi
     deployment.refresh_from_db()
     assert target.lease_holder_id == deployment.pk
     assert target.lease_expires_at > deployment.heartbeat_at
-    assert (deployment.runner_host, deployment.runner_pid) == (socket.gethostname(), os.getpid())
+    assert (deployment.runner_host, deployment.runner_pid) == (this_host(), os.getpid())
+    assert deployment.runner_host.startswith(socket.gethostname())
 
 
 def test_a_claim_is_refused_while_another_runs_lease_is_live_and_allowed_once_it_expired(repository, staging, make_release):

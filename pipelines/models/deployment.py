@@ -11,6 +11,17 @@ from django.utils import timezone
 from .audit import AuditEvent
 
 
+def this_host():
+    """Where a run happens, as recorded in `runner_host`: the host name and the PID namespace. Two
+    processes see each other's pids only when both agree, so a reconciler that finds the runner's pid
+    gone knows it died only then (containers on one host may share a host name, never a namespace)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} {namespace}"
+
+
 class DeploymentStateError(Exception):
     """A change of status that cannot happen; the message says why in words."""
 
@@ -230,7 +241,7 @@ class Deployment(models.Model):
                 )
             self.transition(
                 Status.RUNNING, worker_name=worker_name, heartbeat_at=now,
-                runner_host=runner_host if runner_host is not None else socket.gethostname(),
+                runner_host=runner_host if runner_host is not None else this_host(),
                 runner_pid=runner_pid if runner_pid is not None else os.getpid(),
                 step_pgid=None,
             )

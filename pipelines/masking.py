@@ -44,9 +44,14 @@ def portal_secrets():
     for queue in getattr(settings, "RQ_QUEUES", {}).values():
         values |= url_secrets(queue.get("URL", ""))
         values.add(queue.get("PASSWORD") or "")
-    for name in ("GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEYS", "EMAIL_HOST_PASSWORD"):
+    for name in ("GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEY_FALLBACKS", "EMAIL_HOST_PASSWORD"):
         value = getattr(settings, name, "")
         values |= set(value) if isinstance(value, (list, tuple)) else {value}
+    # As the environment gives them, whatever settings made of them (comma-separated lists included).
+    for name in ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEY_FALLBACKS",
+                 "EMAIL_HOST_PASSWORD"):
+        value = os.environ.get(name, "")
+        values |= {value, *value.split(",")}
     return values
 
 

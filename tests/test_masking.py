@@ -22,6 +22,15 @@ def test_it_masks_the_portals_own_secrets(portal_secrets):
     assert masking.mask(text, secrets) == "key=*** db=*** redis=***"
 
 
+def test_the_audit_key_and_the_mail_password_from_the_environment_are_masked(monkeypatch):
+    monkeypatch.setenv("GITOPS_AUDIT_KEY", "audit-key-44")
+    monkeypatch.setenv("GITOPS_AUDIT_KEY_FALLBACKS", "old-audit-key-45,older-audit-key-46")
+    monkeypatch.setenv("EMAIL_HOST_PASSWORD", "smtp-password-47")
+    secrets = masking.usable(masking.portal_secrets())
+    text = "audit-key-44 old-audit-key-45 older-audit-key-46 smtp-password-47"
+    assert masking.mask(text, secrets) == "*** *** *** ***"
+
+
 def test_values_shorter_than_six_characters_are_left_alone():
     assert masking.mask("user admin logged in as root", masking.usable({"admin", "root"})) == "user admin logged in as root"
     assert masking.usable({"12345", "123456"}) == ("123456",)

@@ -311,5 +311,19 @@ def wait_finished(deployment, timeout=60):
         raise TimeoutError(f"{exc}; the deployment is {deployment.status}, {detail}") from None
 
 
+def portal_idle():
+    """No job waiting or running on the portal's queues and no follow-up pending: the work that one action
+    caused (its follow-ups included, such as opening a change request) is over before the next is timed."""
+    import django_rq
+    from rq.registry import StartedJobRegistry
+
+    from pipelines.models import FollowUp
+
+    for name in ("git", "deploy"):
+        queue = django_rq.get_queue(name)
+        if queue.count or StartedJobRegistry(queue=queue).count:
+            return False
+    return not FollowUp.objects.pending().exists()
+
 if __name__ == "__main__":
     print("bench/_common.py holds the helpers shared by the benchmarks; it measures nothing itself.")

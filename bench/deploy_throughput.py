@@ -28,7 +28,7 @@ import time
 
 import psutil
 
-from _common import make_origin, ms, percentile, portal, report, wait_for
+from _common import make_origin, ms, percentile, portal, portal_idle, report, wait_for
 
 REPOSITORIES, ENVIRONMENTS = 40, 5
 N = REPOSITORIES * ENVIRONMENTS  # 200 deployments, one per target
@@ -147,7 +147,7 @@ def run(work_dir_note):
         floor, floor_rate = measure_floor(mirrors, releases[0].commit_sha, settings.GITOPS_WORK_DIR)
         workers = [psutil.Process(the_portal.start_worker("git", "deploy").pid) for _ in range(WORKERS)]
         # The polls' follow-ups (automatic promotion of the new releases: off everywhere) run before the clock starts.
-        wait_for(lambda: not FollowUp.objects.pending().exists() and idle(), 60, "the polls' follow-ups")
+        wait_for(portal_idle, 60, "the polls' follow-ups", interval=0.02)
         cpu_before = sum(cpu_seconds(worker) for worker in workers)
         load_before = os.getloadavg()[0]
 
@@ -232,15 +232,6 @@ def cpu_seconds(process):
     """User + system CPU of a worker and of the children it has reaped (its work-horses, and their steps)."""
     times = process.cpu_times()
     return times.user + times.system + times.children_user + times.children_system
-
-
-def idle():
-    """No job waiting or running on the portal's queues."""
-    import django_rq
-    from rq.registry import StartedJobRegistry
-
-    queues = [django_rq.get_queue(name) for name in ("git", "deploy")]
-    return all(queue.count == 0 and StartedJobRegistry(queue=queue).count == 0 for queue in queues)
 
 
 if __name__ == "__main__":

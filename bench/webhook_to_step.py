@@ -23,7 +23,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from _common import git, make_origin, ms, percentile, pipeline_yaml, portal, report, wait_for
+from _common import git, make_origin, ms, percentile, pipeline_yaml, portal, portal_idle, report, wait_for
 
 N = 15
 TARGET = 0.250
@@ -90,6 +90,7 @@ def main():
         # Prime: the first poll makes the mirror and records v1.0.0, whose staging deployment warms the worker up.
         tracking.poll_repository(repository)
         wait_for(lambda: staging_done("v1.0.0"), 60, "the warm-up deployment of v1.0.0")
+        wait_for(portal_idle, 60, "the follow-ups of v1.0.0", interval=0.02)
         warm_up = Deployment.objects.get(release__version="v1.0.0", environment=staging)
         if warm_up.status != Deployment.Status.SUCCEEDED:
             raise RuntimeError(f"the warm-up deployment {warm_up.status}: {warm_up.error}\n{warm_up.log_since(0)[0]}")
@@ -116,6 +117,9 @@ def main():
             rows.append((answered, recorded, claimed, step_started))
             # Let the worker go idle before the next push: one deployment at a time is what is measured.
             wait_for(lambda: staging_done(tag), 30, f"the staging deployment of {tag}")
+            # And for what it caused (the production deployment held, its change request opened with git work):
+            # on a worker still busy with that, the next push would wait in the queue.
+            wait_for(portal_idle, 60, f"the follow-ups of {tag}", interval=0.02)
             floors.append(floor_once(floor_mirror, origin, tag, floor_work))
 
         latencies = [row[3] for row in rows]

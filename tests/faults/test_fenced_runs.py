@@ -373,3 +373,42 @@ def _run_and_close(deployment_id):
         runner.run_deployment(deployment_id)
     finally:
         connection.close()
+
+
+def test_the_reconciler_fails_a_run_early_only_when_nothing_of_it_can_still_run(repository, staging, make_release):
+    """On the runner's own host, past the time a killed work-horse's step needs to die but well within
+    the lease: a live runner, or a dead runner whose step's process group lives on, is left alone."""
+    from pipelines.models import Target
+
+    deployment = promotion.promote(make_release(repository, "v1"), staging, by=None)
+    deployment.claim(worker_name="here")  # this process is its runner
+    quiet_since = timezone.now() - timedelta(seconds=20)  # older than a beat + the kill grace; lease 60 s
+    Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=quiet_since)
+    assert reconciler.fail_lost_workers(timezone.now()) == 0, "its runner is alive"
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    step = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        Deployment.objects.filter(pk=deployment.pk).update(runner_pid=dead.pid, step_pgid=step.pid)
+        assert reconciler.fail_lost_workers(timezone.now()) == 0, "its runner died but its step still runs"
+    finally:
+        step.kill()
+        step.wait()
+
+    assert reconciler.fail_lost_workers(timezone.now()) == 1, "runner and step are gone: fenced for certain"
+    deployment.refresh_from_db()
+    assert deployment.error == f"Worker lost: the worker process {dead.pid} on {deployment.runner_host} died (killed or crashed)."
+    assert Target.objects.get(repository=repository, environment=staging).lease_holder is None
+
+
+def test_the_supervisor_holds_the_step_timeout_on_its_own(tmp_path):
+    """No runner watching (its work-horse gone): the supervisor alone ends the step and its children."""
+    from pipelines import sandbox
+
+    started = time.monotonic()
+    step = subprocess.run(sandbox.wrap(["bash", "-c", "sleep 60.4 & wait"], workdir=tmp_path, timeout=1),
+                          cwd=tmp_path, start_new_session=True, timeout=30)
+    assert step.returncode == 124, "timeout's own status: the step timed out"
+    assert time.monotonic() - started < 1 + sandbox.KILL_AFTER_SECONDS + 2
+    wait_for(lambda: not sleepers("60.4"), "the step's child to be gone", timeout=sandbox.KILL_AFTER_SECONDS + 2)

@@ -325,5 +325,6 @@ def portal_idle():
             return False
     return not FollowUp.objects.pending().exists()
 
+
 if __name__ == "__main__":
     print("bench/_common.py holds the helpers shared by the benchmarks; it measures nothing itself.")

@@ -44,6 +44,8 @@ def portal_secrets():
     for queue in getattr(settings, "RQ_QUEUES", {}).values():
         values |= url_secrets(queue.get("URL", ""))
         values.add(queue.get("PASSWORD") or "")
+    for mailer in getattr(settings, "MAILERS", {}).values():  # the SMTP password lives in the mailer's options
+        values.add(str((mailer.get("OPTIONS") or {}).get("password") or ""))
     for name in ("GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEY_FALLBACKS", "EMAIL_HOST_PASSWORD"):
         value = getattr(settings, name, "")
         values |= set(value) if isinstance(value, (list, tuple)) else {value}

@@ -21,6 +21,7 @@ MAX_WAIT_SECONDS = 30
 
 class PortalWorker(Worker):
     def work(self, burst=False, **options):
+        _hide_this_processs_environment()
         _probe_the_step_sandbox()
         wait = 1.0
         while True:
@@ -65,3 +66,12 @@ def _probe_the_step_sandbox():
         sandbox.bubblewrap_for(runner.step_account())
     except Exception:
         logger.exception("could not probe the step sandbox here; each run will probe it itself")
+
+
+def _hide_this_processs_environment():
+    """PR_SET_DUMPABLE=0 on the worker itself (its work-horses do the same): /proc/<worker>/environ holds
+    SECRET_KEY, DATABASE_URL and REDIS_URL, and a step running as the worker's own user could read it."""
+    from pipelines import runner
+
+    if runner._prctl is not None:
+        runner._prctl(runner.PR_SET_DUMPABLE, 0, 0, 0, 0)

@@ -31,6 +31,12 @@ def test_the_audit_key_and_the_mail_password_from_the_environment_are_masked(mon
     assert masking.mask(text, secrets) == "*** *** *** ***"
 
 
+def test_the_smtp_password_of_the_configured_mailer_is_masked(settings):
+    settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+                                    "OPTIONS": {"host": "smtp.example.com", "password": "smtp-password-48"}}}
+    assert masking.mask("login smtp-password-48", masking.usable(masking.portal_secrets())) == "login ***"
+
+
 def test_values_shorter_than_six_characters_are_left_alone():
     assert masking.mask("user admin logged in as root", masking.usable({"admin", "root"})) == "user admin logged in as root"
     assert masking.usable({"12345", "123456"}) == ("123456",)

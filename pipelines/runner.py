@@ -95,7 +95,8 @@ def run_deployment(deployment_id):
             log.close()
         except Exception:
             logger.exception("could not store the end of the log of deployment %s", deployment.pk)
-        _record(deployment, "failure", lambda: deployment.fail(f"The portal could not run this deployment: {exc}"))
+        error = f"The portal could not run this deployment: {exc}"
+        _record(deployment, "failure", lambda: deployment.fail(error))
     finally:
         try:
             wake_next_in_line(deployment)

@@ -365,3 +365,34 @@ def run_follow_ups(db):
         return carried_out
 
     return run
+
+
+@pytest.fixture
+def silent_remote():
+    """A git remote that accepts TCP connections and never reads or writes a byte: the worst host there is.
+
+    Yields (its http URL, the list of connections it accepted)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/silent.git", accepted
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()

@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-from django.contrib.admin import ActionLocation
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 

@@ -15,7 +15,6 @@ from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from approvals import opening
 from approvals.context_processors import freeze_notices
 from approvals.freeze import active_freezes, deploy_guard, frozen_until, override_freeze, window_end
 from approvals.models import ChangeRequest, FreezeOverride, FreezeWindow

@@ -195,35 +195,6 @@ def test_it_orders_versions_by_version_not_by_name():
 # --- a remote that accepts a connection and never answers ----------------------------------------------
 
 
-@pytest.fixture
-def silent_remote():
-    """A TCP listener that accepts connections and never reads nor writes: the worst git host there is."""
-    import socket
-    import threading
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/silent.git", accepted
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    listener.close()
-
-
 def test_it_gives_up_on_a_silent_remote_after_the_overall_timeout(db, settings, silent_remote):
     url, accepted = silent_remote
     settings.GITOPS_GIT_TIMEOUT = 2

@@ -4,19 +4,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import django_rq
-import psutil
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from pipelines import promotion, reconciler
 from pipelines.models import AuditEvent, Deployment
+from tests.conftest import child_env, kill_tree, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,16 +58,16 @@ def test_a_killed_worker_is_detected_and_the_next_deployment_of_its_target_runs(
 
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "rqworker", "deploy"],
-        cwd=BASE_DIR, env=_child_env(tmp_path / "data"), start_new_session=True,
+        cwd=BASE_DIR, env=child_env(tmp_path / "data"), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the step to start in the worker")
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the step to start in the worker")
         # The machine dies: the worker, its work horse and the step all vanish at once.
-        _kill_tree(worker.pid)
+        kill_tree(worker.pid)
         worker.wait()
     finally:
-        _kill_tree(worker.pid)
+        kill_tree(worker.pid)
 
     origin.write(".gitops.yml", "environments:\n  staging:\n    steps:\n      - run: echo fixed\n")
     fixed = make_release(repository, "v1.0.1", commit_sha=origin.commit("fast"), pipeline=(origin.path / ".gitops.yml").read_text())
@@ -83,46 +81,6 @@ def test_a_killed_worker_is_detected_and_the_next_deployment_of_its_target_runs(
     assert Deployment.objects.get(pk=deployment.pk).status == "failed"
     assert "Worker lost" in Deployment.objects.get(pk=deployment.pk).error
     assert Deployment.objects.get(pk=following.pk).status == "succeeded"
-
-
-def _child_env(data_dir):
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        database_url = f"sqlite:///{db['NAME']}"
-    else:
-        database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
-    return {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", str(data_dir)),
-        "DJANGO_SETTINGS_MODULE": "gitops_portal.test_settings",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": settings.REDIS_URL,
-        "GITOPS_DATA_DIR": str(data_dir),
-    }
-
-
-def _wait_for(condition, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _kill_tree(pid):
-    try:
-        parent = psutil.Process(pid)
-        family = [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    # Freeze them all first: a work horse that outlived its step by a moment would record a failure.
-    for action in (psutil.Process.suspend, psutil.Process.kill):
-        for process in family:
-            try:
-                action(process)
-            except psutil.NoSuchProcess:
-                pass
 
 
 def _kill_quietly(pid):

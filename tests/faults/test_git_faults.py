@@ -5,10 +5,8 @@
     failed by the reconciler on time.
 (b) A tag on a blob and a pipeline file nested 3,000 levels deep: later tags are still released."""
 
-import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 
@@ -21,32 +19,6 @@ from pipelines import promotion
 from pipelines.models import Deployment, Release, Repository, Target
 from tests.conftest import PIPELINE, child_env, kill_tree, wait_for
 from tests.conftest import git as run_git
-
-
-@pytest.fixture
-def silent_remote():
-    """A TCP listener that accepts every connection and never reads or writes a byte."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.2)
-    accepted, stop = [], threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/silent.git", accepted
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    listener.close()
 
 
 @pytest.fixture

@@ -45,12 +45,14 @@ def handler_for(kind):
     return import_string(path) if path else None
 
 
-def carry_out(follow_up_id, now=None):
-    """One attempt at one follow-up. True when it is done (now or before)."""
+def carry_out(follow_up_id, now=None, *, before_due=False):
+    """One attempt at one follow-up. True when it is done (now or before).
+
+    `before_due`: the process that recorded it carries it out at once, before the reconciler would."""
     follow_up = FollowUp.objects.select_related("deployment", "release", "repository").filter(pk=follow_up_id).first()
     if follow_up is None or follow_up.done_at is not None:
         return True
-    if not follow_up.claim(now):
+    if not follow_up.claim(now, before_due=before_due):
         return False  # not due yet, or another attempt holds it
     handler = handler_for(follow_up.kind)
     if handler is None:

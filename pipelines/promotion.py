@@ -145,9 +145,16 @@ def on_release_recorded(release, since=None):
     return _promote_automatically(release, environments[0], since) if environments else None
 
 
-def on_deployment_succeeded(deployment, since=None):
-    """Success moves the release on to the next environment its file names; a rollback stays put."""
+def next_environment(deployment):
+    """Where a success of `deployment` may promote its release automatically, or None: the next environment
+    its file names, if that one deploys automatically; never after a rollback, which stays put."""
     if deployment.trigger == Deployment.Trigger.ROLLBACK:
         return None
     later = [env for env in environments_for(deployment.release) if env.position > deployment.environment.position]
-    return _promote_automatically(deployment.release, later[0], since) if later else None
+    return later[0] if later and later[0].auto_deploy else None
+
+
+def on_deployment_succeeded(deployment, since=None):
+    """Success moves the release on to the next environment its file names; a rollback stays put."""
+    environment = next_environment(deployment)
+    return _promote_automatically(deployment.release, environment, since) if environment else None

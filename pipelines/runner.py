@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
-from pipelines import git, hooks, masking, sandbox
+from pipelines import followups, git, hooks, masking, sandbox
 from pipelines.models import Deployment, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
 
@@ -344,8 +344,14 @@ def _execute(deployment, heartbeat, log):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     log.close()
-    # The automatic promotion is a follow-up recorded with the success (see Deployment.succeed).
-    _record(deployment, "success", deployment.succeed)
+    # The automatic promotion is a follow-up recorded with the success (see Deployment.succeed), carried
+    # out here at once; should this fail or the work-horse die first, the reconciler re-drives it.
+    recorded = {}
+    if _record(deployment, "success", lambda: recorded.update(follow_up=deployment.succeed())) and recorded["follow_up"]:
+        try:
+            followups.carry_out(recorded["follow_up"].pk, before_due=True)
+        except Exception:
+            logger.exception("the promotion after deployment %s failed; the reconciler retries it", deployment.pk)
 
 
 def _cancel_requested(deployment):

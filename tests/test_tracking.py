@@ -85,7 +85,8 @@ def test_it_records_an_old_tag_pushed_late_without_rolling_back(repository, orig
 
     assert [r.version for r in poll_and_promote(repository)] == ["v1.9.5"]
 
-    assert list(Deployment.objects.values_list("release__version", flat=True)) == ["v2.0.0"]
+    deployed = Deployment.objects.filter(environment__name="staging").values_list("release__version", flat=True)
+    assert list(deployed) == ["v2.0.0"]
 
 
 def test_it_records_the_head_then_every_new_commit_in_commits_mode(repository, origin, poll_and_promote):
@@ -191,14 +192,14 @@ def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin, poll_
     assert (release.commit_sha, release.tag_moved_to) == (original, moved_to)
     event = AuditEvent.objects.get(action="release.tag_moved")
     assert event.details == {"version": "v1.0.0", "old_commit": original, "new_commit": moved_to}
-    assert Deployment.objects.count() == 1
+    assert Deployment.objects.filter(environment__name="staging").count() == 1
     # Moving it again is not news: still one flag, one event.
     origin.commit("another change")
     origin.move_tag("v1.0.0")
     poll_and_promote(repository)
     assert Release.objects.get(version="v1.0.0").tag_moved_to == moved_to
     assert AuditEvent.objects.filter(action="release.tag_moved").count() == 1
-    assert Deployment.objects.count() == 1
+    assert Deployment.objects.filter(environment__name="staging").count() == 1
 
 
 def test_it_stores_an_unreachable_repository_and_still_polls_the_others(repository, origin, tmp_path):

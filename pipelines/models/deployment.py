@@ -248,18 +248,24 @@ class Deployment(models.Model):
         return self
 
     def succeed(self):
-        """Record success, what now runs on the target, and the automatic promotion as a follow-up.
+        """Record success, what now runs on the target, and the automatic promotion as a follow-up; returns
+        that follow-up (None when the release goes nowhere next), for the runner to carry out at once.
 
+        The follow-up is not enqueued: the runner carries it out right after this commits, in the same
+        work-horse, and the reconciler re-drives it after GITOPS_WORKER_LOST_AFTER if the runner died first.
         Lock order: the Target row first, then the transition (whose audit record takes the audit lock)."""
-        from pipelines import followups
+        from pipelines import followups, promotion
         from pipelines.models import FollowUp, Target
 
+        follows = promotion.next_environment(self) is not None
         with transaction.atomic():
             target = self.lock_target()
             self.transition(Status.SUCCEEDED, exit_code=0)
             Target.objects.filter(pk=target.pk).update(current_release=self.release)
-            FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self)
-        return self
+            if not follows:
+                return None
+            return FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,
+                                             delay=settings.GITOPS_WORKER_LOST_AFTER)
 
     def fail(self, error, *, exit_code=None, by=None):
         return self.transition(Status.FAILED, by=by, error=error, exit_code=exit_code, details={"error": error[:500]})

@@ -17,23 +17,31 @@ MAX_BACKOFF_SECONDS = 600
 
 
 class FollowUpQuerySet(models.QuerySet):
-    def schedule(self, kind, *, deployment=None, release=None, repository=None, payload=None, delay=0):
-        """Record a follow-up; call inside the transaction that causes it. Its job is enqueued on commit."""
+    def schedule(self, kind, *, deployment=None, release=None, repository=None, payload=None, delay=0, enqueue=True):
+        """Record a follow-up; call inside the transaction that causes it. Its job is enqueued on commit.
+
+        With `enqueue=False` the caller carries it out itself right after the commit (no job, no fork),
+        and the reconciler re-drives it once `delay` has passed if that attempt never happened."""
         from pipelines import jobs
 
         follow_up = self.create(
             kind=kind, deployment=deployment, release=release, repository=repository, payload=payload or {},
             due_at=timezone.now() + timedelta(seconds=delay),
         )
-        jobs.enqueue_follow_up(follow_up.pk)
+        if enqueue:
+            jobs.enqueue_follow_up(follow_up.pk)
         return follow_up
 
     def pending(self):
         return self.filter(done_at__isnull=True)
 
+    def unclaimed(self, now):
+        """Pending and not claimed by a live attempt."""
+        return self.pending().filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+
     def due(self, now):
         """Pending, due, and not claimed by a live attempt."""
-        return self.pending().filter(due_at__lte=now).filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        return self.unclaimed(now).filter(due_at__lte=now)
 
 
 class FollowUp(models.Model):
@@ -58,11 +66,13 @@ class FollowUp(models.Model):
     def __str__(self):
         return f"follow-up #{self.pk} {self.kind}"
 
-    def claim(self, now=None):
-        """Take this follow-up for one attempt. False when it is done or another attempt holds it."""
+    def claim(self, now=None, *, before_due=False):
+        """Take this follow-up for one attempt. False when it is done, not due (unless `before_due`: the
+        process that recorded it carries it out at once), or another attempt holds it."""
         now = now or timezone.now()
+        claimable = FollowUp.objects.unclaimed(now) if before_due else FollowUp.objects.due(now)
         claimed = (
-            FollowUp.objects.due(now).filter(pk=self.pk)
+            claimable.filter(pk=self.pk)
             .update(claimed_until=now + timedelta(seconds=CLAIM_SECONDS), attempts=F("attempts") + 1)
         )
         if claimed:

@@ -52,7 +52,8 @@ def diagnostics(repository, release, work_dir):
     imports = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     return [f"in-process, best of 3, into GITOPS_WORK_DIR ({settings.GITOPS_WORK_DIR}):",
             f"  git.materialise {ms(materialise)}, tar -x of the same archive alone {ms(tar_alone)} (this disk's floor)",
-            f"  import pipelines.runner after django.setup() (paid again by every work-horse): {ms(imports)}"]
+            f"  import pipelines.runner after django.setup(): {ms(imports)} (paid by every work-horse unless the worker "
+            "imported it before forking, as PortalWorker does)"]
 
 
 def main():

@@ -249,13 +249,26 @@ def materialise(repository, commit_sha, destination):
     """Write the files of `commit_sha` into the existing empty directory `destination`.
 
     `git archive` piped into tar: one pass, modes (the executable bit) kept, no index or worktree
-    metadata left in the mirror. A worker on another machine may not have the commit yet: fetch it."""
+    metadata left in the mirror. A worker on another machine may not have the commit yet: then the archive
+    fails at once, writing nothing, and the commit is fetched (asking first would cost every run a git
+    process of its own)."""
     _checked_sha(commit_sha)
+    try:
+        _archive_into(repository, commit_sha, destination)
+        return
+    except GitError:
+        if has_commit(repository, commit_sha):
+            raise  # the commit is here: something else went wrong
+    sync_mirror(repository)
     if not has_commit(repository, commit_sha):
-        sync_mirror(repository)
-        if not has_commit(repository, commit_sha):
-            raise GitError(f"Commit {commit_sha[:10]} is no longer in repository {display_url(repository.url)}.")
+        raise GitError(f"Commit {commit_sha[:10]} is no longer in repository {display_url(repository.url)}.")
+    _archive_into(repository, commit_sha, destination)
+
+
+def _archive_into(repository, commit_sha, destination):
     mirror = mirror_path(repository)
+    if not mirror.is_dir():
+        raise GitError(f"There is no mirror of repository {repository.name} on this machine yet.")
     archive = _git(mirror).execute(
         _command(mirror, ["archive", "--format=tar", commit_sha]), as_process=True, env=_environment()
     )

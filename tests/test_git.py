@@ -179,7 +179,19 @@ def test_it_materialises_two_thousand_files_in_a_fixed_number_of_git_calls(repos
     # One archive streamed into tar (about 60 ms on an idle machine, where tar alone takes as long):
     # the cost does not grow by a git call per file. Timing itself is left to benchmarks.
     commands = [line.split("built-in: ")[1] for line in trace.read_text().splitlines() if "built-in: git" in line]
-    assert [command.split()[1:3] for command in commands] == [["cat-file", "-e"], ["archive", "--format=tar"]]
+    assert [command.split()[1:3] for command in commands] == [["archive", "--format=tar"]]
+
+
+def test_it_fetches_a_commit_the_mirror_does_not_have_yet_and_then_writes_it(repository, origin, tmp_path):
+    git.sync_mirror(repository)
+    origin.write("late.txt", "pushed after the mirror was made\n")
+    sha = origin.commit("late")
+    destination = tmp_path / "checkout"
+    destination.mkdir()
+
+    git.materialise(repository, sha, destination)
+
+    assert (destination / "late.txt").read_text() == "pushed after the mirror was made\n"
 
 
 def test_it_orders_versions_by_version_not_by_name():

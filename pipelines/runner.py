@@ -71,7 +71,7 @@ class StepOutcome:
 
 def run_deployment(deployment_id):
     deployment = (
-        Deployment.objects.select_related("release", "environment", "repository", "previous_release")
+        Deployment.objects.select_related("release__repository", "environment", "repository", "previous_release")
         .filter(pk=deployment_id)
         .first()
     )
@@ -206,7 +206,7 @@ class LogWriter:
         self.masker = masking.StreamMasker(masking.secrets_for(deployment))
         self.pending = []
         self.failing_since = None
-        self.seq = None  # the last piece stored; read from the database at the first flush
+        self.seq = 0  # the run writes the whole log of the deployment it has just claimed
 
     def write(self, text):
         text = self.masker.feed(text)

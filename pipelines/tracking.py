@@ -89,14 +89,15 @@ def poll_repository(repository, *, unchanged=None):
         follow_up = None
         if newest is not None and newest.is_valid:
             # Written with the release: if promotion fails or this process dies, the follow-up is retried.
-            follow_up = FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=newest)
+            follow_up = FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=newest, enqueue=False,
+                                                  delay=settings.GITOPS_WORKER_LOST_AFTER)
         _record_success(repository, now, refs_fingerprint=fingerprint, skipped_tags=skipped)
     if follow_up is not None:
-        # A first attempt at once saves a trip through the queue (a poll runs in a worker or in the
-        # one-shot command, never in a web request). Its job, enqueued on commit, finds it claimed or
-        # done; if this attempt fails, the follow-up backs off and the reconciler re-drives it.
+        # Carried out here at once, with no job of its own: on `rqworker git deploy` that job would be taken
+        # before the deployment it queues (the git queue comes first), a fork for nothing on the way from a
+        # push to its step. If this attempt fails or this process dies first, the reconciler re-drives it.
         try:
-            followups.carry_out(follow_up.pk)
+            followups.carry_out(follow_up.pk, before_due=True)
         except Exception:
             logger.exception("the automatic promotion of %s failed; it will be retried", newest)
     return recorded

@@ -59,13 +59,21 @@ class PortalWorker(Worker):
 
 def _probe_the_step_sandbox():
     """Probe bubblewrap once, before any work-horse is forked: each inherits the answer, instead of
-    probing again (and warning again where it does not work) for every deployment."""
-    from pipelines import runner, sandbox
+    probing again (and warning again where it does not work) for every deployment. And import what the
+    jobs need, for the same reason: what is not imported here, every work-horse imports again."""
+    from django.conf import settings
+    from django.db import connections
+    from django.utils.module_loading import import_string
 
+    from pipelines import followups, promotion, runner, sandbox, tracking  # noqa: F401
+
+    for path in [*settings.GITOPS_DEPLOY_GUARDS, *settings.GITOPS_FOLLOW_UP_HANDLERS.values()]:
+        import_string(path)
     try:
         sandbox.bubblewrap_for(runner.step_account())
     except Exception:
         logger.exception("could not probe the step sandbox here; each run will probe it itself")
+    connections.close_all()  # a work-horse must never share a database connection with its parent
 
 
 def _hide_this_processs_environment():

@@ -259,9 +259,9 @@ class Deployment(models.Model):
 
         follows = promotion.next_environment(self) is not None
         with transaction.atomic():
-            target = self.lock_target()
-            self.transition(Status.SUCCEEDED, exit_code=0)
-            Target.objects.filter(pk=target.pk).update(current_release=self.release)
+            self.transition(Status.SUCCEEDED, exit_code=0)  # it locks the Target row first
+            Target.objects.filter(repository=self.repository_id, environment=self.environment_id).update(
+                current_release=self.release)
             if not follows:
                 return None
             return FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,

@@ -348,6 +348,15 @@ def private_redis(tmp_path):
 
 
 @pytest.fixture
+def queues_on_private_redis(private_redis, settings):
+    """The portal's queues on a Redis that the test may stop. django-rq builds its client from
+    settings.RQ_QUEUES on every call (no cache), so overriding the settings is enough."""
+    settings.REDIS_URL = private_redis.url
+    settings.RQ_QUEUES = {name: {**config, "URL": private_redis.url} for name, config in settings.RQ_QUEUES.items()}
+    return private_redis
+
+
+@pytest.fixture
 def run_follow_ups(db):
     """Carry out every due follow-up in this process, as their jobs would (and the ones those schedule)."""
     from django.utils import timezone

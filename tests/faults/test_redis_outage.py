@@ -29,19 +29,11 @@ environments:
 """
 
 
-@pytest.fixture
-def queue_on_private_redis(private_redis, settings):
-    """The portal's queues on a Redis that the test may stop."""
-    settings.REDIS_URL = private_redis.url
-    settings.RQ_QUEUES = {name: {**config, "URL": private_redis.url} for name, config in settings.RQ_QUEUES.items()}
-    return private_redis
-
-
 def test_an_approval_while_redis_is_down_succeeds_and_its_deployment_runs_once_when_redis_is_back(
-    queue_on_private_redis, repository, origin, staging, production, make_release, alice, bob, client, tmp_path,
+    queues_on_private_redis, repository, origin, staging, production, make_release, alice, bob, client, tmp_path,
     run_follow_ups,
 ):
-    redis_server = queue_on_private_redis
+    redis_server = queues_on_private_redis
     ran = tmp_path / "ran"
     ran.mkdir()
     pipeline = PIPELINE.format(ran=ran)

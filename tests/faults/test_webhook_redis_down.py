@@ -27,17 +27,9 @@ def deliver(delivery_id):
     )
 
 
-@pytest.fixture
-def portal_on_private_redis(settings, private_redis):
-    """django-rq builds a client from settings.RQ_QUEUES on every call (no cache), so overriding them is enough."""
-    settings.REDIS_URL = private_redis.url
-    settings.RQ_QUEUES = {name: {**options, "URL": private_redis.url} for name, options in settings.RQ_QUEUES.items()}
-    return private_redis
-
-
 def test_a_webhook_accepted_while_redis_is_down_is_polled_once_it_is_back(
-        repository, origin, portal_on_private_redis, run_workers):
-    redis_server = portal_on_private_redis
+        repository, origin, queues_on_private_redis, run_workers):
+    redis_server = queues_on_private_redis
     Repository.objects.filter(pk=repository.pk).update(webhook_secret=SECRET, poll_interval=3600)
     repository.refresh_from_db()
     origin.tag("v1.0.0")
@@ -72,7 +64,7 @@ def test_a_webhook_accepted_while_redis_is_down_is_polled_once_it_is_back(
     assert Repository.objects.due_for_poll() == []
 
 
-def test_a_webhook_says_it_is_polled_now_when_redis_answers(repository, origin, portal_on_private_redis, run_workers):
+def test_a_webhook_says_it_is_polled_now_when_redis_answers(repository, origin, queues_on_private_redis, run_workers):
     Repository.objects.filter(pk=repository.pk).update(webhook_secret=SECRET)
     origin.tag("v1.0.0")
 

@@ -4,6 +4,7 @@ rq's own loop quits on most errors that reach it, and one that meets Redis away 
 bookkeeping after the job, a maintenance task) exits for good. The database holds the truth and the
 reconciler re-enqueues what the queue lost, so the right response is to wait for Redis and go on."""
 
+import gc
 import logging
 import time
 import uuid
@@ -74,6 +75,9 @@ def _probe_the_step_sandbox():
     except Exception:
         logger.exception("could not probe the step sandbox here; each run will probe it itself")
     connections.close_all()  # a work-horse must never share a database connection with its parent
+    # What is imported now stays as it is in every work-horse: out of the collector's sight, its pages are
+    # not written (copied) by each horse's garbage collections.
+    gc.freeze()
 
 
 def _hide_this_processs_environment():

@@ -405,3 +405,24 @@ def silent_remote():
     for connection in accepted:
         connection.close()
     listener.close()
+
+
+@pytest.fixture
+def make_held_change(repository, production, origin, make_release, alice, tmp_path):
+    """A production deployment held for approval, with its change request, made through the state machine;
+    its step appends a line to the returned file each time it runs. Returns (change request, that file)."""
+
+    def make(required_approvals=1):
+        from approvals.opening import open_change_request
+        from pipelines import promotion
+
+        runs = tmp_path / "production-runs"
+        pipeline = f"environments:\n  production:\n    steps:\n      - run: echo ran >> {runs}\n"
+        origin.write(".gitops.yml", pipeline)
+        release = make_release(repository, "v2.0.0", commit_sha=origin.commit("v2"), pipeline=pipeline)
+        production.required_approvals = required_approvals
+        production.save(update_fields=["required_approvals"])
+        deployment = promotion.promote(release, production, by=alice)
+        return open_change_request(deployment), runs
+
+    return make

@@ -14,21 +14,9 @@ THREADS = 8
 
 
 @pytest.fixture
-def held_production_deployment(repository, production, origin, make_release, alice, tmp_path):
+def held_production_deployment(make_held_change):
     """A real release whose production step appends a line to a file each time it runs."""
-    runs = tmp_path / "production-runs"
-    pipeline = f"environments:\n  production:\n    steps:\n      - run: echo ran >> {runs}\n"
-    origin.write(".gitops.yml", pipeline)
-    release = make_release(repository, "v2.0.0", commit_sha=origin.commit("v2"), pipeline=pipeline)
-    deployment = Deployment.objects.create(
-        release=release, environment=production, repository=repository, trigger=Deployment.Trigger.MANUAL,
-        status=Deployment.Status.AWAITING_APPROVAL, triggered_by=alice,
-    )
-    change = ChangeRequest.objects.get_or_create(
-        deployment=deployment,
-        defaults={"repository": repository, "environment": production, "requested_by": alice, "required_approvals": 1},
-    )[0]
-    return change, runs
+    return make_held_change(required_approvals=1)
 
 
 @pytest.fixture

@@ -44,21 +44,9 @@ def all_at_once(work, arguments):
 
 
 @pytest.fixture
-def held(repository, production, origin, make_release, alice, tmp_path):
+def held(make_held_change):
     """A held production deployment (needing REQUIRED approvals) whose step appends a line each time it runs."""
-    runs = tmp_path / "production-runs"
-    pipeline = f"environments:\n  production:\n    steps:\n      - run: echo ran >> {runs}\n"
-    origin.write(".gitops.yml", pipeline)
-    release = make_release(repository, "v2.0.0", commit_sha=origin.commit("v2"), pipeline=pipeline)
-    deployment = Deployment.objects.create(
-        release=release, environment=production, repository=repository, trigger=Deployment.Trigger.MANUAL,
-        status=Deployment.Status.AWAITING_APPROVAL, triggered_by=alice,
-    )
-    change = ChangeRequest.objects.create(
-        deployment=deployment, repository=repository, environment=production, requested_by=alice,
-        required_approvals=REQUIRED,
-    )
-    return change, runs
+    return make_held_change(required_approvals=REQUIRED)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -190,7 +190,7 @@ class Portal:
         return url, process
 
     def start_worker(self, *queues):
-        """One real forking `manage.py rqworker <queues>`, returned once it is registered in Redis."""
+        """One real `manage.py rqworker <queues>`, returned once it is registered in Redis."""
         import django_rq
         from rq import Worker
 

@@ -1,8 +1,8 @@
-"""The portal's own overhead per deployment of a 2,000-file repository, with a real forking rq worker.
+"""The portal's own overhead per deployment of a 2,000-file repository, with a real rq worker.
 
 The staging step does nothing but write two timestamps, so what is left is the portal:
 overhead = (step start − rq job started_at) + (rq job ended_at − step end).
-rq stamps started_at in the work-horse right before calling the job, and ended_at right after it returns.
+rq stamps started_at in the worker right before calling the job, and ended_at right after it returns.
 The split uses the rows too: claimed (Deployment.started_at) and finished (Deployment.finished_at). (The
 first log line no longer marks "files written": the runner buffers it and stores it with the step's output.)
 Target: median ≤ 150 ms.

@@ -1,4 +1,4 @@
-"""Throughput of no-op deployments with 2 real forking rq workers, beside the floor measured in the same run.
+"""Throughput of no-op deployments with 2 real rq workers, beside the floor measured in the same run.
 
 200 deployments of a step that does nothing (`true`) are queued at once, one per target (40 repositories ×
 5 environments without approval and without automatic deployment, so nothing chains and nothing is
@@ -88,7 +88,8 @@ def measure_floor(mirrors, sha, work_dir):
 
 def job_split(deployments):
     """Per deployment, from rq's stamps and the rows: (job start → claimed, claimed → finished, finished → job
-    end) and, per worker, the gap from one job's end to the next job's start (dequeue, fork)."""
+    end) and, per worker, the gap from one job's end to the next job's start (dequeue; a deployment runs in the worker's
+    own process, see pipelines/worker.py)."""
     import django_rq
     from rq.job import Job
 
@@ -204,14 +205,14 @@ def run(work_dir_note):
              f"{N / (succeeded_at - enqueued_at[0]):.1f}/s" if succeeded_at else "-", None, None),
             ("worker time per deployment (2 × wall / 200)", ms(per_deployment), None, None),
             ("portal overhead per deployment (that − floor)", ms(overhead), None, None),
-            ("CPU of the workers per deployment (work-horses, steps included)", ms(cpu / N), None, None),
+            ("CPU of the workers per deployment (steps included)", ms(cpu / N), None, None),
             ("floor per deployment (archive | tar -x, bash -c true, rm)", ms(floor), None, None),
             ("floor rate, 2 in parallel", f"{floor_rate:.0f}/s", None, None),
             ("per job, median / p90: rq job start → claimed", med([s[0] for s in split]), None, None),
             ("  claimed → finished (DB rows; files, step, log)", med([s[1] for s in split]), None, None),
             ("  finished → rq job end (follow-up, wake next)", med([s[2] for s in split]), None, None),
             ("  whole rq job", med([s[3] for s in split]), None, None),
-            ("  between jobs of one worker (dequeue, fork, follow-up jobs)", med(gaps), None, None),
+            ("  between jobs of one worker (dequeue, follow-up jobs)", med(gaps), None, None),
         ]
         notes = [f"{N} targets = {REPOSITORIES} repositories × {ENVIRONMENTS} environments; {WORKERS} × "
                  "`manage.py rqworker git deploy`; no scheduler or reconciler running",
@@ -229,7 +230,7 @@ def run(work_dir_note):
 
 
 def cpu_seconds(process):
-    """User + system CPU of a worker and of the children it has reaped (its work-horses, and their steps)."""
+    """User + system CPU of a worker and of the children it has reaped (the steps, and any work-horses of git jobs)."""
     times = process.cpu_times()
     return times.user + times.system + times.children_user + times.children_system
 

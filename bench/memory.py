@@ -2,8 +2,9 @@
 
 (a) gunicorn (1 worker) serving the dashboard of 50 repositories × 2 environments to a signed-in superuser:
     the worker's RSS after 1, 50, 100, 200, 500 and 1,000 requests of GET /.
-(b) one long-running `manage.py rqworker git deploy`: the RSS of its main process (the one that forks a
-    work-horse per job) after deployments 1, 25, 50, 75 and 100 — it must stay flat — and the work-horses' peak.
+(b) one long-running `manage.py rqworker git deploy`: the RSS of its main process (which runs deployments
+    itself, see pipelines/worker.py) after deployments 1, 25, 50, 75 and 100 — it must stay flat — and the peak
+    of its children (steps and their supervisors, work-horses of git jobs).
 """
 
 import hashlib
@@ -72,7 +73,7 @@ def web_rss(base_url, master):
 
 
 def horse_peak(worker, stop, peak):
-    """Sample the RSS of the worker's children (its work-horses) until `stop` is set."""
+    """Sample the RSS of the worker's children (steps, work-horses of git jobs) until `stop` is set."""
     main = psutil.Process(worker.pid)
     while not stop.wait(0.003):
         try:
@@ -135,7 +136,7 @@ def main():
             (f"web worker growth {first} → {last} requests", mb(web[last] - web[first]), None, None),
             *[(f"rq worker main after deployment {n}", mb(rss), None, None) for n, rss in worker.items()],
             (f"rq worker main growth {WORKER_SAMPLES[1]} → {WORKER_SAMPLES[-1]}", mb(growth), f"flat (≤ {FLAT_MB:.0f} MB)", growth <= FLAT_MB * 2**20),
-            (f"work-horse observed peak ({len(peak['seen'])} of {WORKER_SAMPLES[-1]} seen)", mb(peak["rss"]), None, None),
+            (f"children observed peak ({len(peak['seen'])} of {WORKER_SAMPLES[-1]} seen)", mb(peak["rss"]), None, None),
         ])
 
 

@@ -91,11 +91,11 @@ def fail_lost_workers(now):
     """Fail running deployments whose runner is lost, with the true reason, and wake what waited.
 
     Only once the run is fenced: its lease expired (no heartbeat for GITOPS_WORKER_LOST_AFTER, and the
-    runner stops its own step after half of that), or, on the runner's own host, its work-horse and its
+    runner stops its own step after half of that), or, on the runner's own host, its runner process and its
     step's process group are both gone, so nothing of it can still run (this makes the next run start
     soon after a kill -9). One query, however many deployments run."""
     lost_after = timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
-    # A step's supervisor outlives a killed work-horse by at most its kill-after grace; the horse died
+    # A step's supervisor outlives a killed runner by at most its kill-after grace; the runner died
     # at most one beat after its last one.
     settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
     here = this_host()

@@ -8,9 +8,10 @@ Fencing: a run never overlaps the next run of its target.
 - The run holds its target's lease (Deployment.claim), renewed by the heartbeat. When the heartbeat has
   not renewed for half of GITOPS_WORKER_LOST_AFTER, the run kills its step itself, so by the time the
   lease expires and the reconciler may fail it and start the next one, nothing of it runs any more.
-- A step dies with its work-horse: the work-horse gets SIGKILL when the rq worker dies (PR_SET_PDEATHSIG),
-  the step's supervisor (pipelines/sandbox.py) gets SIGTERM when the work-horse dies and takes the step's
-  whole process group with it; the supervisor also holds the step's timeout when no work-horse is left.
+- A step dies with the process that runs it: the rq worker itself (pipelines/worker.py runs deployments in
+  its own process), or a forked work-horse, which gets SIGKILL when the worker dies (PR_SET_PDEATHSIG). The
+  step's supervisor (pipelines/sandbox.py) gets SIGTERM when that process dies and takes the step's whole
+  process group with it; the supervisor also holds the step's timeout when no runner is left.
 - A database blip (a restart, a terminated backend) does not fail a run: the log is buffered and
   retried, beats are retried, and the outcome is retried for up to half of GITOPS_WORKER_LOST_AFTER.
 - A cancel is checked before every step, the first included."""
@@ -89,6 +90,16 @@ def run_deployment(deployment_id):
     try:
         with Heartbeat(deployment) as heartbeat:
             _execute(deployment, heartbeat, log)
+    except (SystemExit, KeyboardInterrupt):
+        # The worker is stopping cold (a second SIGTERM or Ctrl-C) during the run: the step's group is
+        # already killed (run_step). One attempt to say so; if it fails, the reconciler finds the runner gone.
+        logger.warning("deployment %s: the worker stopped during the run", deployment.pk)
+        try:
+            log.close()
+            deployment.fail("The worker running this deployment was shut down during the run; its step was stopped.")
+        except Exception:
+            logger.exception("could not record that deployment %s was stopped", deployment.pk)
+        raise
     except Exception as exc:
         logger.exception("deployment %s crashed in the portal", deployment.pk)
         try:
@@ -110,8 +121,8 @@ def seal_work_horse():
     PR_SET_PDEATHSIG: when the rq worker is SIGKILLed, its work-horse gets SIGKILL too (and the step's
     supervisor then stops the step), instead of running on unseen. PR_SET_DUMPABLE=0: /proc/<horse>/environ,
     which holds SECRET_KEY, DATABASE_URL and REDIS_URL, becomes unreadable to a step running as the same
-    user. Does nothing where jobs run in the worker's own process (SimpleWorker: tests, `run_workers`),
-    whose parent is no worker of ours to die with."""
+    user. Does nothing where the run is in the worker's own process (PortalWorker runs deployments itself
+    and made itself non-dumpable; SimpleWorker in tests), whose parent is no worker of ours to die with."""
     worker_pid = _forking_worker_pid()
     if worker_pid is None or _prctl is None:
         return
@@ -140,7 +151,7 @@ def _forking_worker_pid():
 
 
 def _die_with_the_runner():
-    """preexec_fn of the step's supervisor: SIGTERM when the work-horse that started it dies."""
+    """preexec_fn of the step's supervisor: SIGTERM when the process (strictly: the thread) that started it dies."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -345,7 +356,7 @@ def _execute(deployment, heartbeat, log):
         shutil.rmtree(workdir, ignore_errors=True)
     log.close()
     # The automatic promotion is a follow-up recorded with the success (see Deployment.succeed), carried
-    # out here at once; should this fail or the work-horse die first, the reconciler re-drives it.
+    # out here at once; should this fail or the runner die first, the reconciler re-drives it.
     recorded = {}
     if _record(deployment, "success", lambda: recorded.update(follow_up=deployment.succeed())) and recorded["follow_up"]:
         try:

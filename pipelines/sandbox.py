@@ -3,9 +3,9 @@
 Two layers, outermost first:
 
 1. A supervisor, GNU coreutils `timeout --kill-after=5 <N>s`. The runner starts it in a session of its own
-   with a parent-death signal (SIGTERM when the work-horse dies), so whatever happens to the work-horse
+   with a parent-death signal (SIGTERM when the runner dies: the worker, or its work-horse), so whatever happens to the runner
    the supervisor forwards SIGTERM to the step's whole process group and SIGKILLs it 5 s later; and it
-   enforces the step's `timeout` on its own, even when no work-horse is left to do it.
+   enforces the step's `timeout` on its own, even when no runner is left to do it.
 2. Where bubblewrap works (probed once per account, then cached), a private PID namespace and a private
    view of the portal's directories: `/proc` shows only the step's own processes (not the worker's
    `/proc/<pid>/environ`, which holds SECRET_KEY, DATABASE_URL and REDIS_URL), the data, work and mirror
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 KILL_AFTER_SECONDS = 5
 # A step running as root keeps its other powers, but not the two that would undo the sandbox: mounting
 # (to uncover the real /proc under the private one) and ptrace access to other processes (to read the
-# environment of a non-dumpable work-horse).
+# environment of a non-dumpable worker).
 _ROOT_CAPS_DROPPED = ("CAP_SYS_ADMIN", "CAP_SYS_PTRACE")
 
 _probed = {}

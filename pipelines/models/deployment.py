@@ -252,7 +252,7 @@ class Deployment(models.Model):
         that follow-up (None when the release goes nowhere next), for the runner to carry out at once.
 
         The follow-up is not enqueued: the runner carries it out right after this commits, in the same
-        work-horse, and the reconciler re-drives it after GITOPS_WORKER_LOST_AFTER if the runner died first.
+        process, and the reconciler re-drives it after GITOPS_WORKER_LOST_AFTER if the runner died first.
         Lock order: the Target row first, then the transition (whose audit record takes the audit lock)."""
         from pipelines import followups, promotion
         from pipelines.models import FollowUp, Target

@@ -1,7 +1,7 @@
 """Fenced runs: a target never runs two deployments at once, whatever dies or stalls.
 
-Each test drives a real `manage.py rqworker deploy` process (its work-horse forks the steps) and kills
-or starves it for real: SIGKILL of the work-horse or of the worker, beats stuck behind a lock the
+Each test drives a real `manage.py rqworker deploy` process (it runs deployments in its own process and
+starts the steps) and kills or starves it for real: SIGKILL of the worker, a cold shutdown, beats stuck behind a lock the
 database really holds, backends terminated with pg_terminate_backend. Steps write markers with
 timestamps (`date +%s.%N`) when they start and when they exit, so "no overlap" is read from the steps'
 own clocks, not from the portal's records."""
@@ -111,11 +111,6 @@ def sleepers(duration):
     return found
 
 
-def work_horse_of(worker):
-    children = wait_for(lambda: psutil.Process(worker.pid).children(), "the worker to fork its work-horse")
-    return children[0]
-
-
 def status(deployment):
     return Deployment.objects.get(pk=deployment.pk).status
 
@@ -142,65 +137,99 @@ def path_without_bubblewrap(directory):
 
 
 @pytest.mark.parametrize("bubblewrap", [True, False], ids=["bubblewrap", "no-bubblewrap"])
-def test_a_killed_work_horse_takes_its_step_along_and_the_next_run_starts_only_after(
+def test_a_killed_worker_takes_its_step_along_and_the_next_run_starts_only_after(
         repository, staging, origin, make_release, markers, workers, fast_leases, tmp_path, bubblewrap):
     # A background child and `wait`: the step's grandchild must go too.
     slow = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "sleep 70.1 & wait"))
     fast = release_with(origin, make_release, repository, "v2", marked(markers, "v2", "echo fast"))
     first = promotion.promote(slow, staging, by=None)
-    worker = workers.start(**({} if bubblewrap else {"PATH": path_without_bubblewrap(tmp_path / "bin")}))
+    no_bubblewrap = {} if bubblewrap else {"PATH": path_without_bubblewrap(tmp_path / "bin")}
+    worker = workers.start(**no_bubblewrap)
     wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
     following = promotion.promote(fast, staging, by=None)  # queued behind the running one
     assert reconciler.reconcile()["worker_lost"] == 0, "a live run is left alone"
 
-    horse = work_horse_of(worker)
-    assert Deployment.objects.get(pk=first.pk).runner_pid == horse.pid
+    # The worker runs the deployment itself (no work-horse), so SIGKILL of the worker is SIGKILL of the run.
+    assert Deployment.objects.get(pk=first.pk).runner_pid == worker.pid
     step_namespace = os.readlink(f"/proc/{wait_for(lambda: sleepers('70.1'), 'the sleep')[0].pid}/ns/pid")
     assert (step_namespace != os.readlink("/proc/self/ns/pid")) == bubblewrap, "a private PID namespace where bwrap works"
-    horse.kill()
+    worker.kill()
+    worker.wait()
     killed_at = time.time()
-    wait_for(lambda: not sleepers("70.1"), "the step and its sleep to die with the work-horse", timeout=10)
+    wait_for(lambda: not sleepers("70.1"), "the step and its sleep to die with the worker", timeout=10)
     gone_at = time.time()
     assert gone_at - killed_at < 10
 
-    # Fenced for certain (work-horse and step group gone on this host): failed early, with the true reason.
+    # Fenced for certain (the runner and the step's group are gone on this host): failed early, well
+    # before the lease runs out, with the true reason.
     wait_for(lambda: reconciler.reconcile()["worker_lost"] == 1, "the reconciler to fail the run", timeout=30, interval=0.5)
     first.refresh_from_db()
     assert first.status == "failed"
-    assert first.error == f"Worker lost: the worker process {horse.pid} on {first.runner_host} died (killed or crashed)."
+    assert first.error == f"Worker lost: the worker process {worker.pid} on {first.runner_host} died (killed or crashed)."
 
+    workers.start(**no_bubblewrap)  # the killed worker is gone for good; a new one takes the queue
     wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
     assert_no_overlap(markers / "v1", markers / "v2", gone_at)
-    assert worker.poll() is None, "the rq worker itself survived its work-horse"
-    warnings = workers.output(0).count("bubblewrap (bwrap) is not installed")
+    warnings = workers.output(1).count("bubblewrap (bwrap) is not installed")
     assert warnings == (0 if bubblewrap else 1), "the fallback is said once per worker, not once per run"
 
 
-def test_a_killed_worker_takes_its_work_horse_and_step_along(
+def test_a_worker_killed_past_its_lease_is_failed_once_the_lease_expires(
         repository, staging, origin, make_release, markers, workers, fast_leases):
+    """Seen from another host (or once the pid is taken by someone else), only the lease tells: the run is
+    failed once it expired, not before."""
     slow = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "sleep 70.2"))
     fast = release_with(origin, make_release, repository, "v2", marked(markers, "v2", "echo fast"))
     first = promotion.promote(slow, staging, by=None)
     worker = workers.start()
     wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
-    horse = work_horse_of(worker)
 
-    worker.kill()  # the rq worker's main process only: its work-horse gets SIGKILL by parent-death signal
+    worker.kill()
     worker.wait()
     killed_at = time.time()
-    wait_for(lambda: not psutil.pid_exists(horse.pid) or horse.status() == psutil.STATUS_ZOMBIE,
-             "the work-horse to die with its worker", timeout=10)
-    wait_for(lambda: not sleepers("70.2"), "the step and its sleep to die with the work-horse", timeout=10)
+    wait_for(lambda: not sleepers("70.2"), "the step and its sleep to die with the worker", timeout=10)
     gone_at = time.time()
     assert gone_at - killed_at < 10
+    Deployment.objects.filter(pk=first.pk).update(runner_host="another-host")
 
     following = promotion.promote(fast, staging, by=None)
+    assert reconciler.reconcile()["worker_lost"] == 0, "another host's run is left alone while its lease holds"
     later = timezone.now() + timedelta(seconds=LOST_AFTER + 1)  # past the lease
     assert reconciler.reconcile(now=later)["worker_lost"] == 1
     first.refresh_from_db()
-    assert first.error == f"Worker lost: the worker process {horse.pid} on {first.runner_host} died (killed or crashed)."
+    assert first.error.startswith("Worker lost:"), first.error
 
-    workers.start()  # the killed worker is gone for good; a new one takes the queue
+    workers.start()
+    wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
+    assert_no_overlap(markers / "v1", markers / "v2", gone_at)
+
+
+def test_a_worker_shut_down_cold_during_a_step_stops_it_and_says_so(
+        repository, staging, origin, make_release, markers, workers, fast_leases):
+    """SIGTERM asks the worker to stop after the job; a second one stops it at once (rq's cold shutdown),
+    in the middle of the run that the worker carries out itself."""
+    slow = release_with(origin, make_release, repository, "v1", marked(markers, "v1", "sleep 70.3"))
+    fast = release_with(origin, make_release, repository, "v2", marked(markers, "v2", "echo fast"))
+    first = promotion.promote(slow, staging, by=None)
+    worker = workers.start()
+    wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
+    following = promotion.promote(fast, staging, by=None)
+
+    worker.terminate()
+    first_signal_at = time.monotonic()
+    # rq ignores a second signal that comes within a second of the first (Worker.request_force_stop).
+    wait_for(lambda: time.monotonic() - first_signal_at > 1.2, "rq's one-second window to pass", interval=0.1)
+    assert worker.poll() is None, "a warm shutdown waits for the run"
+    worker.terminate()
+    assert worker.wait(timeout=30) is not None
+    wait_for(lambda: not sleepers("70.3"), "the step to be stopped", timeout=10)
+    gone_at = time.time()
+
+    first.refresh_from_db()
+    assert first.status == "failed"
+    assert first.error == "The worker running this deployment was shut down during the run; its step was stopped."
+
+    workers.start()
     wait_for(lambda: status(following) == "succeeded", "the next deployment to run", timeout=60)
     assert_no_overlap(markers / "v1", markers / "v2", gone_at)
 

@@ -1,6 +1,6 @@
 """Sealed steps: a deploy step cannot reach the portal's secrets, its data directory or its queue.
 
-A real `manage.py rqworker deploy` runs the step (forked work-horse, as in production); the step tries
+A real `manage.py rqworker deploy` runs the step (in the worker's own process, as in production); the step tries
 what an attacker who can push a tag would try, and the log shows every attempt refused."""
 
 import os
@@ -117,8 +117,8 @@ def test_a_sealed_step_cannot_read_the_workers_environment_the_data_directory_or
                            "only the masking of the log protects it then")
 def test_a_step_in_the_default_mode_does_not_see_the_workers_secrets(
         repository, staging, origin, make_release, data_dir):
-    """No step account: the step runs as the worker's own user. Its parent, its work-horse and every
-    process it can see hold no SECRET_KEY (a private PID namespace; the work-horse is not dumpable), the
+    """No step account: the step runs as the worker's own user. Its parent, the process that started it and
+    every process it can see hold no SECRET_KEY (a private PID namespace; the worker is not dumpable), the
     data directory is hidden, and a secret value it prints anyway is masked."""
     def script(worker_pid):
         return [

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from approvals.freeze import format_until, window_end
-from approvals.models import ChangeRequest, Decision, FreezeOverride, FreezeWindow
+from approvals.models import ChangeRequest, Decision, FreezeOverride, FreezeWindow, StagePolicy
 from pipelines.admin import AuditedAdmin, ReadOnlyAdmin
 
 # ======================================================================================================
@@ -71,6 +71,22 @@ class FreezeWindowAdmin(AuditedAdmin):
 
 
 # ======================================================================================================
+# Stage policies — the approval part of a lifecycle stage: who approves, how many must.
+# ======================================================================================================
+
+
+@admin.register(StagePolicy)
+class StagePolicyAdmin(AuditedAdmin):
+    # The whole policy is on record with its old and new values; add new policy fields here.
+    audited_fields = ["stage", "required_approvals", "approver_group", "allow_self_approval", "block_commit_authors",
+                      "approval_timeout"]
+    list_display = ["stage", "required_approvals", "approver_group", "allow_self_approval", "block_commit_authors",
+                    "approval_timeout"]
+    list_filter = ["stage__lifecycle", "stage__environment"]
+    list_select_related = ["stage__lifecycle", "stage__environment", "approver_group"]
+
+
+# ======================================================================================================
 # Change requests, decisions and freeze overrides — records, read-only: the pages and
 # ChangeRequest.approve()/reject() are the one way to change them.
 # ======================================================================================================
@@ -89,9 +105,10 @@ class DecisionInline(admin.TabularInline):
 
 @admin.register(ChangeRequest)
 class ChangeRequestAdmin(ReadOnlyAdmin):
-    list_display = ["id", "repository", "environment", "deployment", "status", "requested_by", "opened_at", "decided_at"]
+    list_display = ["id", "repository", "environment", "stage", "deployment", "status", "requested_by", "opened_at",
+                    "decided_at"]
     list_filter = ["status", "environment", "repository"]
-    list_select_related = ["repository", "environment", "deployment__release__repository", "deployment__environment", "requested_by"]
+    list_select_related = ["repository", "environment", "stage__lifecycle", "stage__environment", "deployment__release__repository", "deployment__environment", "requested_by"]
     inlines = [DecisionInline]
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from pipelines import git
-from pipelines.models import Deployment, Target
+from pipelines.models import Deployment, Stage, Target
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +98,20 @@ def running_release(deployment):
 
 
 def earlier_results(deployment, now):
-    """How the candidate fared in each environment before this one where it was deployed, in order.
+    """How the candidate fared in each stage of its repository's lifecycle before this one where it was
+    deployed, in order.
 
     The latest success there and how long it has run there (until now, or until a later success of
     another release replaced it); when it never succeeded there, its latest attempt."""
-    attempts = (
-        Deployment.objects.filter(
-            release_id=deployment.release_id, environment__position__lt=deployment.environment.position
-        )
+    order = {stage.environment_id: stage.position for stage in Stage.objects.of(deployment.repository)}
+    here = order.get(deployment.environment_id)
+    earlier = [environment for environment, position in order.items() if here is None or position < here]
+    attempts = sorted(
+        Deployment.objects.filter(release_id=deployment.release_id, environment_id__in=earlier)
+        .exclude(environment_id=deployment.environment_id)
         .select_related("environment")
-        .order_by("environment__position", "-created_at", "-id")
+        .order_by("-created_at", "-id"),
+        key=lambda attempt: order[attempt.environment_id],
     )
     by_environment = {}
     for attempt in attempts:

@@ -9,12 +9,39 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from pipelines.models import AuditEvent, Deployment, FollowUp
+
+
+class StagePolicy(models.Model):
+    """The approval part of a lifecycle stage that holds its deployments (pipelines.Stage.requires_approval):
+    who may approve, how many must, and the rules they decide under. The same environment may have
+    different policies in different lifecycles."""
+
+    stage = models.OneToOneField("pipelines.Stage", on_delete=models.CASCADE, related_name="approval_policy")
+    required_approvals = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    # Not null: otherwise the stage's deployments would wait for approvals that nobody may give.
+    approver_group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="+")
+    allow_self_approval = models.BooleanField(default=False, help_text="Let the person who requested a change approve it.")
+    block_commit_authors = models.BooleanField(
+        default=True, help_text="Refuse approval from anyone whose e-mail authored a commit in the change."
+    )
+    approval_timeout = models.DurationField(null=True, blank=True, help_text="Optional, e.g. '3 00:00:00' for three days.")
+
+    class Meta:
+        verbose_name_plural = "stage policies"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(required_approvals__gte=1), name="policy_needs_one_approval_at_least"),
+        ]
+
+    def __str__(self):
+        return f"approval policy of {self.stage}"
 
 
 class DecisionRefused(PermissionDenied):
@@ -27,12 +54,12 @@ class ChangeRequestQuerySet(models.QuerySet):
 
     def awaiting(self, user):
         """Pending requests this user could approve: in the approver group, not yet decided by them, and
-        not their own request unless the environment allows that. (The commit-author rule is left to
+        not their own request unless its stage allows that. (The commit-author rule is left to
         `refusal_reason`, which the page shows: it needs the e-mails stored as JSON.)"""
-        own_and_not_allowed = models.Q(requested_by=user, environment__allow_self_approval=False)
+        own_and_not_allowed = models.Q(requested_by=user, stage__approval_policy__allow_self_approval=False)
         return (
             self.pending()
-            .filter(environment__approver_group__in=user.groups.all())
+            .filter(stage__approval_policy__approver_group__in=user.groups.all())
             .exclude(decisions__user=user)
             .exclude(own_and_not_allowed)
         )
@@ -51,6 +78,8 @@ class ChangeRequest(models.Model):
     # Denormalised from the deployment so that the inbox filters without joins through it.
     repository = models.ForeignKey("pipelines.Repository", on_delete=models.PROTECT, related_name="+")
     environment = models.ForeignKey("pipelines.Environment", on_delete=models.PROTECT, related_name="+")
+    # The lifecycle stage the deployment waits in: its approval policy is the one that applies.
+    stage = models.ForeignKey("pipelines.Stage", on_delete=models.PROTECT, related_name="+")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
     required_approvals = models.PositiveSmallIntegerField()
@@ -84,32 +113,39 @@ class ChangeRequest(models.Model):
     def is_pending(self):
         return self.status == self.Status.PENDING
 
+    @property
+    def policy(self):
+        """The approval policy of its stage, or None when an admin removed it (then nobody may decide)."""
+        return getattr(self.stage, "approval_policy", None)
+
     # --- the policy -----------------------------------------------------------------------------------
 
     def refusal_reason(self, user, now=None):
         """Why `user` may not decide on this request now, in words; None when they may."""
         now = now or timezone.now()
-        environment = self.environment
+        environment, policy = self.environment, self.policy
         if self.status != self.Status.PENDING:
             return f"This change request is already {self.get_status_display().lower()}."
         if self.expires_at and self.expires_at <= now:
             return "This change request has expired."
         if self.deployment.status != Deployment.Status.AWAITING_APPROVAL:
             return f"The deployment is no longer waiting for approval (it is {self.deployment.get_status_display().lower()})."
-        if environment.approver_group_id is None or not user.groups.filter(pk=environment.approver_group_id).exists():
-            group = environment.approver_group.name if environment.approver_group_id else "no approver group"
-            return f"Only members of {group!r} may decide on changes to {environment}."
-        if self.requested_by_id == user.pk and not environment.allow_self_approval:
+        if policy is None:
+            return (f"{environment} has no approval policy in the lifecycle {self.stage.lifecycle}, so nobody may "
+                    f"decide; ask an admin to set one.")
+        if not user.groups.filter(pk=policy.approver_group_id).exists():
+            return f"Only members of {policy.approver_group.name!r} may decide on changes to {environment}."
+        if self.requested_by_id == user.pk and not policy.allow_self_approval:
             return "You requested this change, so someone else has to approve it."
-        if environment.block_commit_authors and not (user.email or "").strip():
+        if policy.block_commit_authors and not (user.email or "").strip():
             # Fail closed: without an e-mail nobody can tell whether this person wrote any of the commits.
             return (
                 "You have no e-mail address on your account, so the portal cannot check that you did not author "
                 "a commit in this change; ask an admin to set one."
             )
-        if environment.block_commit_authors and user.email.strip().lower() in self.author_emails:
+        if policy.block_commit_authors and user.email.strip().lower() in self.author_emails:
             return "You authored or committed a commit in this change, so someone else has to approve it."
-        if environment.block_commit_authors and self.summary.get("error"):
+        if policy.block_commit_authors and self.summary.get("error"):
             # Fail closed: without the commits, nobody can be shown not to be one of their authors.
             return "The change could not be read from git yet, so its commit authors are unknown; the portal retries."
         if self.decisions.filter(user=user).exists():
@@ -130,7 +166,7 @@ class ChangeRequest(models.Model):
             # The deployment's row is locked too, before the first audit event: one lock order everywhere
             # (target, deployment, then the audit chain), so no decision deadlocks with a promotion.
             locked = ChangeRequest.objects.select_for_update(of=("self", "deployment")).select_related(
-                "environment__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
+                "environment", "stage__lifecycle", "stage__approval_policy__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
             ).get(pk=self.pk)
             reason = locked.refusal_reason(user)
             if reason:

@@ -52,21 +52,21 @@ def notify_decided(change_request_id):
 
 
 def eligible_approvers(change_request):
-    """Active members of the environment's approver group with an e-mail address who may approve this
-    request: not its requester (unless the environment allows it), not an author of its commits (when
-    the environment blocks them)."""
-    environment = change_request.environment
-    if environment.approver_group_id is None:
+    """Active members of the stage's approver group with an e-mail address who may approve this
+    request: not its requester (unless the stage allows it), not an author of its commits (when the
+    stage blocks them)."""
+    policy = change_request.policy
+    if policy is None:
         return []
     members = (
         get_user_model()
-        .objects.filter(groups=environment.approver_group_id, is_active=True)
+        .objects.filter(groups=policy.approver_group_id, is_active=True)
         .exclude(email="")
         .order_by("pk")
     )
-    if not environment.allow_self_approval and change_request.requested_by_id is not None:
+    if not policy.allow_self_approval and change_request.requested_by_id is not None:
         members = members.exclude(pk=change_request.requested_by_id)
-    authors = set(change_request.author_emails) if environment.block_commit_authors else set()
+    authors = set(change_request.author_emails) if policy.block_commit_authors else set()
     return [user for user in members if user.email.lower() not in authors]
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from approvals import changes
 from approvals.models import ChangeRequest
-from pipelines.models import AuditEvent, Deployment, FollowUp
+from pipelines.models import AuditEvent, Deployment, FollowUp, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,15 @@ def open_change_request(deployment):
     ).get(pk=deployment.pk)
     if deployment.status != Deployment.Status.AWAITING_APPROVAL:
         return None
-    change = changes.inspect(deployment)
     environment = deployment.environment
+    stage = Stage.objects.select_related("lifecycle").for_target(deployment.repository, environment)
+    if stage is None:
+        # The repository moved to a lifecycle without this environment while the deployment waited.
+        deployment.cancel(reason=f"{deployment.repository} now follows the lifecycle {deployment.repository.lifecycle}, "
+                                 f"which does not deploy to {environment}.")
+        return None
+    policy = getattr(stage, "approval_policy", None)
+    change = changes.inspect(deployment)
     with transaction.atomic():
         # The row lock orders us against a concurrent cancel (a newer candidate) and a second opener.
         status = Deployment.objects.select_for_update().filter(pk=deployment.pk).values_list("status", flat=True).get()
@@ -49,10 +56,11 @@ def open_change_request(deployment):
                     deployment=deployment,
                     repository=deployment.repository,
                     environment=environment,
+                    stage=stage,
                     requested_by=deployment.triggered_by,
-                    required_approvals=environment.required_approvals,
+                    required_approvals=policy.required_approvals if policy else 1,
                     opened_at=opened_at,
-                    expires_at=opened_at + environment.approval_timeout if environment.approval_timeout else None,
+                    expires_at=opened_at + policy.approval_timeout if policy and policy.approval_timeout else None,
                     summary=change.summary,
                     author_emails=change.author_emails,
                 )
@@ -69,6 +77,7 @@ def open_change_request(deployment):
                 "release": deployment.release.version,
                 "commit": deployment.release.commit_sha,
                 "from": (change.summary["from"] or {}).get("version"),
+                "lifecycle": stage.lifecycle.name,
                 "required_approvals": change_request.required_approvals,
                 "expires_at": change_request.expires_at.isoformat() if change_request.expires_at else None,
                 "is_rollback": change.summary["is_rollback"],

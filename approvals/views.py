@@ -22,9 +22,9 @@ from django_htmx.http import HttpResponseStopPolling
 
 from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
-from approvals.models import ChangeRequest, Decision, DecisionRefused
+from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
 from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Target
-from pipelines.promotion import PromotionError, environments_for, rollback
+from pipelines.promotion import PromotionError, rollback, stages_for
 from pipelines.views import deployer_required, redirect_after_promotion, warn_if_queue_was_unreachable
 
 RECENTLY_DECIDED = 50
@@ -188,7 +188,7 @@ def _with_row_facts(requests):
 
 def _get_change_request_or_404(pk):
     related = (
-        "repository", "environment__approver_group", "requested_by",
+        "repository", "environment", "stage__lifecycle", "stage__approval_policy__approver_group", "requested_by",
         "deployment__release", "deployment__environment", "deployment__repository",
     )
     return get_object_or_404(ChangeRequest.objects.select_related(*related), pk=pk)
@@ -296,6 +296,7 @@ def change_request_reject(request, pk):
 @dataclass
 class Promotion:
     environment: Environment
+    policy: "StagePolicy | None"  # the approval policy of its stage, where deployments there wait for one
     gate: str | None  # why the gate is closed, in words; None when it is open
     on_its_way: Deployment | None  # this release already waiting or running there
 
@@ -325,9 +326,13 @@ def release_actions(request, pk):
     """The promote and roll-back part of the release page (loaded into it by htmx, so that pipelines'
     page needs nothing from approvals): the gate's answer per approval-requiring environment, and per
     other environment where the gate is closed (pipelines' Deploy refuses there; an override goes through
-    Promote here), and a rollback wherever this release succeeded before and is not what runs there now."""
+    Promote here), and a rollback wherever this release succeeded before and is not what runs there now.
+    The stages are those of the repository's lifecycle."""
     release = _get_release_or_404(pk)
-    environments = environments_for(release)
+    stages = stages_for(release)
+    policies = {policy.stage_id: policy for policy in StagePolicy.objects.filter(stage__in=stages)}
+    environments = [stage.environment for stage in stages]
+    held = {stage.environment_id for stage in stages if stage.requires_approval}
     active = {d.environment_id: d for d in Deployment.objects.filter(release=release).active()}
     succeeded_there = Deployment.objects.filter(release=release, status=Deployment.Status.SUCCEEDED)
     succeeded = set(succeeded_there.values_list("environment_id", flat=True))
@@ -337,11 +342,12 @@ def release_actions(request, pk):
     context = {
         "release": release,
         "promotions": [
-            Promotion(environment=env, gate=gates[env.id], on_its_way=active.get(env.id))
-            for env in environments if env.requires_approval or gates[env.id]
+            Promotion(environment=stage.environment, policy=policies.get(stage.pk), gate=gates[stage.environment_id],
+                      on_its_way=active.get(stage.environment_id))
+            for stage in stages if stage.requires_approval or gates[stage.environment_id]
         ],
         "rollbacks": [
-            env for env in environments
+            (env, env.id in held) for env in environments
             if env.id in succeeded and current.get(env.id) != release.id and env.id not in active
         ],
         "can_override_gate": request.user.has_perm("approvals.override_gate"),

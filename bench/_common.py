@@ -277,6 +277,20 @@ def portal(name):
             raise
 
 
+def environment(name, position, *, auto_deploy=True, approver_group=None, lifecycle="default"):
+    """An environment and its stage in `lifecycle` (made if missing); with an `approver_group`, the stage
+    holds deployments for one approval from that group."""
+    from approvals.models import StagePolicy
+    from pipelines.models import Environment, Lifecycle, Stage
+
+    created = Environment.objects.create(name=name, position=position)
+    stage = Stage.objects.create(lifecycle=Lifecycle.objects.get_or_create(name=lifecycle)[0], environment=created,
+                                 position=position, auto_deploy=auto_deploy, requires_approval=approver_group is not None)
+    if approver_group is not None:
+        StagePolicy.objects.create(stage=stage, approver_group=approver_group)
+    return created
+
+
 def pipeline_yaml(staging_run, production_run=None, variables=None):
     lines = ["environments:", "  staging:"]
     if variables:

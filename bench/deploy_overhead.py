@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import make_origin, ms, percentile, pipeline_yaml, portal, report, wait_finished
+from _common import environment, make_origin, ms, percentile, pipeline_yaml, portal, report, wait_finished
 
 N = 30
 TARGET = 0.150
@@ -59,13 +59,13 @@ def diagnostics(repository, release, work_dir):
 def main():
     with portal("deploy") as the_portal, contextlib.ExitStack() as cleanup:
         from pipelines import tracking
-        from pipelines.models import Deployment, Environment, Repository
+        from pipelines.models import Deployment, Repository
         from pipelines.promotion import promote
 
         # Outside the data dir: the sandbox hides the portal's directories from steps (pipelines/sandbox.py).
         marker = Path(tempfile.mkdtemp(prefix="gitops-bench-marker-"))
         cleanup.callback(shutil.rmtree, marker, ignore_errors=True)
-        staging = Environment.objects.create(name="staging", position=10, auto_deploy=False)
+        staging = environment(name="staging", position=10, auto_deploy=False)
         files = {f"src/dir{d:02d}/file{f:02d}.txt": f"directory {d} file {f}\n" + "x" * 300 + "\n"
                  for d in range(DIRS) for f in range(FILES_PER_DIR)}
         files[".gitops.yml"] = pipeline_yaml('date +%s.%N > "$MARKER/start"; date +%s.%N > "$MARKER/end"',

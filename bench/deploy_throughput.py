@@ -28,7 +28,7 @@ import time
 
 import psutil
 
-from _common import make_origin, ms, percentile, portal, portal_idle, report, wait_for
+from _common import environment, make_origin, ms, percentile, portal, portal_idle, report, wait_for
 
 REPOSITORIES, ENVIRONMENTS = 40, 5
 N = REPOSITORIES * ENVIRONMENTS  # 200 deployments, one per target
@@ -131,10 +131,10 @@ def run(work_dir_note):
         from django.db import transaction
 
         from pipelines import git, tracking
-        from pipelines.models import Deployment, Environment, FollowUp, Repository
+        from pipelines.models import Deployment, FollowUp, Repository
         from pipelines.promotion import promote
 
-        environments = [Environment.objects.create(name=f"env{n}", position=10 * n, auto_deploy=False)
+        environments = [environment(name=f"env{n}", position=10 * n, auto_deploy=False)
                         for n in range(1, ENVIRONMENTS + 1)]
         origin = make_origin(the_portal.data_dir / "origin", {".gitops.yml": pipeline_file(), "deploy.sh": "echo hi\n",
                                                                "README.md": "a small repository\n"}, tag="v1.0.0")

@@ -10,7 +10,7 @@ processes per tag). The floor printed beside it is one `git for-each-ref` over t
 import subprocess
 import time
 
-from _common import GIT_ENV, git, ms, pipeline_yaml, portal, report
+from _common import GIT_ENV, environment, git, ms, pipeline_yaml, portal, report
 
 TAGS = 3000
 TARGET = 10.0
@@ -51,9 +51,9 @@ def main():
     with portal("first-poll") as the_portal:
         from pipelines import git as portal_git
         from pipelines import tracking
-        from pipelines.models import Environment, Release, Repository
+        from pipelines.models import Release, Repository
 
-        Environment.objects.create(name="staging", position=10, auto_deploy=False)
+        environment(name="staging", position=10, auto_deploy=False)
         started = time.perf_counter()
         origin = fast_imported_origin(the_portal.data_dir / "origin", TAGS)
         built = time.perf_counter() - started

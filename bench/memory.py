@@ -16,7 +16,7 @@ import urllib.request
 
 import psutil
 
-from _common import make_origin, pipeline_yaml, portal, report, wait_finished
+from _common import environment, make_origin, pipeline_yaml, portal, report, wait_finished
 
 REPOSITORIES = 50
 WEB_SAMPLES = (1, 50, 100, 200, 500, 1000)  # RSS sampled after this many requests; the last is how many are made
@@ -42,12 +42,12 @@ def dashboard_data(staging, production):
         releases = [Release.objects.create(repository=repository, version=version, pipeline_text=pipeline, message="change",
                                            commit_sha=hashlib.sha1(f"{n}{version}".encode()).hexdigest())
                     for version in ("v1.0.0", "v1.1.0")]
-        for environment, release in ((staging, releases[1]), (production, releases[0])):
+        for place, release in ((staging, releases[1]), (production, releases[0])):
             deployment = Deployment.objects.create(
-                release=release, environment=environment, repository=repository, status=Deployment.Status.SUCCEEDED,
+                release=release, environment=place, repository=repository, status=Deployment.Status.SUCCEEDED,
                 trigger=Deployment.Trigger.AUTO, queued_at=timezone.now(), started_at=timezone.now(),
                 finished_at=timezone.now(), exit_code=0)
-            Target.objects.create(repository=repository, environment=environment, current_release=release,
+            Target.objects.create(repository=repository, environment=place, current_release=release,
                                   last_deployment=deployment)
 
 
@@ -110,14 +110,13 @@ def worker_rss(the_portal, release, staging):
 def main():
     with portal("memory") as the_portal:
         from pipelines import tracking
-        from pipelines.models import Environment, Repository
+        from pipelines.models import Repository
 
-        staging = Environment.objects.create(name="staging", position=10, auto_deploy=False)
+        staging = environment(name="staging", position=10, auto_deploy=False)
         from django.contrib.auth.models import Group
 
         approvers = Group.objects.create(name="approvers")  # approval needs an approver group
-        production = Environment.objects.create(name="production", position=20, requires_approval=True,
-                                                approver_group=approvers)
+        production = environment(name="production", position=20, approver_group=approvers)
         dashboard_data(staging, production)
         base_url, master = the_portal.start_web()
         web = web_rss(base_url, master)

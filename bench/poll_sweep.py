@@ -13,7 +13,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import MANAGE, make_origin, ms, pipeline_yaml, portal, report
+from _common import MANAGE, environment, make_origin, ms, pipeline_yaml, portal, report
 
 REPOSITORIES = 100
 SWEEPS = 5
@@ -92,9 +92,9 @@ def main():
         from django.conf import settings
 
         from pipelines import tracking
-        from pipelines.models import Environment, Release, Repository
+        from pipelines.models import Release, Repository
 
-        Environment.objects.create(name="staging", position=10, auto_deploy=False)
+        environment(name="staging", position=10, auto_deploy=False)
         pipeline = pipeline_yaml("./deploy.sh")
         for n in range(REPOSITORIES):
             origin = make_origin(the_portal.data_dir / "origins" / f"repo-{n:03d}",

@@ -23,7 +23,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from _common import git, make_origin, ms, percentile, pipeline_yaml, portal, portal_idle, report, wait_for
+from _common import environment, git, make_origin, ms, percentile, pipeline_yaml, portal, portal_idle, report, wait_for
 
 N = 15
 TARGET = 0.250
@@ -67,14 +67,14 @@ def main():
         from django.contrib.auth.models import Group
 
         from pipelines import tracking
-        from pipelines.models import Deployment, Environment, Repository
+        from pipelines.models import Deployment, Repository
 
         # Outside the data dir: the sandbox hides the portal's directories from steps (pipelines/sandbox.py).
         markers = Path(tempfile.mkdtemp(prefix="gitops-bench-markers-"))
         cleanup.callback(shutil.rmtree, markers, ignore_errors=True)
-        staging = Environment.objects.create(name="staging", position=10, auto_deploy=True)
+        staging = environment(name="staging", position=10, auto_deploy=True)
         approvers = Group.objects.create(name="approvers")  # approval needs an approver group (a constraint)
-        Environment.objects.create(name="production", position=20, requires_approval=True, approver_group=approvers)
+        environment(name="production", position=20, approver_group=approvers)
         pipeline = pipeline_yaml("date +%s.%N > \"$MARKER_DIR/$GITOPS_VERSION.started\"", "true",
                                  variables={"MARKER_DIR": markers})
         origin = make_origin(the_portal.data_dir / "origin", {".gitops.yml": pipeline, "deploy.sh": "echo hi\n"}, tag="v1.0.0")

@@ -1,4 +1,4 @@
-"""The platform admin's side: repositories and environments are edited here; what the portal recorded is read-only.
+"""The platform admin's side: repositories, environments and lifecycles are edited here; what the portal recorded is read-only.
 
 Every add, change and delete made through the admin also lands in the hash-chained audit log."""
 
@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs
-from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
+from pipelines.models import AuditEvent, Deployment, Environment, Lifecycle, Release, Repository, Stage, Target
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,28 @@ class AuditedAdminMixin:
         AuditEvent.objects.record(action="admin.change", actor=request.user, obj=obj, details=details)
         return super().log_change(request, obj, message)
 
+    def save_formset(self, request, form, formset, change):
+        """Inline rows (a lifecycle's stages) go on record one by one, through the inline's own allow-list."""
+        audited = getattr(formset, "audited_fields", ())
+        before = {}
+        if audited:
+            ids = [f.instance.pk for f in formset.forms if f.instance.pk and f.has_changed()]
+            before = {obj.pk: obj for obj in formset.model._default_manager.filter(pk__in=ids)}
+            for deleted in formset.deleted_forms:
+                if deleted.instance.pk:
+                    AuditEvent.objects.record(action="admin.delete", actor=request.user, obj=deleted.instance,
+                                              details={"of": str(form.instance)})
+        super().save_formset(request, form, formset, change)
+        for inline_form in formset.forms if audited else ():
+            obj = inline_form.instance
+            if inline_form not in formset.deleted_forms and inline_form.has_changed() and obj.pk:
+                old = before.get(obj.pk)
+                values = {name: ([_plain(getattr(old, name, None)), _plain(inline_form.cleaned_data.get(name))] if old
+                                 else _plain(inline_form.cleaned_data.get(name)))
+                          for name in inline_form.changed_data if name in audited}
+                AuditEvent.objects.record(action="admin.change" if old else "admin.add", actor=request.user, obj=obj,
+                                          details={"of": str(form.instance), "values": redact(values)})
+
     def log_deletions(self, request, queryset):
         # Called once before the deletion, with every object about to go (one, or a whole selection).
         for obj in queryset:
@@ -139,6 +161,10 @@ class RepositoryForm(forms.ModelForm):
         self.fields["webhook_secret"].help_text = (
             f"Write-only. {state} The git host signs its webhook calls to {webhook_url} with this secret."
         )
+        if "lifecycle" in self.fields:
+            # Its default is a callable, for which Django compares against a hidden initial value; the
+            # stored value is the initial one, so a form that leaves it alone does not report it changed.
+            self.fields["lifecycle"].show_hidden_initial = False
 
     def clean_webhook_secret(self):
         return self.cleaned_data["webhook_secret"] or self.instance.webhook_secret
@@ -148,15 +174,16 @@ class RepositoryForm(forms.ModelForm):
 class RepositoryAdmin(AuditedAdmin):
     form = RepositoryForm
     audited_fields = ["name", "url", "web_url", "enabled", "branch", "release_from", "tag_pattern", "pipeline_path",
-                      "poll_interval"]
+                      "poll_interval", "lifecycle"]
     audited_secrets = ["webhook_secret"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
-    list_display = ["name", "shown_url", "release_from", "enabled", "last_polled_at", "short_last_error"]
-    list_filter = ["enabled", "release_from"]
+    list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "last_polled_at", "short_last_error"]
+    list_filter = ["enabled", "lifecycle", "release_from"]
+    list_select_related = ["lifecycle"]
     search_fields = ["name"]  # not the URL: a search would confirm a guessed token
     readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]
     fieldsets = [
-        (None, {"fields": ["name", "url", "web_url", "enabled"]}),
+        (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
         ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
@@ -212,17 +239,55 @@ class RepositoryAdmin(AuditedAdmin):
 
 @admin.register(Environment)
 class EnvironmentAdmin(AuditedAdmin):
-    # The whole policy is on record with its old and new values; add new policy fields here.
-    audited_fields = [
-        "name", "position", "auto_deploy", "requires_approval", "required_approvals", "approver_group",
-        "allow_self_approval", "block_commit_authors", "approval_timeout",
-    ]
-    list_display = [
-        "name", "position", "auto_deploy", "requires_approval", "required_approvals", "approver_group",
-        "allow_self_approval", "approval_timeout",
-    ]
+    """A real place to deploy to. The order of promotion and the rules are a lifecycle's (below)."""
+
+    audited_fields = ["name", "position"]
+    list_display = ["name", "position", "lifecycle_names"]
     list_display_links = ["name"]
-    list_editable = ["position", "auto_deploy", "requires_approval", "required_approvals", "allow_self_approval"]
+    list_editable = ["position"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("stages__lifecycle")
+
+    @admin.display(description="in lifecycles")
+    def lifecycle_names(self, environment):
+        return ", ".join(sorted(stage.lifecycle.name for stage in environment.stages.all())) or "—"
+
+
+class StageFormSet(forms.BaseInlineFormSet):
+    # Every field of a stage decides where releases go without a person: all of it goes on record.
+    audited_fields = ["environment", "position", "auto_deploy", "requires_approval"]
+
+
+class StageInline(admin.TabularInline):
+    model = Stage
+    formset = StageFormSet
+    fields = ["position", "environment", "auto_deploy", "requires_approval"]
+    ordering = ["position"]
+    extra = 1
+
+
+@admin.register(Lifecycle)
+class LifecycleAdmin(AuditedAdmin):
+    """A lifecycle's stages in order. Who approves a stage that requires approval is set in its stage
+    policy (the approvals part of the admin)."""
+
+    audited_fields = ["name", "description"]
+    list_display = ["name", "stage_names", "repository_count"]
+    inlines = [StageInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("stages__environment", "repositories")
+
+    @admin.display(description="stages")
+    def stage_names(self, lifecycle):
+        stages = sorted(lifecycle.stages.all(), key=lambda stage: stage.position)
+        return " → ".join(stage.environment.name + (" (approval)" if stage.requires_approval else "")
+                          for stage in stages) or "—"
+
+    @admin.display(description="repositories")
+    def repository_count(self, lifecycle):
+        return len(lifecycle.repositories.all())
 
 
 # --- what the portal recorded: read-only -------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The pre-production gate: a release reaches an environment by hand only after it succeeded in the one before.
+"""The pre-production gate: a release reaches a stage by hand only after it succeeded in the stage before
+(of its repository's lifecycle, among those its pipeline file names).
 
 Every manual deployment passes it (Deploy, Retry, and approvals' Promote); automatic promotion needs no
 gate, since it follows a success. Skipping it takes the `approvals.override_gate` permission and a written
@@ -7,7 +8,7 @@ reason, which approvals audits (approvals/gate.py): pipelines only says why the 
 from django.db.models import F
 
 from pipelines.models import Deployment
-from pipelines.promotion import PromotionError, environments_for
+from pipelines.promotion import PromotionError, stages_for
 
 FINISHED = (Deployment.Status.SUCCEEDED, Deployment.Status.FAILED)
 
@@ -17,9 +18,10 @@ class GateClosed(PromotionError):
 
 
 def environment_before(release, environment):
-    """The environment the release's pipeline file names just before `environment`, or None."""
-    earlier = [env for env in environments_for(release) if env.position < environment.position]
-    return earlier[-1] if earlier else None
+    """The environment of the stage just before `environment` on the release's road, or None."""
+    stages = stages_for(release)
+    here = next((n for n, stage in enumerate(stages) if stage.environment_id == environment.pk), None)
+    return stages[here - 1].environment if here else None
 
 
 def gate_reason(release, environment):

@@ -1,4 +1,5 @@
-"""Moving releases through the environments: what deploys where next, and who is superseded.
+"""Moving releases through the stages of their repository's lifecycle: what deploys where next, and who
+is superseded.
 
 Lock order, the same in every audited transaction: the Target row, then the Deployment rows, then the
 audit chain (AuditEvent.record takes PostgreSQL's audit lock and holds it to the end of the transaction).
@@ -7,24 +8,36 @@ A transaction that locked a row after recording an event could wait on one that 
 from django.db import transaction
 
 from pipelines import followups, jobs
-from pipelines.models import AuditEvent, Deployment, Environment, FollowUp, Target
+from pipelines.models import AuditEvent, Deployment, FollowUp, Stage, Target
 
 
 class PromotionError(Exception):
     """A promotion that cannot happen; the message says why in words."""
 
 
-def environments_for(release):
-    """The environments the release's pipeline file names, in the portal's order of promotion."""
+def stages_for(release):
+    """The stages of the repository's lifecycle whose environments the release's pipeline file names, in
+    the lifecycle's order: the road this release takes."""
     if release.pipeline is None:
         return []
-    return list(Environment.objects.filter(name__in=release.pipeline.names()).order_by("position"))
+    names = set(release.pipeline.names())
+    return [stage for stage in Stage.objects.of(release.repository) if stage.environment.name in names]
+
+
+def stage_for(release, environment):
+    """The stage through which the release's repository deploys to `environment`; PromotionError if none."""
+    stage = Stage.objects.for_target(release.repository, environment)
+    if stage is None:
+        raise PromotionError(f"{release.repository} follows the lifecycle {release.repository.lifecycle}, which does "
+                             f"not deploy to {environment}.")
+    return stage
 
 
 def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.MANUAL):
     """Create the deployment of `release` to `environment` and return it.
 
-    It waits in `awaiting_approval` where the environment requires approval, otherwise it is queued
+    It waits in `awaiting_approval` where the repository's lifecycle holds deployments to that environment
+    for approval, otherwise it is queued
     and a worker is woken on commit. Older deployments still waiting for the same target are
     cancelled as superseded."""
     if release.error or release.pipeline is None:
@@ -33,7 +46,7 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         raise PromotionError(f"The pipeline file of {release} does not name the environment {environment.name!r}.")
     if release.blocked:
         raise PromotionError(f"{release} is blocked ({release.blocked_reason}); unblock it first.")
-    held = environment.requires_approval
+    held = stage_for(release, environment).requires_approval
     with transaction.atomic():
         target = Target.objects.for_pair(release.repository, environment)
         # Lock the target so that two promotions of one target never both survive supersession.
@@ -110,12 +123,14 @@ def retry(deployment, *, by):
     return promote(deployment.release, deployment.environment, by=by, trigger=trigger)
 
 
-def _promote_automatically(release, environment, since=None):
-    """Promote `release` to `environment` if automatic deployment is on and not paused there.
+def _promote_automatically(release, stage, since=None):
+    """Promote `release` to the environment of `stage` if the stage deploys automatically and that is not
+    paused there.
 
     `since` makes it idempotent for follow-ups, which may run twice: a deployment of this release to
     this environment created at or after `since` is the one a previous attempt made."""
-    if not environment.auto_deploy or release.blocked or release.error:
+    environment = stage.environment
+    if not stage.auto_deploy or release.blocked or release.error:
         return None
     if since is not None:
         earlier = Deployment.objects.filter(release=release, environment=environment, created_at__gte=since).first()
@@ -140,21 +155,26 @@ def _promote_automatically(release, environment, since=None):
 
 
 def on_release_recorded(release, since=None):
-    """A new release deploys to the first environment its pipeline file names."""
-    environments = environments_for(release)
-    return _promote_automatically(release, environments[0], since) if environments else None
+    """A new release deploys to the first stage of its lifecycle that its pipeline file names."""
+    stages = stages_for(release)
+    return _promote_automatically(release, stages[0], since) if stages else None
 
 
-def next_environment(deployment):
-    """Where a success of `deployment` may promote its release automatically, or None: the next environment
-    its file names, if that one deploys automatically; never after a rollback, which stays put."""
+def next_stage(deployment):
+    """Where a success of `deployment` may promote its release automatically, or None: the next stage of
+    the lifecycle that its file names, if that one deploys automatically; never after a rollback, which
+    stays put."""
     if deployment.trigger == Deployment.Trigger.ROLLBACK:
         return None
-    later = [env for env in environments_for(deployment.release) if env.position > deployment.environment.position]
-    return later[0] if later and later[0].auto_deploy else None
+    stages = stages_for(deployment.release)
+    here = next((n for n, stage in enumerate(stages) if stage.environment_id == deployment.environment_id), None)
+    if here is None or here + 1 >= len(stages):
+        return None
+    following = stages[here + 1]
+    return following if following.auto_deploy else None
 
 
 def on_deployment_succeeded(deployment, since=None):
-    """Success moves the release on to the next environment its file names; a rollback stays put."""
-    environment = next_environment(deployment)
-    return _promote_automatically(deployment.release, environment, since) if environment else None
+    """Success moves the release on to the next stage its file names; a rollback stays put."""
+    stage = next_stage(deployment)
+    return _promote_automatically(deployment.release, stage, since) if stage else None

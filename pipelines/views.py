@@ -15,8 +15,8 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from pipelines import gate, jobs
-from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Repository, Target
-from pipelines.promotion import PromotionError, environments_for, promote, retry
+from pipelines.models import Deployment, DeploymentStateError, Environment, Lifecycle, Release, Repository, Stage, Target
+from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
 
 RELEASES_ON_REPOSITORY_PAGE = 50
 deployer_required = permission_required("pipelines.deploy", raise_exception=True)
@@ -25,7 +25,14 @@ deployer_required = permission_required("pipelines.deploy", raise_exception=True
 @dataclass
 class DashboardRow:
     repository: Repository
-    targets: list  # one Target or None per environment, in environment order
+    targets: list  # one Target or None per stage of its lifecycle, in stage order
+
+
+@dataclass
+class LifecycleGroup:
+    lifecycle: Lifecycle
+    stages: list  # the lifecycle's stages, in order: the columns
+    rows: list  # DashboardRow per repository that follows it
 
 
 @dataclass
@@ -36,8 +43,12 @@ class ReleaseRow:
 
 @dataclass
 class TargetRow:
-    environment: Environment
+    stage: Stage
     target: Target | None
+
+    @property
+    def environment(self):
+        return self.stage.environment
 
 
 def _get_repository_or_404(name):
@@ -76,21 +87,31 @@ def health(request):
 
 @login_required
 def dashboard(request):
-    environments = list(Environment.objects.all())
+    """Repositories grouped by the lifecycle they follow, each group with its own stages as columns.
+    Three queries however many repositories, lifecycles and stages there are."""
+    stages_of, lifecycles = {}, {}
+    for stage in Stage.objects.select_related("environment", "lifecycle").order_by("lifecycle__name", "position"):
+        stages_of.setdefault(stage.lifecycle_id, []).append(stage)
+        lifecycles[stage.lifecycle_id] = stage.lifecycle
     targets = Target.objects.select_related("current_release", "last_deployment", "last_deployment__release")
     by_pair = {(t.repository_id, t.environment_id): t for t in targets}
-    rows = [
-        DashboardRow(repository=repository, targets=[by_pair.get((repository.id, env.id)) for env in environments])
-        for repository in Repository.objects.all()
-    ]
+    groups = {}
+    for repository in Repository.objects.select_related("lifecycle"):
+        stages = stages_of.get(repository.lifecycle_id, [])
+        group = groups.get(repository.lifecycle_id)
+        if group is None:
+            group = groups[repository.lifecycle_id] = LifecycleGroup(repository.lifecycle, stages, [])
+        group.rows.append(DashboardRow(repository, [by_pair.get((repository.id, s.environment_id)) for s in stages]))
+    context = {"groups": sorted(groups.values(), key=lambda group: group.lifecycle.name)}
     template = "pipelines/dashboard.html#grid" if request.htmx else "pipelines/dashboard.html"
-    return render(request, template, {"environments": environments, "rows": rows})
+    return render(request, template, context)
 
 
 @login_required
 def repository_detail(request, name):
     repository = _get_repository_or_404(name)
-    environments = list(Environment.objects.all())
+    stages = list(Stage.objects.of(repository))
+    environments = [stage.environment for stage in stages]
     targets = {
         t.environment_id: t
         for t in repository.targets.select_related("current_release", "last_deployment__release", "paused_by")
@@ -100,7 +121,7 @@ def repository_detail(request, name):
     context = {
         "repository": repository,
         "environments": environments,
-        "target_rows": [TargetRow(environment=env, target=targets.get(env.id)) for env in environments],
+        "target_rows": [TargetRow(stage=stage, target=targets.get(stage.environment_id)) for stage in stages],
         "release_rows": [
             ReleaseRow(release=release, deployments=[latest.get((release.id, env.id)) for env in environments])
             for release in releases
@@ -121,7 +142,7 @@ def release_detail(request, name, version):
         "repository": release.repository,
         "commit_url": release.repository.commit_url(release.commit_sha),
         "deployments": list(deployments),
-        "deploy_environments": environments_for(release),
+        "deploy_stages": stages_for(release),
         "can_deploy": request.user.has_perm("pipelines.deploy"),
     }
     return render(request, "pipelines/release_detail.html", context)
@@ -165,7 +186,12 @@ def deployment_log(request, pk):
 def release_deploy(request, pk):
     release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
     environment = get_object_or_404(Environment, name=request.POST.get("environment", ""))
-    if environment.requires_approval:
+    try:
+        stage = stage_for(release, environment)
+    except PromotionError as exc:
+        messages.error(request, str(exc))
+        return redirect(release)
+    if stage.requires_approval:
         # Change control (approvals) owns these: its Promote checks the pre-production gate first.
         messages.error(request, f"{environment} requires approval: use Promote, which checks the release passed the stage before.")
         return redirect(release)

@@ -12,7 +12,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission
 
-from pipelines.models import Environment, Repository
+from pipelines.models import Environment, Lifecycle, Repository, Stage
 
 PIPELINE = """\
 environments:
@@ -153,10 +153,45 @@ def approvers(db):
     return Group.objects.create(name="approvers")
 
 
+def add_stage(lifecycle, environment, *, position=None, approver_group=None, required_approvals=1, **fields):
+    """Put `environment` into `lifecycle` (a name or a Lifecycle; made if missing) as its next stage; with an
+    `approver_group`, the stage holds deployments for approval under that group's policy."""
+    from approvals.models import StagePolicy
+
+    if isinstance(lifecycle, str):
+        lifecycle = Lifecycle.objects.get_or_create(name=lifecycle)[0]
+    if position is None:
+        position = (lifecycle.stages.count() + 1) * 10
+    fields.setdefault("requires_approval", approver_group is not None)
+    stage = Stage.objects.create(lifecycle=lifecycle, environment=environment, position=position, **fields)
+    if approver_group is not None:
+        StagePolicy.objects.create(stage=stage, approver_group=approver_group, required_approvals=required_approvals)
+    return stage
+
+
+def stage_of(environment, lifecycle="default"):
+    return Stage.objects.select_related("lifecycle", "environment").get(lifecycle__name=lifecycle, environment=environment)
+
+
+def set_stage(environment, lifecycle="default", **fields):
+    """Change the stage of `environment` in `lifecycle` (auto_deploy, requires_approval…)."""
+    Stage.objects.filter(lifecycle__name=lifecycle, environment=environment).update(**fields)
+
+
+def set_policy(environment, lifecycle="default", **fields):
+    """Change the approval policy of the stage of `environment` in `lifecycle`."""
+    from approvals.models import StagePolicy
+
+    StagePolicy.objects.filter(stage__lifecycle__name=lifecycle, stage__environment=environment).update(**fields)
+
+
 @pytest.fixture
 def environments(db, approvers):
+    """staging then production in the `default` lifecycle; production holds deployments for `approvers`."""
     staging = Environment.objects.create(name="staging", position=10)
-    production = Environment.objects.create(name="production", position=20, requires_approval=True, approver_group=approvers)
+    production = Environment.objects.create(name="production", position=20)
+    add_stage("default", staging, position=10)
+    add_stage("default", production, position=20, approver_group=approvers)
     return staging, production
 
 
@@ -420,8 +455,7 @@ def make_held_change(repository, production, origin, make_release, alice, tmp_pa
         pipeline = f"environments:\n  production:\n    steps:\n      - run: echo ran >> {runs}\n"
         origin.write(".gitops.yml", pipeline)
         release = make_release(repository, "v2.0.0", commit_sha=origin.commit("v2"), pipeline=pipeline)
-        production.required_approvals = required_approvals
-        production.save(update_fields=["required_approvals"])
+        set_policy(production, required_approvals=required_approvals)
         deployment = promotion.promote(release, production, by=alice)
         return open_change_request(deployment), runs
 

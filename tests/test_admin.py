@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
 from tests.conftest import PIPELINE
+from pipelines.models.lifecycle import default_lifecycle_id
 
 SECRET = "s3cr3t-webhook-value-7f9a"
 
@@ -24,7 +25,7 @@ def repository_form(repository, **overrides):
         "name": repository.name, "url": repository.url, "web_url": repository.web_url, "enabled": "on",
         "branch": repository.branch, "release_from": repository.release_from, "tag_pattern": repository.tag_pattern,
         "pipeline_path": repository.pipeline_path, "poll_interval": repository.poll_interval,
-        "webhook_secret": "", "_save": "Save",
+        "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
     }
     data.update(overrides)
     return data
@@ -89,7 +90,7 @@ def test_an_unsafe_url_is_refused_with_a_clear_message(client, alice, db):
     client.force_login(alice)
     response = client.post(reverse("admin:pipelines_repository_add"), {
         "name": "evil", "url": "ext::sh -c x", "branch": "main", "release_from": "tags", "tag_pattern": "v*",
-        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "_save": "Save",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
     })
     assert response.status_code == 200
     assert "Remote-helper transports such as &#x27;ext::&#x27; are refused" in response.content.decode()
@@ -101,7 +102,7 @@ def test_adding_a_repository_is_audited(client, alice, origin):
     client.force_login(alice)
     response = client.post(reverse("admin:pipelines_repository_add"), {
         "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
-        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": SECRET, "_save": "Save",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": SECRET, "lifecycle": default_lifecycle_id(), "_save": "Save",
     })
     assert response.status_code == 302
     repository = Repository.objects.get(name="shop")
@@ -110,7 +111,7 @@ def test_adding_a_repository_is_audited(client, alice, origin):
     assert event.object_id == str(repository.pk) and event.actor == alice
     assert event.details["values"] == {
         "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
-        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "set",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "set", "lifecycle": "default",
     }
     assert SECRET not in event.canonical_json()
 
@@ -136,19 +137,27 @@ def test_a_bulk_delete_audits_each_object(client, alice, db):
     assert sorted(AuditEvent.objects.filter(action="admin.delete").values_list("object_repr", flat=True)) == ["dev", "qa"]
 
 
-def test_environments_are_edited_in_the_list(client, alice, environments):
+def test_a_lifecycles_stages_are_edited_inline_and_each_change_is_on_record(client, alice, environments):
+    from pipelines.models import Lifecycle, Stage
+
     staging, production = environments
+    lifecycle = Lifecycle.objects.get(name="default")
+    first, second = Stage.objects.filter(lifecycle=lifecycle).order_by("position")
     client.force_login(alice)
-    response = client.post(reverse("admin:pipelines_environment_changelist"), {
-        "form-TOTAL_FORMS": 2, "form-INITIAL_FORMS": 2,
-        "form-0-id": production.pk, "form-0-position": 20, "form-0-requires_approval": "on", "form-0-required_approvals": 2,
-        "form-1-id": staging.pk, "form-1-position": 10, "form-1-auto_deploy": "on", "form-1-required_approvals": 1,
+    response = client.post(reverse("admin:pipelines_lifecycle_change", args=[lifecycle.pk]), {
+        "name": "default", "description": "",
+        "stages-TOTAL_FORMS": 2, "stages-INITIAL_FORMS": 2, "stages-MIN_NUM_FORMS": 0, "stages-MAX_NUM_FORMS": 1000,
+        "stages-0-id": first.pk, "stages-0-lifecycle": lifecycle.pk, "stages-0-position": 10,
+        "stages-0-environment": staging.pk,
+        "stages-1-id": second.pk, "stages-1-lifecycle": lifecycle.pk, "stages-1-position": 20,
+        "stages-1-environment": production.pk, "stages-1-auto_deploy": "on", "stages-1-requires_approval": "on",
         "_save": "Save",
     })
-    assert response.status_code == 302
-    production.refresh_from_db()
-    assert production.required_approvals == 2 and not production.auto_deploy
-    assert AuditEvent.objects.filter(action="admin.change", object_repr="production").exists()
+    assert response.status_code == 302, response.content.decode()[:3000]
+    first.refresh_from_db()
+    assert first.auto_deploy is False
+    event = AuditEvent.objects.get(action="admin.change", object_type="pipelines.stage")
+    assert event.details == {"of": "default", "values": {"auto_deploy": [True, False]}}
 
 
 # --- poll now --------------------------------------------------------------------------------------
@@ -244,11 +253,13 @@ def test_change_requests_are_read_only_in_the_admin(client, alice):
 
 
 def test_a_policy_change_in_the_admin_records_the_old_and_new_values(client, alice, production):
+    from tests.conftest import stage_of
+
+    policy = stage_of(production).approval_policy
     client.force_login(alice)
-    url = f"/admin/pipelines/environment/{production.pk}/change/"
-    form = {"name": "production", "position": 20, "auto_deploy": "on", "requires_approval": "on",
-            "required_approvals": 2, "approver_group": production.approver_group_id, "block_commit_authors": "on",
-            "approval_timeout": ""}
+    url = f"/admin/approvals/stagepolicy/{policy.pk}/change/"
+    form = {"stage": policy.stage_id, "required_approvals": 2, "approver_group": policy.approver_group_id,
+            "block_commit_authors": "on", "approval_timeout": ""}
     response = client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
     event = AuditEvent.objects.filter(action="admin.change").latest("seq")

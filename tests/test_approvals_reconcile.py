@@ -12,6 +12,7 @@ from approvals.models import ChangeRequest
 from approvals.opening import open_change_request
 from pipelines import promotion, reconciler
 from pipelines.models import AuditEvent, Deployment, FollowUp, Target
+from tests.conftest import set_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -47,8 +48,7 @@ def test_it_opens_a_request_for_a_held_deployment_whose_follow_up_was_lost(produ
 
 
 def test_it_expires_a_request_after_the_environments_timeout_and_cancels_its_deployment(production, releases, alice):
-    production.approval_timeout = timedelta(hours=1)
-    production.save()
+    set_policy(production, approval_timeout=timedelta(hours=1))
     with time_machine.travel(START, tick=False) as traveller:
         deployment = promotion.promote(releases[1], production, by=alice)
         change_request = open_change_request(deployment)

@@ -5,6 +5,7 @@ from django.contrib.auth.models import Permission
 
 from approvals.models import ChangeRequest, Decision, DecisionRefused
 from pipelines.models import AuditEvent, Deployment
+from tests.conftest import set_policy, stage_of
 
 pytestmark = pytest.mark.django_db
 
@@ -35,8 +36,8 @@ def open_request(repository, production, make_release, alice):
             status=Deployment.Status.AWAITING_APPROVAL, triggered_by=requested_by,
         )
         return ChangeRequest.objects.create(
-            deployment=deployment, repository=repository, environment=production, requested_by=requested_by,
-            required_approvals=required_approvals, author_emails=list(author_emails),
+            deployment=deployment, repository=repository, environment=production, stage=stage_of(production),
+            requested_by=requested_by, required_approvals=required_approvals, author_emails=list(author_emails),
         )
 
     return make
@@ -60,8 +61,7 @@ def test_it_refuses_self_approval(open_request, bob):
 
 
 def test_self_approval_is_allowed_where_the_environment_says_so(open_request, production, bob):
-    production.allow_self_approval = True
-    production.save()
+    set_policy(production, allow_self_approval=True)
     change = open_request(requested_by=bob)
     change.approve(bob)
     assert change.status == "approved"
@@ -74,8 +74,7 @@ def test_it_refuses_approval_from_an_author_of_a_commit_in_the_change(open_reque
 
 
 def test_commit_authors_may_approve_where_the_environment_allows_it(open_request, production, dana):
-    production.block_commit_authors = False
-    production.save()
+    set_policy(production, block_commit_authors=False)
     change = open_request()
     change.approve(dana)
     assert change.status == "approved"
@@ -130,7 +129,7 @@ def test_the_refusal_reason_is_given_before_anyone_clicks(open_request, bob, cha
     change = open_request()
     assert change.refusal_reason(bob) is None
     assert "approvers" in change.refusal_reason(charlie)
-    alice.groups.add(change.environment.approver_group)
+    alice.groups.add(change.policy.approver_group)
     assert change.refusal_reason(alice) == "You requested this change, so someone else has to approve it."
 
 
@@ -162,8 +161,7 @@ def test_nobody_may_approve_while_the_commit_authors_are_unknown(open_request, b
     change.refresh_from_db()
     with pytest.raises(DecisionRefused, match="commit authors are unknown"):
         change.approve(bob)
-    production.block_commit_authors = False
-    production.save()
+    set_policy(production, block_commit_authors=False)
     change.approve(bob)
     assert change.status == "approved"
 
@@ -178,8 +176,7 @@ def test_it_refuses_an_approver_without_an_e_mail_where_commit_authors_are_block
     assert not Decision.objects.exists()
     assert Deployment.objects.get().status == "awaiting_approval"
     # Where commit authors may approve, the e-mail does not matter.
-    production.block_commit_authors = False
-    production.save()
+    set_policy(production, block_commit_authors=False)
     change.approve(bob)
     assert change.status == "approved"
 
@@ -211,8 +208,8 @@ def test_it_refuses_the_committer_of_a_commit_in_the_change(repository, origin, 
     change = changes.inspect(deployment)
     assert change.author_emails == ["bob@example.com", "dana@example.com"]
     request = ChangeRequest.objects.create(
-        deployment=deployment, repository=repository, environment=production, requested_by=alice,
-        required_approvals=1, summary=change.summary, author_emails=change.author_emails,
+        deployment=deployment, repository=repository, environment=production, stage=stage_of(production),
+        requested_by=alice, required_approvals=1, summary=change.summary, author_emails=change.author_emails,
     )
     with pytest.raises(DecisionRefused, match="You authored or committed a commit in this change"):
         request.approve(bob)

@@ -20,6 +20,7 @@ from approvals.freeze import active_freezes, deploy_guard, frozen_until, overrid
 from approvals.models import ChangeRequest, FreezeOverride, FreezeWindow
 from pipelines import promotion, reconciler
 from pipelines.models import AuditEvent, Deployment
+from tests.conftest import stage_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,7 +80,8 @@ def hold_for_approval(release, environment, *, by):
     here) so that this file tests the freeze alone."""
     deployment = promotion.promote(release, environment, by=by)
     change_request = ChangeRequest.objects.create(
-        deployment=deployment, repository=deployment.repository, environment=environment, requested_by=by,
+        deployment=deployment, repository=deployment.repository, environment=environment, stage=stage_of(environment),
+        requested_by=by,
         required_approvals=1,
     )
     return deployment, change_request

@@ -90,8 +90,11 @@ environments:
 def qa(environments):
     """An environment between staging and production that needs no approval."""
     from pipelines.models import Environment
+    from tests.conftest import add_stage
 
-    return Environment.objects.create(name="qa", position=15, auto_deploy=False)
+    qa = Environment.objects.create(name="qa", position=15)
+    add_stage("default", qa, position=15, auto_deploy=False)
+    return qa
 
 
 def fail_in(release, environment):

@@ -11,6 +11,7 @@ from django.utils import timezone
 from approvals.models import ChangeRequest
 from pipelines import promotion
 from pipelines.models import Deployment, FollowUp, Target
+from tests.conftest import set_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -72,9 +73,7 @@ def test_it_mails_the_eligible_approvers_when_a_request_opens_but_not_the_reques
 def test_it_mails_the_requester_and_the_authors_too_when_the_environment_lets_them_approve(
     candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
-    production.allow_self_approval = True
-    production.block_commit_authors = False
-    production.save()
+    set_policy(production, allow_self_approval=True, block_commit_authors=False)
     request_for(candidate, production, approvers_cast[0], run_follow_ups)
     recipients = sorted(message.to[0] for message in mailoutbox)
     assert recipients == ["alice@example.com", "bob@example.com", "dave@example.com"]
@@ -117,8 +116,7 @@ def test_it_tells_the_requester_who_rejected_and_why(
 def test_a_partial_approval_mails_nobody(
     candidate, production, approvers_cast, mailoutbox, run_follow_ups
 ):
-    production.required_approvals = 2
-    production.save()
+    set_policy(production, required_approvals=2)
     alice, bob, _ = approvers_cast
     change_request = request_for(candidate, production, alice, run_follow_ups)
     mailoutbox.clear()

@@ -9,10 +9,11 @@ import time_machine
 from django.db import connection
 from django.utils import timezone
 
-from approvals.models import ChangeRequest
+from approvals.models import ChangeRequest, StagePolicy
 from approvals.opening import open_change_request
 from pipelines import promotion
 from pipelines.models import AuditEvent, Deployment, FollowUp, Target
+from tests.conftest import set_policy, set_stage, stage_of
 
 pytestmark = pytest.mark.django_db
 
@@ -32,9 +33,7 @@ def releases(repository, origin, production, make_release):
 def test_a_held_deployment_opens_a_request_with_the_environments_approvals_and_timeout(
     production, releases, alice, run_follow_ups
 ):
-    production.required_approvals = 2
-    production.approval_timeout = timedelta(hours=4)
-    production.save()
+    set_policy(production, required_approvals=2, approval_timeout=timedelta(hours=4))
     opened_at = datetime(2025, 3, 3, 9, 0, tzinfo=dt_timezone.utc)
 
     with time_machine.travel(opened_at, tick=False):
@@ -58,8 +57,7 @@ def test_a_held_deployment_opens_a_request_with_the_environments_approvals_and_t
 
 def test_the_request_keeps_the_approvals_required_when_it_opened(production, releases, alice):
     change_request = open_change_request(promotion.promote(releases[1], production, by=alice))
-    production.required_approvals = 3
-    production.save()
+    set_policy(production, required_approvals=3)
     change_request.refresh_from_db()
     assert change_request.required_approvals == 1
 
@@ -111,8 +109,8 @@ def test_a_newer_candidate_supersedes_the_older_pending_request(
 def test_a_request_for_another_target_is_not_superseded(
     repository, staging, production, releases, alice, run_follow_ups
 ):
-    staging.requires_approval, staging.approver_group = True, production.approver_group
-    staging.save()
+    set_stage(staging, requires_approval=True)
+    StagePolicy.objects.create(stage=stage_of(staging), approver_group=stage_of(production).approval_policy.approver_group)
     promotion.promote(releases[1], staging, by=alice)
     promotion.promote(releases[2], production, by=alice)
     run_follow_ups()

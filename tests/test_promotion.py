@@ -4,6 +4,7 @@ import pytest
 
 from pipelines import promotion
 from pipelines.models import AuditEvent, Deployment, Target
+from tests.conftest import set_stage
 
 pytestmark = pytest.mark.django_db
 
@@ -48,8 +49,7 @@ def test_a_paused_target_receives_nothing_automatically(repository, staging, mak
 
 
 def test_an_environment_without_auto_deploy_waits_for_a_person(repository, staging, make_release):
-    staging.auto_deploy = False
-    staging.save()
+    set_stage(staging, auto_deploy=False)
     assert promotion.on_release_recorded(make_release(repository, "v1.0.0")) is None
 
 

@@ -6,8 +6,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from pipelines.models import Environment, Repository
+from pipelines.models import Environment, Repository, Stage
 from pipelines.pipeline_file import parse_pipeline
+from tests.conftest import add_stage, stage_of
 
 
 @pytest.fixture
@@ -52,10 +53,12 @@ def test_it_creates_staging_following_git_and_production_waiting_for_approval(db
     seed()
 
     staging, production = Environment.objects.order_by("position")
-    assert (staging.name, staging.position, staging.auto_deploy, staging.requires_approval) == ("staging", 10, True, False)
-    assert (production.name, production.position, production.requires_approval) == ("production", 20, True)
-    assert production.approver_group.name == "approvers"
-    assert list(production.approver_group.user_set.all()) == [admin]
+    assert (staging.name, staging.position, production.name, production.position) == ("staging", 10, "production", 20)
+    first, second = Stage.objects.filter(lifecycle__name="default").order_by("position")
+    assert (first.environment, first.auto_deploy, first.requires_approval) == (staging, True, False)
+    assert (second.environment, second.auto_deploy, second.requires_approval) == (production, True, True)
+    assert second.approval_policy.approver_group.name == "approvers"
+    assert list(second.approval_policy.approver_group.user_set.all()) == [admin]
 
 
 @pytest.mark.parametrize("tag", ["v1.0.0", "v1.1.0"])
@@ -101,13 +104,13 @@ def test_it_is_idempotent(db, demo_repo):
 
 
 def test_it_keeps_what_an_admin_already_set_up(db, data_dir):
-    staging = Environment.objects.create(name="staging", position=10, auto_deploy=False)
+    staging = Environment.objects.create(name="staging", position=10)
+    add_stage("default", staging, auto_deploy=False)
     Repository.objects.create(name="shop", url="https://git.example.com/shop.git")
 
     seed()
 
-    staging.refresh_from_db()
-    assert staging.auto_deploy is False
+    assert stage_of(staging).auto_deploy is False
     assert Repository.objects.get(name="shop").url == "https://git.example.com/shop.git"
     assert Environment.objects.get(name="production").position == 20
 

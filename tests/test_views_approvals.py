@@ -16,7 +16,7 @@ from django.utils import timezone
 from approvals.models import ChangeRequest, Decision
 from approvals.navigation import pending_approvals
 from pipelines.models import AuditEvent, Deployment, Release
-from tests.conftest import PIPELINE
+from tests.conftest import PIPELINE, stage_of
 
 NAVIGATION = "approvals.navigation.pending_approvals"
 
@@ -82,7 +82,8 @@ def make_request(repository, production):
         held = create_deployment(release, production, Deployment.Status.AWAITING_APPROVAL, triggered_by=requested_by)
         fields.setdefault("summary", summary())
         return ChangeRequest.objects.create(
-            deployment=held, repository=repository, environment=production, requested_by=requested_by,
+            deployment=held, repository=repository, environment=production, stage=stage_of(production),
+            requested_by=requested_by,
             required_approvals=required_approvals, expires_at=timezone.now() + timedelta(days=3), **fields,
         )
 

@@ -2,6 +2,7 @@ from .audit import AuditEvent, AuditHead, AuditVerification
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .followup import FollowUp
+from .lifecycle import Lifecycle, Stage
 from .release import Release
 from .repository import Repository, WebhookDelivery
 
@@ -15,8 +16,10 @@ __all__ = [
     "Environment",
     "FollowUp",
     "InvalidTransition",
+    "Lifecycle",
     "Release",
     "Repository",
+    "Stage",
     "StaleStatus",
     "Target",
     "TargetBusy",

@@ -257,7 +257,7 @@ class Deployment(models.Model):
         from pipelines import followups, promotion
         from pipelines.models import FollowUp, Target
 
-        follows = promotion.next_environment(self) is not None
+        follows = promotion.next_stage(self) is not None
         with transaction.atomic():
             self.transition(Status.SUCCEEDED, exit_code=0)  # it locks the Target row first
             Target.objects.filter(repository=self.repository_id, environment=self.environment_id).update(

@@ -1,6 +1,4 @@
 from django.conf import settings
-from django.contrib.auth.models import Group
-from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -8,31 +6,14 @@ from .audit import AuditEvent
 
 
 class Environment(models.Model):
-    """A stage of promotion, shared by all repositories and ordered by `position`."""
+    """A real place to deploy to, shared by all repositories; freeze windows belong to it. Which
+    repositories deploy here, in what order and under which rules is their lifecycle's (Stage)."""
 
     name = models.SlugField(max_length=100, unique=True)
-    position = models.PositiveIntegerField(unique=True, help_text="Order of promotion: lower comes first.")
-    auto_deploy = models.BooleanField(default=True, help_text="Deploy here automatically once the stage before succeeded.")
-    requires_approval = models.BooleanField(default=False)
-    required_approvals = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
-    approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    allow_self_approval = models.BooleanField(default=False, help_text="Let the person who requested a change approve it.")
-    block_commit_authors = models.BooleanField(
-        default=True, help_text="Refuse approval from anyone whose e-mail authored a commit in the change."
-    )
-    approval_timeout = models.DurationField(null=True, blank=True, help_text="Optional, e.g. '3 00:00:00' for three days.")
+    position = models.PositiveIntegerField(unique=True, help_text="Where it is listed among environments: lower comes first.")
 
     class Meta:
         ordering = ["position", "name"]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(required_approvals__gte=1), name="required_approvals_at_least_one"),
-            # Otherwise its deployments would wait for approvals that nobody may give.
-            models.CheckConstraint(
-                condition=models.Q(requires_approval=False) | models.Q(approver_group__isnull=False),
-                name="approval_needs_an_approver_group",
-                violation_error_message="An environment that requires approval needs an approver group.",
-            ),
-        ]
 
     def __str__(self):
         return self.name

@@ -5,6 +5,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from pipelines.models.lifecycle import default_lifecycle_id
 from pipelines.validators import validate_git_ref_name, validate_relative_path, validate_repository_url, validate_tag_pattern
 
 
@@ -40,6 +41,9 @@ class Repository(models.Model):
     poll_interval = models.PositiveIntegerField(default=60, validators=[MinValueValidator(5)], help_text="Seconds.")
     webhook_secret = models.CharField(max_length=200, blank=True)
     enabled = models.BooleanField(default=True)
+    lifecycle = models.ForeignKey(
+        "pipelines.Lifecycle", on_delete=models.PROTECT, related_name="repositories", default=default_lifecycle_id,
+        help_text="The stages its releases go through, and each stage's rules.")
 
     last_polled_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

@@ -17,6 +17,7 @@ from django.utils.crypto import salted_hmac
 
 from pipelines.models import AuditEvent, AuditVerification
 from pipelines.models.audit import queue_verification
+from pipelines.models.lifecycle import default_lifecycle_id
 
 pytestmark = pytest.mark.django_db
 
@@ -157,7 +158,7 @@ def test_deleting_every_event_after_admin_changes_is_reported(client, alice, ori
     client.force_login(alice)
     client.post(reverse("admin:pipelines_repository_add"), {
         "name": "shop", "url": origin.url, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
-        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "_save": "Save",
+        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
     })
     wipe()
     assert verifyaudit() == ("Audit log broken at event #1: the audit log is empty but the portal holds "

@@ -110,19 +110,39 @@ def test_twenty_double_clicks_on_deploy_make_one_deployment(repository, staging,
 
 @pytest.mark.django_db
 def test_the_database_refuses_approval_without_an_approver_group(environments):
-    with pytest.raises(IntegrityError), transaction.atomic():
-        Environment.objects.create(name="prod-eu", position=30, requires_approval=True)
+    from approvals.models import StagePolicy
+    from tests.conftest import add_stage
+
     _, production = environments
+    prod_eu = add_stage("default", Environment.objects.create(name="prod-eu", position=30), requires_approval=True)
     with pytest.raises(IntegrityError), transaction.atomic():
-        Environment.objects.filter(pk=production.pk).update(approver_group=None)
+        StagePolicy.objects.create(stage=prod_eu, required_approvals=1)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        StagePolicy.objects.filter(stage__environment=production).update(approver_group=None)
 
 
 @pytest.mark.django_db
 def test_the_admin_form_says_an_approver_group_is_needed(client, alice, environments):
+    from approvals.models import StagePolicy
+    from tests.conftest import add_stage
+
+    stage = add_stage("default", Environment.objects.create(name="prod-eu", position=30), requires_approval=True)
     client.force_login(alice)
-    form = {"name": "prod-eu", "position": 30, "auto_deploy": "on", "requires_approval": "on",
-            "required_approvals": 1, "approver_group": "", "block_commit_authors": "on", "approval_timeout": ""}
-    response = client.post(reverse("admin:pipelines_environment_add"), form)
+    form = {"stage": stage.pk, "required_approvals": 1, "approver_group": "", "block_commit_authors": "on",
+            "approval_timeout": ""}
+    response = client.post(reverse("admin:approvals_stagepolicy_add"), form)
     assert response.status_code == 200, "the form is shown again, with the error"
-    assert "An environment that requires approval needs an approver group." in response.content.decode()
-    assert not Environment.objects.filter(name="prod-eu").exists()
+    assert "This field is required." in response.content.decode()
+    assert not StagePolicy.objects.filter(stage=stage).exists()
+
+
+@pytest.mark.django_db
+def test_a_stage_that_holds_deployments_without_a_policy_is_reported(environments):
+    from approvals.checks import stages_without_an_approval_policy
+    from tests.conftest import add_stage
+
+    assert stages_without_an_approval_policy() == []
+    add_stage("default", Environment.objects.create(name="prod-eu", position=30), requires_approval=True)
+    [warning] = stages_without_an_approval_policy()
+    assert warning.id == "approvals.W001"
+    assert "default / prod-eu requires approval but has no approval policy" in warning.msg

@@ -13,6 +13,7 @@ from django.urls import reverse
 from pipelines import tracking
 from pipelines.models import AuditEvent, Repository
 from tests.conftest import free_port
+from pipelines.models.lifecycle import default_lifecycle_id
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +24,7 @@ URL = f"https://user:{TOKEN}@git.example.com/org/repo.git"
 def repository_form(url, **overrides):
     return {
         "name": "shop", "url": url, "web_url": "", "enabled": "on", "branch": "main", "release_from": "tags",
-        "tag_pattern": "v*", "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "_save": "Save",
+        "tag_pattern": "v*", "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
         **overrides,
     }
 

@@ -15,7 +15,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import Max
 
-from pipelines.models import Environment, Repository
+from approvals.models import StagePolicy
+from pipelines.models import Environment, Lifecycle, Repository, Stage
+from pipelines.models.lifecycle import DEFAULT_LIFECYCLE
 
 PIPELINE = """\
 # Read by the GitOps Portal at each release's commit.
@@ -99,7 +101,8 @@ def build_demo_repository(path):
 
 
 class Command(BaseCommand):
-    help = "Create the demo repository 'shop' and the environments staging and production, unless they exist."
+    help = ("Create the demo repository 'shop', the environments staging and production and their stages in the "
+            "lifecycle 'default', unless they exist.")
 
     def handle(self, *args, **options):
         created = []
@@ -117,12 +120,15 @@ class Command(BaseCommand):
                 approvers.user_set.add(*superusers)
                 names = ", ".join(u.get_username() for u in superusers)
                 created.append(f"the group {DEMO_APPROVERS!r}" + (f" (members: {names})" if names else ""))
-            if self._ensure_environment("staging", position=10, auto_deploy=True):
-                created.append("the environment 'staging' (deploys automatically)")
-            if self._ensure_environment(
-                "production", position=20, auto_deploy=True, requires_approval=True, approver_group=approvers
-            ):
-                created.append(f"the environment 'production' (waits for one approval from {DEMO_APPROVERS!r})")
+            lifecycle, _ = Lifecycle.objects.get_or_create(name=DEFAULT_LIFECYCLE)
+            staging = self._ensure_environment("staging", position=10)
+            production = self._ensure_environment("production", position=20)
+            if self._ensure_stage(lifecycle, staging, auto_deploy=True):
+                created.append(f"the stage 'staging' of the lifecycle {lifecycle} (deploys automatically)")
+            if production_stage := self._ensure_stage(lifecycle, production, auto_deploy=True, requires_approval=True):
+                StagePolicy.objects.create(stage=production_stage, approver_group=approvers, required_approvals=1)
+                created.append(f"the stage 'production' of the lifecycle {lifecycle} (waits for one approval from "
+                               f"{DEMO_APPROVERS!r})")
             if not Repository.objects.filter(name="shop").exists():
                 repository = Repository(name="shop", url=str(repo_path), poll_interval=10)
                 repository.full_clean()
@@ -137,12 +143,22 @@ class Command(BaseCommand):
             self.stdout.write("The demo exists already; nothing changed.")
 
     @staticmethod
-    def _ensure_environment(name, *, position, **fields):
-        if Environment.objects.filter(name=name).exists():
-            return False
+    def _ensure_environment(name, *, position):
+        """The environment called `name`, made at `position` (or after the last) if there is none."""
+        existing = Environment.objects.filter(name=name).first()
+        if existing is not None:
+            return existing
         if Environment.objects.filter(position=position).exists():
             position = (Environment.objects.aggregate(last=Max("position"))["last"] or 0) + 10
-        environment = Environment(name=name, position=position, **fields)
+        environment = Environment(name=name, position=position)
         environment.full_clean()
         environment.save()
-        return True
+        return environment
+
+    @staticmethod
+    def _ensure_stage(lifecycle, environment, **fields):
+        """A new stage of `environment` at the end of `lifecycle`; None when it has one already (kept as is)."""
+        if lifecycle.stages.filter(environment=environment).exists():
+            return None
+        position = (lifecycle.stages.aggregate(last=Max("position"))["last"] or 0) + 10
+        return Stage.objects.create(lifecycle=lifecycle, environment=environment, position=position, **fields)

@@ -1,0 +1,58 @@
+"""Lifecycles: the road a repository's releases take, as an ordered list of stages.
+
+An Environment is a real place (freeze windows belong to it) and is shared; a Stage puts one environment
+into one lifecycle with that lifecycle's rules, so a small team's automatic production and a regulated
+service's two-approver production coexist. `pipelines` knows only whether a stage holds its deployments
+for approval; who may approve, and how many, is the upper layer's part of the stage (approvals.StagePolicy)."""
+
+from django.db import models
+
+DEFAULT_LIFECYCLE = "default"
+
+
+class Lifecycle(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+def default_lifecycle_id():
+    """The lifecycle a repository follows unless told otherwise: `default`, made on first use."""
+    return Lifecycle.objects.get_or_create(name=DEFAULT_LIFECYCLE)[0].pk
+
+
+class StageQuerySet(models.QuerySet):
+    def of(self, repository):
+        """The stages of the lifecycle this repository follows, in order, with their environments."""
+        return self.filter(lifecycle_id=repository.lifecycle_id).select_related("environment").order_by("position")
+
+    def for_target(self, repository, environment):
+        """The stage through which `repository` deploys to `environment`, or None (not on its road)."""
+        return self.filter(lifecycle_id=repository.lifecycle_id, environment=environment).first()
+
+
+class Stage(models.Model):
+    lifecycle = models.ForeignKey(Lifecycle, on_delete=models.CASCADE, related_name="stages")
+    environment = models.ForeignKey("pipelines.Environment", on_delete=models.PROTECT, related_name="stages")
+    position = models.PositiveIntegerField(help_text="Order of promotion within the lifecycle: lower comes first.")
+    auto_deploy = models.BooleanField(
+        default=True, help_text="Deploy here automatically once the stage before succeeded.")
+    requires_approval = models.BooleanField(
+        default=False, help_text="Deployments here wait for approval (the approval policy says by whom).")
+
+    objects = StageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["lifecycle", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["lifecycle", "environment"], name="one_stage_per_environment"),
+            models.UniqueConstraint(fields=["lifecycle", "position"], name="one_stage_per_position"),
+        ]
+
+    def __str__(self):
+        return f"{self.lifecycle} / {self.environment}"

@@ -227,6 +227,32 @@ def make_release(db):
     return make
 
 
+# --- environment secrets -------------------------------------------------------------------------------
+
+
+def new_secrets_key():
+    """A fresh Fernet key, as an operator puts in GITOPS_SECRETS_KEYS."""
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture
+def make_secret(db):
+    """An environment secret stored as the admin stores it: validated, encrypted with the first key of
+    settings.GITOPS_SECRETS_KEYS."""
+    from pipelines.models import EnvironmentSecret
+
+    def make(environment, name, value, by=None):
+        secret = EnvironmentSecret(environment=environment, name=name, updated_by=by)
+        secret.set_value(value)
+        secret.full_clean()
+        secret.save()
+        return secret
+
+    return make
+
+
 # --- helpers for tests that drive real processes (tests/faults/ above all) ----------------------------
 
 

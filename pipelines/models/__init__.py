@@ -4,6 +4,7 @@ from .environment import Environment, Target
 from .followup import FollowUp
 from .release import Release
 from .repository import Repository, WebhookDelivery
+from .secret import EnvironmentSecret
 
 __all__ = [
     "AuditEvent",
@@ -13,6 +14,7 @@ __all__ = [
     "DeploymentLogChunk",
     "DeploymentStateError",
     "Environment",
+    "EnvironmentSecret",
     "FollowUp",
     "InvalidTransition",
     "Release",

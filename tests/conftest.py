@@ -237,6 +237,26 @@ def new_secrets_key():
     return Fernet.generate_key().decode()
 
 
+def environment_form(environment, secrets=(), **overrides):
+    """POST data for the environment's admin change page: its fields as they are, and its secrets inline.
+
+    `secrets` are dicts with "name" and "value", plus "id" for a stored one and "DELETE" to delete it;
+    stored ones come first, as the admin lists them."""
+    data = {
+        "name": environment.name, "position": environment.position, "required_approvals": environment.required_approvals,
+        "approver_group": environment.approver_group_id or "", "approval_timeout": environment.approval_timeout or "",
+        **{field: "on" for field in ("auto_deploy", "requires_approval", "allow_self_approval", "block_commit_authors")
+           if getattr(environment, field)},
+        "secrets-TOTAL_FORMS": len(secrets), "secrets-MIN_NUM_FORMS": 0, "secrets-MAX_NUM_FORMS": 1000,
+        "secrets-INITIAL_FORMS": sum(1 for secret in secrets if secret.get("id")),
+    }
+    for number, secret in enumerate(secrets):
+        data.update({f"secrets-{number}-{key}": value for key, value in secret.items()})
+        data[f"secrets-{number}-environment"] = environment.pk
+    data.update(overrides)
+    return data
+
+
 @pytest.fixture
 def make_secret(db):
     """An environment secret stored as the admin stores it: validated, encrypted with the first key of

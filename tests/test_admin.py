@@ -7,7 +7,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
 from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
-from tests.conftest import PIPELINE
+from tests.conftest import PIPELINE, environment_form
 
 SECRET = "s3cr3t-webhook-value-7f9a"
 
@@ -246,10 +246,7 @@ def test_change_requests_are_read_only_in_the_admin(client, alice):
 def test_a_policy_change_in_the_admin_records_the_old_and_new_values(client, alice, production):
     client.force_login(alice)
     url = f"/admin/pipelines/environment/{production.pk}/change/"
-    form = {"name": "production", "position": 20, "auto_deploy": "on", "requires_approval": "on",
-            "required_approvals": 2, "approver_group": production.approver_group_id, "block_commit_authors": "on",
-            "approval_timeout": ""}
-    response = client.post(url, form)
+    response = client.post(url, environment_form(production, required_approvals=2))
     assert response.status_code == 302, response.content.decode()[:2000]
     event = AuditEvent.objects.filter(action="admin.change").latest("seq")
     assert event.details["values"] == {"required_approvals": [1, 2]}

@@ -248,6 +248,11 @@ class EnvironmentSecretInline(admin.TabularInline):
     readonly_fields = ["updated_at", "updated_by"]
     verbose_name_plural = "secrets (given only to this environment's deploy steps, masked in their logs)"
 
+    def get_fields(self, request, obj=None):
+        # Staff who may only view get no value field at all: a read-only field would look the value up.
+        fields = super().get_fields(request, obj)
+        return fields if self.has_change_permission(request, obj) else [f for f in fields if f != "value"]
+
 
 @admin.register(Environment)
 class EnvironmentAdmin(AuditedAdmin):

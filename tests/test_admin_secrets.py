@@ -1,6 +1,7 @@
 """Environment secrets in the admin: write-only values, stored encrypted, audited by name only."""
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from pipelines.models import AuditEvent, EnvironmentSecret
@@ -26,7 +27,7 @@ def test_a_secret_added_in_the_admin_is_stored_encrypted_and_never_shown_again(c
 
     assert response.status_code == 302, response.content.decode()[:3000]
     secret = EnvironmentSecret.objects.get(environment=staging, name="DB_PASSWORD")
-    assert secret.value() == VALUE and VALUE not in secret.ciphertext
+    assert secret.decrypt() == VALUE and VALUE not in secret.ciphertext
     assert secret.updated_by == alice
     html = client.get(change_url(staging)).content.decode()
     assert "DB_PASSWORD" in html and 'type="password" name="secrets-0-value"' in html
@@ -42,11 +43,11 @@ def test_a_blank_value_keeps_the_stored_secret_and_a_new_one_replaces_it(client,
 
     assert response.status_code == 302, response.content.decode()[:3000]
     secret.refresh_from_db()
-    assert secret.value() == VALUE and secret.updated_by == bob, "left blank: neither value nor stamp changes"
+    assert secret.decrypt() == VALUE and secret.updated_by == bob, "left blank: neither value nor stamp changes"
 
     client.post(change_url(staging), environment_form(staging, [{**stored, "value": "a-new-password-7788"}]))
     secret.refresh_from_db()
-    assert secret.value() == "a-new-password-7788" and secret.updated_by == alice
+    assert secret.decrypt() == "a-new-password-7788" and secret.updated_by == alice
 
 
 def test_a_new_secret_needs_a_value(client, alice, staging):
@@ -77,7 +78,8 @@ def test_a_bad_name_is_refused_with_the_reason(client, alice, staging):
     response = add_secret(client, staging, name="GITOPS_VERSION")
 
     assert response.status_code == 200
-    assert "is set by the portal for every step" in response.content.decode()
+    html = response.content.decode()
+    assert "is set by the portal for every step" in html and VALUE not in html, "not even in the refused form"
     assert not EnvironmentSecret.objects.exists()
 
 
@@ -99,3 +101,16 @@ def test_the_audit_log_names_the_secret_but_never_its_value(client, alice, stagi
         assert event.actor == alice and (event.object_type, event.object_repr) == ("pipelines.environment", "staging")
     assert not EnvironmentSecret.objects.exists()
     assert AuditEvent.objects.first_broken() is None
+
+
+def test_staff_who_may_only_view_environments_see_no_value(client, django_user_model, staging, make_secret):
+    make_secret(staging, "DB_PASSWORD", VALUE)
+    viewer = django_user_model.objects.create_user("dora", "dora@example.com", "password", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(
+        codename__in=["view_environment", "view_environmentsecret"], content_type__app_label="pipelines"))
+    client.force_login(viewer)
+
+    html = client.get(change_url(staging)).content.decode()
+
+    assert "DB_PASSWORD" in html, "the secret is listed by name"
+    assert VALUE not in html

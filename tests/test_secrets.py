@@ -25,7 +25,7 @@ def test_the_value_is_stored_encrypted_never_in_plaintext(staging, make_secret, 
         row = cursor.fetchone()
     assert not [column for column in row if VALUE in str(column)]
     assert Fernet(settings.GITOPS_SECRETS_KEYS[0]).decrypt(secret.ciphertext.encode()).decode() == VALUE
-    assert EnvironmentSecret.objects.get(pk=secret.pk).value() == VALUE
+    assert EnvironmentSecret.objects.get(pk=secret.pk).decrypt() == VALUE
 
 
 @pytest.mark.parametrize("name", ["db_password", "1TOKEN", "API-TOKEN", "API TOKEN", ""])
@@ -87,7 +87,7 @@ def test_rotation_re_encrypts_with_the_new_key_so_the_old_one_can_go(staging, ma
     settings.GITOPS_SECRETS_KEYS = [new]
 
     secret.refresh_from_db()
-    assert secret.value() == VALUE
+    assert secret.decrypt() == VALUE
     assert Fernet(new).decrypt(secret.ciphertext.encode()).decode() == VALUE
     event = AuditEvent.objects.get(action="secrets.rotated")
     assert event.details == {"re-encrypted": 1, "unreadable": []}
@@ -107,7 +107,7 @@ def test_rotation_names_a_secret_no_key_opens_and_rotates_the_others(staging, pr
 
     settings.GITOPS_SECRETS_KEYS = [new]
     readable.refresh_from_db()
-    assert readable.value() == VALUE
+    assert readable.decrypt() == VALUE
 
 
 # --- system checks -----------------------------------------------------------------------------------

@@ -73,5 +73,7 @@ class EnvironmentSecret(models.Model):
         validate_secret_value(value)
         self.ciphertext = secrets.encrypt(value)
 
-    def value(self):
+    def decrypt(self):
+        # Not called `value`: the admin's form field is, and a read-only admin page would call a method of
+        # that name to show it.
         return secrets.decrypt(self.ciphertext, name=f"{self.name} of environment {self.environment.name}")

@@ -2,12 +2,17 @@
 log, and a secret no key opens fails the deployment with its name (never its value)."""
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pipelines import promotion, runner
-from pipelines.models import Environment
-from tests.conftest import new_secrets_key
+from pipelines.models import Deployment, Environment
+from tests.conftest import child_env, kill_tree, new_secrets_key, wait_for
+
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -15,14 +20,19 @@ VALUE = "staging-db-password-5c71d2"
 PRODUCTION_VALUE = "production-db-password-9a04bb"
 
 
-def deploy(repository, environment, origin, make_release, run, *, variables=""):
-    """Run a release whose step in `environment` runs `run` (a shell script), in this process; the deployment."""
+def promote_step(repository, environment, origin, make_release, run, *, variables=""):
+    """Promote a release whose step in `environment` runs `run` (a shell script); the queued deployment."""
     script = "".join(f"          {line}\n" for line in run.splitlines())
     pipeline = (f"environments:\n  {environment.name}:\n{variables}    steps:\n"
                 f"      - name: deploy\n        run: |\n{script}")
     origin.write(".gitops.yml", pipeline)
     release = make_release(repository, f"v-{environment.name}", pipeline=pipeline, commit_sha=origin.commit("step"))
-    deployment = promotion.promote(release, environment, by=None)
+    return promotion.promote(release, environment, by=None)
+
+
+def deploy(repository, environment, origin, make_release, run, *, variables=""):
+    """Run that deployment in this process; the deployment as it ended."""
+    deployment = promote_step(repository, environment, origin, make_release, run, variables=variables)
     runner.run_deployment(deployment.pk)
     deployment.refresh_from_db()
     return deployment
@@ -41,6 +51,28 @@ def test_a_secret_printed_by_a_step_is_masked_in_the_stored_log_and_the_step_rec
     assert "password=***" in log
     stored = "".join(deployment.log_chunks.values_list("text", flat=True))
     assert VALUE not in stored
+
+
+def test_a_real_worker_gives_the_secret_to_the_step_and_stores_it_masked(
+        repository, staging, origin, make_release, make_secret, tmp_path):
+    """As in production: `manage.py rqworker deploy` in a process of its own, with the key from its own settings."""
+    make_secret(staging, "DB_PASSWORD", VALUE)
+    worker = subprocess.Popen([sys.executable, "manage.py", "rqworker", "deploy"], cwd=BASE_DIR,
+                              env=child_env(tmp_path / "worker-data"), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deployment = promote_step(repository, staging, origin, make_release,
+                                  'printf %s "$DB_PASSWORD" | sha256sum\necho "password=$DB_PASSWORD"')
+        wait_for(lambda: Deployment.objects.get(pk=deployment.pk).is_finished, "the worker to run the step", timeout=60)
+    finally:
+        kill_tree(worker.pid)
+        worker.wait()
+
+    deployment.refresh_from_db()
+    log = deployment.log_since(0)[0]
+    assert deployment.status == "succeeded", log
+    assert hashlib.sha256(VALUE.encode()).hexdigest() in log and "password=***" in log
+    assert VALUE not in log
 
 
 def test_a_multi_line_secret_printed_line_by_line_is_masked(repository, staging, origin, make_release, make_secret):

@@ -64,6 +64,21 @@ GITOPS_AUDIT_KEY = os.environ.get("GITOPS_AUDIT_KEY", "")
 GITOPS_AUDIT_KEY_FALLBACKS = [k for k in os.environ.get("GITOPS_AUDIT_KEY_FALLBACKS", "").split(",") if k]
 GITOPS_AUDIT_VERIFY_EVERY = envint("GITOPS_AUDIT_VERIFY_EVERY", 3600)  # seconds between automatic verifications
 
+
+def _secrets_keys():
+    """Fernet keys for environment secrets, comma-separated: the first encrypts, all decrypt (pipelines/secrets.py).
+    Unset: the key file that `make run` generates in the data directory, so the embedded portal just works."""
+    value = os.environ.get("GITOPS_SECRETS_KEYS", "")
+    if not value:
+        try:
+            value = (GITOPS_DATA_DIR / "secrets_keys").read_text()
+        except FileNotFoundError:
+            value = ""
+    return [key.strip() for key in value.split(",") if key.strip()]
+
+
+GITOPS_SECRETS_KEYS = _secrets_keys()
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
+# A fixed Fernet key (32 bytes, url-safe base64), so tests of secrets need no key file.
+os.environ.setdefault("GITOPS_SECRETS_KEYS", "dGVzdC1vbmx5LXNlY3JldHMta2V5LTMyLWJ5dGVzISE=")
 
 from gitops_portal.settings import *  # noqa: E402,F403
 

@@ -10,13 +10,15 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from pipelines import jobs
-from pipelines.models import AuditEvent, Deployment, Environment, Lifecycle, Release, Repository, Stage, Target
+from pipelines import jobs, secrets
+from pipelines.models import (AuditEvent, Deployment, Environment, EnvironmentSecret, Lifecycle, Release, Repository,
+                              Stage, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -237,10 +239,54 @@ class RepositoryAdmin(AuditedAdmin):
 # --- environments ------------------------------------------------------------------------------------
 
 
+class EnvironmentSecretForm(forms.ModelForm):
+    """Name and value of one secret. The value is write-only: never rendered, blank keeps the stored one."""
+
+    value = SecretField(label="Value", required=False, max_length=32768)
+
+    class Meta:
+        model = EnvironmentSecret
+        fields = ["name", "value"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["value"].help_text = ("Write-only. Leave blank to keep the stored value." if self.instance.pk
+                                          else "Write-only: never shown again.")
+
+    def clean(self):
+        cleaned = super().clean()
+        value = cleaned.get("value")
+        if value:
+            try:
+                self.instance.set_value(value)  # encrypted here; the plain value goes no further
+            except ValidationError as exc:
+                self.add_error("value", exc)
+            except secrets.SecretsNotConfigured as exc:
+                self.add_error("value", str(exc))
+        elif not self.instance.pk:
+            self.add_error("value", "Give the secret's value.")
+        return cleaned
+
+
+class EnvironmentSecretInline(admin.TabularInline):
+    model = EnvironmentSecret
+    form = EnvironmentSecretForm
+    extra = 0
+    fields = ["name", "value", "updated_at", "updated_by"]
+    readonly_fields = ["updated_at", "updated_by"]
+    verbose_name_plural = "secrets (given only to this environment's deploy steps, masked in their logs)"
+
+    def get_fields(self, request, obj=None):
+        # Staff who may only view get no value field at all: a read-only field would look the value up.
+        fields = super().get_fields(request, obj)
+        return fields if self.has_change_permission(request, obj) else [f for f in fields if f != "value"]
+
+
 @admin.register(Environment)
 class EnvironmentAdmin(AuditedAdmin):
-    """A real place to deploy to. The order of promotion and the rules are a lifecycle's (below)."""
+    """A real place to deploy to, and its secrets. The order of promotion and the rules are a lifecycle's."""
 
+    inlines = [EnvironmentSecretInline]
     audited_fields = ["name", "position"]
     list_display = ["name", "position", "lifecycle_names"]
     list_display_links = ["name"]
@@ -252,6 +298,25 @@ class EnvironmentAdmin(AuditedAdmin):
     @admin.display(description="in lifecycles")
     def lifecycle_names(self, environment):
         return ", ".join(sorted(stage.lifecycle.name for stage in environment.stages.all())) or "—"
+
+    def save_formset(self, request, form, formset, change):
+        """Stamp who changed each secret, and put the secrets' names (never their values) on the audit record
+        that log_addition/log_change write next."""
+        if formset.model is not EnvironmentSecret:
+            return super().save_formset(request, form, formset, change)
+        touched = {}
+        for secret_form in formset.forms:
+            if secret_form in formset.deleted_forms or not secret_form.has_changed():
+                continue
+            secret = secret_form.instance
+            touched[secret.name] = "set" if secret.pk is None else "changed"
+            secret.updated_at, secret.updated_by = timezone.now(), request.user
+        for secret_form in formset.deleted_forms:
+            if secret_form.instance.pk is not None:
+                touched[secret_form.instance.name] = "deleted"
+        formset.save()
+        if touched:
+            form.instance._audited_values = {**getattr(form.instance, "_audited_values", {}), "secrets": touched}
 
 
 class StageFormSet(forms.BaseInlineFormSet):

@@ -2,7 +2,9 @@
 
 Sealed steps (GITOPS_STEP_USER) keep a deploy step away from the portal's secrets, but not from the network:
 a Redis that takes no password lets a step push a job that the worker then runs as its own account. So
-while steps are sealed, a REDIS_URL without a password is an error, and no portal process starts."""
+while steps are sealed, a REDIS_URL without a password is an error, and no portal process starts.
+
+Environment secrets: GITOPS_SECRETS_KEYS must hold Fernet keys, and may be empty only while no secret is stored."""
 
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,5 +37,37 @@ def check_redis_password_when_steps_are_sealed(app_configs, **kwargs):
             hint="Set a password on the Redis server (requirepass, or an ACL user) and put it in REDIS_URL, "
             "e.g. redis://:PASSWORD@redis.internal:6379/0 or rediss://portal:PASSWORD@redis.internal:6380/0.",
             id="pipelines.E001",
+        )
+    ]
+
+
+@register(Tags.security)
+def check_secrets_keys(app_configs, **kwargs):
+    """A key that is not a Fernet key is always an error; no key at all only once secrets are stored (they
+    could not be given to any step). Without the table (before migrate) or the database, nothing to say."""
+    from django.db import DatabaseError
+
+    from pipelines import secrets
+    from pipelines.models import EnvironmentSecret
+
+    try:
+        secrets.check_keys()
+        return []
+    except secrets.SecretsNotConfigured as exc:
+        problem = str(exc)
+    if settings.GITOPS_SECRETS_KEYS:
+        return [Error(problem, id="pipelines.E002")]
+    try:
+        stored = EnvironmentSecret.objects.exists()
+    except DatabaseError:
+        return []
+    if not stored:
+        return []
+    return [
+        Error(
+            "Environment secrets are stored but GITOPS_SECRETS_KEYS is empty: no deployment of an environment "
+            "with secrets could run.",
+            hint="Set GITOPS_SECRETS_KEYS to the keys they were encrypted with (the first key encrypts).",
+            id="pipelines.E003",
         )
     ]

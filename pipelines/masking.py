@@ -3,8 +3,10 @@
 Every signed-in user may read a deployment's log, so whatever a step prints that is one of the portal's
 own secrets (SECRET_KEY, the passwords of DATABASE_URL and REDIS_URL), a credential of the repository
 (a token in its URL, its webhook secret) or a value the pipeline file declares secret (a variable whose
-name says SECRET, TOKEN, PASSWORD or KEY) is replaced by `***`. Values shorter than MIN_SECRET_LENGTH
-are left alone: masking "admin" or "1234" everywhere would hide more log than secret.
+name says SECRET, TOKEN, PASSWORD or KEY) is replaced by `***`; so are the values of the environment's
+secrets, which the runner loads once per run and adds (`LogWriter.mask_also`). Values shorter than
+MIN_SECRET_LENGTH are left alone: masking "admin" or "1234" everywhere would hide more log than secret
+(environment secrets that short are refused when they are set).
 
 Output arrives in chunks; `StreamMasker` holds back the end of a chunk while it could be the start of a
 secret, so a secret split across two chunks is still masked."""
@@ -46,12 +48,12 @@ def portal_secrets():
         values.add(queue.get("PASSWORD") or "")
     for mailer in getattr(settings, "MAILERS", {}).values():  # the SMTP password lives in the mailer's options
         values.add(str((mailer.get("OPTIONS") or {}).get("password") or ""))
-    for name in ("GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEY_FALLBACKS", "EMAIL_HOST_PASSWORD"):
+    for name in ("GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEY_FALLBACKS", "GITOPS_SECRETS_KEYS", "EMAIL_HOST_PASSWORD"):
         value = getattr(settings, name, "")
         values |= set(value) if isinstance(value, (list, tuple)) else {value}
     # As the environment gives them, whatever settings made of them (comma-separated lists included).
     for name in ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "GITOPS_AUDIT_KEY", "GITOPS_AUDIT_KEY_FALLBACKS",
-                 "EMAIL_HOST_PASSWORD"):
+                 "GITOPS_SECRETS_KEYS", "EMAIL_HOST_PASSWORD"):
         value = os.environ.get(name, "")
         values |= {value, *value.split(",")}
     return values
@@ -60,6 +62,15 @@ def portal_secrets():
 def declared_secrets(variables):
     """Values of the pipeline file's variables whose names say they are secret."""
     return {str(value) for name, value in (variables or {}).items() if SECRET_NAME.search(name) and value is not None}
+
+
+def environment_secrets(values):
+    """The values of an environment's secrets, and each line of a multi-line one (a PEM key printed line by
+    line is masked too)."""
+    found = set()
+    for value in values:
+        found |= {value, *(line.strip() for line in value.splitlines())}
+    return found
 
 
 def secrets_for(deployment):

@@ -38,8 +38,9 @@ from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
 from pipelines import followups, git, hooks, masking, sandbox
-from pipelines.models import Deployment, StaleStatus, TargetBusy
+from pipelines.models import Deployment, EnvironmentSecret, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
+from pipelines.secrets import SecretUnreadable
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,10 @@ class LogWriter:
         self.failing_since = None
         self.seq = 0  # the run writes the whole log of the deployment it has just claimed
 
+    def mask_also(self, values):
+        """Mask these values too (the environment's secrets); called before anything is written."""
+        self.masker = masking.StreamMasker({*self.masker.secrets, *masking.environment_secrets(values)})
+
     def write(self, text):
         text = self.masker.feed(text)
         if text:
@@ -342,6 +347,18 @@ class Heartbeat:
 
 def _execute(deployment, heartbeat, log):
     spec = deployment.release.pipeline.environments[deployment.environment.name]
+    try:
+        secrets = EnvironmentSecret.objects.values_for(deployment.environment)  # once per run, before any output
+    except SecretUnreadable as exc:
+        reason = str(exc)  # names the secret, never its value
+        log.write(f"==> {reason}\n")
+        log.close()
+        _record(deployment, "failure", lambda: deployment.fail(reason))
+        return
+    log.mask_also(secrets.values())
+    replaced = sorted(set(secrets) & set(spec.variables))
+    if replaced:  # said in the log, so a file variable that seems ignored is explained
+        log.write(f"==> the environment's secrets replace the pipeline file's variables {', '.join(replaced)}\n")
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"deployment-{deployment.pk}-", dir=settings.GITOPS_WORK_DIR))
     try:
@@ -349,7 +366,7 @@ def _execute(deployment, heartbeat, log):
         git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
         if account is not None:
             _hand_over(workdir, account)
-        environment = step_environment(deployment, spec.variables, workdir, account)
+        environment = step_environment(deployment, spec.variables, workdir, account, secrets=secrets)
         if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat, log, account):
             return
     finally:
@@ -458,14 +475,12 @@ def _hand_over(workdir, account):
             os.lchown(path, account.pw_uid, account.pw_gid)
 
 
-def step_environment(deployment, variables, workdir, account=None):
-    """Only what a step needs: nothing of the portal's own environment leaks (SECRET_KEY, DATABASE_URL…)."""
+def step_environment(deployment, variables, workdir, account=None, *, secrets):
+    """The environment of a deploy step: the pipeline file's `variables`, then its environment's `secrets`
+    ({name: value}, loaded by the caller once per run; a secret wins over a file variable of the same name,
+    as the admin's value should), then the deployment's GITOPS_ variables."""
     release, previous = deployment.release, deployment.previous_release
-    return {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOME": account.pw_dir if account else os.environ.get("HOME", str(workdir)),
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        **variables,
+    return scrubbed_environment(workdir, account, variables={**variables, **secrets}, gitops={
         "GITOPS_REPOSITORY": deployment.repository.name,
         "GITOPS_ENVIRONMENT": deployment.environment.name,
         "GITOPS_VERSION": release.version,
@@ -474,6 +489,20 @@ def step_environment(deployment, variables, workdir, account=None):
         "GITOPS_PREVIOUS_COMMIT": previous.commit_sha if previous else "",
         "GITOPS_DEPLOYMENT_ID": str(deployment.pk),
         "GITOPS_TRIGGER": deployment.trigger,
+    })
+
+
+def scrubbed_environment(workdir, account=None, *, variables, gitops):
+    """Only what a step needs: nothing of the portal's own environment leaks (SECRET_KEY, DATABASE_URL…).
+
+    Steps that are not deploy steps (build, checks) call this directly: it looks nothing up, so no
+    environment's secrets reach them; only step_environment adds the ones its caller loaded."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": account.pw_dir if account else os.environ.get("HOME", str(workdir)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        **variables,
+        **gitops,
     }
 
 

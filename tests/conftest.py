@@ -262,6 +262,49 @@ def make_release(db):
     return make
 
 
+# --- environment secrets -------------------------------------------------------------------------------
+
+
+def new_secrets_key():
+    """A fresh Fernet key, as an operator puts in GITOPS_SECRETS_KEYS."""
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def environment_form(environment, secrets=(), **overrides):
+    """POST data for the environment's admin change page: its fields as they are, and its secrets inline.
+
+    `secrets` are dicts with "name" and "value", plus "id" for a stored one and "DELETE" to delete it;
+    stored ones come first, as the admin lists them."""
+    data = {
+        "name": environment.name, "position": environment.position,
+        "secrets-TOTAL_FORMS": len(secrets), "secrets-MIN_NUM_FORMS": 0, "secrets-MAX_NUM_FORMS": 1000,
+        "secrets-INITIAL_FORMS": sum(1 for secret in secrets if secret.get("id")),
+    }
+    for number, secret in enumerate(secrets):
+        data.update({f"secrets-{number}-{key}": value for key, value in secret.items()})
+        data[f"secrets-{number}-environment"] = environment.pk
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def make_secret(db):
+    """An environment secret stored as the admin stores it: validated, encrypted with the first key of
+    settings.GITOPS_SECRETS_KEYS."""
+    from pipelines.models import EnvironmentSecret
+
+    def make(environment, name, value, by=None):
+        secret = EnvironmentSecret(environment=environment, name=name, updated_by=by)
+        secret.set_value(value)
+        secret.full_clean()
+        secret.save()
+        return secret
+
+    return make
+
+
 # --- helpers for tests that drive real processes (tests/faults/ above all) ----------------------------
 
 

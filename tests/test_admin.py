@@ -7,8 +7,8 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
 from pipelines.models import AuditEvent, Deployment, Environment, Release, Repository, Target
-from tests.conftest import PIPELINE
 from pipelines.models.lifecycle import default_lifecycle_id
+from tests.conftest import PIPELINE
 
 SECRET = "s3cr3t-webhook-value-7f9a"
 

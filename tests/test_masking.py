@@ -1,9 +1,12 @@
 """Known secret values are masked in deployment logs before they are stored."""
 
+import os
+
 import pytest
 
 from pipelines import masking, promotion, runner
 from pipelines.models import Deployment
+from tests.conftest import new_secrets_key
 
 SECRET_KEY = "masking-test-secret-key-0123456789"
 
@@ -105,3 +108,15 @@ def test_a_step_that_prints_the_secret_key_has_it_masked_in_the_stored_log(porta
     assert any(piece.endswith("split: ") for piece in pieces), f"the secret was split between two pieces: {pieces}"
     assert SECRET_KEY not in log
     assert "whole: ***\n" in log and "split: ***\n" in log
+
+
+def test_the_keys_that_encrypt_environment_secrets_are_masked(settings, monkeypatch):
+    settings.GITOPS_SECRETS_KEYS = [new_secrets_key()]
+    monkeypatch.setenv("GITOPS_SECRETS_KEYS", f"{new_secrets_key()},{new_secrets_key()}")
+    keys = [settings.GITOPS_SECRETS_KEYS[0], *os.environ["GITOPS_SECRETS_KEYS"].split(",")]
+    assert masking.mask(" ".join(keys), masking.usable(masking.portal_secrets())) == "*** *** ***"
+
+
+def test_each_line_of_a_multi_line_environment_secret_is_masked_too():
+    values = masking.environment_secrets(["-----BEGIN-----\n  line-one-abcdef\nline-two-ghijkl\n"])
+    assert {"line-one-abcdef", "line-two-ghijkl"} <= values

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,9 @@ def documented_environment():
             name, value = match.groups()
             value = value.split(" #", 1)[0].strip().strip("'\"")
             # A value the README tells the operator to generate ($(...)) is generated here the same way.
-            env[name] = secrets.token_urlsafe(50) if value.startswith("$(") else value
+            if value.startswith("$("):
+                value = Fernet.generate_key().decode() if "Fernet" in value else secrets.token_urlsafe(50)
+            env[name] = value
     return env
 
 
@@ -43,7 +46,8 @@ def run(code_or_args, tmp_path, env):
 def test_check_deploy_is_clean_under_the_documented_production_settings(tmp_path):
     env = documented_environment()
     for name in ("SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL", "EMAIL_HOST", "SECURE_HSTS_SECONDS",
-                 "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "GITOPS_STEP_USER"):
+                 "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "GITOPS_STEP_USER",
+                 "GITOPS_SECRETS_KEYS"):
         assert name in env, f"the README's production example sets {name}"
 
     result = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], tmp_path, env)

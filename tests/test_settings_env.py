@@ -17,7 +17,7 @@ print(json.dumps({
     "ENGINE": db["ENGINE"], "NAME": str(db["NAME"]), "HOST": db.get("HOST"), "PORT": db.get("PORT"),
     "USER": db.get("USER"), "PASSWORD": db.get("PASSWORD"), "OPTIONS": db.get("OPTIONS", {}),
     "REDIS_URL": s.REDIS_URL, "QUEUE_URLS": sorted({q["URL"] for q in s.RQ_QUEUES.values()}),
-    "GITOPS_DATA_DIR": str(s.GITOPS_DATA_DIR),
+    "GITOPS_DATA_DIR": str(s.GITOPS_DATA_DIR), "GITOPS_SECRETS_KEYS": s.GITOPS_SECRETS_KEYS,
 }))
 """
 
@@ -121,3 +121,18 @@ def test_allowed_hosts_are_a_comma_separated_list(tmp_path):
         "portal.example.com", ".internal.example.com"
     ]
     assert settings_with(tmp_path)["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
+
+
+def test_the_secrets_keys_are_taken_from_the_environment_first_one_first(tmp_path):
+    loaded = settings_with(tmp_path, GITOPS_SECRETS_KEYS=" new-key , old-key,")
+
+    assert loaded["GITOPS_SECRETS_KEYS"] == ["new-key", "old-key"]
+
+
+def test_without_the_variable_the_secrets_keys_come_from_the_data_dirs_key_file(tmp_path):
+    """The file `make run` generates, so that the embedded portal keeps its secrets readable across restarts."""
+    assert settings_with(tmp_path)["GITOPS_SECRETS_KEYS"] == []
+    (tmp_path / "data" / "secrets_keys").write_text("generated-key\n")
+
+    assert settings_with(tmp_path)["GITOPS_SECRETS_KEYS"] == ["generated-key"]
+    assert settings_with(tmp_path, GITOPS_SECRETS_KEYS="from-env")["GITOPS_SECRETS_KEYS"] == ["from-env"]

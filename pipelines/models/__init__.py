@@ -5,6 +5,7 @@ from .followup import FollowUp
 from .lifecycle import Lifecycle, Stage
 from .release import Release
 from .repository import Repository, WebhookDelivery
+from .secret import EnvironmentSecret
 
 __all__ = [
     "AuditEvent",
@@ -14,6 +15,7 @@ __all__ = [
     "DeploymentLogChunk",
     "DeploymentStateError",
     "Environment",
+    "EnvironmentSecret",
     "FollowUp",
     "InvalidTransition",
     "Lifecycle",

@@ -50,6 +50,19 @@ GITOPS_POLL_CONCURRENCY = envint("GITOPS_POLL_CONCURRENCY", 4)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
+# What approvals adds to pages that pipelines (and the shared base page) render: {slot: [template, …]},
+# filled by the {% slot %} tag (pipelines/templatetags/portal.py).
+GITOPS_TEMPLATE_SLOTS = {
+    "head": ["approvals/slots/head.html"],
+    "navigation": ["approvals/slots/navigation.html"],
+    "banner": ["approvals/slots/freeze_banner.html"],
+    "deployment.status": ["approvals/slots/deployment_status.html"],
+    "deployment.after_status": ["approvals/slots/deployment_freeze_hold.html"],
+    "release.actions": ["approvals/slots/release_actions.html"],
+    "release.deployment": ["approvals/slots/release_deployment.html"],
+    "release.blocked": ["approvals/slots/release_unblock.html"],
+    "release.block": ["approvals/slots/release_block.html"],
+}
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",
     "mail.change_request_opened": "approvals.notifications.on_change_request_opened",

@@ -1,7 +1,10 @@
-"""Small formatting filters for the portal's pages."""
+"""Small formatting filters for the portal's pages, and the slots an upper app fills."""
 
 from django import template
+from django.conf import settings
+from django.template.loader import select_template
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -51,3 +54,15 @@ def without_credentials(url):
     from pipelines.git import display_url
 
     return display_url(url)
+
+
+@register.simple_tag(takes_context=True)
+def slot(context, name, **values):
+    """Where another app adds to a page of pipelines without pipelines naming it: the templates listed for
+    `name` in settings.GITOPS_TEMPLATE_SLOTS ({slot: [template, …]}), rendered here with the page's context
+    and `values`. The same settings hook as guards and follow-ups: pipelines knows only the slot's name."""
+    rendered = []
+    for template_name in settings.GITOPS_TEMPLATE_SLOTS.get(name, ()):
+        with context.push(**values):
+            rendered.append(select_template([template_name]).template.render(context))
+    return mark_safe("".join(rendered))

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db import DatabaseError, connection
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import gate, jobs
-from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Repository, Target
+from pipelines import artifacts, gate, jobs
+from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Release, Repository, Target
 from pipelines.promotion import PromotionError, environments_for, promote, retry
 
 RELEASES_ON_REPOSITORY_PAGE = 50
@@ -123,8 +123,41 @@ def release_detail(request, name, version):
         "deployments": list(deployments),
         "deploy_environments": environments_for(release),
         "can_deploy": request.user.has_perm("pipelines.deploy"),
+        **_build_context(release),
     }
     return render(request, "pipelines/release_detail.html", context)
+
+
+def _build_context(release):
+    """The release's build (None without one) and its log so far, for the page and its poll."""
+    build = Build.objects.filter(release=release).first()
+    return {"build": build, "build_log": build.log_since(0)[0] if build is not None else ""}
+
+
+@login_required
+def release_build(request, pk):
+    """The build section of the release page, polled every 2 s until the build has finished."""
+    release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
+    context = {"release": release, **_build_context(release)}
+    return render(request, "pipelines/release_detail.html#build", context)
+
+
+@login_required
+def release_artifacts(request, pk):
+    """The build's artifacts as stored (tar.gz), streamed from the artifact storage."""
+    build = get_object_or_404(Build.objects.select_related("release__repository"), release_id=pk,
+                              status=Build.Status.SUCCEEDED)
+    if not build.artifact_name:
+        raise Http404("This build left no artifacts.")
+    try:
+        stored = artifacts.artifact_storage().open(build.artifact_name, "rb")
+    except FileNotFoundError:
+        raise Http404("The artifacts are missing from the artifact storage.") from None
+    release = build.release
+    filename = f"{release.repository.name}-{release.version}-artifacts.tar.gz".replace("/", "-")
+    response = FileResponse(stored, as_attachment=True, filename=filename, content_type="application/gzip")
+    response["X-Artifact-SHA256"] = build.artifact_sha256
+    return response
 
 
 @login_required

@@ -1,0 +1,117 @@
+"""The build on the release page (status, log, outputs, artifacts to download) and on the change request."""
+
+import hashlib
+
+import pytest
+from django.db import transaction
+from django.urls import reverse
+
+from pipelines import build_runner, promotion
+from pipelines.models import Build
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PIPELINE = """\
+build:
+  steps:
+    - name: image
+      run: |
+        echo "image=ami-0abc123" >> "$GITOPS_OUTPUTS"
+        echo "the image" > "$GITOPS_ARTIFACTS/image.raw"
+environments:
+  staging:
+    steps: [{run: echo "deploying $GITOPS_OUTPUT_IMAGE"}]
+  production:
+    steps: [{run: echo "deploying $GITOPS_OUTPUT_IMAGE"}]
+"""
+
+
+@pytest.fixture
+def release_built(repository, origin, make_release, environments):
+    """A release with `pipeline`, built for real (its build queued as tracking does, then run)."""
+
+    def make(pipeline=PIPELINE, version="v1.0.0"):
+        origin.write(".gitops.yml", pipeline)
+        release = make_release(repository, version, pipeline=pipeline, commit_sha=origin.commit(version))
+        with transaction.atomic():
+            build = Build.objects.queue_for(release)
+        build_runner.run_build(build.pk)
+        build.refresh_from_db()
+        return release, build
+
+    return make
+
+
+def test_the_release_page_shows_the_build_its_outputs_and_its_artifacts(client, alice, release_built):
+    release, build = release_built()
+    client.force_login(alice)
+
+    page = client.get(release.get_absolute_url()).content.decode()
+
+    assert build.status == "succeeded"
+    assert "ami-0abc123" in page
+    assert build.artifact_sha256 in page
+    assert f"({build.artifact_size} bytes)" in page
+    assert reverse("release_artifacts", args=[release.pk]) in page
+    assert "==&gt; output image=ami-0abc123" in page, "the log"
+    assert 'hx-trigger="every 2s"' not in page.split('id="build"')[1].split("</section>")[0], "finished: no poll"
+
+
+def test_the_artifacts_download_is_exactly_what_the_build_stored(client, charlie, release_built):
+    release, build = release_built()
+    client.force_login(charlie)  # signed in, no rights: reading is everyone's
+
+    response = client.get(reverse("release_artifacts", args=[release.pk]))
+
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == build.artifact_sha256
+    assert len(body) == build.artifact_size
+    assert response["Content-Disposition"] == 'attachment; filename="shop-v1.0.0-artifacts.tar.gz"'
+
+
+def test_the_artifacts_download_needs_a_signed_in_user(client, release_built):
+    release, _ = release_built()
+
+    response = client.get(reverse("release_artifacts", args=[release.pk]))
+
+    assert response.status_code == 302 and "/login" in response["Location"]
+
+
+def test_a_release_whose_build_failed_says_why_on_its_page_and_offers_no_download(client, alice, release_built):
+    release, build = release_built(PIPELINE.replace('echo "image=ami-0abc123"', "echo 'packer: boom'; exit 2; echo"))
+    client.force_login(alice)
+
+    page = client.get(release.get_absolute_url()).content.decode()
+
+    assert build.status == "failed"
+    assert "This release deploys nowhere: its build failed." in page
+    assert "Build step &#x27;image&#x27; exited with status 2." in page
+    assert "packer: boom" in page
+    assert client.get(reverse("release_artifacts", args=[release.pk])).status_code == 404
+
+
+def test_the_build_section_polls_while_the_build_is_queued(client, alice, repository, origin, make_release, environments):
+    release = make_release(repository, "v2.0.0", pipeline=PIPELINE, commit_sha=origin.head())
+    with transaction.atomic():
+        Build.objects.queue_for(release)
+    client.force_login(alice)
+
+    part = client.get(reverse("release_build", args=[release.pk]), headers={"HX-Request": "true"}).content.decode()
+
+    assert 'hx-trigger="every 2s"' in part
+    assert "This release deploys once its build has succeeded." in part
+
+
+def test_the_change_request_shows_what_was_built(client, alice, release_built, production):
+    from approvals.opening import open_change_request
+
+    release, build = release_built()
+    change_request = open_change_request(promotion.promote(release, production, by=alice))
+    client.force_login(alice)
+
+    page = client.get(reverse("change_request_detail", args=[change_request.pk])).content.decode()
+
+    assert "What was built" in page
+    assert "ami-0abc123" in page
+    assert build.artifact_sha256 in page

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -51,12 +52,21 @@ def artifact_storage():
 def read_outputs(path):
     """{key: value} from the file at `path` (missing or empty: {}); ArtifactError quoting a bad line."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
-    size = path.stat().st_size
-    if size > MAX_OUTPUTS_BYTES:
-        raise ArtifactError(f"$GITOPS_OUTPUTS holds {size} bytes; outputs may hold at most {MAX_OUTPUTS_BYTES}.")
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    # Not followed: a step could leave a link to a file only the worker may read, to have it published.
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise ArtifactError("$GITOPS_OUTPUTS is not a plain file any more; outputs must be written into it.") from None
+    with os.fdopen(descriptor, "rb") as outputs:
+        if not stat.S_ISREG(os.fstat(outputs.fileno()).st_mode):
+            raise ArtifactError("$GITOPS_OUTPUTS is not a plain file any more; outputs must be written into it.")
+        content = outputs.read(MAX_OUTPUTS_BYTES + 1)
+    if len(content) > MAX_OUTPUTS_BYTES:
+        raise ArtifactError(f"$GITOPS_OUTPUTS holds more than {MAX_OUTPUTS_BYTES} bytes; outputs may hold at most "
+                            f"{MAX_OUTPUTS_BYTES}.")
+    text = content.decode("utf-8", errors="replace")
     outputs = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -89,6 +99,8 @@ def pack_and_store(directory, *, prefix):
     """Pack the files in `directory` into a tar.gz saved in the artifact storage under `prefix`/; None when
     the directory is empty. ArtifactError when they exceed GITOPS_ARTIFACT_MAX_BYTES or a link leads out."""
     directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        raise ArtifactError("$GITOPS_ARTIFACTS is not a folder any more; artifacts must be left inside it.")
     limit = settings.GITOPS_ARTIFACT_MAX_BYTES
     members, total = _members_to_pack(directory)
     if not members:

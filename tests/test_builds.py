@@ -191,6 +191,18 @@ def test_outputs_larger_than_the_cap_fail_the_build(queued_build):
     assert "outputs may hold at most 65536" in build.error
 
 
+@pytest.mark.parametrize("replace", [
+    'rm "$GITOPS_OUTPUTS"; ln -s /etc/hostname "$GITOPS_OUTPUTS"',
+    'rm -r "$GITOPS_ARTIFACTS"; ln -s /etc "$GITOPS_ARTIFACTS"',
+])
+def test_a_step_cannot_have_a_file_outside_its_run_published_by_replacing_its_folders_with_links(queued_build, replace):
+    build = built(queued_build(pipeline_building(replace)))
+
+    assert build.status == "failed"
+    assert "is not a plain file any more" in build.error or "is not a folder any more" in build.error
+    assert build.outputs == {} and build.artifact_name == ""
+
+
 def test_outputs_are_upper_cased_into_gitops_output_variables():
     assert artifacts.output_variables({"image": "a", "AMI_id": "b"}) == {"GITOPS_OUTPUT_IMAGE": "a", "GITOPS_OUTPUT_AMI_ID": "b"}
 
@@ -348,3 +360,36 @@ def test_a_deployment_of_a_release_whose_build_did_not_succeed_fails_saying_why(
     deployment.refresh_from_db()
     assert deployment.status == "failed"
     assert "its build is queued" in deployment.error
+
+
+def test_a_build_whose_worker_was_killed_fails_saying_so_and_its_release_deploys_nowhere(queued_build, tmp_path):
+    """A real `rqworker deploy` is killed (SIGKILL, with its step) in the middle of a build step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import child_env, kill_tree, wait_for
+
+    started = tmp_path / "build.started"  # outside the worker's data directory, which steps do not see
+    build = queued_build(pipeline_building(f"echo started > {started}; sleep 300"))
+    worker = subprocess.Popen([sys.executable, "manage.py", "rqworker", "deploy"], cwd=Path(__file__).resolve().parent.parent,
+                              env=child_env(tmp_path / "data"), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: started.exists(), "the build step to start in the worker")
+        kill_tree(worker.pid)
+        worker.wait()
+    finally:
+        kill_tree(worker.pid)
+    build.refresh_from_db()
+    assert build.status == "running" and build.runner_pid == worker.pid
+
+    assert reconciler.reconcile()["builds_lost"] == 0, "its heartbeat is fresh: it may still run"
+    later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
+    assert reconciler.reconcile(now=later)["builds_lost"] == 1
+
+    build.refresh_from_db()
+    assert build.status == "failed"
+    assert build.error.startswith(f"Worker lost: the worker process {worker.pid} on ")
+    assert promotion.build_refusal(build.release) == f"its build failed: {build.error}"
+    assert not Deployment.objects.exists()

@@ -11,6 +11,7 @@ urlpatterns = [
     path("repos/<slug:name>/releases/<path:version>/", views.release_detail, name="release_detail"),
     path("releases/<int:pk>/deploy", views.release_deploy, name="release_deploy"),
     path("releases/<int:pk>/build", views.release_build, name="release_build"),
+    path("releases/<int:pk>/build/start", views.release_build_start, name="release_build_start"),
     path("releases/<int:pk>/artifacts.tar.gz", views.release_artifacts, name="release_artifacts"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),

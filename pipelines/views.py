@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -131,7 +131,15 @@ def release_detail(request, name, version):
 def _build_context(release):
     """The release's build (None without one) and its log so far, for the page and its poll."""
     build = Build.objects.filter(release=release).first()
-    return {"build": build, "build_log": build.log_since(0)[0] if build is not None else ""}
+    return {
+        "build": build,
+        "build_log": build.log_since(0)[0] if build is not None else "",
+        "needs_build": build is None and _has_build_section(release),
+    }
+
+
+def _has_build_section(release):
+    return release.pipeline is not None and release.pipeline.build is not None
 
 
 @login_required
@@ -140,6 +148,22 @@ def release_build(request, pk):
     release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
     context = {"release": release, **_build_context(release)}
     return render(request, "pipelines/release_detail.html#build", context)
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_build_start(request, pk):
+    """Build a release that was not built when recorded (a poll builds only the release it promotes)."""
+    release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
+    if release.error or not _has_build_section(release):
+        messages.error(request, f"{release.version} has no build section to run; nothing was started.")
+        return redirect(release)
+    with transaction.atomic():
+        build = Build.objects.queue_for(release, by=request.user)
+    messages.success(request, f"Build #{build.pk} of {release.version} is {build.get_status_display().lower()}.")
+    warn_if_queue_was_unreachable(request)
+    return redirect(release)
 
 
 @login_required

@@ -7,7 +7,7 @@ from django.db import transaction
 from django.urls import reverse
 
 from pipelines import build_runner, promotion
-from pipelines.models import Build
+from pipelines.models import AuditEvent, Build
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,3 +115,25 @@ def test_the_change_request_shows_what_was_built(client, alice, release_built, p
     assert "What was built" in page
     assert "ami-0abc123" in page
     assert build.artifact_sha256 in page
+
+
+def test_a_release_that_was_not_built_can_be_built_by_a_deployer_and_then_deploys(
+    client, alice, charlie, repository, origin, make_release, environments, run_workers
+):
+    staging, _ = environments
+    release = make_release(repository, "v0.9.0", pipeline=PIPELINE, commit_sha=origin.head())
+    with pytest.raises(promotion.PromotionError, match="it has not been built"):
+        promotion.promote(release, staging, by=alice)
+    client.force_login(charlie)
+    assert "Not built." in client.get(release.get_absolute_url()).content.decode()
+    assert client.post(reverse("release_build_start", args=[release.pk])).status_code == 403
+    client.force_login(alice)
+
+    client.post(reverse("release_build_start", args=[release.pk]))
+    client.post(reverse("release_build_start", args=[release.pk]))  # a second click: still one build
+    run_workers()
+
+    build = Build.objects.get(release=release)
+    assert build.status == "succeeded" and build.outputs == {"image": "ami-0abc123"}
+    assert AuditEvent.objects.get(action="build.queued").actor == alice
+    assert release.deployments.get(environment=staging).status == "succeeded", "promoted once built"

@@ -36,14 +36,15 @@ BUILD_FINISHED = {BuildStatus.SUCCEEDED, BuildStatus.FAILED}
 
 
 class BuildQuerySet(models.QuerySet):
-    def queue_for(self, release):
+    def queue_for(self, release, *, by=None):
         """Record the build of `release` and wake a worker on commit; call inside the transaction that
-        records the release. Returns the existing build when there is one: a release builds once."""
+        records the release (or a deployer asks for it). Returns the existing build when there is one: a
+        release builds once."""
         from pipelines import jobs
 
         build, created = self.get_or_create(release=release, defaults={"status": BuildStatus.QUEUED})
         if created:
-            AuditEvent.objects.record(action="build.queued", obj=build, repository=release.repository,
+            AuditEvent.objects.record(action="build.queued", actor=by, obj=build, repository=release.repository,
                                       details={"release": release.version, "commit": release.commit_sha})
             jobs.enqueue_build(build)
         return build

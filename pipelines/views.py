@@ -32,6 +32,7 @@ class DashboardRow:
 class ReleaseRow:
     release: Release
     deployments: list  # the latest Deployment or None per environment, in environment order
+    build: Build | None = None
 
 
 @dataclass
@@ -97,12 +98,15 @@ def repository_detail(request, name):
     }
     releases = list(repository.releases.order_by("-detected_at", "-id")[:RELEASES_ON_REPOSITORY_PAGE])
     latest = _latest_deployments(releases)
+    builds = {build.release_id: build for build in Build.objects.filter(release__in=releases)
+              .only("id", "release_id", "status", "error")}
     context = {
         "repository": repository,
         "environments": environments,
         "target_rows": [TargetRow(environment=env, target=targets.get(env.id)) for env in environments],
         "release_rows": [
-            ReleaseRow(release=release, deployments=[latest.get((release.id, env.id)) for env in environments])
+            ReleaseRow(release=release, deployments=[latest.get((release.id, env.id)) for env in environments],
+                       build=builds.get(release.id))
             for release in releases
         ],
         "can_deploy": request.user.has_perm("pipelines.deploy"),

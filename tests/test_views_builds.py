@@ -137,3 +137,26 @@ def test_a_release_that_was_not_built_can_be_built_by_a_deployer_and_then_deploy
     assert build.status == "succeeded" and build.outputs == {"image": "ami-0abc123"}
     assert AuditEvent.objects.get(action="build.queued").actor == alice
     assert release.deployments.get(environment=staging).status == "succeeded", "promoted once built"
+
+
+def test_the_repository_page_marks_releases_whose_build_failed(client, alice, release_built):
+    release, build = release_built(PIPELINE.replace('echo "image=ami-0abc123"', "exit 1; echo"))
+    client.force_login(alice)
+
+    page = client.get(reverse("repository_detail", args=[release.repository.name])).content.decode()
+
+    assert build.status == "failed"
+    assert ">build failed</span>" in page
+    assert "Build step &#x27;image&#x27; exited with status 1." in page
+
+
+def test_the_admin_lists_builds_read_only(client, alice, release_built):
+    _, build = release_built()
+    client.force_login(alice)
+
+    listing = client.get(reverse("admin:pipelines_build_changelist"))
+    detail = client.get(reverse("admin:pipelines_build_change", args=[build.pk]))
+
+    assert listing.status_code == 200 and detail.status_code == 200
+    assert "ami-0abc123" in detail.content.decode()
+    assert client.post(reverse("admin:pipelines_build_delete", args=[build.pk])).status_code == 403

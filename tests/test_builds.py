@@ -310,12 +310,22 @@ def test_a_release_is_not_deployed_while_its_build_is_queued(queued_build, stagi
         promotion.promote(build.release, staging, by=alice)
 
 
-def test_a_build_succeeding_after_a_newer_release_was_recorded_does_not_promote_it(queued_build, make_release, repository):
+def test_a_build_succeeding_after_a_newer_release_was_built_does_not_promote_it(queued_build):
     build = queued_build(pipeline_building("true"))
-    make_release(repository, "v1.1.0")
+    newer = queued_build(pipeline_building("true"), version="v1.1.0")
 
     assert built(build).status == "succeeded"
-    assert not Deployment.objects.filter(release=build.release).exists()
+    assert not Deployment.objects.filter(release=build.release).exists(), "it would replace the newer one"
+    assert built(newer).status == "succeeded"
+    assert Deployment.objects.get().release == newer.release
+
+
+def test_a_late_old_tag_recorded_during_the_build_does_not_stop_its_promotion(queued_build, make_release, repository):
+    build = queued_build(pipeline_building("true"), version="v2.0.0")
+    make_release(repository, "v1.5.0")  # recorded, never promoted (older than what runs)
+
+    assert built(build).status == "succeeded"
+    assert Deployment.objects.get().release == build.release
 
 
 # --- the reconciler -----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .audit import AuditEvent
@@ -143,7 +144,8 @@ class Build(models.Model):
         success, and the release's automatic promotion as a follow-up in the same transaction; returns that
         follow-up (None when the release goes nowhere automatically) for the runner to carry out at once.
 
-        A release recorded after this one while it built is newer: this one is then not promoted."""
+        A release recorded after this one and on its way (built, promoted, or deployed) is newer: this one is
+        then not promoted, or it would replace that one. A late old tag, recorded and never promoted, is not."""
         from pipelines import followups
         from pipelines.models import FollowUp, Release
 
@@ -155,7 +157,9 @@ class Build(models.Model):
         with transaction.atomic():
             self.transition(BuildStatus.SUCCEEDED, exit_code=0, outputs=outputs, **artifact_fields,
                             details={"outputs": sorted(outputs), "artifact_sha256": artifact_fields.get("artifact_sha256", "")})
-            newer = Release.objects.filter(repository=release.repository_id, pk__gt=release.pk, error="").exists()
+            later = Release.objects.filter(repository=release.repository_id, pk__gt=release.pk)
+            newer = (later.filter(Q(build__isnull=False) | Q(deployments__isnull=False)).exists()
+                     or FollowUp.objects.filter(kind=followups.PROMOTE_NEW_RELEASE, release__in=later).exists())
             if newer or release.blocked or release.error:
                 return None
             return FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=release, enqueue=False,

@@ -160,3 +160,14 @@ def test_the_admin_lists_builds_read_only(client, alice, release_built):
     assert listing.status_code == 200 and detail.status_code == 200
     assert "ami-0abc123" in detail.content.decode()
     assert client.post(reverse("admin:pipelines_build_delete", args=[build.pk])).status_code == 403
+
+
+def test_deploying_by_hand_a_release_whose_build_failed_is_refused_with_the_reason(client, alice, release_built):
+    release, build = release_built(PIPELINE.replace('echo "image=ami-0abc123"', "exit 4; echo"))
+    client.force_login(alice)
+
+    response = client.post(reverse("release_deploy", args=[release.pk]), {"environment": "staging"}, follow=True)
+
+    assert build.status == "failed"
+    assert not release.deployments.exists()
+    assert "its build failed: Build step &#x27;image&#x27; exited with status 4." in response.content.decode()

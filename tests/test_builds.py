@@ -184,6 +184,25 @@ def test_a_bad_output_line_fails_the_build_quoting_the_line(queued_build, line, 
     assert build.outputs == {} and build.artifact_name == ""
 
 
+def test_two_outputs_that_would_be_the_same_variable_fail_the_build(queued_build):
+    build = built(queued_build(pipeline_building('printf "image=a\\nIMAGE=b\\n" >> "$GITOPS_OUTPUTS"')))
+
+    assert build.status == "failed"
+    assert build.error == ("Outputs 'image' and 'IMAGE' (line 2 of $GITOPS_OUTPUTS) would both be "
+                           "GITOPS_OUTPUT_IMAGE.")
+
+
+def test_a_build_step_that_runs_too_long_is_killed_and_fails_the_build(repository, origin, make_release, environments):
+    pipeline = "build:\n  steps:\n    - name: slow\n      run: sleep 60\n      timeout: 1\nenvironments:\n  staging:\n    steps: [{run: 'true'}]\n"
+    origin.write(".gitops.yml", pipeline)
+    release = make_release(repository, "v1.0.0", pipeline=pipeline, commit_sha=origin.commit("slow"))
+    with transaction.atomic():
+        build = Build.objects.queue_for(release)
+
+    assert built(build).status == "failed"
+    assert build.error == "Build step 'slow' timed out after 1 s."
+
+
 def test_outputs_larger_than_the_cap_fail_the_build(queued_build):
     build = built(queued_build(pipeline_building('head -c 70000 /dev/zero | tr "\\0" a | sed "s/^/big=/" >> "$GITOPS_OUTPUTS"')))
 

@@ -422,3 +422,11 @@ def test_a_build_whose_worker_was_killed_fails_saying_so_and_its_release_deploys
     assert build.error.startswith(f"Worker lost: the worker process {worker.pid} on ")
     assert promotion.build_refusal(build.release) == f"its build failed: {build.error}"
     assert not Deployment.objects.exists()
+
+
+def test_settings_without_the_artifact_storage_fail_the_system_checks(settings):
+    from pipelines.checks import check_artifact_storage
+
+    assert check_artifact_storage(None) == []
+    settings.STORAGES = {name: config for name, config in settings.STORAGES.items() if name != "gitops_artifacts"}
+    assert [error.id for error in check_artifact_storage(None)] == ["pipelines.E002"]

@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseStopPolling
 from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
-from pipelines.models import Deployment, DeploymentStateError, Environment, Release, Target
+from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Release, Target
 from pipelines.promotion import PromotionError, rollback, stages_for
 from pipelines.views import deployer_required, redirect_after_promotion, warn_if_queue_was_unreachable
 
@@ -240,6 +240,8 @@ def change_request_detail(request, pk):
         release=release,
         deployment=change_request.deployment,
         commit_url=change_request.repository.commit_url(release.commit_sha),
+        # What is approved is what was built: the build's outputs name it (an image, an AMI id, a digest).
+        build=Build.objects.filter(release=release).first(),
     )
     return render(request, "approvals/change_request_detail.html", context)
 

@@ -42,6 +42,12 @@ GITOPS_STEP_USER = os.environ.get("GITOPS_STEP_USER", "")
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
+# What builds leave in $GITOPS_ARTIFACTS/ is kept, one tar.gz per build, in the storage "gitops_artifacts"
+# (STORAGES below): a folder here by default. Workers on several machines must share it: point it at a shared
+# folder, or replace that storage by any django-storages backend (S3, GCS, Azure …). A build whose artifacts
+# are larger than GITOPS_ARTIFACT_MAX_BYTES fails, saying so. Outputs ($GITOPS_OUTPUTS) are capped at 64 KiB.
+GITOPS_ARTIFACT_DIR = Path(os.environ.get("GITOPS_ARTIFACT_DIR", GITOPS_DATA_DIR / "artifacts")).resolve()
+GITOPS_ARTIFACT_MAX_BYTES = envint("GITOPS_ARTIFACT_MAX_BYTES", 512 * 1024 * 1024)
 # A git host that does not answer is given up on: ls-remote after GITOPS_GIT_TIMEOUT s in all, any transfer
 # that moves (almost) nothing for GITOPS_GIT_IDLE_TIMEOUT s. A one-shot `pollrepos` polls this many at once.
 GITOPS_GIT_TIMEOUT = envint("GITOPS_GIT_TIMEOUT", 30)
@@ -190,6 +196,13 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    # Build artifacts (pipelines/artifacts.py); e.g. {"BACKEND": "storages.backends.s3.S3Storage",
+    # "OPTIONS": {"bucket_name": ...}} to share them between workers on several machines.
+    "gitops_artifacts": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(GITOPS_ARTIFACT_DIR), "directory_permissions_mode": 0o700,
+                    "file_permissions_mode": 0o600},
+    },
 }
 WHITENOISE_USE_FINDERS = True
 

@@ -17,8 +17,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs, secrets
-from pipelines.models import (AuditEvent, Deployment, Environment, EnvironmentSecret, Lifecycle, Release, Repository,
-                              Stage, Target)
+from pipelines.models import (AuditEvent, Build, Deployment, Environment, EnvironmentSecret, Lifecycle, Release,
+                              Repository, Stage, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -441,6 +441,19 @@ class DeploymentAdmin(ReadOnlyAdmin):
     def page(self, deployment):
         url = deployment.get_absolute_url()
         return format_html('<a href="{}">Open deployment #{} in the portal</a>', url, deployment.pk)
+
+
+@admin.register(Build)
+class BuildAdmin(ReadOnlyAdmin):
+    list_display = ["id", "release", "status", "artifact_size", "created_at", "finished_at"]
+    list_filter = ["status", "release__repository"]
+    list_select_related = ["release__repository"]
+    search_fields = ["release__version", "error", "artifact_sha256"]
+    readonly_fields = ["page"]
+
+    @admin.display(description="status, log and artifacts")
+    def page(self, build):
+        return format_html('<a href="{}">Open {} in the portal</a>', build.release.get_absolute_url(), build.release)
 
 
 @admin.register(AuditEvent)

@@ -1,4 +1,4 @@
-"""System checks for promises that a setting alone could break.
+"""System checks for promises that a setting alone could break (E002: builds need their artifact storage).
 
 Sealed steps (GITOPS_STEP_USER) keep a deploy step away from the portal's secrets, but not from the network:
 a Redis that takes no password lets a step push a job that the worker then runs as its own account. So
@@ -69,5 +69,21 @@ def check_secrets_keys(app_configs, **kwargs):
             "with secrets could run.",
             hint="Set GITOPS_SECRETS_KEYS to the keys they were encrypted with (the first key encrypts).",
             id="pipelines.E003",
+        )
+    ]
+
+
+@register()
+def check_artifact_storage(app_configs, **kwargs):
+    """Builds keep their artifacts in STORAGES["gitops_artifacts"]; settings that replace STORAGES must keep it."""
+    if "gitops_artifacts" in settings.STORAGES:
+        return []
+    return [
+        Error(
+            'STORAGES has no "gitops_artifacts": builds could not keep their artifacts, and their releases '
+            "would deploy nowhere.",
+            hint='Add it, e.g. {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": '
+            '"/var/lib/gitops/artifacts"}}, or any django-storages backend shared by all workers.',
+            id="pipelines.E004",
         )
     ]

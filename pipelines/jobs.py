@@ -58,6 +58,24 @@ def enqueue_deployment(deployment):
     )
 
 
+def build_job_id(build_id):
+    return f"build-{build_id}"
+
+
+def enqueue_build(build):
+    """Wake a worker for a queued build once the current transaction commits (on the deploy queue: builds
+    run on the machines that run deployments, in the worker's own process)."""
+    from pipelines.models import Build
+
+    job_id = build_job_id(build.pk)
+    Build.objects.filter(pk=build.pk).update(job_id=job_id)
+    build.job_id = job_id
+    transaction.on_commit(
+        lambda: _enqueue(DEPLOY_QUEUE, "pipelines.jobs.run_build", build.pk, job_id=job_id, job_timeout=-1,
+                         result_ttl=600, failure_ttl=86400)
+    )
+
+
 def enqueue_poll(repository_id):
     transaction.on_commit(
         lambda: _enqueue(GIT_QUEUE, "pipelines.jobs.poll_repository", repository_id, job_id=f"poll-{repository_id}",
@@ -78,6 +96,12 @@ def run_deployment(deployment_id):
     from pipelines import runner
 
     runner.run_deployment(deployment_id)
+
+
+def run_build(build_id):
+    from pipelines import build_runner
+
+    build_runner.run_build(build_id)
 
 
 def poll_repository(repository_id):

@@ -1,5 +1,10 @@
 """Parse and validate `.gitops.yml`; every error names the line it is on.
 
+    build:                      # optional: runs once per release, before the first environment
+      variables: {ARCH: amd64}
+      steps:
+        - name: image
+          run: ./build.sh       # writes key=value lines to $GITOPS_OUTPUTS, files to $GITOPS_ARTIFACTS/
     environments:
       staging:
         variables: {REGION: eu-west-1}
@@ -45,8 +50,17 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True)
+class BuildSpec:
+    """The `build:` section: the same steps and variables as an environment's, run once per release."""
+
+    steps: tuple[Step, ...]
+    variables: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     environments: dict  # name -> EnvironmentSpec, in file order
+    build: BuildSpec | None = None
 
     def names(self):
         return list(self.environments)
@@ -116,8 +130,8 @@ def _parse_step(node, env_name, index):
     return Step(name=name, run=run, timeout=timeout)
 
 
-def _parse_environment(name, node):
-    what = f"environment {name!r}"
+def _parse_environment(name, node, what=None):
+    what = what or f"environment {name!r}"
     keys = _mapping(node, what)
     _reject_unknown(keys, {"steps", "variables"}, what)
     variables = {}
@@ -148,7 +162,7 @@ def parse_pipeline(text, *, known_environments=None):
     if root is None:
         raise PipelineFileError("the file is empty")
     keys = _mapping(root, "the file")
-    _reject_unknown(keys, {"environments"}, "the file")
+    _reject_unknown(keys, {"build", "environments"}, "the file")
     if "environments" not in keys:
         raise PipelineFileError("the file has no 'environments'", _line(root))
     environments = {}
@@ -159,4 +173,8 @@ def parse_pipeline(text, *, known_environments=None):
         environments[name] = _parse_environment(name, value_node)
     if not environments:
         raise PipelineFileError("'environments' is empty", _line(keys["environments"][1]))
-    return PipelineSpec(environments=environments)
+    build = None
+    if "build" in keys:
+        section = _parse_environment("build", keys["build"][1], what="the 'build' section")
+        build = BuildSpec(steps=section.steps, variables=section.variables)
+    return PipelineSpec(environments=environments, build=build)

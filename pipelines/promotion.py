@@ -8,7 +8,7 @@ A transaction that locked a row after recording an event could wait on one that 
 from django.db import transaction
 
 from pipelines import followups, jobs
-from pipelines.models import AuditEvent, Deployment, FollowUp, Stage, Target
+from pipelines.models import AuditEvent, Build, Deployment, FollowUp, Stage, Target
 
 
 class PromotionError(Exception):
@@ -46,6 +46,9 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         raise PromotionError(f"The pipeline file of {release} does not name the environment {environment.name!r}.")
     if release.blocked:
         raise PromotionError(f"{release} is blocked ({release.blocked_reason}); unblock it first.")
+    refusal = build_refusal(release)
+    if refusal:
+        raise PromotionError(f"{release} cannot be deployed: {refusal}.")
     held = stage_for(release, environment).requires_approval
     with transaction.atomic():
         target = Target.objects.for_pair(release.repository, environment)
@@ -100,6 +103,16 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         else:
             jobs.enqueue_deployment(deployment)
     return deployment
+
+
+def build_refusal(release):
+    """Why the release's build keeps it from deploying, in words, or "" (it has no build, or it succeeded)."""
+    if release.pipeline is None or release.pipeline.build is None:
+        return ""
+    build = Build.objects.filter(release=release).first()
+    if build is None:
+        return "its pipeline file has a build section and it has not been built (only the newest release of a poll is built)"
+    return build.refusal()
 
 
 def rollback(release, environment, *, by, reason=""):

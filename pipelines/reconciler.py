@@ -2,6 +2,8 @@
 
 - `queued` deployments whose rq job is gone (Redis down or flushed) are enqueued again;
 - `running` deployments whose lease expired are failed with the reason their runner was lost;
+- builds the same way: `queued` ones whose job is gone are enqueued again, `running` ones whose runner is
+  lost are failed with the reason (their release then deploys nowhere, and says why);
 - follow-ups that are due (never enqueued, lost with Redis, or failed and backing off) are enqueued again;
 - the audit chain is verified by a job every GITOPS_AUDIT_VERIFY_EVERY seconds;
 - then the hooks of `settings.GITOPS_RECONCILE_HOOKS` run (see pipelines/hooks.py).
@@ -23,7 +25,7 @@ from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
 from pipelines import followups, hooks, jobs, sandbox
-from pipelines.models import AuditEvent, Deployment, StaleStatus
+from pipelines.models import AuditEvent, Build, Deployment, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
 from pipelines.models.deployment import this_host
 from pipelines.runner import wake_next_in_line
@@ -35,9 +37,10 @@ _LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, J
 
 def reconcile(now=None):
     now = now or timezone.now()
-    report = {"worker_lost": fail_lost_workers(now)}
+    report = {"worker_lost": fail_lost_workers(now), "builds_lost": fail_lost_builds(now)}
     try:
         report["requeued"] = requeue_lost_jobs(now)
+        report["builds_requeued"] = requeue_lost_builds()
         report["follow_ups"] = followups.redrive(now)
         report["audit_verification_queued"] = schedule_verification_if_due(now) is not None
     except RedisError as exc:
@@ -104,16 +107,9 @@ def fail_lost_workers(now):
     ).select_related("release", "repository", "environment")
     failed = 0
     for deployment in candidates:
-        runner_died = deployment.runner_host == here and not _process_alive(deployment.runner_pid, deployment.started_at)
-        expired = deployment.heartbeat_at < now - lost_after
-        if not expired and not (runner_died and not _process_group_alive(deployment.step_pgid)):
+        reason = _lost_reason(deployment, now, lost_after, here)
+        if reason is None:
             continue
-        if runner_died:
-            reason = (f"Worker lost: the worker process {deployment.runner_pid} on {deployment.runner_host} died "
-                      f"(killed or crashed).")
-        else:
-            reason = (f"Worker lost: no heartbeat from {deployment.worker_name or 'its worker'} since "
-                      f"{deployment.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}.")
         try:
             deployment.fail(reason)
         except StaleStatus:
@@ -121,6 +117,60 @@ def fail_lost_workers(now):
         failed += 1
         wake_next_in_line(deployment)
     return failed
+
+
+def _lost_reason(run, now, lost_after, here):
+    """Why a running deployment or build is lost, in words; None while it may still be running."""
+    runner_died = run.runner_host == here and not _process_alive(run.runner_pid, run.started_at)
+    expired = run.heartbeat_at < now - lost_after
+    if not expired and not (runner_died and not _process_group_alive(run.step_pgid)):
+        return None
+    if runner_died:
+        return f"Worker lost: the worker process {run.runner_pid} on {run.runner_host} died (killed or crashed)."
+    return (f"Worker lost: no heartbeat from {run.worker_name or 'its worker'} since "
+            f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}.")
+
+
+def fail_lost_builds(now):
+    """Fail running builds whose runner is lost, with the true reason: the same test as for deployments (a
+    build's heartbeat is its lease; its runner stops the step itself after half of GITOPS_WORKER_LOST_AFTER)."""
+    lost_after = timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
+    settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
+    here = this_host()
+    candidates = Build.objects.filter(status=Build.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=now - lost_after) | Q(runner_host=here, heartbeat_at__lt=now - settled)
+    ).select_related("release__repository")
+    failed = 0
+    for build in candidates:
+        reason = _lost_reason(build, now, lost_after, here)
+        if reason is None:
+            continue
+        try:
+            build.fail(reason)
+        except StaleStatus:
+            continue
+        failed += 1
+    return failed
+
+
+def requeue_lost_builds():
+    """Wake queued builds whose job is gone (Redis lost it): one round trip to Redis, however many wait."""
+    queued = list(Build.objects.filter(status=Build.Status.QUEUED).select_related("release__repository"))
+    if not queued:
+        return 0
+    live = _live_job_ids(django_rq.get_connection(jobs.DEPLOY_QUEUE), [build.job_id for build in queued])
+    requeued = 0
+    for build in queued:
+        if build.job_id in live:
+            continue
+        with transaction.atomic():
+            if not Build.objects.select_for_update().filter(pk=build.pk, status=Build.Status.QUEUED).exists():
+                continue
+            AuditEvent.objects.record(action="build.requeued", obj=build, repository=build.release.repository,
+                                      details={"reason": "it had no live queue job (Redis lost it)"})
+            jobs.enqueue_build(build)
+        requeued += 1
+    return requeued
 
 
 def _process_alive(pid, since):

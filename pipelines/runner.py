@@ -37,7 +37,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
-from pipelines import followups, git, hooks, masking, sandbox
+from pipelines import build_runner, followups, git, hooks, masking, sandbox
 from pipelines.models import Deployment, EnvironmentSecret, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
 from pipelines.secrets import SecretUnreadable
@@ -213,9 +213,11 @@ class LogWriter:
     two chunks of output), and buffered, so a flush that fails keeps its text for the next one; a
     database blip loses no line and never reaches the step."""
 
-    def __init__(self, deployment):
+    def __init__(self, deployment, secrets=None):
+        """`deployment`: anything with `log_chunks` and `append_log()` (a Build too); `secrets`: what to mask,
+        by default the deployment's (masking.secrets_for)."""
         self.deployment = deployment
-        self.masker = masking.StreamMasker(masking.secrets_for(deployment))
+        self.masker = masking.StreamMasker(masking.secrets_for(deployment) if secrets is None else secrets)
         self.pending = []
         self.failing_since = None
         self.seq = 0  # the run writes the whole log of the deployment it has just claimed
@@ -280,7 +282,7 @@ class Heartbeat:
     group itself; the lease expires only after that, and only then may the next run of the target start."""
 
     def __init__(self, deployment):
-        self.deployment = deployment
+        self.deployment = deployment  # anything with `pk` and `beat()` (a Build too)
         self.stop = threading.Event()
         self.lost = threading.Event()
         self.silent_for = 0.0
@@ -361,16 +363,24 @@ def _execute(deployment, heartbeat, log):
         log.write(f"==> the environment's secrets replace the pipeline file's variables {', '.join(replaced)}\n")
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"deployment-{deployment.pk}-", dir=settings.GITOPS_WORK_DIR))
+    built = None
     try:
         account = step_account()
         git.materialise(deployment.repository, deployment.release.commit_sha, workdir)
+        environment = step_environment(deployment, spec.variables, workdir, account, secrets=secrets)
+        # What the release's build left: its outputs as GITOPS_OUTPUT_*, its artifacts unpacked afresh.
+        built = build_runner.hand_to_deployment(deployment, environment)
         if account is not None:
             _hand_over(workdir, account)
-        environment = step_environment(deployment, spec.variables, workdir, account, secrets=secrets)
-        if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat, log, account):
+            if built is not None:
+                _hand_over(built, account)
+        shared = (built,) if built is not None else ()
+        if not _run_steps(deployment, spec.steps, workdir, environment, heartbeat, log, account, shared):
             return
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if built is not None:
+            shutil.rmtree(built, ignore_errors=True)
     log.close()
     # The automatic promotion is a follow-up recorded with the success (see Deployment.succeed), carried
     # out here at once; should this fail or the runner die first, the reconciler re-drives it.
@@ -404,14 +414,14 @@ def _why_stopped(deployment):
     return (found[0], found[1] is not None) if found else (None, None)
 
 
-def _run_steps(deployment, steps, workdir, environment, heartbeat, log, account):
+def _run_steps(deployment, steps, workdir, environment, heartbeat, log, account, shared=()):
     """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded."""
     for number, step in enumerate(steps, start=1):
         if heartbeat.stop.is_set() or _cancel_requested(deployment):
             _stopped(deployment, heartbeat, log, f"before step '{step.name}'")
             return False
         log.write(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
-        outcome = run_step(deployment, step, workdir, environment, heartbeat, log, account)
+        outcome = run_step(deployment, step, workdir, environment, heartbeat, log, account, shared=shared)
         if outcome.cancelled or outcome.lost:
             _stopped(deployment, heartbeat, log, f"during step '{step.name}'")
             return False
@@ -506,13 +516,16 @@ def scrubbed_environment(workdir, account=None, *, variables, gitops):
     }
 
 
-def run_step(deployment, step, workdir, environment, heartbeat, log, account=None):
+def run_step(deployment, step, workdir, environment, heartbeat, log, account=None, *, shared=()):
     """Run one step, streaming its output into the deployment log. Whatever happens here, even an
-    exception of the portal's own, the step's process group does not outlive this function."""
+    exception of the portal's own, the step's process group does not outlive this function.
+
+    `deployment`: anything with `record_step()` (a Build too); `shared`: folders besides `workdir` the step
+    may use (see sandbox.wrap)."""
     as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
     process = subprocess.Popen(
         sandbox.wrap(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir,
-                     timeout=step.timeout),
+                     timeout=step.timeout, shared=shared),
         cwd=workdir,
         env=environment,
         stdin=subprocess.DEVNULL,

@@ -35,13 +35,14 @@ _probed = {}
 _probe_lock = threading.Lock()
 
 
-def wrap(argv, *, account=None, workdir=None, timeout=None):
+def wrap(argv, *, account=None, workdir=None, timeout=None, shared=()):
     """The command that runs `argv` as a step: under the supervisor when a `timeout` is given, inside
-    bubblewrap where it works."""
+    bubblewrap where it works. `shared`: further folders of this run the step uses besides its checkout
+    (a build's $GITOPS_ARTIFACTS/, say), bound back in like the checkout."""
     command = list(argv)
     bwrap = bubblewrap_for(account)
     if bwrap is not None:
-        command = [*bwrap, *_hidden_directories(workdir, account), "--", *command]
+        command = [*bwrap, *_hidden_directories(workdir, account, shared), "--", *command]
     if timeout is not None:
         supervisor = shutil.which("timeout") or "timeout"
         command = [supervisor, f"--kill-after={KILL_AFTER_SECONDS}", f"{int(timeout)}s", *command]
@@ -89,7 +90,7 @@ def _probe(account, uid):
     return None
 
 
-def _hidden_directories(workdir, account=None):
+def _hidden_directories(workdir, account=None, shared=()):
     """tmpfs over the portal's directories, then the deployment's own checkout bound back in. A directory
     the step's account cannot even reach is closed already (and bwrap, unprivileged, could not mount there)."""
     hidden = []
@@ -102,6 +103,9 @@ def _hidden_directories(workdir, account=None):
     arguments = []
     for path in hidden:
         arguments += ["--tmpfs", path]
+    for path in map(os.path.realpath, shared):
+        if any(path.startswith(h + os.sep) for h in hidden):
+            arguments += ["--bind", path, path]
     if workdir is not None:
         workdir = os.path.realpath(workdir)
         if any(workdir.startswith(h + os.sep) for h in hidden):

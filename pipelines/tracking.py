@@ -22,7 +22,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from pipelines import followups, git, jobs
-from pipelines.models import AuditEvent, Environment, FollowUp, Release, Repository
+from pipelines.models import AuditEvent, Build, Environment, FollowUp, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.redaction import redact_text
 
@@ -87,7 +87,10 @@ def poll_repository(repository, *, unchanged=None):
             _flag_moved_tag(release, moved[release.version])
         newest = _release_to_promote(repository, recorded, previous_versions, tracked)
         follow_up = None
-        if newest is not None and newest.is_valid:
+        if newest is not None and newest.is_valid and newest.pipeline is not None and newest.pipeline.build is not None:
+            # Built first, once; the build's success records the promotion (Build.succeed).
+            Build.objects.queue_for(newest)
+        elif newest is not None and newest.is_valid:
             # Written with the release: if promotion fails or this process dies, the follow-up is retried.
             follow_up = FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=newest, enqueue=False,
                                                   delay=settings.GITOPS_WORKER_LOST_AFTER)

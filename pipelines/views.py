@@ -7,15 +7,16 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.db import DatabaseError, connection
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.db import DatabaseError, connection, transaction
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import gate, jobs
-from pipelines.models import Deployment, DeploymentStateError, Environment, Lifecycle, Release, Repository, Stage, Target
+from pipelines import artifacts, gate, jobs
+from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Release, Repository, Stage,
+                              Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
 
 RELEASES_ON_REPOSITORY_PAGE = 50
@@ -39,6 +40,7 @@ class LifecycleGroup:
 class ReleaseRow:
     release: Release
     deployments: list  # the latest Deployment or None per environment, in environment order
+    build: Build | None = None
 
 
 @dataclass
@@ -52,7 +54,7 @@ class TargetRow:
 
 
 def _get_repository_or_404(name):
-    return get_object_or_404(Repository, name=name)
+    return get_object_or_404(Repository.objects.select_related("lifecycle"), name=name)
 
 
 def _get_release_or_404(name, version):
@@ -118,12 +120,15 @@ def repository_detail(request, name):
     }
     releases = list(repository.releases.order_by("-detected_at", "-id")[:RELEASES_ON_REPOSITORY_PAGE])
     latest = _latest_deployments(releases)
+    builds = {build.release_id: build for build in Build.objects.filter(release__in=releases)
+              .only("id", "release_id", "status", "error")}
     context = {
         "repository": repository,
         "environments": environments,
         "target_rows": [TargetRow(stage=stage, target=targets.get(stage.environment_id)) for stage in stages],
         "release_rows": [
-            ReleaseRow(release=release, deployments=[latest.get((release.id, env.id)) for env in environments])
+            ReleaseRow(release=release, deployments=[latest.get((release.id, env.id)) for env in environments],
+                       build=builds.get(release.id))
             for release in releases
         ],
         "can_deploy": request.user.has_perm("pipelines.deploy"),
@@ -144,8 +149,65 @@ def release_detail(request, name, version):
         "deployments": list(deployments),
         "deploy_stages": stages_for(release),
         "can_deploy": request.user.has_perm("pipelines.deploy"),
+        **_build_context(release),
     }
     return render(request, "pipelines/release_detail.html", context)
+
+
+def _build_context(release):
+    """The release's build (None without one) and its log so far, for the page and its poll."""
+    build = Build.objects.filter(release=release).first()
+    return {
+        "build": build,
+        "build_log": build.log_since(0)[0] if build is not None else "",
+        "needs_build": build is None and _has_build_section(release),
+    }
+
+
+def _has_build_section(release):
+    return release.pipeline is not None and release.pipeline.build is not None
+
+
+@login_required
+def release_build(request, pk):
+    """The build section of the release page, polled every 2 s until the build has finished."""
+    release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
+    context = {"release": release, **_build_context(release)}
+    return render(request, "pipelines/release_detail.html#build", context)
+
+
+@require_POST
+@login_required
+@deployer_required
+def release_build_start(request, pk):
+    """Build a release that was not built when recorded (a poll builds only the release it promotes)."""
+    release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
+    if release.error or not _has_build_section(release):
+        messages.error(request, f"{release.version} has no build section to run; nothing was started.")
+        return redirect(release)
+    with transaction.atomic():
+        build = Build.objects.queue_for(release, by=request.user)
+    messages.success(request, f"Build #{build.pk} of {release.version} is {build.get_status_display().lower()}.")
+    warn_if_queue_was_unreachable(request)
+    return redirect(release)
+
+
+@login_required
+def release_artifacts(request, pk):
+    """The build's artifacts as stored (tar.gz), streamed from the artifact storage."""
+    build = get_object_or_404(Build.objects.select_related("release__repository"), release_id=pk,
+                              status=Build.Status.SUCCEEDED)
+    if not build.artifact_name:
+        raise Http404("This build left no artifacts.")
+    try:
+        stored = artifacts.artifact_storage().open(build.artifact_name, "rb")
+    except FileNotFoundError:
+        raise Http404("The artifacts are missing from the artifact storage.") from None
+    release = build.release
+    filename = f"{release.repository.name}-{release.version}-artifacts.tar.gz".replace("/", "-")
+    response = FileResponse(stored, as_attachment=True, filename=filename, content_type="application/gzip")
+    response["X-Artifact-SHA256"] = build.artifact_sha256
+    return response
 
 
 @login_required

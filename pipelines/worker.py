@@ -1,5 +1,5 @@
 """The rq worker class of the portal (settings.RQ["WORKER_CLASS"]): a worker that outlives a Redis outage
-and runs deployments in its own process.
+and runs deployments and builds in its own process.
 
 rq's own loop quits on most errors that reach it, and one that meets Redis away as a job ends (its
 bookkeeping after the job, a maintenance task) exits for good. The database holds the truth and the
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 30
 # Jobs run in the worker's own process (see above).
-IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment"})
+IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment", "pipelines.jobs.run_build"})
 
 
 class PortalWorker(Worker):
@@ -133,7 +133,7 @@ def _probe_the_step_sandbox():
     from django.db import connections
     from django.utils.module_loading import import_string
 
-    from pipelines import followups, promotion, runner, sandbox, tracking  # noqa: F401
+    from pipelines import build_runner, followups, promotion, runner, sandbox, tracking  # noqa: F401
 
     for path in [*settings.GITOPS_DEPLOY_GUARDS, *settings.GITOPS_FOLLOW_UP_HANDLERS.values()]:
         import_string(path)

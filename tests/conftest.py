@@ -72,6 +72,9 @@ def data_dir(tmp_path, settings):
     """Each test gets its own mirrors and work directories."""
     settings.GITOPS_MIRROR_DIR = tmp_path / "mirrors"
     settings.GITOPS_WORK_DIR = tmp_path / "work"
+    settings.GITOPS_ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.STORAGES = {**settings.STORAGES, "gitops_artifacts": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path / "artifacts")}}}
     return tmp_path
 
 

@@ -1,4 +1,5 @@
 from .audit import AuditEvent, AuditHead, AuditVerification
+from .build import Build, BuildLogChunk
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .followup import FollowUp
@@ -11,6 +12,8 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "AuditVerification",
+    "Build",
+    "BuildLogChunk",
     "Deployment",
     "DeploymentLogChunk",
     "DeploymentStateError",

@@ -1,5 +1,6 @@
 import hashlib
 from datetime import timedelta
+from html.parser import HTMLParser
 
 import pytest
 from django.db import connection
@@ -7,8 +8,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from pipelines.models import Deployment, Release, Repository, Target
-from tests.conftest import PIPELINE
+from pipelines.models import Deployment, Environment, Lifecycle, Release, Repository, Target
+from tests.conftest import PIPELINE, add_stage
 
 
 def create_release(repository, version, **fields):
@@ -144,3 +145,117 @@ def test_it_makes_the_same_number_of_queries_for_one_or_twelve_repositories(clie
     assert response.content.decode().count("status-succeeded") == 12 * 2
     with django_assert_max_num_queries(len(one)):
         client.get(reverse("dashboard"), headers={"HX-Request": "true"})
+
+
+class DashboardGrid(HTMLParser):
+    """What the dashboard shows per lifecycle group: its column headers, and each repository's row with its
+    number of target cells. `groups` maps a lifecycle's name to {"headers": [...], "rows": {name: cells}}."""
+
+    def __init__(self, html):
+        super().__init__()
+        self.groups, self.group, self.part, self.row, self.header = {}, None, None, None, None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section" and attrs.get("class") == "lifecycle-group":
+            self.group = self.groups.setdefault(attrs["data-lifecycle"], {"headers": [], "rows": {}})
+        elif self.group is None:
+            return
+        elif tag in ("thead", "tbody"):
+            self.part = tag
+        elif tag == "th" and self.part == "thead":
+            self.header = []
+        elif tag == "a" and attrs.get("class") == "repo-name":
+            self.row = "?"
+        elif tag == "td" and attrs.get("class") == "target-cell":
+            self.group["rows"][self.row] += 1
+
+    def handle_data(self, data):
+        if self.header is not None:
+            self.header.append(data)
+        elif self.row == "?":
+            self.row = data.strip()
+            self.group["rows"][self.row] = 0
+
+    def handle_endtag(self, tag):
+        if tag == "th" and self.header is not None:
+            self.group["headers"].append("".join(self.header).split()[0])
+            self.header = None
+        elif tag == "section":
+            self.group = None
+
+
+LIFECYCLES = {  # name: the environments of its stages, in order; production in `regulated` needs approval
+    "fast": ["staging", "production"],
+    "internal": ["dev", "qa"],
+    "classic": ["dev", "staging", "production"],
+    "tested": ["staging", "qa", "uat", "production"],
+    "regulated": ["dev", "staging", "qa", "uat", "preprod", "production"],
+}
+
+
+def populate_lifecycle(lifecycle, names):
+    """Repositories following `lifecycle`, made in bulk: each with one release that succeeded in every
+    stage of it (or waits for approval where the stage holds deployments), and a Target per stage."""
+    stages = list(lifecycle.stages.select_related("environment").order_by("position"))
+    repositories = Repository.objects.bulk_create(
+        [Repository(name=name, url=f"/srv/git/{name}", lifecycle=lifecycle) for name in names])
+    releases = Release.objects.bulk_create([
+        Release(repository=r, version="v2.0.0", commit_sha=hashlib.sha1(r.name.encode()).hexdigest(), pipeline_text=PIPELINE)
+        for r in repositories
+    ])
+    now = timezone.now()
+    pairs = [(release, stage) for release in releases for stage in stages]
+    deployments = Deployment.objects.bulk_create([
+        Deployment(release=release, environment=stage.environment, repository=release.repository,
+                   status=Deployment.Status.AWAITING_APPROVAL if stage.requires_approval else Deployment.Status.SUCCEEDED,
+                   trigger=Deployment.Trigger.AUTO, finished_at=None if stage.requires_approval else now)
+        for release, stage in pairs
+    ])
+    Target.objects.bulk_create([
+        Target(repository=release.repository, environment=stage.environment, last_deployment=deployment,
+               current_release=None if stage.requires_approval else release)
+        for (release, stage), deployment in zip(pairs, deployments)
+    ])
+
+
+def test_queries_stay_constant_with_500_repositories_across_5_lifecycles(client, charlie, approvers):
+    environments = {name: Environment.objects.create(name=name, position=position) for position, name in
+                    enumerate(["dev", "staging", "qa", "uat", "preprod", "production"], start=1)}
+    lifecycles = {}
+    for name, stage_names in LIFECYCLES.items():
+        lifecycles[name] = Lifecycle.objects.create(name=name)
+        for environment in stage_names:
+            held = name == "regulated" and environment == "production"
+            add_stage(lifecycles[name], environments[environment], approver_group=approvers if held else None)
+        if name == "fast":
+            # The baseline: one repository in one lifecycle, before the others exist.
+            populate_lifecycle(lifecycles["fast"], ["fast-000"])
+            client.force_login(charlie)
+            with CaptureQueriesContext(connection) as one_page:
+                assert client.get(reverse("dashboard")).status_code == 200
+            with CaptureQueriesContext(connection) as one_poll:
+                assert client.get(reverse("dashboard"), headers={"HX-Request": "true"}).status_code == 200
+    for name in LIFECYCLES:
+        populate_lifecycle(lifecycles[name], [f"{name}-{n:03d}" for n in range(1 if name == "fast" else 0, 100)])
+    assert Repository.objects.count() == 500
+
+    with CaptureQueriesContext(connection) as many_page:
+        page = client.get(reverse("dashboard"))
+    with CaptureQueriesContext(connection) as many_poll:
+        poll = client.get(reverse("dashboard"), headers={"HX-Request": "true"})
+    assert len(many_page) == len(one_page), [q["sql"] for q in many_page.captured_queries]
+    assert len(many_poll) == len(one_poll), [q["sql"] for q in many_poll.captured_queries]
+
+    for response in (page, poll):
+        groups = DashboardGrid(response.content.decode()).groups
+        assert list(groups) == sorted(LIFECYCLES)
+        for name, stage_names in LIFECYCLES.items():
+            # Its own stages head its table, in its order, and no stage of another lifecycle does.
+            assert groups[name]["headers"] == ["Repository", *stage_names]
+            # Each of its 100 repositories, and only those, with one cell per stage.
+            assert groups[name]["rows"] == {f"{name}-{n:03d}": len(stage_names) for n in range(100)}
+    html = page.content.decode()
+    assert html.count("status-awaiting_approval") == 100  # regulated's production holds; nowhere else
+    assert html.count("status-succeeded") == sum(100 * len(s) for s in LIFECYCLES.values()) - 100

@@ -27,7 +27,7 @@ DIRS, FILES_PER_DIR = 40, 50
 
 def diagnostics(repository, release, work_dir):
     """Where the pickup time goes: writing the files (vs tar alone, the floor of this disk), and the imports
-    that a forked work-horse makes when the worker's main process has not made them before forking."""
+    that a worker makes once before its first job."""
     from django.conf import settings
 
     from pipelines import git
@@ -52,8 +52,8 @@ def diagnostics(repository, release, work_dir):
     imports = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     return [f"in-process, best of 3, into GITOPS_WORK_DIR ({settings.GITOPS_WORK_DIR}):",
             f"  git.materialise {ms(materialise)}, tar -x of the same archive alone {ms(tar_alone)} (this disk's floor)",
-            f"  import pipelines.runner after django.setup(): {ms(imports)} (paid by every work-horse unless the worker "
-            "imported it before forking, as PortalWorker does)"]
+            f"  import pipelines.runner after django.setup(): {ms(imports)} (paid once per worker: PortalWorker imports it "
+            "at start and runs deployments in its own process)"]
 
 
 def main():

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 30
 # Jobs run in the worker's own process (see above).
-IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment", "pipelines.jobs.run_build"})
+IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment", "pipelines.jobs.run_build", "pipelines.jobs.run_preview"})
 
 
 class PortalWorker(Worker):

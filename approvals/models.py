@@ -158,17 +158,27 @@ class ChangeRequest(models.Model):
         if policy.block_commit_authors and self.summary.get("error"):
             # Fail closed: without the commits, nobody can be shown not to be one of their authors.
             return "The change could not be read from git yet, so its commit authors are unknown; the portal retries."
-        preview = Preview.objects.refusal_for(self.deployment)
-        if preview:
-            return preview
+        preview = self.latest_preview()
+        if preview is not None and (refusal := preview.refusal() or preview.stale_reason()):
+            return refusal
         if self.decisions.filter(user=user, preview_number=self.current_preview_number()).exists():
             return "You have already decided on this change request."
         return None
 
+    def latest_preview(self):
+        """The deployment's latest preview, or None (looked up once per instance)."""
+        if not hasattr(self, "_latest_preview"):
+            preview = (Preview.objects.select_related("base_release").filter(deployment_id=self.deployment_id)
+                       .order_by("-number").first())
+            if preview is not None:
+                preview.deployment = self.deployment
+            self._latest_preview = preview
+        return self._latest_preview
+
     def current_preview_number(self):
         """The number of the deployment's latest preview, 0 when it has none: approvals count only when
         given on it (one given on an earlier preview approved a picture that is out of date)."""
-        latest = Preview.objects.latest_for(self.deployment_id)
+        latest = self.latest_preview()
         return latest.number if latest is not None else 0
 
     def approve(self, user, comment=""):

@@ -181,8 +181,9 @@ def _diff_lines(diff):
 
 def _with_row_facts(requests):
     """What an inbox row shows, in the same query: the related rows and the approvals given so far."""
-    return requests.select_related("repository", "environment", "deployment__release", "requested_by").annotate(
-        approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE))
+    return requests.select_related("repository", "environment", "deployment__release", "requested_by").with_current_preview().annotate(
+        approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE,
+                                                    decisions__preview_number=F("current_preview")))
     )
 
 
@@ -196,11 +197,27 @@ def _get_change_request_or_404(pk):
 
 def _status_context(change_request):
     decisions = list(change_request.decisions.select_related("user"))
+    current = change_request.current_preview_number()
+    approvals = [d for d in decisions if d.verdict == Decision.Verdict.APPROVE]
     return {
         "cr": change_request,
         "decisions": decisions,
-        "approvals_given": sum(1 for d in decisions if d.verdict == Decision.Verdict.APPROVE),
+        "current_preview": current,
+        # Given on an earlier preview, which went stale and was run again: they no longer count.
+        "voided": [d for d in approvals if d.preview_number != current],
+        "approvals_given": sum(1 for d in approvals if d.preview_number == current),
         "now": timezone.now(),
+    }
+
+
+def _preview_context(change_request):
+    """The deployment's latest preview (None without one), its log, and whether it is stale."""
+    preview = change_request.latest_preview()
+    return {
+        "cr": change_request,
+        "preview": preview,
+        "preview_log": preview.log_since(0)[0] if preview is not None else "",
+        "preview_stale": preview.stale_reason() if preview is not None and preview.succeeded else "",
     }
 
 
@@ -242,8 +259,19 @@ def change_request_detail(request, pk):
         commit_url=change_request.repository.commit_url(release.commit_sha),
         # What is approved is what was built: the build's outputs name it (an image, an AMI id, a digest).
         build=Build.objects.filter(release=release).first(),
+        **_preview_context(change_request),
     )
     return render(request, "approvals/change_request_detail.html", context)
+
+
+@login_required
+def change_request_preview(request, pk):
+    """The preview part of the page, polled every 3 s while the request is pending; the decision panel is
+    swapped out of band with it, since a preview that finishes, fails or re-runs changes who may decide."""
+    change_request = _get_change_request_or_404(pk)
+    context = _preview_context(change_request)
+    context.update(refusal=change_request.refusal_reason(request.user), oob=True)
+    return render(request, "approvals/change_request_detail.html#preview_update", context)
 
 
 @login_required

@@ -130,8 +130,9 @@ class ChangeRequest(models.Model):
 
     # --- the policy -----------------------------------------------------------------------------------
 
-    def refusal_reason(self, user, now=None):
-        """Why `user` may not decide on this request now, in words; None when they may."""
+    def refusal_reason(self, user, now=None, *, preview=False):
+        """Why `user` may not decide on this request now, in words; None when they may. `preview`: the
+        deployment's latest preview when the caller has it already (None: it has none)."""
         now = now or timezone.now()
         environment, policy = self.environment, self.policy
         if self.status != self.Status.PENDING:
@@ -158,22 +159,22 @@ class ChangeRequest(models.Model):
         if policy.block_commit_authors and self.summary.get("error"):
             # Fail closed: without the commits, nobody can be shown not to be one of their authors.
             return "The change could not be read from git yet, so its commit authors are unknown; the portal retries."
-        preview = self.latest_preview()
+        if preview is False:
+            preview = self.latest_preview()
         if preview is not None and (refusal := preview.refusal() or preview.stale_reason()):
             return refusal
-        if self.decisions.filter(user=user, preview_number=self.current_preview_number()).exists():
+        number = preview.number if preview is not None else 0
+        if self.decisions.filter(user=user, preview_number=number).exists():
             return "You have already decided on this change request."
         return None
 
     def latest_preview(self):
-        """The deployment's latest preview, or None (looked up once per instance)."""
-        if not hasattr(self, "_latest_preview"):
-            preview = (Preview.objects.select_related("base_release").filter(deployment_id=self.deployment_id)
-                       .order_by("-number").first())
-            if preview is not None:
-                preview.deployment = self.deployment
-            self._latest_preview = preview
-        return self._latest_preview
+        """The deployment's latest preview, or None."""
+        preview = (Preview.objects.select_related("base_release").filter(deployment_id=self.deployment_id)
+                   .order_by("-number").first())
+        if preview is not None:
+            preview.deployment = self.deployment
+        return preview
 
     def current_preview_number(self):
         """The number of the deployment's latest preview, 0 when it has none: approvals count only when
@@ -197,12 +198,13 @@ class ChangeRequest(models.Model):
             locked = ChangeRequest.objects.select_for_update(of=("self", "deployment")).select_related(
                 "environment", "stage__lifecycle", "stage__approval_policy__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
             ).get(pk=self.pk)
-            reason = locked.refusal_reason(user)
-            if reason:
-                raise DecisionRefused(reason)
             # The preview it is given on: a new preview cannot be queued meanwhile, since that takes the
             # deployment's row lock (Deployment.succeed), which is held here.
-            number = locked.current_preview_number()
+            preview = locked.latest_preview()
+            reason = locked.refusal_reason(user, preview=preview)
+            if reason:
+                raise DecisionRefused(reason)
+            number = preview.number if preview is not None else 0
             decision = Decision.objects.create(change_request=locked, user=user, verdict=verdict, comment=comment,
                                                preview_number=number)
             locked._audit(f"change_request.{verdict}d_by", user, {"comment": comment, "preview": number})

@@ -195,9 +195,9 @@ def _get_change_request_or_404(pk):
     return get_object_or_404(ChangeRequest.objects.select_related(*related), pk=pk)
 
 
-def _status_context(change_request):
+def _status_context(change_request, preview):
     decisions = list(change_request.decisions.select_related("user"))
-    current = change_request.current_preview_number()
+    current = preview.number if preview is not None else 0
     approvals = [d for d in decisions if d.verdict == Decision.Verdict.APPROVE]
     return {
         "cr": change_request,
@@ -210,9 +210,8 @@ def _status_context(change_request):
     }
 
 
-def _preview_context(change_request):
+def _preview_context(change_request, preview):
     """The deployment's latest preview (None without one), its log, and whether it is stale."""
-    preview = change_request.latest_preview()
     return {
         "cr": change_request,
         "preview": preview,
@@ -243,23 +242,24 @@ def change_request_detail(request, pk):
     Once the request is closed the poll answers 286 to stop, and swaps the decision panel out of band so
     that buttons for a request decided elsewhere disappear."""
     change_request = _get_change_request_or_404(pk)
-    context = _status_context(change_request)
+    preview = change_request.latest_preview()
+    context = _status_context(change_request, preview)
     if request.htmx:
         if change_request.is_pending:
             return render(request, "approvals/change_request_detail.html#status", context)
-        context.update(refusal=change_request.refusal_reason(request.user), oob=True)
+        context.update(refusal=change_request.refusal_reason(request.user, preview=preview), oob=True)
         content = render_to_string("approvals/change_request_detail.html#closed_update", context, request)
         return HttpResponseStopPolling(content)
     release = change_request.deployment.release
     context.update(
-        refusal=change_request.refusal_reason(request.user),
+        refusal=change_request.refusal_reason(request.user, preview=preview),
         change=Change.from_summary(change_request.summary),
         release=release,
         deployment=change_request.deployment,
         commit_url=change_request.repository.commit_url(release.commit_sha),
         # What is approved is what was built: the build's outputs name it (an image, an AMI id, a digest).
         build=Build.objects.filter(release=release).first(),
-        **_preview_context(change_request),
+        **_preview_context(change_request, preview),
     )
     return render(request, "approvals/change_request_detail.html", context)
 
@@ -269,8 +269,9 @@ def change_request_preview(request, pk):
     """The preview part of the page, polled every 3 s while the request is pending; the decision panel is
     swapped out of band with it, since a preview that finishes, fails or re-runs changes who may decide."""
     change_request = _get_change_request_or_404(pk)
-    context = _preview_context(change_request)
-    context.update(refusal=change_request.refusal_reason(request.user), oob=True)
+    preview = change_request.latest_preview()
+    context = _preview_context(change_request, preview)
+    context.update(refusal=change_request.refusal_reason(request.user, preview=preview), oob=True)
     return render(request, "approvals/change_request_detail.html#preview_update", context)
 
 

@@ -251,3 +251,22 @@ def test_the_reconciler_wakes_a_queued_preview_whose_job_was_lost(held, run_work
     assert reconciler.reconcile()["previews_requeued"] == 1
     run_workers()
     assert Preview.objects.get(deployment=change.deployment).status == "succeeded"
+
+
+def test_the_reconciler_fails_a_preview_whose_runner_stopped_beating_and_approval_then_says_why(held, bob):
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    change = held()
+    preview = Preview.objects.latest_for(change.deployment)
+    preview.claim(worker_name="host-9:4242", runner_host="another-host", runner_pid=4242)
+
+    assert reconciler.reconcile()["previews_lost"] == 0, "a fresh heartbeat is left alone"
+    later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
+    assert reconciler.reconcile(now=later)["previews_lost"] == 1
+
+    preview.refresh_from_db()
+    assert preview.status == "failed" and preview.error.startswith("Worker lost: no heartbeat from host-9:4242 since ")
+    assert change.refusal_reason(bob).startswith("Preview #1 failed: Worker lost")

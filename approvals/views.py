@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseStopPolling
 from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
-from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Release, Target
+from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
 from pipelines.promotion import PromotionError, rollback, stages_for
 from pipelines.views import deployer_required, redirect_after_promotion, warn_if_queue_was_unreachable
 
@@ -318,6 +318,22 @@ def change_request_reject(request, pk):
     else:
         stopped = f"deployment #{change_request.deployment_id} will not run"
         messages.success(request, f"You rejected change request #{change_request.pk}; {stopped}.")
+    return redirect(change_request)
+
+
+@require_POST
+@login_required
+@deployer_required
+def change_request_preview_again(request, pk):
+    """Run a failed preview again (its failure blocks approval)."""
+    change_request = get_object_or_404(ChangeRequest.objects.select_related("deployment"), pk=pk)
+    try:
+        preview = Preview.objects.run_again(change_request.deployment, by=request.user)
+    except DeploymentStateError as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+    else:
+        messages.success(request, f"Preview #{preview.number} is queued.")
+        warn_if_queue_was_unreachable(request)
     return redirect(change_request)
 
 

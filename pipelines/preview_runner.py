@@ -112,11 +112,12 @@ def _fresh_folder(prefix):
 # --- what the deploy steps get from the preview ------------------------------------------------------------
 
 
-def hand_to_deployment(deployment, environment, folder):
+def hand_to_deployment(deployment, environment, folder, log):
     """Unpack the artifacts of the deployment's latest preview into its $GITOPS_ARTIFACTS/ (`folder`, which
-    holds the build's, or None: a fresh one is made and set in `environment`). Returns the folder, or None
-    when the deployment had no preview with artifacts. The runner checked Preview.objects.refusal_for first:
-    the latest preview is the one approved, it succeeded, and nothing changed the target since."""
+    holds the build's, or None: a fresh one is made and set in `environment`), and say so in the `log`.
+    Returns the folder (None when there was none and the preview left nothing). The runner checked
+    Preview.objects.refusal_for first: the latest preview is the one approved, it succeeded, and nothing
+    changed the target since."""
     preview = Preview.objects.latest_for(deployment)
     if preview is None or not preview.artifact_name:
         return folder
@@ -130,4 +131,6 @@ def hand_to_deployment(deployment, environment, folder):
             shutil.rmtree(folder, ignore_errors=True)
         raise
     environment["GITOPS_ARTIFACTS"] = str(folder)
+    log.write(f"==> $GITOPS_ARTIFACTS/ holds what preview #{preview.number} left (sha256 {preview.artifact_sha256}), "
+              f"as approved\n")
     return folder

@@ -379,7 +379,7 @@ def _execute(deployment, heartbeat, log):
         # What the release's build left: its outputs as GITOPS_OUTPUT_*, its artifacts unpacked afresh.
         built = build_runner.hand_to_deployment(deployment, environment)
         # What its approved preview left (a saved plan), on top: what was approved is what is applied.
-        built = preview_runner.hand_to_deployment(deployment, environment, built)
+        built = preview_runner.hand_to_deployment(deployment, environment, built, log)
         if account is not None:
             _hand_over(workdir, account)
             if built is not None:

@@ -231,6 +231,9 @@ def test_the_deploy_steps_get_the_artifacts_of_the_approved_preview(held, bob):
     runner.run_deployment(change.deployment_id)
     deployment = Deployment.objects.get(pk=change.deployment_id)
     assert deployment.status == "succeeded", deployment.log_since(0)[0]
+    preview = Preview.objects.get(deployment=deployment)
+    assert f"==> $GITOPS_ARTIFACTS/ holds what preview #1 left (sha256 {preview.artifact_sha256}), as approved" in \
+        deployment.log_since(0)[0]
     assert "applying: plan made by preview 1" in deployment.log_since(0)[0]
 
 
@@ -270,3 +273,27 @@ def test_the_reconciler_fails_a_preview_whose_runner_stopped_beating_and_approva
     preview.refresh_from_db()
     assert preview.status == "failed" and preview.error.startswith("Worker lost: no heartbeat from host-9:4242 since ")
     assert change.refusal_reason(bob).startswith("Preview #1 failed: Worker lost")
+
+
+def test_a_deployer_runs_a_failed_preview_again_from_the_change_request(held, bob, charlie, tmp_path):
+    cloud = tmp_path / "cloud-api-up"
+    change = held(preview=f'test -f {cloud} || {{ echo "Error: the cloud API did not answer"; exit 3; }}\n{PLAN}')
+    assert run_latest_preview(change).status == "failed"
+    outsider, _ = page(charlie, change)
+    assert outsider.post(reverse("change_request_preview_again", args=[change.pk]),
+                         {"csrfmiddlewaretoken": outsider.cookies["csrftoken"].value}).status_code == 403
+
+    client, html = page(bob, change)
+    assert "Run the preview again" in html
+    cloud.touch()  # the cloud API answers again
+    client.post(reverse("change_request_preview_again", args=[change.pk]),
+                {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+
+    rerun = run_latest_preview(change)
+    assert (rerun.number, rerun.status) == (2, "succeeded"), rerun.log_since(0)[0]
+    assert rerun.reason == "bob ran it again after preview #1 failed."
+    assert change.refusal_reason(bob) is None
+    again = client.post(reverse("change_request_preview_again", args=[change.pk]),
+                        {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}, follow=True)
+    assert "only a failed preview is run again. Nothing was changed." in again.content.decode()
+    assert Preview.objects.filter(deployment=change.deployment).count() == 2

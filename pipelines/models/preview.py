@@ -14,6 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from .audit import AuditEvent
+from .deployment import InvalidTransition
 from .run import FencedRun
 
 
@@ -52,6 +53,24 @@ class PreviewQuerySet(models.QuerySet):
                                       details={**preview.audit_details(), "reason": reason})
             jobs.enqueue_preview(preview)
         return preview
+
+    def run_again(self, deployment, *, by):
+        """Queue the next preview of a held deployment whose latest one failed (a cloud API that was down,
+        say); InvalidTransition saying why when there is nothing to run again."""
+        from pipelines.models import Deployment
+
+        with transaction.atomic():
+            locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+            if locked.status != Deployment.Status.AWAITING_APPROVAL:
+                raise InvalidTransition(f"Deployment #{locked.pk} is {locked.get_status_display().lower()}; only "
+                                        f"the preview of a held deployment is run again.")
+            latest = self.latest_for(locked)
+            if latest is None or latest.status != PreviewStatus.FAILED:
+                status = latest.get_status_display().lower() if latest else "missing"
+                raise InvalidTransition(f"The preview of deployment #{locked.pk} is {status}; only a failed "
+                                        f"preview is run again.")
+            reason = f"{by.get_username()} ran it again after preview #{latest.number} failed."
+            return self.queue_for(locked, by=by, reason=reason)
 
     def latest_for(self, deployment):
         return self.filter(deployment=deployment).order_by("-number").first()

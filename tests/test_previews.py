@@ -297,3 +297,14 @@ def test_a_deployer_runs_a_failed_preview_again_from_the_change_request(held, bo
                         {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}, follow=True)
     assert "only a failed preview is run again. Nothing was changed." in again.content.decode()
     assert Preview.objects.filter(deployment=change.deployment).count() == 2
+
+
+def test_the_admin_lists_previews_read_only(held, client, alice):
+    change = held()
+    preview = run_latest_preview(change)
+    client.force_login(alice)
+    listing = client.get(reverse("admin:pipelines_preview_changelist"))
+    assert listing.status_code == 200 and str(change.deployment) in listing.content.decode()
+    detail = client.get(reverse("admin:pipelines_preview_change", args=[preview.pk])).content.decode()
+    assert f"Open deployment #{change.deployment_id} in the portal" in detail
+    assert client.get(reverse("admin:pipelines_preview_add")).status_code == 403

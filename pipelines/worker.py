@@ -133,7 +133,7 @@ def _probe_the_step_sandbox():
     from django.db import connections
     from django.utils.module_loading import import_string
 
-    from pipelines import build_runner, followups, promotion, runner, sandbox, tracking  # noqa: F401
+    from pipelines import build_runner, followups, preview_runner, promotion, runner, sandbox, tracking  # noqa: F401
 
     for path in [*settings.GITOPS_DEPLOY_GUARDS, *settings.GITOPS_FOLLOW_UP_HANDLERS.values()]:
         import_string(path)

@@ -13,10 +13,11 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models, transaction
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
-from pipelines.models import AuditEvent, Deployment, FollowUp
+from pipelines.models import AuditEvent, Deployment, FollowUp, Preview
 
 
 class StagePolicy(models.Model):
@@ -57,12 +58,21 @@ class ChangeRequestQuerySet(models.QuerySet):
         not their own request unless its stage allows that. (The commit-author rule is left to
         `refusal_reason`, which the page shows: it needs the e-mails stored as JSON.)"""
         own_and_not_allowed = models.Q(requested_by=user, stage__approval_policy__allow_self_approval=False)
+        decided = Decision.objects.filter(change_request=models.OuterRef("pk"), user=user,
+                                          preview_number=models.OuterRef("current_preview"))
         return (
             self.pending()
             .filter(stage__approval_policy__approver_group__in=user.groups.all())
-            .exclude(decisions__user=user)
+            .with_current_preview()
+            .exclude(models.Exists(decided))
             .exclude(own_and_not_allowed)
         )
+
+    def with_current_preview(self):
+        """Annotate `current_preview`: the number of the deployment's latest preview (0 without one), the
+        one approvals count for."""
+        latest = Preview.objects.filter(deployment=models.OuterRef("deployment")).order_by("-number").values("number")[:1]
+        return self.annotate(current_preview=Coalesce(models.Subquery(latest), 0))
 
 
 class ChangeRequest(models.Model):
@@ -120,8 +130,9 @@ class ChangeRequest(models.Model):
 
     # --- the policy -----------------------------------------------------------------------------------
 
-    def refusal_reason(self, user, now=None):
-        """Why `user` may not decide on this request now, in words; None when they may."""
+    def refusal_reason(self, user, now=None, *, preview=False):
+        """Why `user` may not decide on this request now, in words; None when they may. `preview`: the
+        deployment's latest preview when the caller has it already (None: it has none)."""
         now = now or timezone.now()
         environment, policy = self.environment, self.policy
         if self.status != self.Status.PENDING:
@@ -148,9 +159,28 @@ class ChangeRequest(models.Model):
         if policy.block_commit_authors and self.summary.get("error"):
             # Fail closed: without the commits, nobody can be shown not to be one of their authors.
             return "The change could not be read from git yet, so its commit authors are unknown; the portal retries."
-        if self.decisions.filter(user=user).exists():
+        if preview is False:
+            preview = self.latest_preview()
+        if preview is not None and (refusal := preview.refusal() or preview.stale_reason()):
+            return refusal
+        number = preview.number if preview is not None else 0
+        if self.decisions.filter(user=user, preview_number=number).exists():
             return "You have already decided on this change request."
         return None
+
+    def latest_preview(self):
+        """The deployment's latest preview, or None."""
+        preview = (Preview.objects.select_related("base_release").filter(deployment_id=self.deployment_id)
+                   .order_by("-number").first())
+        if preview is not None:
+            preview.deployment = self.deployment
+        return preview
+
+    def current_preview_number(self):
+        """The number of the deployment's latest preview, 0 when it has none: approvals count only when
+        given on it (one given on an earlier preview approved a picture that is out of date)."""
+        latest = self.latest_preview()
+        return latest.number if latest is not None else 0
 
     def approve(self, user, comment=""):
         return self._decide(user, Decision.Verdict.APPROVE, comment)
@@ -168,15 +198,21 @@ class ChangeRequest(models.Model):
             locked = ChangeRequest.objects.select_for_update(of=("self", "deployment")).select_related(
                 "environment", "stage__lifecycle", "stage__approval_policy__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
             ).get(pk=self.pk)
-            reason = locked.refusal_reason(user)
+            # The preview it is given on: a new preview cannot be queued meanwhile, since that takes the
+            # deployment's row lock (Deployment.succeed), which is held here.
+            preview = locked.latest_preview()
+            reason = locked.refusal_reason(user, preview=preview)
             if reason:
                 raise DecisionRefused(reason)
-            decision = Decision.objects.create(change_request=locked, user=user, verdict=verdict, comment=comment)
-            locked._audit(f"change_request.{verdict}d_by", user, {"comment": comment})
+            number = preview.number if preview is not None else 0
+            decision = Decision.objects.create(change_request=locked, user=user, verdict=verdict, comment=comment,
+                                               preview_number=number)
+            locked._audit(f"change_request.{verdict}d_by", user, {"comment": comment, "preview": number})
             if verdict == Decision.Verdict.REJECT:
                 locked._close(self.Status.REJECTED, by=user, reason=comment)
                 locked.deployment.reject(by=user, reason=f"Rejected by {user.get_username()}: {comment}")
-            elif locked.decisions.filter(verdict=Decision.Verdict.APPROVE).count() >= locked.required_approvals:
+            elif (locked.decisions.filter(verdict=Decision.Verdict.APPROVE, preview_number=number).count()
+                  >= locked.required_approvals):
                 locked._close(self.Status.APPROVED, by=user)
                 locked.deployment.release_hold(by=user)
             if locked.status != self.Status.PENDING:
@@ -237,10 +273,14 @@ class Decision(models.Model):
     verdict = models.CharField(max_length=7, choices=Verdict.choices)
     comment = models.TextField(blank=True)
     decided_at = models.DateTimeField(default=timezone.now)
+    # The preview of the deployment it was given on (0: it had none). An approval counts only while that
+    # preview is the latest: once the preview is run again (it went stale), everyone approves again.
+    preview_number = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["decided_at", "id"]
-        constraints = [models.UniqueConstraint(fields=["change_request", "user"], name="one_decision_per_person")]
+        constraints = [models.UniqueConstraint(fields=["change_request", "user", "preview_number"],
+                                               name="one_decision_per_person_per_preview")]
 
     def __str__(self):
         return f"{self.user} {self.get_verdict_display().lower()} #{self.change_request_id}"

@@ -5,6 +5,8 @@ from approvals import views
 urlpatterns = [
     path("", views.inbox, name="approvals_inbox"),
     path("<int:pk>/", views.change_request_detail, name="change_request_detail"),
+    path("<int:pk>/preview", views.change_request_preview, name="change_request_preview"),
+    path("<int:pk>/preview/again", views.change_request_preview_again, name="change_request_preview_again"),
     path("<int:pk>/approve", views.change_request_approve, name="change_request_approve"),
     path("<int:pk>/reject", views.change_request_reject, name="change_request_reject"),
     path("releases/<int:pk>/actions", views.release_actions, name="release_actions"),

@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseStopPolling
 from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
-from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Release, Target
+from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
 from pipelines.promotion import PromotionError, rollback, stages_for
 from pipelines.views import deployer_required, redirect_after_promotion, warn_if_queue_was_unreachable
 
@@ -181,8 +181,9 @@ def _diff_lines(diff):
 
 def _with_row_facts(requests):
     """What an inbox row shows, in the same query: the related rows and the approvals given so far."""
-    return requests.select_related("repository", "environment", "deployment__release", "requested_by").annotate(
-        approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE))
+    return requests.select_related("repository", "environment", "deployment__release", "requested_by").with_current_preview().annotate(
+        approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE,
+                                                    decisions__preview_number=F("current_preview")))
     )
 
 
@@ -194,13 +195,28 @@ def _get_change_request_or_404(pk):
     return get_object_or_404(ChangeRequest.objects.select_related(*related), pk=pk)
 
 
-def _status_context(change_request):
+def _status_context(change_request, preview):
     decisions = list(change_request.decisions.select_related("user"))
+    current = preview.number if preview is not None else 0
+    approvals = [d for d in decisions if d.verdict == Decision.Verdict.APPROVE]
     return {
         "cr": change_request,
         "decisions": decisions,
-        "approvals_given": sum(1 for d in decisions if d.verdict == Decision.Verdict.APPROVE),
+        "current_preview": current,
+        # Given on an earlier preview, which went stale and was run again: they no longer count.
+        "voided": [d for d in approvals if d.preview_number != current],
+        "approvals_given": sum(1 for d in approvals if d.preview_number == current),
         "now": timezone.now(),
+    }
+
+
+def _preview_context(change_request, preview):
+    """The deployment's latest preview (None without one), its log, and whether it is stale."""
+    return {
+        "cr": change_request,
+        "preview": preview,
+        "preview_log": preview.log_since(0)[0] if preview is not None else "",
+        "preview_stale": preview.stale_reason() if preview is not None and preview.succeeded else "",
     }
 
 
@@ -226,24 +242,37 @@ def change_request_detail(request, pk):
     Once the request is closed the poll answers 286 to stop, and swaps the decision panel out of band so
     that buttons for a request decided elsewhere disappear."""
     change_request = _get_change_request_or_404(pk)
-    context = _status_context(change_request)
+    preview = change_request.latest_preview()
+    context = _status_context(change_request, preview)
     if request.htmx:
         if change_request.is_pending:
             return render(request, "approvals/change_request_detail.html#status", context)
-        context.update(refusal=change_request.refusal_reason(request.user), oob=True)
+        context.update(refusal=change_request.refusal_reason(request.user, preview=preview), oob=True)
         content = render_to_string("approvals/change_request_detail.html#closed_update", context, request)
         return HttpResponseStopPolling(content)
     release = change_request.deployment.release
     context.update(
-        refusal=change_request.refusal_reason(request.user),
+        refusal=change_request.refusal_reason(request.user, preview=preview),
         change=Change.from_summary(change_request.summary),
         release=release,
         deployment=change_request.deployment,
         commit_url=change_request.repository.commit_url(release.commit_sha),
         # What is approved is what was built: the build's outputs name it (an image, an AMI id, a digest).
         build=Build.objects.filter(release=release).first(),
+        **_preview_context(change_request, preview),
     )
     return render(request, "approvals/change_request_detail.html", context)
+
+
+@login_required
+def change_request_preview(request, pk):
+    """The preview part of the page, polled every 3 s while the request is pending; the decision panel is
+    swapped out of band with it, since a preview that finishes, fails or re-runs changes who may decide."""
+    change_request = _get_change_request_or_404(pk)
+    preview = change_request.latest_preview()
+    context = _preview_context(change_request, preview)
+    context.update(refusal=change_request.refusal_reason(request.user, preview=preview), oob=True)
+    return render(request, "approvals/change_request_detail.html#preview_update", context)
 
 
 @login_required
@@ -289,6 +318,22 @@ def change_request_reject(request, pk):
     else:
         stopped = f"deployment #{change_request.deployment_id} will not run"
         messages.success(request, f"You rejected change request #{change_request.pk}; {stopped}.")
+    return redirect(change_request)
+
+
+@require_POST
+@login_required
+@deployer_required
+def change_request_preview_again(request, pk):
+    """Run a failed preview again (its failure blocks approval)."""
+    change_request = get_object_or_404(ChangeRequest.objects.select_related("deployment"), pk=pk)
+    try:
+        preview = Preview.objects.run_again(change_request.deployment, by=request.user)
+    except DeploymentStateError as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+    else:
+        messages.success(request, f"Preview #{preview.number} is queued.")
+        warn_if_queue_was_unreachable(request)
     return redirect(change_request)
 
 

@@ -17,8 +17,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs, secrets
-from pipelines.models import (AuditEvent, Build, Deployment, Environment, EnvironmentSecret, Lifecycle, Release,
-                              Repository, Stage, Target)
+from pipelines.models import (AuditEvent, Build, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
+                              Release, Repository, Stage, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -454,6 +454,20 @@ class BuildAdmin(ReadOnlyAdmin):
     @admin.display(description="status, log and artifacts")
     def page(self, build):
         return format_html('<a href="{}">Open {} in the portal</a>', build.release.get_absolute_url(), build.release)
+
+
+@admin.register(Preview)
+class PreviewAdmin(ReadOnlyAdmin):
+    list_display = ["id", "deployment", "number", "status", "base_release", "artifact_size", "created_at", "finished_at"]
+    list_filter = ["status", "deployment__repository", "deployment__environment"]
+    list_select_related = ["deployment__release", "deployment__environment", "base_release"]
+    search_fields = ["deployment__release__version", "error", "artifact_sha256"]
+    readonly_fields = ["page"]
+
+    @admin.display(description="deployment")
+    def page(self, preview):
+        url = preview.deployment.get_absolute_url()
+        return format_html('<a href="{}">Open deployment #{} in the portal</a>', url, preview.deployment_id)
 
 
 @admin.register(AuditEvent)

@@ -162,11 +162,11 @@ def unpack(name, destination, *, sha256):
             with artifact_storage().open(name, "rb") as stored:
                 shutil.copyfileobj(stored, local, _CHUNK)
         except FileNotFoundError:
-            raise ArtifactError(f"The build's artifacts ({name}) are missing from the artifact storage.") from None
+            raise ArtifactError(f"The stored artifacts ({name}) are missing from the artifact storage.") from None
         local.seek(0)
         found = _sha256(local)
         if found != sha256:
-            raise ArtifactError(f"The stored artifacts ({name}) have sha256 {found}, not {sha256} as built; "
+            raise ArtifactError(f"The stored artifacts ({name}) have sha256 {found}, not {sha256} as stored; "
                                 f"they were altered and are not used.")
         local.seek(0)
         with tarfile.open(fileobj=local, mode="r:gz") as tar:

@@ -37,26 +37,32 @@ def run_build(build_id):
         build.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=this_host(), runner_pid=os.getpid())
     except StaleStatus:
         return  # another worker claimed it first
-    log = runner.LogWriter(build, secrets=secrets_for(build))
+    run_claimed(build, runner.LogWriter(build, secrets=secrets_for(build)), _execute)
+
+
+def run_claimed(run, log, execute):
+    """Run `execute(run, heartbeat, log)` for a claimed build or preview under its heartbeat, and record a
+    failure when the worker stops or the portal itself fails during it (`execute` records the rest)."""
+    noun = run._meta.verbose_name
     try:
-        with runner.Heartbeat(build) as heartbeat:
-            _execute(build, heartbeat, log)
+        with runner.Heartbeat(run) as heartbeat:
+            execute(run, heartbeat, log)
     except (SystemExit, KeyboardInterrupt):
-        logger.warning("build %s: the worker stopped during the run", build.pk)
+        logger.warning("%s %s: the worker stopped during the run", noun, run.pk)
         try:
             log.close()
-            build.fail("The worker running this build was shut down during the run; its step was stopped.")
+            run.fail(f"The worker running this {noun} was shut down during the run; its step was stopped.")
         except Exception:
-            logger.exception("could not record that build %s was stopped", build.pk)
+            logger.exception("could not record that %s %s was stopped", noun, run.pk)
         raise
     except Exception as exc:
-        logger.exception("build %s crashed in the portal", build.pk)
+        logger.exception("%s %s crashed in the portal", noun, run.pk)
         try:
             log.close()
         except Exception:
-            logger.exception("could not store the end of the log of build %s", build.pk)
-        error = f"The portal could not run this build: {exc}"
-        runner._record(build, "failure", lambda: build.fail(error))
+            logger.exception("could not store the end of the log of %s %s", noun, run.pk)
+        error = f"The portal could not run this {noun}: {exc}"
+        runner._record(run, "failure", lambda: run.fail(error))
 
 
 def secrets_for(build):
@@ -100,7 +106,7 @@ def _execute(build, heartbeat, log):
         if account is not None:
             runner._hand_over(run_dir, account)
         environment = build_environment(build, spec.variables, checkout, account, outputs_file, artifacts_dir)
-        if not _run_steps(build, spec.steps, checkout, environment, heartbeat, log, account, shared=(run_dir,)):
+        if not run_steps(build, spec.steps, checkout, environment, heartbeat, log, account, shared=(run_dir,)):
             return
         try:
             outputs = artifacts.read_outputs(outputs_file)
@@ -131,35 +137,37 @@ def _summary(outputs, stored):
     return "".join(lines) or "==> no outputs, no artifacts\n"
 
 
-def _run_steps(build, steps, workdir, environment, heartbeat, log, account, shared):
-    """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded."""
+def run_steps(run, steps, workdir, environment, heartbeat, log, account, shared, noun="Build step"):
+    """Run the steps of a build or preview in order; record how the first one that did not succeed ended.
+    True when all succeeded."""
     for number, step in enumerate(steps, start=1):
         if heartbeat.stop.is_set():
-            _stopped(build, heartbeat, log)
+            _stopped(run, heartbeat, log)
             return False
         log.write(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
-        outcome = runner.run_step(build, step, workdir, environment, heartbeat, log, account, shared=shared)
+        outcome = runner.run_step(run, step, workdir, environment, heartbeat, log, account, shared=shared)
         if outcome.cancelled or outcome.lost:
-            _stopped(build, heartbeat, log)
+            _stopped(run, heartbeat, log)
             return False
         if outcome.timed_out or outcome.exit_code != 0:
             if outcome.timed_out:
                 log.write(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
-                error = f"Build step '{step.name}' timed out after {step.timeout} s."
+                error = f"{noun} '{step.name}' timed out after {step.timeout} s."
             else:
-                error = f"Build step '{step.name}' exited with status {outcome.exit_code}."
+                error = f"{noun} '{step.name}' exited with status {outcome.exit_code}."
             log.close()
-            runner._record(build, "failure", lambda: build.fail(error, exit_code=outcome.exit_code))
+            runner._record(run, "failure", lambda: run.fail(error, exit_code=outcome.exit_code))
             return False
     return True
 
 
-def _stopped(build, heartbeat, log):
+def _stopped(run, heartbeat, log):
     """The run lost its lease, or the reconciler gave it up (then there is nothing left to record)."""
-    reason = heartbeat.lost_reason() if heartbeat.lost.is_set() else "The build was no longer running; its step was stopped."
+    noun = run._meta.verbose_name
+    reason = heartbeat.lost_reason() if heartbeat.lost.is_set() else f"The {noun} was no longer running; its step was stopped."
     log.write(f"==> {reason}\n")
     log.close()
-    runner._record(build, "lost lease", lambda: build.fail(reason))
+    runner._record(run, "lost lease", lambda: run.fail(reason))
 
 
 # --- what deployments get from the build ----------------------------------------------------------------

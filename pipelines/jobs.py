@@ -76,6 +76,24 @@ def enqueue_build(build):
     )
 
 
+def preview_job_id(preview_id):
+    return f"preview-{preview_id}"
+
+
+def enqueue_preview(preview):
+    """Wake a worker for a queued preview once the current transaction commits (on the deploy queue, like
+    deployments: a preview runs with its environment's credentials, on the machines that may use them)."""
+    from pipelines.models import Preview
+
+    job_id = preview_job_id(preview.pk)
+    Preview.objects.filter(pk=preview.pk).update(job_id=job_id)
+    preview.job_id = job_id
+    transaction.on_commit(
+        lambda: _enqueue(DEPLOY_QUEUE, "pipelines.jobs.run_preview", preview.pk, job_id=job_id, job_timeout=-1,
+                         result_ttl=600, failure_ttl=86400)
+    )
+
+
 def enqueue_poll(repository_id):
     transaction.on_commit(
         lambda: _enqueue(GIT_QUEUE, "pipelines.jobs.poll_repository", repository_id, job_id=f"poll-{repository_id}",
@@ -102,6 +120,12 @@ def run_build(build_id):
     from pipelines import build_runner
 
     build_runner.run_build(build_id)
+
+
+def run_preview(preview_id):
+    from pipelines import preview_runner
+
+    preview_runner.run_preview(preview_id)
 
 
 def poll_repository(repository_id):

@@ -12,6 +12,12 @@
           - name: apply
             run: ./deploy.sh
             timeout: 600
+      production:
+        preview:                # optional: runs when a stage that requires approval holds the deployment
+          - name: plan
+            run: terraform plan -out "$GITOPS_ARTIFACTS/plan"
+        steps:
+          - run: terraform apply "$GITOPS_ARTIFACTS/plan"
 """
 
 import re
@@ -47,6 +53,8 @@ class EnvironmentSpec:
     name: str
     steps: tuple[Step, ...]
     variables: dict = field(default_factory=dict)
+    # Run when the deployment is held for approval; what they leave is what its steps apply. () when none.
+    preview: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,10 +138,16 @@ def _parse_step(node, env_name, index):
     return Step(name=name, run=run, timeout=timeout)
 
 
-def _parse_environment(name, node, what=None):
+def _parse_steps(node, env_name, what):
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise PipelineFileError(f"{what} must be a non-empty list", _line(node))
+    return tuple(_parse_step(step, env_name, i) for i, step in enumerate(node.value, start=1))
+
+
+def _parse_environment(name, node, what=None, *, may_preview=True):
     what = what or f"environment {name!r}"
     keys = _mapping(node, what)
-    _reject_unknown(keys, {"steps", "variables"}, what)
+    _reject_unknown(keys, {"steps", "variables", "preview"} if may_preview else {"steps", "variables"}, what)
     variables = {}
     if "variables" in keys:
         for var, (key_node, value_node) in _mapping(keys["variables"][1], f"'variables' of {what}").items():
@@ -142,11 +156,11 @@ def _parse_environment(name, node, what=None):
             variables[var] = _scalar(value_node, f"variable {var!r}")
     if "steps" not in keys:
         raise PipelineFileError(f"{what} has no 'steps'", _line(node))
-    steps_node = keys["steps"][1]
-    if not isinstance(steps_node, yaml.SequenceNode) or not steps_node.value:
-        raise PipelineFileError(f"'steps' of {what} must be a non-empty list", _line(steps_node))
-    steps = tuple(_parse_step(step, name, i) for i, step in enumerate(steps_node.value, start=1))
-    return EnvironmentSpec(name=name, steps=steps, variables=variables)
+    steps = _parse_steps(keys["steps"][1], name, f"'steps' of {what}")
+    preview = ()
+    if "preview" in keys:
+        preview = _parse_steps(keys["preview"][1], f"{name} preview", f"'preview' of {what}")
+    return EnvironmentSpec(name=name, steps=steps, variables=variables, preview=preview)
 
 
 def parse_pipeline(text, *, known_environments=None):
@@ -175,6 +189,6 @@ def parse_pipeline(text, *, known_environments=None):
         raise PipelineFileError("'environments' is empty", _line(keys["environments"][1]))
     build = None
     if "build" in keys:
-        section = _parse_environment("build", keys["build"][1], what="the 'build' section")
+        section = _parse_environment("build", keys["build"][1], what="the 'build' section", may_preview=False)
         build = BuildSpec(steps=section.steps, variables=section.variables)
     return PipelineSpec(environments=environments, build=build)

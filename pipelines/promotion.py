@@ -8,7 +8,7 @@ A transaction that locked a row after recording an event could wait on one that 
 from django.db import transaction
 
 from pipelines import followups, jobs
-from pipelines.models import AuditEvent, Build, Deployment, FollowUp, Stage, Target
+from pipelines.models import AuditEvent, Build, Deployment, FollowUp, Preview, Stage, Target
 
 
 class PromotionError(Exception):
@@ -37,7 +37,8 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
     """Create the deployment of `release` to `environment` and return it.
 
     It waits in `awaiting_approval` where the repository's lifecycle holds deployments to that environment
-    for approval, otherwise it is queued
+    for approval (with its preview queued, when the pipeline file has `preview:` steps there), otherwise it
+    is queued
     and a worker is woken on commit. Older deployments still waiting for the same target are
     cancelled as superseded."""
     if release.error or release.pipeline is None:
@@ -100,6 +101,9 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
             # The upper layer (approvals) opens the change request from this follow-up, with git work
             # that must not run inside this transaction or a web request.
             FollowUp.objects.schedule(followups.DEPLOYMENT_HELD, deployment=deployment)
+            if release.pipeline.environments[environment.name].preview:
+                # What the approvers will look at: it runs while they wait (see pipelines/preview_runner.py).
+                Preview.objects.queue_for(deployment, by=by, reason=f"{release.version} is held for approval in {environment}.")
         else:
             jobs.enqueue_deployment(deployment)
     return deployment

@@ -3,7 +3,8 @@
 - `queued` deployments whose rq job is gone (Redis down or flushed) are enqueued again;
 - `running` deployments whose lease expired are failed with the reason their runner was lost;
 - builds the same way: `queued` ones whose job is gone are enqueued again, `running` ones whose runner is
-  lost are failed with the reason (their release then deploys nowhere, and says why);
+  lost are failed with the reason (their release then deploys nowhere, and says why); previews too (their
+  deployment then cannot be approved, and the change request says why);
 - follow-ups that are due (never enqueued, lost with Redis, or failed and backing off) are enqueued again;
 - the audit chain is verified by a job every GITOPS_AUDIT_VERIFY_EVERY seconds;
 - then the hooks of `settings.GITOPS_RECONCILE_HOOKS` run (see pipelines/hooks.py).
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
 from pipelines import followups, hooks, jobs, sandbox
-from pipelines.models import AuditEvent, Build, Deployment, StaleStatus
+from pipelines.models import AuditEvent, Build, Deployment, Preview, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
 from pipelines.models.deployment import this_host
 from pipelines.runner import wake_next_in_line
@@ -37,10 +38,12 @@ _LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, J
 
 def reconcile(now=None):
     now = now or timezone.now()
-    report = {"worker_lost": fail_lost_workers(now), "builds_lost": fail_lost_builds(now)}
+    report = {"worker_lost": fail_lost_workers(now), "builds_lost": fail_lost_builds(now),
+              "previews_lost": fail_lost_previews(now)}
     try:
         report["requeued"] = requeue_lost_jobs(now)
         report["builds_requeued"] = requeue_lost_builds()
+        report["previews_requeued"] = requeue_lost_previews()
         report["follow_ups"] = followups.redrive(now)
         report["audit_verification_queued"] = schedule_verification_if_due(now) is not None
     except RedisError as exc:
@@ -134,19 +137,29 @@ def _lost_reason(run, now, lost_after, here):
 def fail_lost_builds(now):
     """Fail running builds whose runner is lost, with the true reason: the same test as for deployments (a
     build's heartbeat is its lease; its runner stops the step itself after half of GITOPS_WORKER_LOST_AFTER)."""
+    return _fail_lost_runs(Build.objects.select_related("release__repository"), now)
+
+
+def fail_lost_previews(now):
+    """Fail running previews whose runner is lost, as builds; approval then waits (the failure says why)."""
+    return _fail_lost_runs(Preview.objects.select_related("deployment__repository", "deployment__environment",
+                                                          "deployment__release"), now)
+
+
+def _fail_lost_runs(runs, now):
     lost_after = timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
     settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
     here = this_host()
-    candidates = Build.objects.filter(status=Build.Status.RUNNING).filter(
+    candidates = runs.filter(status="running").filter(
         Q(heartbeat_at__lt=now - lost_after) | Q(runner_host=here, heartbeat_at__lt=now - settled)
-    ).select_related("release__repository")
+    )
     failed = 0
-    for build in candidates:
-        reason = _lost_reason(build, now, lost_after, here)
+    for run in candidates:
+        reason = _lost_reason(run, now, lost_after, here)
         if reason is None:
             continue
         try:
-            build.fail(reason)
+            run.fail(reason)
         except StaleStatus:
             continue
         failed += 1
@@ -155,20 +168,31 @@ def fail_lost_builds(now):
 
 def requeue_lost_builds():
     """Wake queued builds whose job is gone (Redis lost it): one round trip to Redis, however many wait."""
-    queued = list(Build.objects.filter(status=Build.Status.QUEUED).select_related("release__repository"))
+    return _requeue_lost_runs(Build.objects.select_related("release__repository"), jobs.enqueue_build)
+
+
+def requeue_lost_previews():
+    """Wake queued previews whose job is gone, as builds."""
+    return _requeue_lost_runs(Preview.objects.select_related("deployment__repository", "deployment__environment",
+                                                             "deployment__release"), jobs.enqueue_preview)
+
+
+def _requeue_lost_runs(runs, enqueue):
+    queued = list(runs.filter(status="queued"))
     if not queued:
         return 0
-    live = _live_job_ids(django_rq.get_connection(jobs.DEPLOY_QUEUE), [build.job_id for build in queued])
+    model = runs.model
+    live = _live_job_ids(django_rq.get_connection(jobs.DEPLOY_QUEUE), [run.job_id for run in queued])
     requeued = 0
-    for build in queued:
-        if build.job_id in live:
+    for run in queued:
+        if run.job_id in live:
             continue
         with transaction.atomic():
-            if not Build.objects.select_for_update().filter(pk=build.pk, status=Build.Status.QUEUED).exists():
+            if not model.objects.select_for_update().filter(pk=run.pk, status="queued").exists():
                 continue
-            AuditEvent.objects.record(action="build.requeued", obj=build, repository=build.release.repository,
+            AuditEvent.objects.record(action=f"{model._meta.model_name}.requeued", obj=run, **run.audit_scope(),
                                       details={"reason": "it had no live queue job (Redis lost it)"})
-            jobs.enqueue_build(build)
+            enqueue(run)
         requeued += 1
     return requeued
 

@@ -37,8 +37,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
-from pipelines import build_runner, followups, git, hooks, masking, sandbox
-from pipelines.models import Deployment, EnvironmentSecret, StaleStatus, TargetBusy
+from pipelines import build_runner, followups, git, hooks, masking, preview_runner, sandbox
+from pipelines.models import Deployment, EnvironmentSecret, Preview, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
 from pipelines.secrets import SecretUnreadable
 
@@ -358,6 +358,14 @@ def _execute(deployment, heartbeat, log):
         _record(deployment, "failure", lambda: deployment.fail(reason))
         return
     log.mask_also(secrets.values())
+    # Fail closed: what is applied must be what was approved (pipelines/models/preview.py).
+    refusal = Preview.objects.refusal_for(deployment)
+    if refusal:
+        reason = f"Not applied: {refusal}"
+        log.write(f"==> {reason}\n")
+        log.close()
+        _record(deployment, "failure", lambda: deployment.fail(reason))
+        return
     replaced = sorted(set(secrets) & set(spec.variables))
     if replaced:  # said in the log, so a file variable that seems ignored is explained
         log.write(f"==> the environment's secrets replace the pipeline file's variables {', '.join(replaced)}\n")
@@ -370,6 +378,8 @@ def _execute(deployment, heartbeat, log):
         environment = step_environment(deployment, spec.variables, workdir, account, secrets=secrets)
         # What the release's build left: its outputs as GITOPS_OUTPUT_*, its artifacts unpacked afresh.
         built = build_runner.hand_to_deployment(deployment, environment)
+        # What its approved preview left (a saved plan), on top: what was approved is what is applied.
+        built = preview_runner.hand_to_deployment(deployment, environment, built, log)
         if account is not None:
             _hand_over(workdir, account)
             if built is not None:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("releases/<int:pk>/build", views.release_build, name="release_build"),
     path("releases/<int:pk>/build/start", views.release_build_start, name="release_build_start"),
     path("releases/<int:pk>/artifacts.tar.gz", views.release_artifacts, name="release_artifacts"),
+    path("previews/<int:pk>/artifacts.tar.gz", views.preview_artifacts, name="preview_artifacts"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),
     path("deployments/<int:pk>/cancel", views.deployment_cancel, name="deployment_cancel"),

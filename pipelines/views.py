@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from pipelines import artifacts, gate, jobs
-from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Release, Repository, Stage,
+from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
 
@@ -197,16 +197,29 @@ def release_artifacts(request, pk):
     """The build's artifacts as stored (tar.gz), streamed from the artifact storage."""
     build = get_object_or_404(Build.objects.select_related("release__repository"), release_id=pk,
                               status=Build.Status.SUCCEEDED)
-    if not build.artifact_name:
-        raise Http404("This build left no artifacts.")
+    release = build.release
+    return _artifact_response(build, f"{release.repository.name}-{release.version}-artifacts.tar.gz")
+
+
+@login_required
+def preview_artifacts(request, pk):
+    """A preview's artifacts as stored (the saved plan, say), streamed from the artifact storage."""
+    preview = get_object_or_404(Preview.objects.select_related("deployment__release__repository", "deployment__environment"),
+                                pk=pk, status=Preview.Status.SUCCEEDED)
+    deployment = preview.deployment
+    return _artifact_response(preview, f"{deployment.repository.name}-{deployment.release.version}-"
+                                       f"{deployment.environment.name}-preview-{preview.number}.tar.gz")
+
+
+def _artifact_response(run, filename):
+    if not run.artifact_name:
+        raise Http404(f"This {run._meta.verbose_name} left no artifacts.")
     try:
-        stored = artifacts.artifact_storage().open(build.artifact_name, "rb")
+        stored = artifacts.artifact_storage().open(run.artifact_name, "rb")
     except FileNotFoundError:
         raise Http404("The artifacts are missing from the artifact storage.") from None
-    release = build.release
-    filename = f"{release.repository.name}-{release.version}-artifacts.tar.gz".replace("/", "-")
-    response = FileResponse(stored, as_attachment=True, filename=filename, content_type="application/gzip")
-    response["X-Artifact-SHA256"] = build.artifact_sha256
+    response = FileResponse(stored, as_attachment=True, filename=filename.replace("/", "-"), content_type="application/gzip")
+    response["X-Artifact-SHA256"] = run.artifact_sha256
     return response
 
 

@@ -320,7 +320,7 @@ def test_the_page_makes_the_same_number_of_queries_however_many_commits_and_deci
     client.force_login(bob)
     with CaptureQueriesContext(connection) as one:
         page(client, small)
-    assert len(one) <= 11  # session, user, request, decisions, the two policy checks, navigation (and freezes)
+    assert len(one) <= 12  # session, user, request, decisions, the two policy checks, the preview, navigation (and freezes)
 
     large = make_request(required_approvals=5, summary=summary(commits=200))
     for n in range(4):

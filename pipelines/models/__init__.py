@@ -4,6 +4,7 @@ from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, In
 from .environment import Environment, Target
 from .followup import FollowUp
 from .lifecycle import Lifecycle, Stage
+from .preview import Preview, PreviewLogChunk
 from .release import Release
 from .repository import Repository, WebhookDelivery
 from .secret import EnvironmentSecret
@@ -22,6 +23,8 @@ __all__ = [
     "FollowUp",
     "InvalidTransition",
     "Lifecycle",
+    "Preview",
+    "PreviewLogChunk",
     "Release",
     "Repository",
     "Stage",

@@ -9,15 +9,13 @@ Its run is fenced like a deployment's, without a target to lease: the row's hear
 the runner stops its step when it cannot renew it (pipelines/runner.Heartbeat); the reconciler fails a
 build whose heartbeat stopped and re-enqueues a queued one whose job was lost."""
 
-import os
-
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from .audit import AuditEvent
-from .deployment import InvalidTransition, StaleStatus, this_host
+from .run import FencedRun
 
 
 class BuildStatus(models.TextChoices):
@@ -51,28 +49,14 @@ class BuildQuerySet(models.QuerySet):
         return build
 
 
-class Build(models.Model):
+class Build(FencedRun):
     Status = BuildStatus
+    TRANSITIONS = BUILD_TRANSITIONS
 
     release = models.OneToOneField("pipelines.Release", on_delete=models.PROTECT, related_name="build")
     status = models.CharField(max_length=20, choices=BuildStatus.choices, db_index=True)
     # Written once, with the success; {} until then.
     outputs = models.JSONField(default=dict, blank=True)
-    artifact_name = models.CharField(max_length=500, blank=True, help_text="Name in the gitops_artifacts storage.")
-    artifact_size = models.BigIntegerField(null=True, blank=True)
-    artifact_sha256 = models.CharField(max_length=64, blank=True)
-    exit_code = models.IntegerField(null=True, blank=True)
-    error = models.TextField(blank=True)
-
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    job_id = models.CharField(max_length=100, blank=True)
-    worker_name = models.CharField(max_length=200, blank=True)
-    runner_host = models.CharField(max_length=200, blank=True)
-    runner_pid = models.IntegerField(null=True, blank=True)
-    step_pgid = models.IntegerField(null=True, blank=True, help_text="Process group of the step running now.")
 
     objects = BuildQuerySet.as_manager()
 
@@ -89,13 +73,11 @@ class Build(models.Model):
     def repository(self):
         return self.release.repository
 
-    @property
-    def is_finished(self):
-        return self.status in BUILD_FINISHED
+    def audit_scope(self):
+        return {"repository": self.release.repository}
 
-    @property
-    def succeeded(self):
-        return self.status == BuildStatus.SUCCEEDED
+    def audit_details(self):
+        return {"release": self.release.version}
 
     def refusal(self):
         """Why the release cannot deploy because of its build, in words, or "" when it may."""
@@ -104,40 +86,6 @@ class Build(models.Model):
         if self.status == BuildStatus.FAILED:
             return f"its build failed: {self.error}"
         return f"its build is {self.get_status_display().lower()}; it deploys once the build succeeded"
-
-    # --- the one way a status changes ------------------------------------------------------------------
-
-    def transition(self, new_status, *, by=None, details=None, **fields):
-        """Move to `new_status` if allowed, with a compare-and-swap on the current status, and audit it."""
-        old_status = self.status
-        if new_status not in BUILD_TRANSITIONS[old_status]:
-            raise InvalidTransition(f"Build #{self.pk} is {self.get_status_display().lower()} and cannot become {new_status}.")
-        now = timezone.now()
-        fields["status"] = new_status
-        if new_status == BuildStatus.RUNNING:
-            fields.setdefault("started_at", now)
-            fields.setdefault("heartbeat_at", now)
-        elif new_status in BUILD_FINISHED:
-            fields.setdefault("finished_at", now)
-        with transaction.atomic():
-            if Build.objects.filter(pk=self.pk, status=old_status).update(**fields) != 1:
-                current = Build.objects.filter(pk=self.pk).values_list("status", flat=True).first()
-                raise StaleStatus(f"Build #{self.pk} is already {current}; nothing was changed.")
-            AuditEvent.objects.record(
-                action=f"build.{new_status}", actor=by, obj=self, repository=self.release.repository,
-                details={"from": old_status, "to": new_status, "release": self.release.version, **(details or {})},
-            )
-        for name, value in fields.items():
-            setattr(self, name, value)
-        return self
-
-    def claim(self, *, worker_name, runner_host=None, runner_pid=None):
-        """Start running; StaleStatus when another worker (a second wake-up) got there first."""
-        return self.transition(
-            BuildStatus.RUNNING, worker_name=worker_name,
-            runner_host=runner_host if runner_host is not None else this_host(),
-            runner_pid=runner_pid if runner_pid is not None else os.getpid(),
-        )
 
     def succeed(self, *, outputs, artifact=None):
         """Record the outputs and the artifact (a pipelines.artifacts.StoredArtifact, or None) with the
@@ -149,10 +97,7 @@ class Build(models.Model):
         from pipelines import followups
         from pipelines.models import FollowUp, Release
 
-        artifact_fields = {}
-        if artifact is not None:
-            artifact_fields = {"artifact_name": artifact.name, "artifact_size": artifact.size,
-                               "artifact_sha256": artifact.sha256}
+        artifact_fields = self.artifact_fields(artifact)
         release = self.release
         with transaction.atomic():
             self.transition(BuildStatus.SUCCEEDED, exit_code=0, outputs=outputs, **artifact_fields,
@@ -164,38 +109,6 @@ class Build(models.Model):
                 return None
             return FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=release, enqueue=False,
                                              delay=settings.GITOPS_WORKER_LOST_AFTER)
-
-    def fail(self, error, *, exit_code=None, by=None):
-        return self.transition(BuildStatus.FAILED, by=by, error=error, exit_code=exit_code, details={"error": error[:500]})
-
-    def beat(self):
-        """Record that the runner is alive. True means stop: the build is no longer running (the reconciler
-        gave it up as lost), so its step must not go on. Raises on a database error (retried next beat)."""
-        return Build.objects.filter(pk=self.pk, status=BuildStatus.RUNNING).update(heartbeat_at=timezone.now()) != 1
-
-    def record_step(self, pgid):
-        Build.objects.filter(pk=self.pk).update(step_pgid=pgid)
-        self.step_pgid = pgid
-
-    # --- log -------------------------------------------------------------------------------------------
-
-    def append_log(self, text, *, seq=None):
-        """Store a piece of the log; a numbered piece sent again after a lost answer is stored once.
-        The writer (runner.LogWriter) masks secrets before it gets here."""
-        text = text.replace("\x00", "")
-        if not text:
-            return seq
-        if seq is None:
-            seq = (self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
-        BuildLogChunk.objects.bulk_create([BuildLogChunk(build=self, seq=seq, text=text)], ignore_conflicts=True)
-        return seq
-
-    def log_since(self, seq):
-        """The log chunks after `seq`, as (text, last seq)."""
-        chunks = list(self.log_chunks.filter(seq__gt=seq).order_by("seq").values_list("seq", "text"))
-        if not chunks:
-            return "", seq
-        return "".join(text for _, text in chunks), chunks[-1][0]
 
 
 class BuildLogChunk(models.Model):

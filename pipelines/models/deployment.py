@@ -259,13 +259,32 @@ class Deployment(models.Model):
 
         follows = promotion.next_stage(self) is not None
         with transaction.atomic():
-            self.transition(Status.SUCCEEDED, exit_code=0)  # it locks the Target row first
+            self.lock_target()
+            # The deployments held on this target, before the first audit event (the lock order): what their
+            # previews showed is out of date once this succeeds.
+            held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
+                        .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
+            self.transition(Status.SUCCEEDED, exit_code=0)
             Target.objects.filter(repository=self.repository_id, environment=self.environment_id).update(
                 current_release=self.release)
+            self._queue_stale_previews(held)
             if not follows:
                 return None
             return FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,
                                              delay=settings.GITOPS_WORKER_LOST_AFTER)
+
+    def _queue_stale_previews(self, held):
+        """Run again the preview of each deployment in `held` whose latest one started before this success
+        (one still queued will see it); approvals given on the earlier preview stop counting."""
+        from pipelines.models import Preview
+
+        for deployment in held:
+            latest = Preview.objects.latest_for(deployment)
+            if latest is None or latest.status == Preview.Status.QUEUED:
+                continue
+            reason = (f"{self.release.version} (deployment #{self.pk}) succeeded on {self.environment} after "
+                      f"preview #{latest.number} ran, so what it showed is out of date.")
+            Preview.objects.queue_for(deployment, reason=reason)
 
     def fail(self, error, *, exit_code=None, by=None):
         return self.transition(Status.FAILED, by=by, error=error, exit_code=exit_code, details={"error": error[:500]})

@@ -53,6 +53,8 @@ GITOPS_ARTIFACT_MAX_BYTES = envint("GITOPS_ARTIFACT_MAX_BYTES", 512 * 1024 * 102
 GITOPS_GIT_TIMEOUT = envint("GITOPS_GIT_TIMEOUT", 30)
 GITOPS_GIT_IDLE_TIMEOUT = envint("GITOPS_GIT_IDLE_TIMEOUT", 15)
 GITOPS_POLL_CONCURRENCY = envint("GITOPS_POLL_CONCURRENCY", 4)
+# Seconds to wait for the git host's API when reporting a commit status (a failure is retried with back-off).
+GITOPS_GIT_HOST_TIMEOUT = envint("GITOPS_GIT_HOST_TIMEOUT", 10)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
@@ -73,6 +75,7 @@ GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",
     "mail.change_request_opened": "approvals.notifications.on_change_request_opened",
     "mail.change_request_decided": "approvals.notifications.on_change_request_decided",
+    "check.report": "pipelines.commit_status.report_follow_up",
 }
 # Shown next to commits on pages; the portal's own URL is used in notifications.
 GITOPS_BASE_URL = os.environ.get("GITOPS_BASE_URL", "http://127.0.0.1:8000")

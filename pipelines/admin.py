@@ -150,6 +150,7 @@ class SecretField(forms.CharField):
 
 class RepositoryForm(forms.ModelForm):
     webhook_secret = SecretField(label="Webhook secret", required=False, max_length=200)
+    api_token = SecretField(label="API token", required=False, max_length=2000)
 
     class Meta:
         model = Repository
@@ -163,6 +164,13 @@ class RepositoryForm(forms.ModelForm):
         self.fields["webhook_secret"].help_text = (
             f"Write-only. {state} The git host signs its webhook calls to {webhook_url} with this secret."
         )
+        token_state = ("A token is set; leave blank to keep it." if self.instance.has_api_token
+                       else "No token is set: no commit statuses are reported.")
+        self.fields["api_token"].help_text = (
+            f"Write-only, stored encrypted. {token_state} Checks are reported with it as commit statuses: on "
+            f"GitHub a token with the repo:status scope (fine-grained: Commit statuses, read and write), on "
+            f"GitLab one with the api scope."
+        )
         if "lifecycle" in self.fields:
             # Its default is a callable, for which Django compares against a hidden initial value; the
             # stored value is the initial one, so a form that leaves it alone does not report it changed.
@@ -171,23 +179,34 @@ class RepositoryForm(forms.ModelForm):
     def clean_webhook_secret(self):
         return self.cleaned_data["webhook_secret"] or self.instance.webhook_secret
 
+    def clean_api_token(self):
+        token = self.cleaned_data["api_token"].strip()
+        if token:
+            try:
+                self.instance.set_api_token(token)  # encrypted here; the plain token goes no further
+            except secrets.SecretsNotConfigured as exc:
+                raise ValidationError(str(exc)) from None
+        return token
+
 
 @admin.register(Repository)
 class RepositoryAdmin(AuditedAdmin):
     form = RepositoryForm
     audited_fields = ["name", "url", "web_url", "enabled", "branch", "release_from", "tag_pattern", "pipeline_path",
-                      "poll_interval", "lifecycle"]
-    audited_secrets = ["webhook_secret"]
+                      "poll_interval", "lifecycle", "git_host", "api_url", "host_project"]
+    audited_secrets = ["webhook_secret", "api_token"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
     list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "last_polled_at", "short_last_error"]
     list_filter = ["enabled", "lifecycle", "release_from"]
     list_select_related = ["lifecycle"]
     search_fields = ["name"]  # not the URL: a search would confirm a guessed token
-    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]
+    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "commit_status_reporting"]
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
+        ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token",
+                                        "commit_status_reporting"]}),
         ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
     ]
     actions = ["poll_now"]
@@ -196,12 +215,24 @@ class RepositoryAdmin(AuditedAdmin):
         fieldsets = super().get_fieldsets(request, obj)
         if obj is None or self.has_change_permission(request, obj):
             return fieldsets
-        # View-only staff see every field as text: the URL as it may be shown.
-        return [(title, {**options, "fields": [("shown_url" if f == "url" else f) for f in options["fields"]]})
+        # View-only staff see every field as text: the URL as it may be shown, and no token field at all.
+        return [(title, {**options, "fields": [("shown_url" if f == "url" else f) for f in options["fields"]
+                                               if f != "api_token"]})
                 for title, options in fieldsets]
 
     def get_readonly_fields(self, request, obj=None):
         return [*super().get_readonly_fields(request, obj), "shown_url"]
+
+    @admin.display(description="reporting")
+    def commit_status_reporting(self, repository):
+        from pipelines.commit_status import reporting_trouble
+
+        trouble = reporting_trouble(repository)
+        if trouble:
+            return trouble
+        if repository.reports_commit_statuses:
+            return f"Checks are reported to {repository.git_host_label} ({repository.effective_host_project})."
+        return "Off: checks are reported once a git host, a project and an API token are known."
 
     @admin.display(description="URL", ordering="url")
     def shown_url(self, repository):

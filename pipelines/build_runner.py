@@ -70,7 +70,7 @@ def secrets_for(build):
     build section's variables whose names say they are secret. No environment's secrets reach a build."""
     repository = build.release.repository
     spec = build.release.pipeline.build if build.release.pipeline else None
-    return (masking.portal_secrets() | masking.url_secrets(repository.url) | {repository.webhook_secret or ""}
+    return (masking.portal_secrets() | masking.repository_secrets(repository)
             | masking.declared_secrets(spec.variables if spec else {}))
 
 

@@ -2,7 +2,7 @@
 
 Every signed-in user may read a deployment's log, so whatever a step prints that is one of the portal's
 own secrets (SECRET_KEY, the passwords of DATABASE_URL and REDIS_URL), a credential of the repository
-(a token in its URL, its webhook secret) or a value the pipeline file declares secret (a variable whose
+(a token in its URL, its webhook secret, its API token) or a value the pipeline file declares secret (a variable whose
 name says SECRET, TOKEN, PASSWORD or KEY) is replaced by `***`; so are the values of the environment's
 secrets, which the runner loads once per run and adds (`LogWriter.mask_also`). Values shorter than
 MIN_SECRET_LENGTH are left alone: masking "admin" or "1234" everywhere would hide more log than secret
@@ -73,10 +73,22 @@ def environment_secrets(values):
     return found
 
 
+def repository_secrets(repository):
+    """The repository's credentials: a token in its URL, its webhook secret, its API token for the git host."""
+    from pipelines.secrets import SecretUnreadable
+
+    values = url_secrets(repository.url) | {repository.webhook_secret or ""}
+    try:
+        values.add(repository.api_token())
+    except SecretUnreadable:
+        pass  # no key opens it, so no step could have been given it either
+    return values
+
+
 def secrets_for(deployment):
     """Every value masked in this deployment's log."""
     repository = deployment.repository
-    values = portal_secrets() | url_secrets(repository.url) | {repository.webhook_secret or ""}
+    values = portal_secrets() | repository_secrets(repository)
     pipeline = deployment.release.pipeline
     spec = pipeline.environments.get(deployment.environment.name) if pipeline is not None else None
     if spec is not None:

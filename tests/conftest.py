@@ -506,3 +506,56 @@ def make_held_change(repository, production, origin, make_release, alice, tmp_pa
         return open_change_request(deployment), runs
 
     return make
+
+
+# --- a git host's API, stood in for by a real local HTTP server --------------------------------------
+
+
+class GitHostStandIn:
+    """A real HTTP server on a free port that answers as GitHub's or GitLab's API would: it records each
+    request (method, path, headers, JSON body) and answers with the next of `answers` ((status, JSON body)),
+    201 once they run out."""
+
+    def __init__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests, self.answers = [], []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                stand_in.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                          "json": json.loads(body or b"null")})
+                status, answer = stand_in.answers.pop(0) if stand_in.answers else (201, {"id": 1})
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # a free port, chosen by the kernel
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def git_host_api():
+    stand_in = GitHostStandIn()
+    yield stand_in
+    stand_in.stop()

@@ -1,5 +1,6 @@
 from .audit import AuditEvent, AuditHead, AuditVerification
 from .build import Build, BuildLogChunk
+from .commit_status import ReportedCommitStatus
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .followup import FollowUp
@@ -26,6 +27,7 @@ __all__ = [
     "Preview",
     "PreviewLogChunk",
     "Release",
+    "ReportedCommitStatus",
     "Repository",
     "Stage",
     "StaleStatus",

@@ -5,6 +5,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from pipelines import secrets
 from pipelines.models.lifecycle import default_lifecycle_id
 from pipelines.validators import validate_git_ref_name, validate_relative_path, validate_repository_url, validate_tag_pattern
 
@@ -27,6 +28,12 @@ class Repository(models.Model):
         TAGS = "tags", "Tags matching the pattern"
         COMMITS = "commits", "Every commit on the branch"
 
+    class GitHost(models.TextChoices):
+        AUTOMATIC = "", "Automatic, from the URL (github.com, gitlab.*)"
+        GITHUB = "github", "GitHub"
+        GITLAB = "gitlab", "GitLab"
+        NONE = "none", "None: report no commit statuses"
+
     name = models.SlugField(max_length=100, unique=True)
     url = models.CharField(
         max_length=500,
@@ -44,6 +51,18 @@ class Repository(models.Model):
     lifecycle = models.ForeignKey(
         "pipelines.Lifecycle", on_delete=models.PROTECT, related_name="repositories", default=default_lifecycle_id,
         help_text="The stages its releases go through, and each stage's rules.")
+
+    # Reporting checks as commit statuses (pipelines/commit_status.py).
+    git_host = models.CharField(max_length=10, choices=GitHost.choices, default="", blank=True,
+                                help_text="Where commit statuses are reported.")
+    api_url = models.URLField(
+        blank=True, help_text="The git host's API. Blank: https://api.github.com, or https://<host>/api/v4 for "
+                              "GitLab. Set it for GitHub Enterprise (https://<host>/api/v3) or a GitLab elsewhere.")
+    host_project = models.CharField(
+        max_length=300, blank=True, help_text="owner/repository on GitHub, the project's path on GitLab "
+                                             "(group/subgroup/project). Blank: taken from the URL.")
+    # Only ever the ciphertext (pipelines/secrets.py); the admin's write-only field sets it through set_api_token.
+    api_token_ciphertext = models.TextField(blank=True, editable=False)
 
     last_polled_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -83,6 +102,70 @@ class Repository(models.Model):
 
     def commit_url(self, sha):
         return f"{self.web_url.rstrip('/')}/commit/{sha}" if self.web_url else ""
+
+    # --- the git host, for commit statuses -------------------------------------------------------------
+
+    def set_api_token(self, value):
+        """Encrypt the token with the first key of GITOPS_SECRETS_KEYS ("" removes it); SecretsNotConfigured
+        without a key."""
+        self.api_token_ciphertext = secrets.encrypt(value) if value else ""
+
+    def api_token(self):
+        """The plain token, or "" when none is set. SecretUnreadable when no key opens it."""
+        if not self.api_token_ciphertext:
+            return ""
+        return secrets.decrypt(self.api_token_ciphertext, name=f"API token of repository {self.name}")
+
+    @property
+    def has_api_token(self):
+        return bool(self.api_token_ciphertext)
+
+    @property
+    def git_host_address(self):
+        """(host name, path without .git) of the URL, or ("", "") for a local path."""
+        from pipelines.commit_status import host_and_path
+
+        return host_and_path(self.url)
+
+    @property
+    def effective_git_host(self):
+        """"github", "gitlab" or "" (none): the chosen host, or the one the URL's host name says."""
+        if self.git_host == self.GitHost.NONE:
+            return ""
+        if self.git_host:
+            return self.git_host
+        host = self.git_host_address[0]
+        if host in ("github.com", "www.github.com"):
+            return self.GitHost.GITHUB
+        if host == "gitlab.com" or host.startswith("gitlab."):
+            return self.GitHost.GITLAB
+        return ""
+
+    @property
+    def git_host_label(self):
+        return self.GitHost(self.effective_git_host).label if self.effective_git_host else ""
+
+    @property
+    def effective_api_url(self):
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host = self.git_host_address[0]
+        if self.effective_git_host == self.GitHost.GITHUB:
+            # GitHub Enterprise Server serves its API under /api/v3 of its own host.
+            return "https://api.github.com" if host in ("github.com", "www.github.com", "") else f"https://{host}/api/v3"
+        if self.effective_git_host == self.GitHost.GITLAB and host:
+            return f"https://{host}/api/v4"
+        return ""
+
+    @property
+    def effective_host_project(self):
+        return self.host_project.strip().strip("/") or self.git_host_address[1]
+
+    @property
+    def reports_commit_statuses(self):
+        """True when checks are reported to the git host: a host, a token and a project to report to."""
+        return bool(self.effective_git_host and self.has_api_token and self.effective_api_url
+                    and self.effective_host_project)
 
     @property
     def display_url(self):

@@ -1,15 +1,15 @@
-"""Re-encrypt every environment secret with the first key of GITOPS_SECRETS_KEYS."""
+"""Re-encrypt every environment secret, and every repository's API token, with the first key of GITOPS_SECRETS_KEYS."""
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from pipelines import secrets
-from pipelines.models import AuditEvent, EnvironmentSecret
+from pipelines.models import AuditEvent, EnvironmentSecret, Repository
 
 
 class Command(BaseCommand):
     help = (
-        "Re-encrypt every environment secret with the first key of GITOPS_SECRETS_KEYS. To rotate: put a new key "
+        "Re-encrypt every environment secret and repository API token with the first key of GITOPS_SECRETS_KEYS. To rotate: put a new key "
         "first, run this, then remove the old key. Exit 1 naming any secret that no key opens (the others are "
         "re-encrypted all the same)."
     )
@@ -29,6 +29,16 @@ class Command(BaseCommand):
                 except secrets.SecretUnreadable:
                     unreadable.append(f"{row.name} of environment {row.environment.name}")
             EnvironmentSecret.objects.bulk_update(rotated, ["ciphertext"])
+            tokens = []
+            for repository in Repository.objects.select_for_update().exclude(api_token_ciphertext=""):
+                name = f"API token of repository {repository.name}"
+                try:
+                    repository.api_token_ciphertext = secrets.reencrypt(repository.api_token_ciphertext, name=name)
+                    tokens.append(repository)
+                except secrets.SecretUnreadable:
+                    unreadable.append(name)
+            Repository.objects.bulk_update(tokens, ["api_token_ciphertext"])
+            rotated += tokens
             AuditEvent.objects.record(action="secrets.rotated",
                                       details={"re-encrypted": len(rotated), "unreadable": unreadable})
         if unreadable:

@@ -1,0 +1,217 @@
+"""Reporting checks to the git host as commit statuses (GitHub's statuses API, GitLab's commit status API).
+
+How a check reports its state (the one line the checks code needs), inside the transaction that records it:
+
+    commit_status.schedule_report(repository, sha=…, state="pending" | "success" | "failure" | "error",
+                                  context="gitops/checks", description="3 of 4 steps passed",
+                                  target_url=commit_status.portal_url(check.get_absolute_url()))
+
+which, when the repository reports commit statuses (a git host, an API token, a project), records the
+follow-up `check.report` (CHECK_REPORT) with `repository=` and the payload
+{"sha", "state", "context", "description", "target_url"}. Its handler, `report_follow_up`, is registered in
+settings.GITOPS_FOLLOW_UP_HANDLERS. A failure (an HTTP error, a timeout, a refused connection) raises
+ReportFailed, saying what to fix: the follow-up keeps it as `last_error`, is retried with back-off, and the
+repository page and its admin show it ("Reporting to GitHub failed 3 times: 401 Bad credentials …").
+
+Reports of one (commit, context) are sent in the order they were scheduled: a retried older one never
+overwrites a newer state (see ReportedCommitStatus). `report()` alone sends one status now, unordered.
+
+The token is stored encrypted (Repository.set_api_token); it goes into the request's header and nowhere
+else: not in a log, an error, or an audit event."""
+
+import json
+import logging
+import socket
+import urllib.error
+import urllib.request
+from urllib.parse import quote, urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from pipelines import masking
+
+logger = logging.getLogger(__name__)
+
+CHECK_REPORT = "check.report"
+STATES = ("pending", "success", "failure", "error")
+# GitLab's names for the same states (it has no "error": a check that could not run has failed).
+GITLAB_STATES = {"pending": "pending", "success": "success", "failure": "failed", "error": "failed"}
+DESCRIPTION_LENGTH = 140  # GitHub refuses longer descriptions
+
+
+class ReportFailed(Exception):
+    """The git host did not take a commit status. The message says why and what to fix, never the token."""
+
+
+def portal_url(path):
+    """The portal's absolute URL for `path` (a status links back to its check's page)."""
+    return settings.GITOPS_BASE_URL.rstrip("/") + path
+
+
+def host_and_path(url):
+    """(host name, project path without .git) of a git URL in its https, ssh:// or scp-like (git@host:path)
+    form; ("", "") for a local path."""
+    url = (url or "").strip()
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            return "", ""
+        host, path = (parts.hostname or "").lower(), parts.path
+    elif ":" in url and "/" not in url.split(":", 1)[0]:  # scp-like: [user@]host:path
+        host, path = url.split(":", 1)
+        host = host.rsplit("@", 1)[-1].lower()
+    else:
+        return "", ""
+    path = path.strip("/")
+    if path.endswith(".git"):
+        path = path[:-4]
+    return host, path
+
+
+def schedule_report(repository, *, sha, state, context, description, target_url):
+    """Record the follow-up that reports this state (call inside the transaction that causes it). Returns
+    it, or None when the repository reports no commit statuses."""
+    from pipelines.models import FollowUp
+
+    _check_state(state)
+    if not repository.reports_commit_statuses:
+        return None
+    payload = {"sha": sha, "state": state, "context": context, "description": description, "target_url": target_url}
+    return FollowUp.objects.schedule(CHECK_REPORT, repository=repository, payload=payload)
+
+
+def report_follow_up(follow_up):
+    """The handler of CHECK_REPORT: report its payload, unless a newer report of the same (commit, context)
+    went through already. Raises ReportFailed to be retried."""
+    from pipelines.models import ReportedCommitStatus
+
+    repository, payload = follow_up.repository, follow_up.payload
+    if repository is None or not repository.reports_commit_statuses:
+        logger.info("follow-up #%s: repository reports no commit statuses now; nothing sent", follow_up.pk)
+        return
+    # The row stays locked while the status is sent, so two reports of one (commit, context) never cross.
+    with transaction.atomic():
+        last, _ = ReportedCommitStatus.objects.select_for_update().get_or_create(
+            repository=repository, sha=payload["sha"], context=payload["context"], defaults={"state": ""})
+        if last.follow_up_id >= follow_up.pk:
+            logger.info("follow-up #%s: %s of %s is older than the %s already reported; skipped",
+                        follow_up.pk, payload["state"], payload["context"], last.state)
+            return
+        report(repository, sha=payload["sha"], state=payload["state"], context=payload["context"],
+               description=payload.get("description", ""), target_url=payload.get("target_url", ""))
+        last.state, last.follow_up_id, last.reported_at = payload["state"], follow_up.pk, timezone.now()
+        last.save(update_fields=["state", "follow_up_id", "reported_at"])
+
+
+def report(repository, *, sha, state, context, description, target_url):
+    """Send one commit status to the repository's git host now. Raises ReportFailed."""
+    _check_state(state)
+    host = repository.effective_git_host
+    if not host:
+        raise ReportFailed(f"Repository {repository.name} has no git host to report to (its URL names neither "
+                           f"github.com nor gitlab.*): choose GitHub or GitLab in the admin.")
+    token = repository.api_token()
+    if not token:
+        raise ReportFailed(f"Repository {repository.name} has no API token: set one in the admin.")
+    project = repository.effective_host_project
+    if not project:
+        raise ReportFailed(f"The URL of repository {repository.name} names no project: set its host project "
+                           f"(owner/repository) in the admin.")
+    api = repository.effective_api_url
+    description = (description or "")[:DESCRIPTION_LENGTH]
+    if host == repository.GitHost.GITHUB:
+        url = f"{api}/repos/{project}/statuses/{sha}"
+        body = {"state": state, "target_url": target_url, "description": description, "context": context}
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                   "X-GitHub-Api-Version": "2022-11-28"}
+    else:
+        url = f"{api}/projects/{quote(project, safe='')}/statuses/{sha}"
+        body = {"state": GITLAB_STATES[state], "name": context, "target_url": target_url,
+                "description": description}
+        headers = {"PRIVATE-TOKEN": token, "Accept": "application/json"}
+    _post(url, body, headers, repository=repository, token=token)
+
+
+def _check_state(state):
+    if state not in STATES:
+        raise ValueError(f"{state!r} is not a commit status state: use one of {', '.join(STATES)}.")
+
+
+def _post(url, body, headers, *, repository, token):
+    label, timeout = repository.git_host_label, settings.GITOPS_GIT_HOST_TIMEOUT
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={**headers, "Content-Type": "application/json",
+                                              "User-Agent": "gitops-portal"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        text = error.read().decode("utf-8", "replace")
+        if _already_in_that_state(repository, error.code, text):
+            return
+        raise ReportFailed(masking.mask(_explain(error.code, text, repository), masking.usable({token}))) from None
+    except (TimeoutError, socket.timeout):
+        raise ReportFailed(f"{label} did not answer within {timeout} s ({repository.effective_api_url}).") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise ReportFailed(f"{label} did not answer within {timeout} s ({repository.effective_api_url}).") from None
+        raise ReportFailed(f"Could not reach {label} at {repository.effective_api_url}: {reason}.") from None
+
+
+def _already_in_that_state(repository, status, text):
+    # GitLab refuses to set a state a commit's status already has ("Cannot transition status via :run from
+    # :running"): that happens when a report went through but its follow-up did not get to record it.
+    return (repository.effective_git_host == repository.GitHost.GITLAB and status == 400
+            and "Cannot transition status" in text)
+
+
+def _host_message(status, text):
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    message = ""
+    if isinstance(answer, dict):
+        message = answer.get("message") or answer.get("error") or ""
+        if not isinstance(message, str):
+            message = json.dumps(message)
+    message = (message or text.strip())[:300]
+    if message.startswith(str(status)):
+        return message
+    return f"{status} {message}".strip()
+
+
+def _explain(status, text, repository):
+    """The host's own words, and what to fix for the answers that need a person."""
+    label, message = repository.git_host_label, _host_message(status, text)
+    if status == 401:
+        return f"{message}: {label} refused the API token; set a valid one on the repository in the admin."
+    if status == 403:
+        scope = ("the repo:status scope (a fine-grained token: Commit statuses, read and write)"
+                 if repository.effective_git_host == repository.GitHost.GITHUB
+                 else "the api scope, with at least the Developer role on the project")
+        return f"{message}: the API token may not set commit statuses; it needs {scope}."
+    if status == 404:
+        return (f"{message}: {label} at {repository.effective_api_url} knows no project "
+                f"{repository.effective_host_project} that this token can see; check the host project, the API "
+                f"URL and the token's access.")
+    return f"{message} from {label}."
+
+
+def reporting_trouble(repository):
+    """What the repository page and the admin show while a report keeps failing, or "" when none does:
+    "Reporting to GitHub failed 3 times: 401 Bad credentials: … — retrying"."""
+    from pipelines.models import FollowUp
+
+    if not repository.reports_commit_statuses:
+        return ""  # reports left over from before are dropped unsent (report_follow_up): nothing to show
+    failing = (FollowUp.objects.pending().filter(repository=repository, kind=CHECK_REPORT).exclude(last_error="")
+               .order_by("-attempts", "-id").only("attempts", "last_error").first())
+    if failing is None:
+        return ""
+    times = "once" if failing.attempts == 1 else f"{failing.attempts} times"
+    label = repository.git_host_label or "the git host"
+    return f"Reporting to {label} failed {times}: {failing.last_error} — retrying"

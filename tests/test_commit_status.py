@@ -131,7 +131,8 @@ def test_a_server_error_is_retried_with_back_off_until_the_host_takes_it(github_
 
 
 def test_refused_credentials_are_shown_on_the_repository_page_and_retried(github_repository, git_host_api,
-                                                                          client, charlie):
+                                                                          client, charlie, alice, caplog):
+    caplog.set_level("DEBUG")
     git_host_api.answers = [(401, {"message": "Bad credentials"})] * 2
     follow_up = schedule(github_repository, "success")
     client.force_login(charlie)
@@ -140,11 +141,16 @@ def test_refused_credentials_are_shown_on_the_repository_page_and_retried(github
     followups.carry_out(follow_up.pk, later(6))
 
     html = client.get(reverse("repository_detail", args=["shop"])).content.decode()
+    assert "reported to GitHub <code>acme/shop</code>" in html
     assert ("Reporting to GitHub failed 2 times: 401 Bad credentials: GitHub refused the API token; set a valid one "
             "on the repository in the admin. — retrying") in html
-    assert TOKEN not in html
+    assert TOKEN not in html and "401 Bad credentials" in caplog.text and TOKEN not in caplog.text
     follow_up.refresh_from_db()
     assert follow_up.done_at is None and follow_up.claimed_until is None, "left to be retried"
+
+    client.force_login(alice)
+    admin_html = client.get(change_url(github_repository)).content.decode()
+    assert "Reporting to GitHub failed 2 times: 401 Bad credentials" in admin_html and TOKEN not in admin_html
 
     assert followups.carry_out(follow_up.pk, later(30)) is True, "the next answer is a 201"
     assert "Reporting to GitHub failed" not in client.get(reverse("repository_detail", args=["shop"])).content.decode()
@@ -191,6 +197,17 @@ def test_a_host_that_refuses_connections_is_retried(github_repository):
 
     follow_up.refresh_from_db()
     assert f"Could not reach GitHub at {github_repository.api_url}" in follow_up.last_error
+
+
+def test_gitlab_refusing_a_state_the_commit_already_has_counts_as_reported(repository, git_host_api):
+    # A report that went through, whose follow-up died before it could record so, is sent again.
+    repository.url, repository.api_url = "https://gitlab.example.com/ops/shop.git", git_host_api.url
+    repository.set_api_token(TOKEN)
+    repository.save()
+    git_host_api.answers = [(400, {"message": "Cannot transition status via :enqueue from :pending"})]
+    follow_up = schedule(repository, "pending")
+
+    assert followups.carry_out(follow_up.pk) is True
 
 
 # --- order -------------------------------------------------------------------------------------------------
@@ -265,3 +282,17 @@ def test_rotating_the_keys_re_encrypts_the_token_too(repository, settings):
 
     repository.refresh_from_db()
     assert repository.api_token() == TOKEN
+
+
+def test_staff_who_may_only_view_repositories_get_no_token_field(client, django_user_model, github_repository):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("dora", "dora@example.com", "password", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_repository", content_type__app_label="pipelines"))
+    client.force_login(viewer)
+
+    response = client.get(change_url(github_repository))
+
+    html = response.content.decode()
+    assert response.status_code == 200 and "Checks are reported to GitHub (acme/shop)" in html
+    assert 'name="api_token"' not in html and TOKEN not in html and github_repository.api_token_ciphertext not in html

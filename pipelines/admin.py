@@ -151,6 +151,8 @@ class SecretField(forms.CharField):
 class RepositoryForm(forms.ModelForm):
     webhook_secret = SecretField(label="Webhook secret", required=False, max_length=200)
     api_token = SecretField(label="API token", required=False, max_length=2000)
+    remove_api_token = forms.BooleanField(label="Remove the API token", required=False,
+                                          help_text="Checks are then no longer reported to the git host.")
 
     class Meta:
         model = Repository
@@ -188,6 +190,15 @@ class RepositoryForm(forms.ModelForm):
                 raise ValidationError(str(exc)) from None
         return token
 
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("remove_api_token"):
+            if cleaned.get("api_token"):
+                self.add_error("remove_api_token", "Either give a new API token or remove it, not both.")
+            else:
+                self.instance.set_api_token("")
+        return cleaned
+
 
 @admin.register(Repository)
 class RepositoryAdmin(AuditedAdmin):
@@ -205,7 +216,7 @@ class RepositoryAdmin(AuditedAdmin):
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
-        ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token",
+        ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token", "remove_api_token",
                                         "commit_status_reporting"]}),
         ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
     ]
@@ -217,11 +228,16 @@ class RepositoryAdmin(AuditedAdmin):
             return fieldsets
         # View-only staff see every field as text: the URL as it may be shown, and no token field at all.
         return [(title, {**options, "fields": [("shown_url" if f == "url" else f) for f in options["fields"]
-                                               if f != "api_token"]})
+                                               if f not in ("api_token", "remove_api_token")]})
                 for title, options in fieldsets]
 
     def get_readonly_fields(self, request, obj=None):
         return [*super().get_readonly_fields(request, obj), "shown_url"]
+
+    def remember_audited_values(self, request, obj, form, change):
+        super().remember_audited_values(request, obj, form, change)
+        if form.cleaned_data.get("remove_api_token") and change:
+            obj._audited_values = {**obj._audited_values, "api_token": "removed"}
 
     @admin.display(description="reporting")
     def commit_status_reporting(self, repository):

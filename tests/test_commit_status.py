@@ -231,7 +231,7 @@ def test_a_retried_pending_is_not_sent_over_a_newer_success(github_repository, g
 # --- the token ---------------------------------------------------------------------------------------------
 
 
-def test_the_token_is_write_only_in_the_admin_encrypted_and_never_on_record(client, alice, repository):
+def test_the_token_is_write_only_in_the_admin_encrypted_removable_and_never_on_record(client, alice, repository):
     client.force_login(alice)
 
     response = client.post(change_url(repository), repository_form(repository, git_host="github",
@@ -258,6 +258,13 @@ def test_the_token_is_write_only_in_the_admin_encrypted_and_never_on_record(clie
     for event in events:
         assert TOKEN not in event.canonical_json() and stored not in event.canonical_json()
     assert "api_token" not in events[-1].details["values"], "a blank token is no change"
+
+    response = client.post(change_url(repository), repository_form(repository, git_host="github",
+                                                                    remove_api_token="on"))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    repository.refresh_from_db()
+    assert repository.api_token() == "" and not repository.reports_commit_statuses
+    assert AuditEvent.objects.filter(action="admin.change").latest("seq").details["values"]["api_token"] == "removed"
 
 
 def test_the_token_is_masked_like_the_repositorys_other_credentials(github_repository):

@@ -21,7 +21,6 @@ else: not in a log, an error, or an audit event."""
 
 import json
 import logging
-import socket
 import urllib.error
 import urllib.request
 from urllib.parse import quote, urlsplit
@@ -152,11 +151,9 @@ def _post(url, body, headers, *, repository, token):
         if _already_in_that_state(repository, error.code, text):
             return
         raise ReportFailed(masking.mask(_explain(error.code, text, repository), masking.usable({token}))) from None
-    except (TimeoutError, socket.timeout):
-        raise ReportFailed(f"{label} did not answer within {timeout} s ({repository.effective_api_url}).") from None
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError) as error:  # TimeoutError is an OSError; urlopen may wrap it
         reason = getattr(error, "reason", error)
-        if isinstance(reason, (TimeoutError, socket.timeout)):
+        if isinstance(reason, TimeoutError):
             raise ReportFailed(f"{label} did not answer within {timeout} s ({repository.effective_api_url}).") from None
         raise ReportFailed(f"Could not reach {label} at {repository.effective_api_url}: {reason}.") from None
 

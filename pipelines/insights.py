@@ -14,14 +14,17 @@ Definitions (also on the page and in the README):
   next success on that target (median); failures in a row before one success are one outage, measured from
   the first.
 
-Medians and p90 are taken (nearest rank) over values lists bounded by the period and the filters: a portable
-way, as `Percentile` does not exist on SQLite."""
+Lead time medians and p90 (nearest rank) are picked in the database with window functions; restore times and
+approval waits, much fewer, over values lists bounded by the period and the filters. Both portable, as
+`PERCENTILE_CONT` does not exist on SQLite."""
 
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
-from django.db.models import Case, Count, Exists, F, IntegerField, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models import (Case, Count, DurationField, Exists, ExpressionWrapper, F, IntegerField, OuterRef, Q, Subquery, Value,
+                              When, Window)
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from pipelines.models import Deployment, Environment, Lifecycle, Repository, Stage
@@ -123,16 +126,14 @@ class Bucket:
     deployments: int = 0
     failed: int = 0
     rolled_back: int = 0
-    lead_times: list = field(default_factory=list)
+    lead_count: int = 0
+    lead_time_median: timedelta | None = None
+    lead_time_p90: timedelta | None = None
     restore_times: list = field(default_factory=list)
 
     @property
     def change_failure_rate(self):
         return change_failure_rate(self.deployments, self.failed, self.rolled_back)
-
-    @property
-    def lead_time_median(self):
-        return median(self.lead_times)
 
     @property
     def restore_median(self):
@@ -144,6 +145,9 @@ class Delivery:
     scope: Scope
     buckets: list
     open_outages: int = 0
+    lead_count: int = 0
+    lead_time_median: timedelta | None = None
+    lead_time_p90: timedelta | None = None
 
     @property
     def deployments(self):
@@ -170,20 +174,8 @@ class Delivery:
         return change_failure_rate(self.deployments, self.failed, self.rolled_back)
 
     @property
-    def lead_times(self):
-        return [t for b in self.buckets for t in b.lead_times]
-
-    @property
     def restore_times(self):
         return [t for b in self.buckets for t in b.restore_times]
-
-    @property
-    def lead_time_median(self):
-        return median(self.lead_times)
-
-    @property
-    def lead_time_p90(self):
-        return percentile(self.lead_times, 90)
 
     @property
     def restore_median(self):
@@ -235,9 +227,10 @@ def delivery(scope):
     in_scope = Deployment.objects.filter(last_stage_q(scope))
     buckets = [Bucket(start, end) for start, end in scope.buckets()]
     _count_deployments(scope, in_scope, buckets)
-    _add_lead_times(scope, in_scope, buckets)
+    lead_count, lead_median, lead_p90 = _add_lead_times(scope, in_scope, buckets)
     open_outages = _add_restore_times(scope, in_scope, buckets)
-    return Delivery(scope=scope, buckets=buckets, open_outages=open_outages)
+    return Delivery(scope=scope, buckets=buckets, open_outages=open_outages, lead_count=lead_count,
+                    lead_time_median=lead_median, lead_time_p90=lead_p90)
 
 
 def _bucket_case(scope, field_name):
@@ -261,12 +254,46 @@ def _count_deployments(scope, in_scope, buckets):
 
 
 def _add_lead_times(scope, in_scope, buckets):
-    first_successes = (in_scope.filter(status=Deployment.Status.SUCCEEDED, finished_at__lt=scope.end,
-                                       release__committed_at__isnull=False)
-                       .order_by().values("release_id", "release__committed_at")
-                       .annotate(first_success=Min("finished_at")).filter(first_success__gte=scope.start))
-    for row in first_successes:
-        buckets[scope.bucket_of(row["first_success"])].lead_times.append(row["first_success"] - row["release__committed_at"])
+    """Median and p90 of the lead times per bucket and over the period, by ranking them in the database
+    (ROW_NUMBER and COUNT windows) and fetching only the rows at the wanted ranks: a handful of rows however
+    many releases there are. Window functions run on PostgreSQL and SQLite alike, unlike PERCENTILE_CONT."""
+    earlier = Deployment.objects.filter(release=OuterRef("release"), environment=OuterRef("environment"),
+                                        status=Deployment.Status.SUCCEEDED, finished_at__lt=OuterRef("finished_at"))
+    by_lead = [F("lead").asc(), F("pk").asc()]
+    ranked = (in_scope.filter(status=Deployment.Status.SUCCEEDED, finished_at__gte=scope.start, finished_at__lt=scope.end,
+                              release__committed_at__isnull=False)
+              .exclude(Exists(earlier))  # each release's first success there, and only that
+              .annotate(lead=ExpressionWrapper(F("finished_at") - F("release__committed_at"), output_field=DurationField()),
+                        bucket=_bucket_case(scope, "finished_at"))
+              .annotate(rank=Window(RowNumber(), partition_by=[F("bucket")], order_by=by_lead),
+                        count=Window(Count("pk"), partition_by=[F("bucket")]),
+                        rank_all=Window(RowNumber(), order_by=by_lead), count_all=Window(Count("pk")))
+              .order_by())
+    wanted = ranked.filter(_at_wanted_rank("rank", "count") | _at_wanted_rank("rank_all", "count_all"))
+    picked, scope_count = {}, 0  # (bucket, or None for the whole period, rank) → lead time
+    for bucket, lead, rank, count, rank_all, count_all in wanted.values_list(
+            "bucket", "lead", "rank", "count", "rank_all", "count_all"):
+        picked[(bucket, rank)] = lead
+        picked[(None, rank_all)] = lead
+        buckets[bucket].lead_count = count
+        scope_count = count_all
+    for index, bucket in enumerate(buckets):
+        bucket.lead_time_median, bucket.lead_time_p90 = _median_and_p90(picked, index, bucket.lead_count)
+    return scope_count, *_median_and_p90(picked, None, scope_count)
+
+
+def _at_wanted_rank(rank, count):
+    """The ranks of the median (one or two middle ones) and of the p90 (nearest rank: ceil(0.9 n)), in
+    integer arithmetic that both databases do alike."""
+    n = F(count)
+    return Q(**{rank: (n + 1) / 2}) | Q(**{rank: (n + 2) / 2}) | Q(**{rank: (n * 9 + 9) / 10})
+
+
+def _median_and_p90(picked, key, count):
+    if not count:
+        return None, None
+    middle = (picked[(key, (count + 1) // 2)] + picked[(key, (count + 2) // 2)]) / 2
+    return middle, picked[(key, (count * 9 + 9) // 10)]
 
 
 def _add_restore_times(scope, in_scope, buckets):

@@ -28,16 +28,16 @@ def insights_page(request):
 def insights_export_csv(request):
     scope = insights.scope_from(request.GET)
     figures = insights.delivery(scope)
-    rows = [_csv_row(b.start, b.end, b, insights.percentile(b.lead_times, 90)) for b in figures.buckets]
-    rows.append(_csv_row(scope.start, scope.end, figures, figures.lead_time_p90))
+    rows = [_csv_row(b.start, b.end, b) for b in figures.buckets]
+    rows.append(_csv_row(scope.start, scope.end, figures))
     return csv_attachment(CSV_HEADER, rows, "delivery-insights.csv")
 
 
-def _csv_row(start, end, figures, lead_time_p90):
+def _csv_row(start, end, figures):
     rate = figures.change_failure_rate
     return [start.isoformat(), end.isoformat(), figures.deployments, figures.failed, figures.rolled_back,
             "" if rate is None else f"{rate:.4f}", insights.hours(figures.lead_time_median),
-            insights.hours(lead_time_p90), insights.hours(figures.restore_median)]
+            insights.hours(figures.lead_time_p90), insights.hours(figures.restore_median)]
 
 
 def _label(bucket, scope):

@@ -95,7 +95,10 @@ def test_it_computes_the_four_keys_of_a_known_history(history):
     assert figures.deployments == 5
     assert figures.per_day == pytest.approx(5 / 30, rel=1e-6)
     assert figures.change_failure_rate == pytest.approx(5 / 9)          # (4 failed + 1 rolled back) / 9 that ran
-    assert sorted(figures.lead_times) == [4 * H, 4 * H, 6 * H, 24 * H, 24 * H]
+    # lead times 4, 4, 6, 24 and 24 h
+    assert [(b.lead_count, b.lead_time_median) for b in figures.buckets] == [
+        (1, 4 * H), (2, 14 * H), (1, 24 * H), (1, 6 * H), (0, None)]
+    assert figures.lead_count == 5
     assert figures.lead_time_median == 6 * H
     assert figures.lead_time_p90 == 24 * H
     assert sorted(figures.restore_times) == [1 * H, 2 * H, 4 * H]
@@ -105,11 +108,11 @@ def test_it_computes_the_four_keys_of_a_known_history(history):
 
 def test_it_narrows_to_a_repository_a_lifecycle_or_an_environment(history):
     tools = figures_of(history, repository="tools")
-    assert (tools.deployments, tools.lead_times, tools.change_failure_rate) == (1, [24 * H], 0)
+    assert (tools.deployments, tools.lead_time_median, tools.change_failure_rate) == (1, 24 * H, 0)
     small = figures_of(history, lifecycle="small")
-    assert (small.deployments, small.lead_times) == (1, [24 * H])
+    assert (small.deployments, small.lead_time_median) == (1, 24 * H)
     staging = figures_of(history, environment="staging")
-    assert (staging.deployments, sorted(staging.lead_times)) == (2, [1 * H, 24 * H])
+    assert (staging.deployments, staging.lead_time_median, staging.lead_time_p90) == (2, 12.5 * H, 24 * H)
     a_week = figures_of(history, period="7d")
     assert (a_week.deployments, a_week.failed, len(a_week.buckets)) == (0, 1, 7)  # a bar per day
 

@@ -142,6 +142,19 @@ def test_the_page_shows_charts_numbers_and_approval_wait(client, alice, history)
     assert reverse("approval_wait_export_csv") in page
 
 
+def test_the_page_applies_its_filters(client, alice, history):
+    client.force_login(alice)
+    response = client.get(reverse("insights"), {"repository": "tools", "period": "30d"})
+    assert (response.context["figures"].deployments, response.context["figures"].lead_time_median) == (1, 24 * H)
+    assert response.context["frequency_chart"].count('<rect class="bar"') == 5
+    assert "No change request was decided in the period." in response.content.decode()  # approvals filtered too
+    response = client.get(reverse("insights"), {"from": (history + timedelta(days=7)).date().isoformat(),
+                                                 "to": (history + timedelta(days=13)).date().isoformat()})
+    assert len(response.context["figures"].buckets) == 7  # a week: a bar per day
+    assert client.get(reverse("insights"), {"environment": "nowhere"}).context["scope"].errors == [
+        "No environment is named 'nowhere'."]
+
+
 def test_the_page_renders_without_approvals(client, alice, history, settings):
     settings.GITOPS_TEMPLATE_SLOTS = {}
     client.force_login(alice)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from approvals import views
+from approvals import insights_views, views
 
 urlpatterns = [
     path("", views.inbox, name="approvals_inbox"),
@@ -9,6 +9,7 @@ urlpatterns = [
     path("<int:pk>/preview/again", views.change_request_preview_again, name="change_request_preview_again"),
     path("<int:pk>/approve", views.change_request_approve, name="change_request_approve"),
     path("<int:pk>/reject", views.change_request_reject, name="change_request_reject"),
+    path("insights/approval-wait.csv", insights_views.approval_wait_export_csv, name="approval_wait_export_csv"),
     path("releases/<int:pk>/actions", views.release_actions, name="release_actions"),
     path("releases/<int:pk>/promote", views.release_promote, name="release_promote"),
     path("releases/<int:pk>/rollback", views.release_rollback, name="release_rollback"),

@@ -70,6 +70,7 @@ GITOPS_TEMPLATE_SLOTS = {
     "release.deployment": ["approvals/slots/release_deployment.html"],
     "release.blocked": ["approvals/slots/release_unblock.html"],
     "release.block": ["approvals/slots/release_block.html"],
+    "insights.after": ["approvals/slots/insights_approval_wait.html"],
 }
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",

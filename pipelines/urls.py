@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pipelines import audit_views, views, webhooks
+from pipelines import audit_views, insights_views, views, webhooks
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -19,6 +19,8 @@ urlpatterns = [
     path("deployments/<int:pk>/cancel", views.deployment_cancel, name="deployment_cancel"),
     path("deployments/<int:pk>/retry", views.deployment_retry, name="deployment_retry"),
     path("hooks/<slug:name>", webhooks.receive, name="webhook"),
+    path("insights/", insights_views.insights_page, name="insights"),
+    path("insights/export.csv", insights_views.insights_export_csv, name="insights_export_csv"),
     path("audit/", audit_views.audit_log, name="audit_log"),
     path("audit/verify", audit_views.audit_verify, name="audit_verify"),
     path("audit/export.csv", audit_views.audit_export_csv, name="audit_export_csv"),

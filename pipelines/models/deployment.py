@@ -118,7 +118,15 @@ class Deployment(models.Model):
             ),
             models.CheckConstraint(condition=models.Q(status__in=Status.values), name="deployment_status_is_known"),
         ]
-        indexes = [models.Index(fields=["repository", "environment", "status"])]
+        indexes = [
+            models.Index(fields=["repository", "environment", "status"]),
+            # The insights page: deployments of one stage finished in a period (pipelines/insights.py).
+            models.Index(fields=["environment", "status", "finished_at"], name="deployment_stage_finished"),
+            # … the next success on a target after a failure, and whether a rollback replaced a release there.
+            models.Index(fields=["repository", "environment", "status", "finished_at"], name="deployment_target_finished"),
+            models.Index(fields=["repository", "environment", "previous_release"], condition=models.Q(trigger="rollback"),
+                         name="deployment_rollbacks"),
+        ]
 
     def __str__(self):
         return f"#{self.pk} {self.release} → {self.environment}"

@@ -64,6 +64,9 @@ def poll_repository(repository, *, unchanged=None):
         git.sync_mirror(repository)
         if repository.release_from == Repository.ReleaseFrom.TAGS:
             candidates, moved, skipped = _tag_candidates(repository, tracked)
+            if moved:  # their commits may now hang on no ref: keep them deployable
+                git.keep_commits(repository, repository.releases.filter(version__in=list(moved))
+                                 .values_list("commit_sha", flat=True))
         else:
             candidates, moved, skipped = _commit_candidates(repository, tracked), {}, []
         environments = set(Environment.objects.values_list("name", flat=True))

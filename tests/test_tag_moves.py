@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from approvals.models import ChangeRequest
+from pipelines import git as tracking_git
 from pipelines.models import AuditEvent, Deployment, FollowUp, Release, Repository, TagMove, Target
 from pipelines.promotion import promote
 from tests.conftest import git
@@ -173,3 +174,29 @@ def test_a_moved_tag_never_deploys_different_code_under_the_same_version(shop, e
     assert redeploy.status == Deployment.Status.SUCCEEDED, log
     assert "deploying v1.0.0, the checkout says: released code" in log
     assert "sneaky" not in log
+
+
+def test_a_released_commit_that_no_ref_holds_any_more_still_deploys_after_git_gc(shop, environments, alice, run_workers):
+    origin, repository, released = shop
+    staging, production = environments
+    poll(run_workers)
+    release = Release.objects.get(version="v1.0.0")
+    # History rewritten: the released commit is on no branch or tag of the origin, and gone from it.
+    git(origin.path, "reset", "-q", "--hard", "HEAD~1")
+    origin.write("VERSION", "rewritten code\n")
+    origin.commit("rewritten history")
+    origin.move_tag("v1.0.0")
+    git(origin.path, "reflog", "expire", "--expire=now", "--all")
+    git(origin.path, "gc", "-q", "--prune=now")
+    poll(run_workers)
+    assert release.tag_moves.get().kind == TagMove.Kind.MOVED
+    # The mirror's own garbage collection must not drop it either.
+    git(tracking_git.mirror_path(repository), "gc", "-q", "--prune=now")
+
+    redeploy = promote(release, staging, by=alice, reason="deploy v1.0.0 again")
+    run_workers()
+
+    redeploy.refresh_from_db()
+    log = redeploy.log_since(0)[0]
+    assert redeploy.status == Deployment.Status.SUCCEEDED, redeploy.error or log
+    assert "the checkout says: released code" in log

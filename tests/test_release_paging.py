@@ -4,7 +4,6 @@ the database: every page of a repository with thousands of releases costs the sa
 import hashlib
 import re
 
-import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext

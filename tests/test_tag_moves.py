@@ -200,3 +200,17 @@ def test_a_released_commit_that_no_ref_holds_any_more_still_deploys_after_git_gc
     log = redeploy.log_since(0)[0]
     assert redeploy.status == Deployment.Status.SUCCEEDED, redeploy.error or log
     assert "the checkout says: released code" in log
+
+
+def test_a_new_tag_pattern_does_not_report_the_releases_it_leaves_out_as_deleted(shop, environments, run_workers):
+    origin, repository, released = shop
+    poll(run_workers)
+    Repository.objects.filter(pk=repository.pk).update(tag_pattern="release-*")
+    git(origin.path, "tag", "-d", "v1.0.0")  # outside the pattern now: no longer watched
+    origin.tag("release-2")
+
+    poll(run_workers)
+
+    assert Release.objects.filter(version="release-2").exists()
+    assert not TagMove.objects.exists()
+    assert not Release.objects.get(version="v1.0.0").tag_deleted

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from pipelines import tracking
-from pipelines.models import Release, Repository
+from pipelines.models import Release, Repository, TagMove
 from pipelines.versions import sortable_version
 from pipelines.views import RELEASES_ON_REPOSITORY_PAGE
 
@@ -100,7 +100,7 @@ def test_it_pages_three_thousand_releases_in_version_order_with_constant_queries
     assert listed_versions(client.get(url, {"page": "x"})) == listed_versions(first)
 
 
-def test_the_migration_fills_the_version_key_of_existing_releases(transactional_db):
+def test_the_migration_fills_version_keys_and_the_first_move_of_tags_already_flagged(transactional_db):
     before = [("pipelines", "0010_previews")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
@@ -111,6 +111,7 @@ def test_the_migration_fills_the_version_key_of_existing_releases(transactional_
     commits = Repository.objects.create(name="commits", url="/tmp/commits", release_from="commits")
     for version in ["v1.10.0", "v1.9.0", "nightly"]:
         OldRelease.objects.create(repository=tags, version=version, commit_sha="a" * 40)
+    OldRelease.objects.filter(version="v1.9.0").update(tag_moved_to="c" * 40)  # flagged the old way
     OldRelease.objects.create(repository=commits, version="123456789012", commit_sha="b" * 40)
 
     executor = MigrationExecutor(connection)
@@ -119,3 +120,5 @@ def test_the_migration_fills_the_version_key_of_existing_releases(transactional_
     keys = dict(Release.objects.values_list("version", "version_key"))
     assert keys == {"v1.10.0": sortable_version("v1.10.0"), "v1.9.0": sortable_version("v1.9.0"),
                     "nightly": "0", "123456789012": "0"}
+    assert list(TagMove.objects.values_list("release__version", "kind", "from_sha", "to_sha")) == [
+        ("v1.9.0", "moved", "a" * 40, "c" * 40)]

@@ -22,6 +22,21 @@ def fill_version_keys(apps, schema_editor):
         Release.objects.bulk_update(batch, ["version_key"])
 
 
+def record_earlier_moves(apps, schema_editor):
+    """A release flagged before tag moves were recorded (tag_moved_to: where the tag was first seen moved) gets
+    that move as its first TagMove, seen when its audit event says; the next poll records any later change."""
+    Release = apps.get_model("pipelines", "Release")
+    TagMove = apps.get_model("pipelines", "TagMove")
+    AuditEvent = apps.get_model("pipelines", "AuditEvent")
+    moves = []
+    for release in Release.objects.exclude(tag_moved_to="").iterator():
+        event = (AuditEvent.objects.filter(action="release.tag_moved", repository_id=release.repository_id,
+                                           details__version=release.version).order_by("seq").first())
+        moves.append(TagMove(release=release, from_sha=release.commit_sha, to_sha=release.tag_moved_to, kind="moved",
+                             seen_at=event.created_at if event else release.detected_at))
+    TagMove.objects.bulk_create(moves)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -66,4 +81,5 @@ class Migration(migrations.Migration):
             constraint=models.CheckConstraint(condition=models.Q(models.Q(('kind', 'deleted'), _negated=True), ('to_sha', ''), _connector='OR'), name='tag_move_deleted_has_no_target'),
         ),
         migrations.RunPython(fill_version_keys, migrations.RunPython.noop),
+        migrations.RunPython(record_earlier_moves, migrations.RunPython.noop),
     ]

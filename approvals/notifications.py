@@ -1,4 +1,5 @@
-"""E-mail about change requests: to the eligible approvers when one opens, to the requester when it is decided.
+"""E-mail about change requests: to the eligible approvers when one opens, to the requester when it is decided;
+and about released tags that moved, to the people answerable for where that release runs.
 
 Sent through Django's default mailer (settings.MAILERS; the console backend unless configured). Mail is
 a follow-up (pipelines/followups.py) recorded in the transaction that opens or decides the request, and
@@ -10,7 +11,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, mailers
 
-from approvals.models import ChangeRequest, Decision
+from approvals.models import ChangeRequest, Decision, StagePolicy
+from pipelines.models import TagMove, Target
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,39 @@ def eligible_approvers(change_request):
         members = members.exclude(pk=change_request.requested_by_id)
     authors = set(change_request.author_emails) if policy.block_commit_authors else set()
     return [user for user in members if user.email.lower() not in authors]
+
+
+def on_tag_moved(follow_up):
+    notify_tag_moved(follow_up.payload["tag_move"])
+
+
+def notify_tag_moved(tag_move_id):
+    """Tell the approvers of every stage whose environment runs the release that its tag moved (or, when no
+    such stage has approvers, the deployers). Returns how many were sent."""
+    move = TagMove.objects.select_related("release__repository").get(pk=tag_move_id)
+    release = move.release
+    environments = [
+        target.environment for target in Target.objects.filter(repository=release.repository, current_release=release)
+        .select_related("environment").order_by("environment__position")
+    ]
+    subject = f"{SUBJECT_PREFIX} Tag {move.get_kind_display()}: {release.repository.name} {release.version}"
+    body = _tag_moved_body(move, environments)
+    return _send([EmailMessage(subject=subject, body=body, to=[user.email])
+                  for user in tag_move_recipients(release, environments)])
+
+
+def tag_move_recipients(release, environments):
+    """Active users with an e-mail address in the approver groups of the stages (of the repository's
+    lifecycle) of these environments. When there are none (the release runs nowhere, or only where nobody
+    approves), the deployers: someone who can block the release or deploy another must hear of it."""
+    users = get_user_model().objects.filter(is_active=True).exclude(email="")
+    groups = StagePolicy.objects.filter(
+        stage__lifecycle_id=release.repository.lifecycle_id, stage__environment__in=environments,
+    ).values("approver_group_id")
+    approvers = list(users.filter(groups__in=groups).distinct().order_by("pk"))
+    if approvers:
+        return approvers
+    return list(users.filter(pk__in=get_user_model().objects.with_perm("pipelines.deploy")).order_by("pk"))
 
 
 def change_request_url(change_request):
@@ -133,6 +168,33 @@ def _change_lines(summary):
         path = summary.get("pipeline_path", "")
         lines += ["", f"The pipeline file {path} changes; see the request for the difference."]
     return lines
+
+
+def _tag_moved_body(move, environments):
+    release = move.release
+    repository = release.repository
+    if move.kind == TagMove.Kind.DELETED:
+        what = f"The tag {release.version} was deleted (it pointed to {move.short_from})."
+    elif move.kind == TagMove.Kind.MOVED_BACK:
+        what = f"The tag {release.version} is back on the released commit {release.short_sha} (it pointed to {move.short_from})."
+    else:
+        before = f"from {move.short_from} " if move.from_sha else "(it had been deleted) "
+        what = f"The tag {release.version} moved {before}to {move.short_to}."
+    running = ", ".join(environment.name for environment in environments) or "no environment"
+    lines = [
+        f"{what}",
+        "",
+        f"Repository: {repository.name}",
+        f"Released commit: {release.commit_sha}",
+        f"Tag now: {move.to_sha or 'deleted'}",
+        f"Running in: {running}",
+        "",
+        "The release keeps its commit: nothing was redeployed, and deploying this version again runs the",
+        "released commit. Someone rewrote a published tag; find out who and why.",
+        "",
+        f"Details: {settings.GITOPS_BASE_URL.rstrip('/')}{release.get_absolute_url()}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _decided_body(change_request):

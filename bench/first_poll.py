@@ -5,6 +5,9 @@ tag annotated), so building it takes a second. Then one `tracking.poll_repositor
 first fetch into the mirror, the batched reads (one for-each-ref, one log --stdin, one cat-file --batch) and
 the 3,000 releases with their audit events. Target: ≤ 10 s (before the batched reads: ~100 s, three git
 processes per tag). The floor printed beside it is one `git for-each-ref` over the tags of the same mirror.
+
+Then one released tag is moved and the repository polled again (the move is found among 3,000 releases and
+recorded once), and the repository page is rendered on its first and its 30th page of releases: same queries.
 """
 
 import subprocess
@@ -86,6 +89,15 @@ def main():
                        check=True, capture_output=True)
         for_each_ref = time.perf_counter() - started
 
+        git(origin, "tag", "-f", "v1.5.0", "v1.6.0^{commit}")
+        started = time.perf_counter()
+        tracking.poll_repository(repository)
+        moved_poll = time.perf_counter() - started
+        moves = repository.releases.get(version="v1.5.0").tag_moves.count()
+        if moves != 1:
+            raise RuntimeError(f"the moved tag v1.5.0 was recorded {moves} times, not once")
+        pages = _render_pages(repository, [1, 30])
+
         git_total = sum(spent.values())
         annotated = len(range(0, TAGS, 3))
         report(f"first poll of a repository with {TAGS} tags (one poll_repository call)", [
@@ -97,9 +109,36 @@ def main():
             ("  log --no-walk --stdin (commit of every tag)", ms(spent.get("commits_info", 0)), None, None),
             ("  cat-file --batch (every pipeline file)", ms(spent.get("read_files", 0)), None, None),
             ("  rest: parsing, releases and audit events", ms(elapsed - git_total), None, None),
+            ("poll after one released tag moved (the move recorded once)", ms(moved_poll), None, None),
+            *[(f"repository page, releases page {page}: {queries} queries", ms(seconds), None, None)
+              for page, (seconds, queries) in pages.items()],
         ], notes=[f"origin built with git fast-import in {ms(built)}; {annotated} annotated tags, "
                   f"{TAGS - annotated} lightweight, each on its own commit with the same .gitops.yml; "
                   f"{elapsed / TAGS * 1000:.2f} ms per tag"])
+
+
+def _render_pages(repository, pages):
+    """{page: (seconds, queries)} for GETs of the repository page, signed in as a fresh admin."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    user = get_user_model().objects.create_superuser("bench-pages", "bench@example.com", "unused")
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+    url = f"/repos/{repository.name}/"
+    client.get(url)  # warm the template cache
+    figures = {}
+    for page in pages:
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            response = client.get(url, {"page": page})
+            seconds = time.perf_counter() - started
+        if response.status_code != 200 or f"Page {page} of" not in response.content.decode():
+            raise RuntimeError(f"page {page} of the releases did not render: {response.status_code}")
+        figures[page] = (seconds, len(queries))
+    return figures
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ GITOPS_FOLLOW_UP_HANDLERS = {
     "mail.change_request_opened": "approvals.notifications.on_change_request_opened",
     "mail.change_request_decided": "approvals.notifications.on_change_request_decided",
     "check.report": "pipelines.commit_status.report_follow_up",
+    "mail.tag_moved": "approvals.notifications.on_tag_moved",
 }
 # Shown next to commits on pages; the portal's own URL is used in notifications.
 GITOPS_BASE_URL = os.environ.get("GITOPS_BASE_URL", "http://127.0.0.1:8000")

@@ -18,7 +18,7 @@ from django.utils.html import format_html
 
 from pipelines import jobs, secrets
 from pipelines.models import (AuditEvent, Build, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
-                              Release, Repository, Stage, Target)
+                              Release, Repository, Stage, TagMove, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -453,12 +453,30 @@ class TargetAdmin(AuditedAdmin):
             obj.resume(by=request.user)
 
 
+class TagMoveInline(admin.TabularInline):
+    """What the poller saw the release's tag do; recorded by polls only."""
+
+    model = TagMove
+    fields = ["seen_at", "kind", "from_sha", "to_sha"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Release)
 class ReleaseAdmin(ReadOnlyAdmin):
     list_display = [
         "repository", "version", "short_sha", "author_name", "detected_at", "is_valid", "blocked", "tag_moved_to",
+        "tag_deleted",
     ]
-    list_filter = ["repository", "blocked"]
+    list_filter = ["repository", "blocked", "tag_deleted"]
+    inlines = [TagMoveInline]
     list_select_related = ["repository"]
     search_fields = ["version", "commit_sha", "message", "author_name", "author_email"]
     date_hierarchy = "detected_at"

@@ -112,6 +112,22 @@ def sync_mirror(repository):
              timeout=FETCH_TIMEOUT, failure=f"Cannot fetch from repository {display_url(url)}", url=url)
 
 
+def keep_commits(repository, shas):
+    """Hold these commits in the mirror under refs/gitops/kept/ (the fetch prunes only heads and tags).
+
+    A released commit whose tag moved or was deleted may be reachable from no branch or tag any more, and
+    `git gc` would drop it; the release still deploys it. A commit the mirror lacks is left out: the remote
+    lost it before this mirror saw it."""
+    mirror = mirror_path(repository)
+    kept = [sha for sha in {_checked_sha(sha) for sha in shas} if has_commit(repository, sha)]
+    if not kept:
+        return []
+    commands = "".join(f"update refs/gitops/kept/{sha} {sha}\n" for sha in sorted(kept))
+    _run(mirror, ["update-ref", "--stdin"], stdin=commands, timeout=LOCAL_TIMEOUT,
+         failure=f"Cannot keep the released commits of repository {display_url(repository.url)}")
+    return sorted(kept)
+
+
 # --- reading the mirror ------------------------------------------------------------------------------
 
 _LOG_FORMAT = "--format=%H%x1f%an%x1f%ae%x1f%cI%x1f%B"

@@ -25,6 +25,7 @@ from pipelines import followups, git, jobs
 from pipelines.models import AuditEvent, Build, Environment, FollowUp, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.redaction import redact_text
+from pipelines.versions import UNREADABLE, sortable_version
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ def poll_repository(repository, *, unchanged=None):
         git.sync_mirror(repository)
         if repository.release_from == Repository.ReleaseFrom.TAGS:
             candidates, moved, skipped = _tag_candidates(repository, tracked)
+            if moved:  # their commits may now hang on no ref: keep them deployable
+                git.keep_commits(repository, repository.releases.filter(version__in=list(moved))
+                                 .values_list("commit_sha", flat=True))
         else:
             candidates, moved, skipped = _commit_candidates(repository, tracked), {}, []
         environments = set(Environment.objects.values_list("name", flat=True))
@@ -84,7 +88,8 @@ def poll_repository(repository, *, unchanged=None):
         fresh = [release for release in prepared if release.version not in previous_versions]  # else another poller won
         recorded = _record_all(fresh, skipped)
         for release in moved_releases:
-            _flag_moved_tag(release, moved[release.version])
+            # Compared with the locked row: a move another poller recorded meanwhile is not recorded twice.
+            release.record_tag_seen_at(moved[release.version], by=ACTOR)
         newest = _release_to_promote(repository, recorded, previous_versions, tracked)
         follow_up = None
         if newest is not None and newest.is_valid and newest.pipeline is not None and newest.pipeline.build is not None:
@@ -211,14 +216,21 @@ def _fingerprint(repository, tracked):
 
 
 def _tag_candidates(repository, tags):
-    """New tags in version order, recorded tags that now point elsewhere ({version: new sha}), and the
-    tags that can never be releases ([{"tag", "reason"}])."""
-    recorded = dict(repository.releases.filter(version__in=list(tags)).values_list("version", "commit_sha"))
-    moved, skipped, new = {}, [], []
+    """New tags in version order, recorded tags that are not where the last poll saw them ({version: sha
+    now, or None when deleted}), and the tags that can never be releases ([{"tag", "reason"}]).
+
+    Only releases whose version matches the tag pattern are watched: after the pattern changes, the
+    releases it no longer covers are not reported as deleted (nor are a former commits mode's versions)."""
+    recorded = {}
+    for version, commit_sha, moved_to, deleted in repository.releases.values_list(
+            "version", "commit_sha", "tag_moved_to", "tag_deleted"):
+        if fnmatchcase(version, repository.tag_pattern):
+            recorded[version] = None if deleted else (moved_to or commit_sha)
+    moved = {version: tags.get(version) for version, seen in recorded.items() if tags.get(version) != seen}
+    skipped, new = [], []
     for tag in sorted(tags, key=git.version_sort_key):
         if tag in recorded:
-            if recorded[tag] != tags[tag]:
-                moved[tag] = tags[tag]
+            continue
         elif len(tag) > _VERSION_MAX_LENGTH:
             skipped.append({"tag": tag[:80] + "…", "reason": f"the name is longer than {_VERSION_MAX_LENGTH} characters"})
         else:
@@ -300,7 +312,15 @@ def _prepare(repository, candidate, text, environments, errors):
         pipeline_text=text,
         pipeline_sha256=hashlib.sha256(text.encode()).hexdigest() if text else "",
         error=error,
+        version_key=_version_key(repository, candidate.version),
     )
+
+
+def _version_key(repository, version):
+    """Tags sort by version; in commits mode the version is a short sha, and detection alone orders them."""
+    if repository.release_from == Repository.ReleaseFrom.TAGS:
+        return sortable_version(version)
+    return UNREADABLE
 
 
 def _pipeline_error(path, text, environments):
@@ -347,17 +367,6 @@ def _record_all(releases, skipped):
         for release in valid
     ])
     return valid
-
-
-def _flag_moved_tag(release, new_sha):
-    """A tag now on another commit: say so once; the release keeps its commit and nothing redeploys."""
-    if release.tag_moved_to:
-        return
-    Release.objects.filter(pk=release.pk).update(tag_moved_to=new_sha)
-    AuditEvent.objects.record(
-        action="release.tag_moved", actor=ACTOR, obj=release, repository=release.repository,
-        details={"version": release.version, "old_commit": release.commit_sha, "new_commit": new_sha},
-    )
 
 
 def _release_to_promote(repository, recorded, previous_versions, tracked):

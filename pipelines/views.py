@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -18,6 +19,7 @@ from pipelines import artifacts, commit_status, gate, jobs
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
+from pipelines.tag_history import tag_history
 
 RELEASES_ON_REPOSITORY_PAGE = 50
 deployer_required = permission_required("pipelines.deploy", raise_exception=True)
@@ -118,12 +120,17 @@ def repository_detail(request, name):
         t.environment_id: t
         for t in repository.targets.select_related("current_release", "last_deployment__release", "paused_by")
     }
-    releases = list(repository.releases.order_by("-detected_at", "-id")[:RELEASES_ON_REPOSITORY_PAGE])
+    # Newest version first (pipelines/versions.py), unreadable tags after, by detection: an ORDER BY on an
+    # index, so any page costs the same few queries.
+    ordered = repository.releases.order_by("-version_key", "-id")
+    page = Paginator(ordered, RELEASES_ON_REPOSITORY_PAGE).get_page(request.GET.get("page"))
+    releases = list(page)
     latest = _latest_deployments(releases)
     builds = {build.release_id: build for build in Build.objects.filter(release__in=releases)
               .only("id", "release_id", "status", "error")}
     context = {
         "repository": repository,
+        "page": page,
         "environments": environments,
         "target_rows": [TargetRow(stage=stage, target=targets.get(stage.environment_id)) for stage in stages],
         "release_rows": [
@@ -147,6 +154,8 @@ def release_detail(request, name, version):
         "release": release,
         "repository": release.repository,
         "commit_url": release.repository.commit_url(release.commit_sha),
+        "tag": tag_history(release),
+        "tag_commit_url": release.repository.commit_url(release.tag_moved_to) if release.tag_moved_to else "",
         "deployments": list(deployments),
         "deploy_stages": stages_for(release),
         "can_deploy": request.user.has_perm("pipelines.deploy"),

@@ -251,6 +251,7 @@ def make_release(db):
     import itertools
 
     from pipelines.models import Release
+    from pipelines.versions import sortable_version
 
     counter = itertools.count(1)
 
@@ -260,6 +261,7 @@ def make_release(db):
             repository=repository, version=version, commit_sha=sha, message=f"release {version}",
             author_name="Dana Developer", author_email="dana@example.com",
             pipeline_text=pipeline, pipeline_sha256=hashlib.sha256(pipeline.encode()).hexdigest(), error=error,
+            version_key=sortable_version(version),
         )
 
     return make

@@ -179,7 +179,7 @@ def test_it_records_a_release_without_a_pipeline_file_as_invalid(db, make_git_re
     assert not Deployment.objects.exists()
 
 
-def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin, poll_and_promote):
+def test_it_flags_a_moved_tag_and_never_redeploys(repository, origin, poll_and_promote):
     original = origin.head()
     origin.tag("v1.0.0")
     poll_and_promote(repository)
@@ -191,14 +191,15 @@ def test_it_flags_a_moved_tag_once_and_never_redeploys(repository, origin, poll_
     release = Release.objects.get(version="v1.0.0")
     assert (release.commit_sha, release.tag_moved_to) == (original, moved_to)
     event = AuditEvent.objects.get(action="release.tag_moved")
-    assert event.details == {"version": "v1.0.0", "old_commit": original, "new_commit": moved_to}
+    assert event.details == {"version": "v1.0.0", "released_commit": original, "old_commit": original,
+                             "new_commit": moved_to, "tag_move": release.tag_moves.get().pk}
     assert Deployment.objects.filter(environment__name="staging").count() == 1
-    # Moving it again is not news: still one flag, one event.
-    origin.commit("another change")
+    # Moving it again is news too (tests/test_tag_moves.py), but never a deployment.
+    again = origin.commit("another change")
     origin.move_tag("v1.0.0")
     poll_and_promote(repository)
-    assert Release.objects.get(version="v1.0.0").tag_moved_to == moved_to
-    assert AuditEvent.objects.filter(action="release.tag_moved").count() == 1
+    assert Release.objects.get(version="v1.0.0").tag_moved_to == again
+    assert AuditEvent.objects.filter(action="release.tag_moved").count() == 2
     assert Deployment.objects.filter(environment__name="staging").count() == 1
 
 

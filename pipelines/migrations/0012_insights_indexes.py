@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pipelines', '0010_previews'),
+        ('pipelines', '0011_commit_statuses'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

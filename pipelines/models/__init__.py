@@ -9,6 +9,7 @@ from .preview import Preview, PreviewLogChunk
 from .release import Release
 from .repository import Repository, WebhookDelivery
 from .secret import EnvironmentSecret
+from .tag_move import TagMove
 
 __all__ = [
     "AuditEvent",
@@ -31,6 +32,7 @@ __all__ = [
     "Repository",
     "Stage",
     "StaleStatus",
+    "TagMove",
     "Target",
     "TargetBusy",
     "WebhookDelivery",

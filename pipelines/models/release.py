@@ -4,6 +4,8 @@ from django.db import models, transaction
 from django.urls import reverse
 
 from .audit import AuditEvent
+from .followup import FollowUp
+from .tag_move import TagMove
 
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 
@@ -24,11 +26,16 @@ class Release(models.Model):
     error = models.TextField(blank=True, help_text="Why this release can never deploy (missing or invalid pipeline file).")
     blocked = models.BooleanField(default=False)
     blocked_reason = models.TextField(blank=True)
-    # Set when the tag was later found on another commit: the release keeps its original commit.
+    # Where the tag points now when that is not the release's commit (the release keeps its commit), and
+    # whether it is gone: the state after the last TagMove, kept here so lists show it without a join.
     tag_moved_to = models.CharField(max_length=40, blank=True)
+    tag_deleted = models.BooleanField(default=False)
+    # pipelines.versions.sortable_version(version), set when recorded: lists ORDER BY it and page in SQL.
+    version_key = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-detected_at", "-id"]
+        indexes = [models.Index(fields=["repository", "-version_key", "-id"], name="release_version_order")]
         constraints = [
             models.UniqueConstraint(fields=["repository", "version"], name="unique_release_version"),
             models.CheckConstraint(condition=models.Q(commit_sha__regex=r"^[0-9a-f]{40}$"), name="release_commit_sha_is_full"),
@@ -47,6 +54,42 @@ class Release(models.Model):
     @property
     def is_valid(self):
         return not self.error
+
+    @property
+    def tag_commit(self):
+        """The commit the tag pointed to when last polled; None when it was deleted."""
+        if self.tag_deleted:
+            return None
+        return self.tag_moved_to or self.commit_sha
+
+    def record_tag_seen_at(self, sha, *, by):
+        """The poller saw this release's tag on `sha` (None: the tag is gone). Returns the new TagMove, or None
+        when that is where the last poll saw it too, so polling again records nothing twice.
+
+        Call inside the poll's transaction with this row locked (select_for_update). Nothing is redeployed:
+        the release keeps its commit; the move is recorded, audited with both commits, and the people who
+        run it are told (a follow-up that the approvals app turns into mail)."""
+        before = self.tag_commit
+        if sha == before:
+            return None
+        if sha is None:
+            kind = TagMove.Kind.DELETED
+        elif sha == self.commit_sha:
+            kind = TagMove.Kind.MOVED_BACK
+        else:
+            kind = TagMove.Kind.MOVED
+        move = TagMove.objects.create(release=self, from_sha=before or "", to_sha=sha or "", kind=kind)
+        self.tag_moved_to = "" if sha in (None, self.commit_sha) else sha
+        self.tag_deleted = sha is None
+        Release.objects.filter(pk=self.pk).update(tag_moved_to=self.tag_moved_to, tag_deleted=self.tag_deleted)
+        AuditEvent.objects.record(
+            action=f"release.tag_{kind}", actor=by, obj=self, repository=self.repository,
+            details={"version": self.version, "released_commit": self.commit_sha,
+                     "old_commit": before or "", "new_commit": sha or "", "tag_move": move.pk},
+        )
+        FollowUp.objects.schedule(TagMove.FOLLOW_UP, release=self, repository=self.repository,
+                                  payload={"tag_move": move.pk})
+        return move
 
     def block(self, *, by, reason):
         """Never promote this release automatically (a known-bad build); manual promotion is refused too."""

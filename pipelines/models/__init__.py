@@ -1,5 +1,6 @@
 from .audit import AuditEvent, AuditHead, AuditVerification
 from .build import Build, BuildLogChunk
+from .check import Check, CheckLogChunk, CheckRef
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .followup import FollowUp
@@ -7,7 +8,7 @@ from .lifecycle import Lifecycle, Stage
 from .preview import Preview, PreviewLogChunk
 from .release import Release
 from .repository import Repository, WebhookDelivery
-from .secret import EnvironmentSecret
+from .secret import EnvironmentSecret, RepositorySecret
 
 __all__ = [
     "AuditEvent",
@@ -15,6 +16,9 @@ __all__ = [
     "AuditVerification",
     "Build",
     "BuildLogChunk",
+    "Check",
+    "CheckLogChunk",
+    "CheckRef",
     "Deployment",
     "DeploymentLogChunk",
     "DeploymentStateError",
@@ -27,6 +31,7 @@ __all__ = [
     "PreviewLogChunk",
     "Release",
     "Repository",
+    "RepositorySecret",
     "Stage",
     "StaleStatus",
     "Target",

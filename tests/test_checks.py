@@ -273,3 +273,33 @@ def test_a_pull_requests_image_check_shows_on_mains_release_after_the_merge(
     checks_section = html[html.index('id="checks"'):]
     assert "pull/12" in checks_section and "status-succeeded" in checks_section
     assert reverse("check_detail", args=[check.pk]) in checks_section
+
+
+def test_a_gitlab_merge_request_event_queues_the_check_of_its_head(checked_origin, repository, run_check_workers):
+    Repository.objects.filter(pk=repository.pk).update(webhook_secret=SECRET)
+    head = commit_on_branch(checked_origin, "mr-work", "merge request work", keep_branch=False)
+    git(checked_origin.path, "update-ref", "refs/merge-requests/5/head", head)  # as GitLab publishes it
+    body = json.dumps({"object_kind": "merge_request", "user": {"username": "gina"}, "object_attributes": {
+        "iid": 5, "title": "Tune the image", "state": "opened", "last_commit": {"id": head}}}).encode()
+
+    response = Client(enforce_csrf_checks=True).post(
+        reverse("webhook", args=[repository.name]), data=body, content_type="application/json",
+        headers={"X-Gitlab-Token": SECRET, "X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Event-UUID": "mr-1"})
+
+    assert response.status_code == 202
+    ref = CheckRef.objects.get(name="merge-requests/5")
+    assert (ref.number, ref.title, ref.author, ref.is_open) == (5, "Tune the image", "gina", True)
+    run_check_workers()
+    check = Check.objects.get(ref_name="merge-requests/5")
+    assert (check.commit_sha, check.status) == (head, "succeeded"), check_log(check)
+
+
+def test_the_reconciler_wakes_a_queued_check_whose_job_was_lost(checked_origin, repository):
+    from pipelines import reconciler
+
+    commit_on_branch(checked_origin, "feature/x", "work")
+    poll(repository)
+    django_rq.get_queue("checks").empty()  # Redis lost the job
+
+    assert reconciler.reconcile()["checks_requeued"] == 1
+    assert django_rq.get_queue("checks").job_ids == [Check.objects.get().job_id]

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs, secrets
-from pipelines.models import (AuditEvent, Build, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
+from pipelines.models import (AuditEvent, Build, Check, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
                               Release, Repository, RepositorySecret, Stage, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
@@ -453,6 +453,17 @@ class ReleaseAdmin(ReadOnlyAdmin):
     @admin.display(boolean=True, description="valid")
     def is_valid(self, release):
         return release.is_valid
+
+
+@admin.register(Check)
+class CheckAdmin(ReadOnlyAdmin):
+    """Checks are recorded by polling and webhooks and run by workers: read-only here, like builds."""
+
+    list_display = ["id", "repository", "ref_name", "commit_sha", "status", "created_at", "finished_at"]
+    list_filter = ["status", "repository"]
+    list_select_related = ["repository"]
+    search_fields = ["commit_sha", "ref_name"]
+    date_hierarchy = "created_at"
 
 
 @admin.register(Deployment)

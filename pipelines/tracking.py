@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 ACTOR = "poller"
 MAX_NEW_COMMITS = 50
+# GitHub keeps refs/pull/<n>/head of every pull request ever opened, and polling cannot tell open from closed:
+# a first poll of an old repository would otherwise queue hundreds of checks. Beyond this many per poll, the
+# newest first, a moved head is recorded without a check (a webhook's pull_request event checks it).
+MAX_NEW_CHECKS = 20
 # One-shot sweeps poll this many repositories at once: most of a poll is waiting on git.
 DEFAULT_POLL_CONCURRENCY = 4
 _VERSION_MAX_LENGTH = Release._meta.get_field("version").max_length
@@ -214,7 +218,7 @@ def _checked_refs(repository, refs):
     for ref, sha in refs.items():
         if ref.startswith("refs/heads/"):
             branch = ref.removeprefix("refs/heads/")
-            if repository.checks_branch(branch):
+            if repository.runs_checks_on(branch):
                 heads[branch] = CheckRefHead(CheckRef.Kind.BRANCH, branch, None, sha)
         elif review := git.review_number(ref):
             prefix, number = review
@@ -239,8 +243,12 @@ def _moved_check_refs(repository, checked):
     moved = [head for head in checked.values() if known.get((head.kind, head.name)) != head.sha]
     if not moved:
         return []
-    texts = git.read_files(repository, sorted({head.sha for head in moved}), repository.pipeline_path)
-    return [(head, _has_checks(texts.get(head.sha))) for head in moved]
+    # Branches first, then pull requests, the newest first (see MAX_NEW_CHECKS).
+    moved.sort(key=lambda head: (head.kind != CheckRef.Kind.BRANCH, -(head.number or 0), head.name))
+    checked_now = moved[:MAX_NEW_CHECKS]
+    texts = git.read_files(repository, sorted({head.sha for head in checked_now}), repository.pipeline_path)
+    return ([(head, _has_checks(texts.get(head.sha))) for head in checked_now]
+            + [(head, False) for head in moved[MAX_NEW_CHECKS:]])
 
 
 def _has_checks(text):

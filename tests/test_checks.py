@@ -36,6 +36,7 @@ environments:
 # What a branch adds: a staging environment whose step would leave a marker if it ever ran.
 BRANCH_STAGING = """\
   staging:
+    variables: {{REGION: eu-west-1}}
     steps:
       - run: touch {marker}
 """
@@ -118,8 +119,10 @@ def test_it_checks_a_branch_and_a_pull_request_on_the_checks_queue_and_deploys_n
         assert check.status == "succeeded", (check.ref_name, check.error, check_log(check))
         assert check.steps == ["test"] and check.duration is not None
         assert f"checking {check.ref_name} at {check.commit_sha}" in check_log(check)
-    # The branch's file names staging: ignored for a branch. Nothing was released or deployed, no step of it ran.
+    # The branch's file names staging: ignored for a branch. Nothing was released or deployed, no step of it ran,
+    # and its variables reached no check (the check prints its whole environment).
     assert not marker.exists()
+    assert "REGION=" not in check_log(checks["feature/x"])
     assert not Deployment.objects.exists() and not Release.objects.exists()
 
 
@@ -303,3 +306,15 @@ def test_the_reconciler_wakes_a_queued_check_whose_job_was_lost(checked_origin, 
 
     assert reconciler.reconcile()["checks_requeued"] == 1
     assert django_rq.get_queue("checks").job_ids == [Check.objects.get().job_id]
+
+
+def test_a_first_poll_checks_only_the_newest_pull_requests(checked_origin, repository, monkeypatch):
+    monkeypatch.setattr(tracking, "MAX_NEW_CHECKS", 2)
+    head = commit_on_branch(checked_origin, "fork", "work", keep_branch=False)
+    for number in (1, 2, 3):
+        open_pull_request(checked_origin, number, head)
+
+    poll(repository)
+
+    assert CheckRef.objects.filter(repository=repository).count() == 3  # all listed on the Branches tab
+    assert sorted(Check.objects.values_list("ref_name", flat=True)) == ["pull/2", "pull/3"]

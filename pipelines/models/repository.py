@@ -88,7 +88,7 @@ class Repository(models.Model):
     def commit_url(self, sha):
         return f"{self.web_url.rstrip('/')}/commit/{sha}" if self.web_url else ""
 
-    def checks_branch(self, branch):
+    def runs_checks_on(self, branch):
         """True when a new commit on `branch` (a name without refs/heads/) runs the checks."""
         from fnmatch import fnmatchcase
 

@@ -318,3 +318,25 @@ def test_a_first_poll_checks_only_the_newest_pull_requests(checked_origin, repos
 
     assert CheckRef.objects.filter(repository=repository).count() == 3  # all listed on the Branches tab
     assert sorted(Check.objects.values_list("ref_name", flat=True)) == ["pull/2", "pull/3"]
+
+
+# --- the checks section, and what the reporter relies on ---------------------------------------------------
+
+
+def test_the_checks_section_is_parsed_like_a_build_section_and_its_errors_name_the_line():
+    from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+
+    spec = parse_pipeline(MAIN_PIPELINE)
+    assert [step.name for step in spec.checks.steps] == ["test"] and spec.checks.variables == {}
+    with pytest.raises(PipelineFileError, match=r"line 2: unknown key 'preview' in the 'checks' section"):
+        parse_pipeline("checks:\n  preview: [{run: x}]\n  steps: [{run: x}]\nenvironments:\n  production: {steps: [{run: x}]}\n")
+
+
+def test_every_change_of_a_checks_status_schedules_its_report_to_the_git_host(repository):
+    from pipelines.models import FollowUp
+
+    check = Check.objects.queue_for(repository, commit_sha="a" * 40, ref_name="feature/x")
+    check.claim(worker_name="test-worker")
+    check.succeed()
+    reports = FollowUp.objects.filter(kind="check.report").order_by("id")
+    assert [report.payload for report in reports] == [{"check": check.pk}] * 3  # queued, running, succeeded

@@ -34,6 +34,8 @@ def test_it_refuses_a_release_whose_check_failed_and_says_why_on_its_page(reposi
     html = page.get(reverse("release_detail", args=[repository.name, release.version])).content.decode()
     assert "Not promoted to staging" in html and "staging requires passing checks" in html
     assert "exited with status 1" in html
+    repository_page = page.get(reverse("repository_detail", args=[repository.name])).content.decode()
+    assert "checks required" in repository_page
 
 
 def test_it_refuses_a_release_whose_checks_never_ran(repository, strict_staging, make_release, alice):

@@ -68,9 +68,6 @@ class CheckRef(models.Model):
     def __str__(self):
         return f"#{self.number} {self.title}".strip() if self.kind == CheckRefKind.PULL_REQUEST else self.name
 
-    def latest_check(self):
-        return Check.objects.filter(repository_id=self.repository_id, ref_name=self.name, commit_sha=self.head_sha).first()
-
 
 class CheckStatus(models.TextChoices):
     QUEUED = "queued", "Queued"

@@ -75,3 +75,26 @@ def test_a_stage_that_does_not_require_checks_ignores_them(repository, staging, 
     release = make_release(repository, "v1.0.0")
     finished_check(repository, release.commit_sha, "failed")
     assert promote(release, staging, by=alice).status == Deployment.Status.QUEUED
+
+
+def test_a_check_whose_worker_was_lost_fails_and_keeps_its_release_out(repository, strict_staging, make_release, alice):
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from pipelines import reconciler
+    from pipelines.models import Check
+
+    release = make_release(repository, "v1.0.0")
+    check = Check.objects.queue_for(repository, commit_sha=release.commit_sha, ref_name="feature/x")
+    check.claim(worker_name="host-9:4242", runner_host="another-host", runner_pid=4242)
+
+    assert reconciler.reconcile()["checks_lost"] == 0, "a fresh heartbeat is left alone"
+    later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
+    assert reconciler.reconcile(now=later)["checks_lost"] == 1
+
+    check.refresh_from_db()
+    assert check.status == "failed" and check.error.startswith("Worker lost: no heartbeat from host-9:4242")
+    with pytest.raises(PromotionError, match="Worker lost"):
+        promote(release, strict_staging, by=alice)

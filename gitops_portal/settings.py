@@ -179,6 +179,7 @@ REDIS_URL = os.environ.get("REDIS_URL") or _embedded_redis_url(GITOPS_DATA_DIR /
 RQ_QUEUES = {
     "git": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "deploy": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
+    "checks": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
 }
 RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "pipelines.worker.PortalWorker"}
 

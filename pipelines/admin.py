@@ -17,8 +17,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs, secrets
-from pipelines.models import (AuditEvent, Build, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
-                              Release, Repository, Stage, TagMove, Target)
+from pipelines.models import (AuditEvent, Build, Check, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
+                              Release, Repository, RepositorySecret, Stage, TagMove, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class RepositoryForm(forms.ModelForm):
 class RepositoryAdmin(AuditedAdmin):
     form = RepositoryForm
     audited_fields = ["name", "url", "web_url", "enabled", "branch", "release_from", "tag_pattern", "pipeline_path",
-                      "poll_interval", "lifecycle", "git_host", "api_url", "host_project"]
+                      "poll_interval", "lifecycle", "check_branches", "git_host", "api_url", "host_project"]
     audited_secrets = ["webhook_secret", "api_token"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
     list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "last_polled_at", "short_last_error"]
@@ -216,11 +216,20 @@ class RepositoryAdmin(AuditedAdmin):
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
+        ("Checks of branches and pull requests", {"fields": ["check_branches"]}),
         ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token", "remove_api_token",
                                         "commit_status_reporting"]}),
         ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
     ]
     actions = ["poll_now"]
+
+    def get_inlines(self, request, obj):
+        return [RepositorySecretInline]
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not RepositorySecret:
+            return super().save_formset(request, form, formset, change)
+        _save_secrets(request, form, formset)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
@@ -315,6 +324,25 @@ class EnvironmentSecretForm(forms.ModelForm):
         return cleaned
 
 
+class RepositorySecretForm(EnvironmentSecretForm):
+    class Meta:
+        model = RepositorySecret
+        fields = ["name", "value"]
+
+
+class RepositorySecretInline(admin.TabularInline):
+    model = RepositorySecret
+    form = RepositorySecretForm
+    extra = 0
+    fields = ["name", "value", "updated_at", "updated_by"]
+    readonly_fields = ["updated_at", "updated_by"]
+    verbose_name_plural = "check secrets (given only to the checks: steps of this repository, never to a deployment)"
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        return fields if self.has_change_permission(request, obj) else [f for f in fields if f != "value"]
+
+
 class EnvironmentSecretInline(admin.TabularInline):
     model = EnvironmentSecret
     form = EnvironmentSecretForm
@@ -351,30 +379,36 @@ class EnvironmentAdmin(AuditedAdmin):
         that log_addition/log_change write next."""
         if formset.model is not EnvironmentSecret:
             return super().save_formset(request, form, formset, change)
-        touched = {}
-        for secret_form in formset.forms:
-            if secret_form in formset.deleted_forms or not secret_form.has_changed():
-                continue
-            secret = secret_form.instance
-            touched[secret.name] = "set" if secret.pk is None else "changed"
-            secret.updated_at, secret.updated_by = timezone.now(), request.user
-        for secret_form in formset.deleted_forms:
-            if secret_form.instance.pk is not None:
-                touched[secret_form.instance.name] = "deleted"
-        formset.save()
-        if touched:
-            form.instance._audited_values = {**getattr(form.instance, "_audited_values", {}), "secrets": touched}
+        _save_secrets(request, form, formset)
+
+
+def _save_secrets(request, form, formset):
+    """Save a formset of secrets (an environment's, a repository's check secrets), stamping who changed each,
+    and put their names (never their values) on the audit record that log_addition/log_change write next."""
+    touched = {}
+    for secret_form in formset.forms:
+        if secret_form in formset.deleted_forms or not secret_form.has_changed():
+            continue
+        secret = secret_form.instance
+        touched[secret.name] = "set" if secret.pk is None else "changed"
+        secret.updated_at, secret.updated_by = timezone.now(), request.user
+    for secret_form in formset.deleted_forms:
+        if secret_form.instance.pk is not None:
+            touched[secret_form.instance.name] = "deleted"
+    formset.save()
+    if touched:
+        form.instance._audited_values = {**getattr(form.instance, "_audited_values", {}), "secrets": touched}
 
 
 class StageFormSet(forms.BaseInlineFormSet):
     # Every field of a stage decides where releases go without a person: all of it goes on record.
-    audited_fields = ["environment", "position", "auto_deploy", "requires_approval"]
+    audited_fields = ["environment", "position", "auto_deploy", "requires_approval", "requires_passing_checks"]
 
 
 class StageInline(admin.TabularInline):
     model = Stage
     formset = StageFormSet
-    fields = ["position", "environment", "auto_deploy", "requires_approval"]
+    fields = ["position", "environment", "auto_deploy", "requires_approval", "requires_passing_checks"]
     ordering = ["position"]
     extra = 1
 
@@ -484,6 +518,17 @@ class ReleaseAdmin(ReadOnlyAdmin):
     @admin.display(boolean=True, description="valid")
     def is_valid(self, release):
         return release.is_valid
+
+
+@admin.register(Check)
+class CheckAdmin(ReadOnlyAdmin):
+    """Checks are recorded by polling and webhooks and run by workers: read-only here, like builds."""
+
+    list_display = ["id", "repository", "ref_name", "commit_sha", "status", "created_at", "finished_at"]
+    list_filter = ["status", "repository"]
+    list_select_related = ["repository"]
+    search_fields = ["commit_sha", "ref_name"]
+    date_hierarchy = "created_at"
 
 
 @admin.register(Deployment)

@@ -84,31 +84,43 @@ def _idle_timeout():
     return int(getattr(settings, "GITOPS_GIT_IDLE_TIMEOUT", IDLE_TIMEOUT))
 
 
+# The heads of GitHub pull requests and GitLab merge requests, as their hosts publish them: checks run on them.
+_REVIEW_HEAD = re.compile(r"\Arefs/(pull|merge-requests)/([0-9]+)/head\Z")
+
+
+def review_number(ref):
+    """(kind, number) of a pull/merge request head ref ("pull" or "merge-requests"), or None."""
+    match = _REVIEW_HEAD.match(ref)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
 def ls_remote(repository):
-    """Branches and tags of the remote as {ref name: commit sha}; annotated tags are peeled."""
+    """Branches, tags and pull/merge request heads of the remote as {ref name: commit sha}; annotated tags
+    are peeled."""
     url = _checked_url(repository)
     # Run inside the mirror (empty on a first poll) so that git reads no other repository's config.
     mirror = _ensure_mirror(repository)
-    output = _run(mirror, [*_network_options(url), "ls-remote", "--heads", "--tags", "--", url],
+    output = _run(mirror, [*_network_options(url), "ls-remote", "--", url],
                   timeout=network_timeout(), failure=f"Cannot reach repository {display_url(url)}", url=url)
     refs, peeled = {}, {}
     for line in output.splitlines():
         sha, _, name = line.partition("\t")
         if name.endswith("^{}"):
             peeled[name[:-3]] = sha
-        else:
+        elif name.startswith(("refs/heads/", "refs/tags/")) or _REVIEW_HEAD.match(name):
             refs[name] = sha
     # An annotated tag is listed as its tag object, then `name^{}` gives the commit it points to.
     return {name: peeled.get(name, sha) for name, sha in refs.items()}
 
 
 def sync_mirror(repository):
-    """Bring the mirror's branches and tags up to date with the remote (force, prune)."""
+    """Bring the mirror's branches, tags and pull/merge request heads up to date with the remote (force, prune)."""
     url = _checked_url(repository)
     mirror = _ensure_mirror(repository)
     with _locked(mirror):
         _run(mirror, [*_network_options(url), "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", "--", url,
-                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+                      "+refs/pull/*/head:refs/pull/*/head", "+refs/merge-requests/*/head:refs/merge-requests/*/head"],
              timeout=FETCH_TIMEOUT, failure=f"Cannot fetch from repository {display_url(url)}", url=url)
 
 

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 DEPLOY_QUEUE = "deploy"
 GIT_QUEUE = "git"
+# Checks run code from any branch or pull request: their own queue, so that they never delay a deployment
+# and can be given workers (machines) of their own that hold no deployment credentials.
+CHECKS_QUEUE = "checks"
 
 
 def deployment_job_id(deployment_id):
@@ -94,6 +97,23 @@ def enqueue_preview(preview):
     )
 
 
+def check_job_id(check_id):
+    return f"check-{check_id}"
+
+
+def enqueue_check(check):
+    """Wake a worker on the checks queue for a queued check once the current transaction commits."""
+    from pipelines.models import Check
+
+    job_id = check_job_id(check.pk)
+    Check.objects.filter(pk=check.pk).update(job_id=job_id)
+    check.job_id = job_id
+    transaction.on_commit(
+        lambda: _enqueue(CHECKS_QUEUE, "pipelines.jobs.run_check", check.pk, job_id=job_id, job_timeout=-1,
+                         result_ttl=600, failure_ttl=86400)
+    )
+
+
 def enqueue_poll(repository_id):
     transaction.on_commit(
         lambda: _enqueue(GIT_QUEUE, "pipelines.jobs.poll_repository", repository_id, job_id=f"poll-{repository_id}",
@@ -126,6 +146,12 @@ def run_preview(preview_id):
     from pipelines import preview_runner
 
     preview_runner.run_preview(preview_id)
+
+
+def run_check(check_id):
+    from pipelines import check_runner
+
+    check_runner.run_check(check_id)
 
 
 def poll_repository(repository_id):

@@ -5,6 +5,9 @@
       steps:
         - name: image
           run: ./build.sh       # writes key=value lines to $GITOPS_OUTPUTS, files to $GITOPS_ARTIFACTS/
+    checks:                     # optional: runs for commits on branches and pull requests, deploys nowhere
+      steps:
+        - run: make test
     environments:
       staging:
         variables: {REGION: eu-west-1}
@@ -69,6 +72,8 @@ class BuildSpec:
 class PipelineSpec:
     environments: dict  # name -> EnvironmentSpec, in file order
     build: BuildSpec | None = None
+    # The `checks:` section: run for branches and pull requests, never with an environment's variables or secrets.
+    checks: BuildSpec | None = None
 
     def names(self):
         return list(self.environments)
@@ -176,7 +181,11 @@ def parse_pipeline(text, *, known_environments=None):
     if root is None:
         raise PipelineFileError("the file is empty")
     keys = _mapping(root, "the file")
-    _reject_unknown(keys, {"build", "environments"}, "the file")
+    _reject_unknown(keys, {"build", "checks", "environments"}, "the file")
+    checks = None
+    if "checks" in keys:
+        section = _parse_environment("checks", keys["checks"][1], what="the 'checks' section", may_preview=False)
+        checks = BuildSpec(steps=section.steps, variables=section.variables)
     if "environments" not in keys:
         raise PipelineFileError("the file has no 'environments'", _line(root))
     environments = {}
@@ -191,4 +200,4 @@ def parse_pipeline(text, *, known_environments=None):
     if "build" in keys:
         section = _parse_environment("build", keys["build"][1], what="the 'build' section", may_preview=False)
         build = BuildSpec(steps=section.steps, variables=section.variables)
-    return PipelineSpec(environments=environments, build=build)
+    return PipelineSpec(environments=environments, build=build, checks=checks)

@@ -8,7 +8,7 @@ A transaction that locked a row after recording an event could wait on one that 
 from django.db import transaction
 
 from pipelines import followups, jobs
-from pipelines.models import AuditEvent, Build, Deployment, FollowUp, Preview, Stage, Target
+from pipelines.models import AuditEvent, Build, Check, Deployment, FollowUp, Preview, Stage, Target
 
 
 class PromotionError(Exception):
@@ -50,7 +50,11 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
     refusal = build_refusal(release)
     if refusal:
         raise PromotionError(f"{release} cannot be deployed: {refusal}.")
-    held = stage_for(release, environment).requires_approval
+    stage = stage_for(release, environment)
+    refusal = checks_refusal(release, stage)
+    if refusal:
+        raise PromotionError(f"{release} cannot be deployed to {environment}: {refusal}.")
+    held = stage.requires_approval
     with transaction.atomic():
         target = Target.objects.for_pair(release.repository, environment)
         # Lock the target so that two promotions of one target never both survive supersession.
@@ -107,6 +111,15 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
         else:
             jobs.enqueue_deployment(deployment)
     return deployment
+
+
+def checks_refusal(release, stage):
+    """Why the checks of the release's commit keep it out of `stage`, in words, or "" (the stage does not
+    require passing checks, or they passed: on any branch or pull request with that same commit)."""
+    if not stage.requires_passing_checks:
+        return ""
+    refusal = Check.objects.refusal_for(release)
+    return f"{stage.environment} requires passing checks and {refusal}" if refusal else ""
 
 
 def build_refusal(release):

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
 from pipelines import followups, hooks, jobs, sandbox
-from pipelines.models import AuditEvent, Build, Deployment, Preview, StaleStatus
+from pipelines.models import AuditEvent, Build, Check, Deployment, Preview, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
 from pipelines.models.deployment import this_host
 from pipelines.runner import wake_next_in_line
@@ -39,11 +39,13 @@ _LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, J
 def reconcile(now=None):
     now = now or timezone.now()
     report = {"worker_lost": fail_lost_workers(now), "builds_lost": fail_lost_builds(now),
-              "previews_lost": fail_lost_previews(now)}
+              "previews_lost": fail_lost_previews(now),
+              "checks_lost": _fail_lost_runs(Check.objects.select_related("repository"), now)}
     try:
         report["requeued"] = requeue_lost_jobs(now)
         report["builds_requeued"] = requeue_lost_builds()
         report["previews_requeued"] = requeue_lost_previews()
+        report["checks_requeued"] = _requeue_lost_runs(Check.objects.select_related("repository"), jobs.enqueue_check)
         report["follow_ups"] = followups.redrive(now)
         report["audit_verification_queued"] = schedule_verification_if_due(now) is not None
     except RedisError as exc:

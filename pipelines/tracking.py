@@ -22,7 +22,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from pipelines import followups, git, jobs
-from pipelines.models import AuditEvent, Build, Environment, FollowUp, Release, Repository
+from pipelines.models import AuditEvent, Build, Check, CheckRef, Environment, FollowUp, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.redaction import redact_text
 from pipelines.versions import UNREADABLE, sortable_version
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 ACTOR = "poller"
 MAX_NEW_COMMITS = 50
+# GitHub keeps refs/pull/<n>/head of every pull request ever opened, and polling cannot tell open from closed:
+# a first poll of an old repository would otherwise queue hundreds of checks. Beyond this many per poll, the
+# newest first, a moved head is recorded without a check (a webhook's pull_request event checks it).
+MAX_NEW_CHECKS = 20
 # One-shot sweeps poll this many repositories at once: most of a poll is waiting on git.
 DEFAULT_POLL_CONCURRENCY = 4
 _VERSION_MAX_LENGTH = Release._meta.get_field("version").max_length
@@ -54,7 +58,8 @@ def poll_repository(repository, *, unchanged=None):
     try:
         refs = git.ls_remote(repository)
         tracked = _tracked_refs(repository, refs)
-        fingerprint = _fingerprint(repository, tracked)
+        checked = _checked_refs(repository, refs)
+        fingerprint = _fingerprint(repository, tracked, checked)
         if fingerprint == repository.refs_fingerprint:
             if unchanged is not None and _nothing_to_clear(repository):
                 unchanged.append(repository)
@@ -71,6 +76,7 @@ def poll_repository(repository, *, unchanged=None):
             candidates, moved, skipped = _commit_candidates(repository, tracked), {}, []
         environments = set(Environment.objects.values_list("name", flat=True))
         prepared = _prepare_all(repository, candidates, environments)
+        moved_heads = _moved_check_refs(repository, checked)
     except git.GitError as exc:
         _record_failure(repository, str(exc), now)
         return []
@@ -82,6 +88,8 @@ def poll_repository(repository, *, unchanged=None):
     with transaction.atomic():
         # Serialise pollers of one repository (a webhook and the scheduler may both run one).
         Repository.objects.select_for_update().get(pk=repository.pk)
+        # Checks before releases: queueing one locks the ref's waiting checks, and rows come before the audit chain.
+        _record_check_refs(repository, checked, moved_heads)
         # Rows before the audit chain (the lock order of every audited transaction): the moved tags' releases too.
         moved_releases = list(repository.releases.select_for_update().filter(version__in=list(moved)))
         previous_versions = set(repository.releases.values_list("version", flat=True))
@@ -208,10 +216,76 @@ def _tracked_refs(repository, refs):
     return {ref: refs[ref]}
 
 
-def _fingerprint(repository, tracked):
+def _checked_refs(repository, refs):
+    """{name: CheckRefHead} of the branches whose commits run the checks (not the release branch; those the
+    repository's `check_branches` globs match) and of every pull/merge request head."""
+    heads = {}
+    for ref, sha in refs.items():
+        if ref.startswith("refs/heads/"):
+            branch = ref.removeprefix("refs/heads/")
+            if repository.runs_checks_on(branch):
+                heads[branch] = CheckRefHead(CheckRef.Kind.BRANCH, branch, None, sha)
+        elif review := git.review_number(ref):
+            prefix, number = review
+            name = f"{prefix}/{number}"
+            heads[name] = CheckRefHead(CheckRef.Kind.PULL_REQUEST, name, number, sha)
+    return heads
+
+
+@dataclass(frozen=True)
+class CheckRefHead:
+    kind: str
+    name: str
+    number: int | None
+    sha: str
+
+
+def _moved_check_refs(repository, checked):
+    """The heads that moved since the last poll, each with whether its commit's file has a `checks:` section
+    (a file that does not parse counts as having one: the check then fails with the parser's message)."""
+    known = {(kind, name): sha for kind, name, sha in
+             CheckRef.objects.filter(repository=repository).values_list("kind", "name", "head_sha")}
+    moved = [head for head in checked.values() if known.get((head.kind, head.name)) != head.sha]
+    if not moved:
+        return []
+    # Branches first, then pull requests, the newest first (see MAX_NEW_CHECKS).
+    moved.sort(key=lambda head: (head.kind != CheckRef.Kind.BRANCH, -(head.number or 0), head.name))
+    checked_now = moved[:MAX_NEW_CHECKS]
+    texts = git.read_files(repository, sorted({head.sha for head in checked_now}), repository.pipeline_path)
+    return ([(head, _has_checks(texts.get(head.sha))) for head in checked_now]
+            + [(head, False) for head in moved[MAX_NEW_CHECKS:]])
+
+
+def _has_checks(text):
+    if not text or "\0" in text:
+        return False
+    try:
+        return parse_pipeline(text).checks is not None
+    except (PipelineFileError, RecursionError):
+        return True
+    except Exception:
+        logger.exception("parsing a pipeline file for checks failed unexpectedly")
+        return True
+
+
+def _record_check_refs(repository, checked, moved_heads):
+    """Record the moved heads and queue the checks of their commits; branches gone from the remote are closed.
+    Polling knows no pull request's title, author or state: a webhook's stay as they were."""
+    for head, has_checks in moved_heads:
+        CheckRef.objects.record(repository, kind=head.kind, name=head.name, head_sha=head.sha, number=head.number,
+                                is_open=True if head.kind == CheckRef.Kind.BRANCH else None)
+        if has_checks:
+            Check.objects.queue_for(repository, commit_sha=head.sha, ref_name=head.name, by=ACTOR)
+    branches = [head.name for head in checked.values() if head.kind == CheckRef.Kind.BRANCH]
+    (CheckRef.objects.filter(repository=repository, kind=CheckRef.Kind.BRANCH, is_open=True)
+     .exclude(name__in=branches).update(is_open=False, updated_at=timezone.now()))
+
+
+def _fingerprint(repository, tracked, checked=None):
     # The settings are part of it: changing the pattern, the branch or the pipeline path must lead to a fresh look.
-    lines = [repository.release_from, repository.branch, repository.tag_pattern]
+    lines = [repository.release_from, repository.branch, repository.tag_pattern, repository.check_branches]
     lines += [f"{sha} {name}" for name, sha in sorted(tracked.items())]
+    lines += [f"{head.sha} check {name}" for name, head in sorted((checked or {}).items())]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pipelines import audit_views, insights_views, views, webhooks
+from pipelines import audit_views, check_views, insights_views, views, webhooks
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -18,6 +18,7 @@ urlpatterns = [
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),
     path("deployments/<int:pk>/cancel", views.deployment_cancel, name="deployment_cancel"),
     path("deployments/<int:pk>/retry", views.deployment_retry, name="deployment_retry"),
+    path("checks/<int:pk>/", check_views.check_detail, name="check_detail"),
     path("hooks/<slug:name>", webhooks.receive, name="webhook"),
     path("insights/", insights_views.insights_page, name="insights"),
     path("insights/export.csv", insights_views.insights_export_csv, name="insights_export_csv"),

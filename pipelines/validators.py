@@ -53,3 +53,11 @@ def validate_tag_pattern(pattern):
 def validate_relative_path(path):
     if not path or path.startswith(("/", "-")) or ".." in path.split("/"):
         raise ValidationError("Give a path inside the repository, such as '.gitops.yml'.")
+
+
+def validate_branch_patterns(value):
+    """Space-separated globs of branch names (`feature/* fix-*`); blank means every branch but the release one."""
+    for pattern in value.split():
+        if pattern.startswith("-") or any(c in pattern for c in "~^:\\") or ".." in pattern:
+            raise ValidationError(f"{pattern!r} is not a branch glob: use names and * such as 'feature/*', "
+                                  f"separated by spaces, none starting with '-'.")

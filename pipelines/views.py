@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import artifacts, commit_status, gate, jobs
+from pipelines import artifacts, check_views, commit_status, gate, jobs
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
@@ -140,6 +140,7 @@ def repository_detail(request, name):
         ],
         "can_deploy": request.user.has_perm("pipelines.deploy"),
         "commit_status_trouble": commit_status.reporting_trouble(repository),
+        **check_views.branches_context(repository),
     }
     return render(request, "pipelines/repository_detail.html", context)
 
@@ -160,6 +161,7 @@ def release_detail(request, name, version):
         "deploy_stages": stages_for(release),
         "can_deploy": request.user.has_perm("pipelines.deploy"),
         **_build_context(release),
+        **check_views.release_checks_context(release),
     }
     return render(request, "pipelines/release_detail.html", context)
 

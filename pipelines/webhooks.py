@@ -8,10 +8,17 @@ Accepted signatures, all compared in constant time against the repository's webh
 A delivery id (X-GitHub-Delivery, X-Gitlab-Event-UUID, X-Gitops-Delivery) is remembered so that a replay is
 ignored; a signed request without one still wakes a poll, which is harmless to repeat. The answer is 202
 whether or not the queue answered: the request is stored on the repository and the sweep honours it.
+
+A pull request (GitHub `pull_request`) or merge request (GitLab `Merge Request Hook`) event says more than git
+can: its number, title, author and state are recorded (pipelines.models.CheckRef), and the check of its head
+commit is queued at once; the worker fetches the commit (the poll that follows would find it too).
 """
 
 import hashlib
 import hmac
+import json
+import re
+from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse
@@ -20,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from pipelines import jobs
-from pipelines.models import AuditEvent, Repository, WebhookDelivery
+from pipelines.models import AuditEvent, Check, CheckRef, Repository, WebhookDelivery
 
 MAX_BODY_BYTES = 1024 * 1024
 _DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitlab-Event-UUID", "X-Gitops-Delivery")
@@ -58,6 +65,10 @@ def receive(request, name):
         # the repository once it answers, so a delivery accepted here is never lost. The row before the audit
         # event (the lock order of every audited transaction): a poll locks this row, then records events.
         Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
+        review = _review_event(request, body)
+        if review is not None:
+            # After the repository row (a poll's lock) and before the audit event: the lock order of checks.
+            _record_review(repository, review)
         AuditEvent.objects.record(
             action="webhook.received", actor="webhook", obj=repository, repository=repository,
             details={"source": source, "delivery": delivery_id,
@@ -67,6 +78,55 @@ def receive(request, name):
     if jobs.queue_was_unreachable():
         return _text(202, f"accepted: {repository.name} will be polled as soon as the queue is back")
     return _text(202, f"accepted: {repository.name} will be polled now")
+
+
+_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
+
+
+@dataclass(frozen=True)
+class ReviewEvent:
+    """What a pull/merge request event says about it."""
+
+    name: str  # pull/<n> or merge-requests/<n>: the ref its host publishes its head under
+    number: int
+    title: str
+    author: str
+    head_sha: str
+    is_open: bool
+
+
+def _review_event(request, body):
+    """The pull/merge request of a GitHub `pull_request` or GitLab merge request event, or None (any other
+    event, or one that does not look like the host's: the poll still runs)."""
+    github = request.headers.get("X-GitHub-Event", "")
+    gitlab = request.headers.get("X-Gitlab-Event", "")
+    if github != "pull_request" and gitlab != "Merge Request Hook":
+        return None
+    try:
+        payload = json.loads(body)
+        if github:
+            pull = payload["pull_request"]
+            number, state, sha = int(payload.get("number") or pull["number"]), pull["state"], pull["head"]["sha"]
+            event = ReviewEvent(name=f"pull/{number}", number=number, title=str(pull.get("title") or ""),
+                                author=str((pull.get("user") or {}).get("login") or ""), head_sha=str(sha),
+                                is_open=state == "open")
+        else:
+            attributes = payload["object_attributes"]
+            number, state = int(attributes["iid"]), attributes["state"]
+            event = ReviewEvent(name=f"merge-requests/{number}", number=number, title=str(attributes.get("title") or ""),
+                                author=str((payload.get("user") or {}).get("username") or ""),
+                                head_sha=str((attributes.get("last_commit") or {}).get("id") or ""),
+                                is_open=state == "opened")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return event if _SHA.match(event.head_sha) and event.number > 0 else None
+
+
+def _record_review(repository, review):
+    CheckRef.objects.record(repository, kind=CheckRef.Kind.PULL_REQUEST, name=review.name, number=review.number,
+                            title=review.title, author=review.author, head_sha=review.head_sha, is_open=review.is_open)
+    if review.is_open:
+        Check.objects.queue_for(repository, commit_sha=review.head_sha, ref_name=review.name, by="webhook")
 
 
 def _verified_source(request, body, secret):

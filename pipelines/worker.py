@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 30
 # Jobs run in the worker's own process (see above).
-IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment", "pipelines.jobs.run_build", "pipelines.jobs.run_preview"})
+IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment", "pipelines.jobs.run_build", "pipelines.jobs.run_preview",
+                             "pipelines.jobs.run_check"})
 
 
 class PortalWorker(Worker):
@@ -133,7 +134,8 @@ def _probe_the_step_sandbox():
     from django.db import connections
     from django.utils.module_loading import import_string
 
-    from pipelines import build_runner, followups, preview_runner, promotion, runner, sandbox, tracking  # noqa: F401
+    from pipelines import (build_runner, check_runner, followups, preview_runner, promotion, runner, sandbox,  # noqa: F401
+                           tracking)
 
     for path in [*settings.GITOPS_DEPLOY_GUARDS, *settings.GITOPS_FOLLOW_UP_HANDLERS.values()]:
         import_string(path)

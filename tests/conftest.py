@@ -245,6 +245,42 @@ def run_workers(redis_server):
 
 
 @pytest.fixture
+def run_check_workers(redis_server):
+    """Drain the checks queue (only it) with a real rq worker in burst mode, in this process."""
+    from rq import SimpleWorker
+
+    def run():
+        queue = django_rq.get_queue("checks")
+        SimpleWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
+
+    return run
+
+
+def finished_check(repository, commit_sha, status, ref_name="feature/x", error="Check step 'test' exited with status 1."):
+    """A check that went through the state machine to `status` ("succeeded" or "failed"), as a worker leaves it."""
+    from pipelines.models import Check
+
+    check = Check.objects.queue_for(repository, commit_sha=commit_sha, ref_name=ref_name)
+    check.claim(worker_name="test-worker")
+    return check.succeed() if status == "succeeded" else check.fail(error, exit_code=1)
+
+
+@pytest.fixture
+def make_check_secret(db):
+    """A repository's check secret, stored as the admin stores it (validated, encrypted)."""
+    from pipelines.models import RepositorySecret
+
+    def make(repository, name, value):
+        secret = RepositorySecret(repository=repository, name=name)
+        secret.set_value(value)
+        secret.full_clean()
+        secret.save()
+        return secret
+
+    return make
+
+
+@pytest.fixture
 def make_release(db):
     """A Release row as tracking records it, without going through git (for tests of later stages)."""
     import hashlib

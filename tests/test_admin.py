@@ -20,12 +20,17 @@ def signed_repository(repository):
     return repository
 
 
+# The check secrets inline of the repository's page, with no secret in it.
+CHECK_SECRETS_NONE = {"check_secrets-TOTAL_FORMS": 0, "check_secrets-INITIAL_FORMS": 0,
+                      "check_secrets-MIN_NUM_FORMS": 0, "check_secrets-MAX_NUM_FORMS": 1000}
+
+
 def repository_form(repository, **overrides):
     data = {
         "name": repository.name, "url": repository.url, "web_url": repository.web_url, "enabled": "on",
         "branch": repository.branch, "release_from": repository.release_from, "tag_pattern": repository.tag_pattern,
         "pipeline_path": repository.pipeline_path, "poll_interval": repository.poll_interval,
-        "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
+        "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save", **CHECK_SECRETS_NONE,
     }
     data.update(overrides)
     return data
@@ -103,6 +108,7 @@ def test_adding_a_repository_is_audited(client, alice, origin):
     response = client.post(reverse("admin:pipelines_repository_add"), {
         "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
         "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": SECRET, "lifecycle": default_lifecycle_id(), "_save": "Save",
+        **CHECK_SECRETS_NONE,
     })
     assert response.status_code == 302
     repository = Repository.objects.get(name="shop")
@@ -112,7 +118,7 @@ def test_adding_a_repository_is_audited(client, alice, origin):
     assert event.details["values"] == {
         "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
         "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "set", "lifecycle": "default",
-        "git_host": "", "api_url": "", "host_project": "",
+        "git_host": "", "api_url": "", "host_project": "", "check_branches": "",
     }
     assert SECRET not in event.canonical_json()
 
@@ -297,3 +303,31 @@ def test_a_user_password_change_is_recorded_by_name_only(client, alice, charlie)
     event = AuditEvent.objects.filter(action="admin.change").latest("seq")
     assert "N3w-pass-phrase!" not in event.canonical_json()
     assert "pbkdf2" not in event.canonical_json()
+
+
+def test_a_check_secret_is_set_in_the_repository_admin_encrypted_and_never_shown_again(client, alice, repository, settings):
+    from pipelines.models import RepositorySecret
+    from tests.conftest import new_secrets_key
+
+    settings.GITOPS_SECRETS_KEYS = [new_secrets_key()]
+    client.force_login(alice)
+    value = "registry-token-9c2d7be1"
+    response = client.post(change_url(repository), repository_form(repository, **{
+        "check_secrets-TOTAL_FORMS": 1, "check_secrets-0-name": "REGISTRY_TOKEN", "check_secrets-0-value": value,
+        "check_secrets-0-repository": repository.pk, "check_branches": "feature/* fix-*"}))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    secret = RepositorySecret.objects.get(repository=repository)
+    assert secret.name == "REGISTRY_TOKEN" and value not in secret.ciphertext
+    assert RepositorySecret.objects.values_for(repository) == {"REGISTRY_TOKEN": value}
+    assert Repository.objects.get(pk=repository.pk).check_branches == "feature/* fix-*"
+    page = client.get(change_url(repository)).content.decode()
+    assert "REGISTRY_TOKEN" in page and value not in page
+    event = AuditEvent.objects.filter(action="admin.change").latest("id")
+    assert event.details["values"]["secrets"] == {"REGISTRY_TOKEN": "set"} and value not in event.canonical_json()
+
+
+def test_a_branch_glob_that_git_would_misread_is_refused(client, alice, repository):
+    client.force_login(alice)
+    response = client.post(change_url(repository), repository_form(repository, check_branches="feature/* --all"))
+    assert response.status_code == 200
+    assert "is not a branch glob" in response.content.decode()

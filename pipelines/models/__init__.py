@@ -1,5 +1,6 @@
 from .audit import AuditEvent, AuditHead, AuditVerification
 from .build import Build, BuildLogChunk
+from .check import Check, CheckLogChunk, CheckRef
 from .commit_status import ReportedCommitStatus
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
@@ -8,7 +9,7 @@ from .lifecycle import Lifecycle, Stage
 from .preview import Preview, PreviewLogChunk
 from .release import Release
 from .repository import Repository, WebhookDelivery
-from .secret import EnvironmentSecret
+from .secret import EnvironmentSecret, RepositorySecret
 from .tag_move import TagMove
 
 __all__ = [
@@ -17,6 +18,9 @@ __all__ = [
     "AuditVerification",
     "Build",
     "BuildLogChunk",
+    "Check",
+    "CheckLogChunk",
+    "CheckRef",
     "Deployment",
     "DeploymentLogChunk",
     "DeploymentStateError",
@@ -30,6 +34,7 @@ __all__ = [
     "Release",
     "ReportedCommitStatus",
     "Repository",
+    "RepositorySecret",
     "Stage",
     "StaleStatus",
     "TagMove",

@@ -44,6 +44,8 @@ class Stage(models.Model):
         default=True, help_text="Deploy here automatically once the stage before succeeded.")
     requires_approval = models.BooleanField(
         default=False, help_text="Deployments here wait for approval (the approval policy says by whom).")
+    requires_passing_checks = models.BooleanField(
+        default=False, help_text="Only releases whose commit passed its checks (the `checks:` steps) are promoted here.")
 
     objects = StageQuerySet.as_manager()
 

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from pipelines import secrets
 from pipelines.models.lifecycle import default_lifecycle_id
-from pipelines.validators import validate_git_ref_name, validate_relative_path, validate_repository_url, validate_tag_pattern
+from pipelines.validators import validate_branch_patterns, validate_git_ref_name, validate_relative_path, validate_repository_url, validate_tag_pattern
 
 
 MAX_POLL_BACKOFF = 600  # a failing repository is still tried every 10 minutes at least
@@ -47,6 +47,10 @@ class Repository(models.Model):
     pipeline_path = models.CharField(max_length=200, default=".gitops.yml", validators=[validate_relative_path])
     poll_interval = models.PositiveIntegerField(default=60, validators=[MinValueValidator(5)], help_text="Seconds.")
     webhook_secret = models.CharField(max_length=200, blank=True)
+    check_branches = models.CharField(
+        max_length=500, blank=True, validators=[validate_branch_patterns],
+        help_text="Branches whose new commits run the checks: globs separated by spaces, e.g. 'feature/* fix-*'. "
+                  "Blank: every branch except the release branch. Open pull/merge requests always run them.")
     enabled = models.BooleanField(default=True)
     lifecycle = models.ForeignKey(
         "pipelines.Lifecycle", on_delete=models.PROTECT, related_name="repositories", default=default_lifecycle_id,
@@ -102,6 +106,15 @@ class Repository(models.Model):
 
     def commit_url(self, sha):
         return f"{self.web_url.rstrip('/')}/commit/{sha}" if self.web_url else ""
+
+    def runs_checks_on(self, branch):
+        """True when a new commit on `branch` (a name without refs/heads/) runs the checks."""
+        from fnmatch import fnmatchcase
+
+        if branch == self.branch:
+            return False  # the release branch makes releases; its commits' checks are those of their pull requests
+        patterns = self.check_branches.split()
+        return not patterns or any(fnmatchcase(branch, pattern) for pattern in patterns)
 
     # --- the git host, for commit statuses -------------------------------------------------------------
 

@@ -77,3 +77,41 @@ class EnvironmentSecret(models.Model):
         # Not called `value`: the admin's form field is, and a read-only admin page would call a method of
         # that name to show it.
         return secrets.decrypt(self.ciphertext, name=f"{self.name} of environment {self.environment.name}")
+
+
+class RepositorySecretQuerySet(models.QuerySet):
+    def values_for(self, repository):
+        """{name: plain value} of the check secrets of `repository`, in one query; SecretUnreadable names the
+        first one no key opens."""
+        rows = self.filter(repository=repository).order_by("name").values_list("name", "ciphertext")
+        return {name: secrets.decrypt(ciphertext, name=f"{name} of the checks of {repository.name}")
+                for name, ciphertext in rows}
+
+
+class RepositorySecret(models.Model):
+    """A value given only to the `checks:` steps of its repository (a registry token to pull a base image, say).
+
+    Kept apart from environment secrets on purpose: a check runs code from any branch or pull request, so it
+    must never hold what deploys somewhere. Encrypted and write-only like them."""
+
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.CASCADE, related_name="check_secrets")
+    name = models.CharField(max_length=100, validators=[validate_secret_name],
+                            help_text="The environment variable the check steps read it from.")
+    ciphertext = models.TextField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+", editable=False)
+
+    objects = RepositorySecretQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["repository", "name"]
+        constraints = [models.UniqueConstraint(fields=["repository", "name"], name="one_check_secret_per_name")]
+
+    def __str__(self):
+        return self.name
+
+    def set_value(self, value):
+        validate_secret_value(value)
+        self.ciphertext = secrets.encrypt(value)

@@ -83,7 +83,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="Address to bind (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)), help="Port (default 8000).")
-        parser.add_argument("--workers", type=int, default=2, help="rq workers for the git and deploy queues (default 2).")
+        parser.add_argument("--workers", type=int, default=2, help="rq workers for the git, deploy and checks queues (default 2).")
         parser.add_argument("--threads", type=int, default=4, help="Threads of the web server (default 4).")
 
     def handle(self, *args, host, port, workers, threads, **options):
@@ -126,7 +126,8 @@ class Command(BaseCommand):
         return [
             Child("web", web, f"gunicorn on {host}:{port}"),
             # -v 0: rq logs only warnings and failed jobs; progress is on the portal's pages.
-            *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "-v", "0"], "manage.py rqworker git deploy")
+            *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "checks", "-v", "0"],
+                    "manage.py rqworker git deploy checks")
               for n in range(1, workers + 1)],
             Child("scheduler", [*manage, "pollrepos", "--loop"], "manage.py pollrepos --loop"),
         ]

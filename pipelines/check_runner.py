@@ -1,0 +1,114 @@
+"""Run a check: the `checks:` steps of the pipeline file as it is at the checked commit, in a checkout of it.
+
+The machinery is the build's (pipelines/build_runner.py: run_claimed, run_steps; the runner's sandbox,
+LogWriter and Heartbeat). What differs:
+
+- The file is read here, at the commit, on the checks queue: a branch or pull request may change it, and
+  whatever it says under `environments:` is ignored. A check deploys nothing and is never promoted.
+- A check step gets PATH, HOME, LANG, the checks section's own `variables`, the repository's check secrets
+  (RepositorySecret, masked in the log) and GITOPS_REPOSITORY, GITOPS_COMMIT, GITOPS_REF, GITOPS_CHECK_ID;
+  never an environment's variables or secrets (it runs code anyone with a branch could write).
+- Its commit may have come by webhook before any poll fetched it: the mirror is brought up to date first.
+- A commit whose file has no `checks:` section has nothing to check: the check is cancelled, saying so.
+- Nothing is kept but the log: no outputs, no artifacts."""
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+
+from pipelines import build_runner, git, masking, runner
+from pipelines.models import Check, RepositorySecret, StaleStatus
+from pipelines.models.deployment import this_host
+from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.secrets import SecretUnreadable
+
+logger = logging.getLogger(__name__)
+
+
+def run_check(check_id):
+    check = Check.objects.select_related("repository").filter(pk=check_id).first()
+    if check is None or check.status != Check.Status.QUEUED:
+        return  # a duplicate wake-up: it ran, runs, or a newer commit replaced it
+    runner.seal_work_horse()
+    try:
+        check.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=this_host(), runner_pid=os.getpid())
+    except StaleStatus:
+        return  # another worker claimed it first, or a newer commit cancelled it
+    build_runner.run_claimed(check, runner.LogWriter(check, secrets=secrets_for(check)), _execute)
+
+
+def secrets_for(check):
+    """What is masked in a check's log before its own secrets are read: the portal's secrets and the
+    repository's credentials."""
+    repository = check.repository
+    return masking.portal_secrets() | masking.url_secrets(repository.url) | {repository.webhook_secret or ""}
+
+
+def check_environment(check, variables, workdir, account, *, secrets):
+    return {
+        **runner.scrubbed_environment(workdir, account, variables=variables, gitops={}),
+        **secrets,
+        "GITOPS_REPOSITORY": check.repository.name,
+        "GITOPS_COMMIT": check.commit_sha,
+        "GITOPS_REF": check.ref_name,
+        "GITOPS_CHECK_ID": str(check.pk),
+    }
+
+
+def _fail(check, log, error):
+    log.write(f"==> {error}\n")
+    log.close()
+    runner._record(check, "failure", lambda: check.fail(error))
+
+
+def _execute(check, heartbeat, log):
+    repository = check.repository
+    if not git.has_commit(repository, check.commit_sha):
+        git.sync_mirror(repository)  # a webhook named a commit no poll has fetched yet
+    text = git.read_file(repository, check.commit_sha, repository.pipeline_path)
+    if text is None:
+        return _nothing_to_check(check, log, f"{repository.pipeline_path} not found at commit {check.commit_sha[:10]}")
+    try:
+        spec = parse_pipeline(text)  # its environments do not matter here: a check deploys nowhere
+    except PipelineFileError as exc:
+        return _fail(check, log, f"{repository.pipeline_path} {exc}")
+    if spec.checks is None:
+        return _nothing_to_check(check, log, f"{repository.pipeline_path} has no 'checks' section at commit "
+                                             f"{check.commit_sha[:10]}")
+    try:
+        secrets = RepositorySecret.objects.values_for(repository)  # once, before any output
+    except SecretUnreadable as exc:
+        return _fail(check, log, str(exc))
+    log.mask_also(secrets.values())
+    log.mask_also(masking.declared_secrets(spec.checks.variables))
+    Check.objects.filter(pk=check.pk).update(steps=[step.name for step in spec.checks.steps])
+    log.write(f"==> checks of {check.commit_sha[:10]} on {check.ref_name}\n")
+    settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"check-{check.pk}-", dir=settings.GITOPS_WORK_DIR))
+    checkout = run_dir / "checkout"
+    try:
+        checkout.mkdir()
+        account = runner.step_account()
+        git.materialise(repository, check.commit_sha, checkout)
+        if account is not None:
+            runner._hand_over(run_dir, account)
+        environment = check_environment(check, spec.checks.variables, checkout, account, secrets=secrets)
+        if not build_runner.run_steps(check, spec.checks.steps, checkout, environment, heartbeat, log, account,
+                                      shared=(run_dir,), noun="Check step"):
+            return
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    log.write("==> all checks passed\n")
+    log.close()
+    runner._record(check, "success", check.succeed)
+
+
+def _nothing_to_check(check, log, reason):
+    log.write(f"==> {reason}: nothing to check\n")
+    log.close()
+    runner._record(check, "cancellation", lambda: check.transition(Check.Status.CANCELLED, error=f"{reason}."))

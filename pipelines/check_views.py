@@ -1,0 +1,55 @@
+"""Where people look for checks: the Branches section of the repository page, the checks of a release's
+commit on its page, and one check with its log. Plain functions; the pages in pipelines/views.py call the
+`*_context` helpers so that views.py stays about deployments."""
+
+from dataclasses import dataclass
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, render
+
+from pipelines.models import Check, CheckRef, Stage
+from pipelines.models.check import CheckStatus
+from pipelines.promotion import checks_refusal
+
+BRANCHES_ON_REPOSITORY_PAGE = 50
+
+
+@dataclass
+class BranchRow:
+    ref: CheckRef
+    check: Check | None  # of its head commit; None when none ran (no `checks:` section)
+
+
+def branches_context(repository):
+    """Open pull requests first, then branches, then closed ones; each with the check of its head. Two queries."""
+    refs = list(CheckRef.objects.for_page(repository)[:BRANCHES_ON_REPOSITORY_PAGE])
+    checks = {}
+    for check in Check.objects.filter(repository=repository, commit_sha__in={ref.head_sha for ref in refs}).order_by("id"):
+        checks[(check.ref_name, check.commit_sha)] = check  # the last one of each pair wins
+    return {"branch_rows": [BranchRow(ref=ref, check=checks.get((ref.name, ref.head_sha))) for ref in refs]}
+
+
+def release_checks_context(release):
+    """The checks of the release's commit, on whatever branch or pull request they ran (a check result carries
+    over to the release of the same commit), and why a stage that requires passing checks refuses it."""
+    checks = list(Check.objects.for_commit(release.repository_id, release.commit_sha))
+    refusals = [(stage, checks_refusal(release, stage)) for stage in Stage.objects.of(release.repository)
+                if stage.requires_passing_checks]
+    return {"checks": checks, "check_refusals": [(stage, reason) for stage, reason in refusals if reason]}
+
+
+@login_required
+def check_detail(request, pk):
+    check = get_object_or_404(Check.objects.select_related("repository"), pk=pk)
+    ref = CheckRef.objects.filter(repository=check.repository_id, name=check.ref_name).first()
+    releases = list(check.repository.releases.filter(commit_sha=check.commit_sha))
+    context = {
+        "check": check,
+        "repository": check.repository,
+        "ref": ref,
+        "releases": releases,
+        "log": check.log_since(0)[0],
+        "commit_url": check.repository.commit_url(check.commit_sha),
+        "polling": check.status in (CheckStatus.QUEUED, CheckStatus.RUNNING),
+    }
+    return render(request, "pipelines/check_detail.html", context)

@@ -1,0 +1,206 @@
+"""Checks: the `checks:` steps of a repository's pipeline file, run for new commits on its branches and for
+open pull/merge requests, never deploying anywhere.
+
+A Check is one run per (repository, commit, ref): fenced like a build (pipelines/models/run.py), on its own
+queue, with the checks' own variables and the repository's check secrets only. A CheckRef is what people
+see on the Branches tab: a branch, or a pull request with its number, title and author, and its head.
+
+Results belong to the commit: the release of the same commit (after a merge on `main`) shows them, and a
+stage that requires passing checks looks them up by the release's commit sha (`CheckQuerySet.refusal_for`)."""
+
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from .audit import AuditEvent
+from .run import FencedRun
+
+
+
+class CheckRefKind(models.TextChoices):
+    BRANCH = "branch", "Branch"
+    PULL_REQUEST = "pull_request", "Pull request"
+
+
+class CheckRefQuerySet(models.QuerySet):
+    def record(self, repository, *, kind, name, head_sha, number=None, title=None, author=None, is_open=None):
+        """Create (open) or update the ref as git or the git host shows it now; a title, author or state not
+        given (polling does not know a pull request's) keeps what a webhook said."""
+        defaults = {"head_sha": head_sha, "number": number, "updated_at": timezone.now()}
+        if is_open is not None:
+            defaults["is_open"] = is_open
+        if title is not None:
+            defaults["title"] = title[:500]
+        if author is not None:
+            defaults["author"] = author[:200]
+        ref, _ = self.update_or_create(repository=repository, kind=kind, name=name, defaults=defaults)
+        return ref
+
+    def for_page(self, repository):
+        """Open pull requests first (newest number first), then branches by name, then closed ones."""
+        return self.filter(repository=repository).order_by(
+            "-is_open", models.Case(models.When(kind=CheckRefKind.PULL_REQUEST, then=0), default=1),
+            "-number", "name")
+
+
+class CheckRef(models.Model):
+    """A branch or a pull/merge request whose commits run the checks. `name` is the branch name, or
+    `pull/<n>` (GitHub) / `merge-requests/<n>` (GitLab)."""
+
+    Kind = CheckRefKind
+
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.CASCADE, related_name="check_refs")
+    kind = models.CharField(max_length=20, choices=CheckRefKind.choices)
+    name = models.CharField(max_length=300)
+    number = models.PositiveIntegerField(null=True, blank=True)
+    title = models.CharField(max_length=500, blank=True)
+    author = models.CharField(max_length=200, blank=True)
+    head_sha = models.CharField(max_length=40)
+    is_open = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = CheckRefQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["repository", "kind", "name"], name="one_check_ref_per_name")]
+
+    def __str__(self):
+        return f"#{self.number} {self.title}".strip() if self.kind == CheckRefKind.PULL_REQUEST else self.name
+
+
+class CheckStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    # Never ran: a newer commit on the same ref came first.
+    CANCELLED = "cancelled", "Cancelled"
+
+
+CHECK_TRANSITIONS = {
+    CheckStatus.QUEUED: {CheckStatus.RUNNING, CheckStatus.FAILED, CheckStatus.CANCELLED},
+    CheckStatus.RUNNING: {CheckStatus.SUCCEEDED, CheckStatus.FAILED, CheckStatus.CANCELLED},
+    CheckStatus.SUCCEEDED: set(),
+    CheckStatus.FAILED: set(),
+    CheckStatus.CANCELLED: set(),
+}
+
+
+class CheckQuerySet(models.QuerySet):
+    def queue_for(self, repository, *, commit_sha, ref_name, by=None):
+        """Record the check of `commit_sha` on `ref_name` and wake a worker on the checks queue on commit.
+        The same commit on the same ref runs once; a check still queued for an older commit of that ref is
+        cancelled: only the newest commit of a branch is worth the wait."""
+        from pipelines import jobs
+
+        with transaction.atomic():
+            existing = self.filter(repository=repository, commit_sha=commit_sha, ref_name=ref_name).first()
+            if existing is not None:
+                return existing
+            waiting = list(self.select_for_update().filter(repository=repository, ref_name=ref_name,
+                                                           status=CheckStatus.QUEUED))
+            check = self.create(repository=repository, commit_sha=commit_sha, ref_name=ref_name, status=CheckStatus.QUEUED)
+            for older in waiting:
+                older.transition(CheckStatus.CANCELLED, by=by, error=f"A newer commit ({commit_sha[:10]}) on {ref_name} "
+                                                                     f"replaced it before it started.")
+            AuditEvent.objects.record(action="check.queued", actor=by, obj=check, **check.audit_scope(),
+                                      details=check.audit_details())
+            check.schedule_report()
+            jobs.enqueue_check(check)
+        return check
+
+    def for_commit(self, repository, commit_sha):
+        return self.filter(repository=repository, commit_sha=commit_sha).order_by("-created_at", "-id")
+
+    def refusal_for(self, release):
+        """Why `release` may not go to a stage that requires passing checks, in words, or "" when one check
+        of its commit succeeded and none of its commit failed since."""
+        latest = self.for_commit(release.repository_id, release.commit_sha).exclude(status=CheckStatus.CANCELLED).first()
+        if latest is None:
+            return f"the checks of its commit {release.commit_sha[:10]} have not run"
+        if latest.status == CheckStatus.SUCCEEDED:
+            return ""
+        if latest.status == CheckStatus.FAILED:
+            return f"the checks of its commit {release.commit_sha[:10]} failed (check #{latest.pk}: {latest.error})"
+        return f"the checks of its commit {release.commit_sha[:10]} are {latest.get_status_display().lower()}, not passed yet"
+
+
+class Check(FencedRun):
+    Status = CheckStatus
+    TRANSITIONS = CHECK_TRANSITIONS
+
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.PROTECT, related_name="checks")
+    commit_sha = models.CharField(max_length=40, db_index=True)
+    ref_name = models.CharField(max_length=300, help_text="The branch or pull/merge request it ran for.")
+    status = models.CharField(max_length=20, choices=CheckStatus.choices, db_index=True)
+    # The names of the `checks:` steps read at the commit, set when it starts: what the page lists.
+    steps = models.JSONField(default=list, blank=True)
+
+    objects = CheckQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "commit_sha", "ref_name"], name="one_check_per_commit_and_ref"),
+            models.CheckConstraint(condition=models.Q(status__in=CheckStatus.values), name="check_status_is_known"),
+        ]
+
+    def __str__(self):
+        return f"check #{self.pk} of {self.commit_sha[:10]} on {self.ref_name}"
+
+    def get_absolute_url(self):
+        return reverse("check_detail", args=[self.pk])
+
+    def audit_scope(self):
+        return {"repository": self.repository}
+
+    def audit_details(self):
+        return {"commit": self.commit_sha, "ref": self.ref_name}
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    # How each state reads on the git host (GitHub's states; pipelines/commit_status.py maps them for GitLab).
+    HOST_STATES = {
+        CheckStatus.QUEUED: ("pending", "Queued in the portal"),
+        CheckStatus.RUNNING: ("pending", "Running in the portal"),
+        CheckStatus.SUCCEEDED: ("success", "Passed"),
+        CheckStatus.FAILED: ("failure", "Failed"),
+        CheckStatus.CANCELLED: ("error", "Cancelled: a newer commit came first"),
+    }
+    HOST_CONTEXT = "gitops/checks"
+
+    def schedule_report(self):
+        """Record the report of this state to the git host (a follow-up; nothing when the repository reports
+        no commit statuses). Called inside the transaction that records the state."""
+        from pipelines import commit_status
+
+        state, description = self.HOST_STATES[self.status]
+        if self.status == CheckStatus.FAILED and self.error:
+            description = self.error
+        commit_status.schedule_report(self.repository, sha=self.commit_sha, state=state, context=self.HOST_CONTEXT,
+                                      description=description[:140],
+                                      target_url=commit_status.portal_url(self.get_absolute_url()))
+
+    def transition(self, new_status, *, by=None, details=None, **fields):
+        """As FencedRun.transition, with the report to the git host recorded in the same transaction."""
+        with transaction.atomic():
+            super().transition(new_status, by=by, details=details, **fields)
+            self.schedule_report()
+        return self
+
+    def succeed(self):
+        return self.transition(CheckStatus.SUCCEEDED, exit_code=0)
+
+
+class CheckLogChunk(models.Model):
+    check_run = models.ForeignKey(Check, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["check_run", "seq"], name="unique_check_log_chunk_seq")]

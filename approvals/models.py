@@ -45,6 +45,11 @@ class StagePolicy(models.Model):
         return f"approval policy of {self.stage}"
 
 
+# The audit action of each verdict. (Before 2026-12 a rejection was recorded as 'change_request.rejectd_by';
+# the audit log's filter finds those under the right spelling too.)
+DECISION_ACTIONS = {"approve": "change_request.approved_by", "reject": "change_request.rejected_by"}
+
+
 class DecisionRefused(PermissionDenied):
     """This person may not decide on this request now; the message says why."""
 
@@ -207,7 +212,7 @@ class ChangeRequest(models.Model):
             number = preview.number if preview is not None else 0
             decision = Decision.objects.create(change_request=locked, user=user, verdict=verdict, comment=comment,
                                                preview_number=number)
-            locked._audit(f"change_request.{verdict}d_by", user, {"comment": comment, "preview": number})
+            locked._audit(DECISION_ACTIONS[verdict], user, {"comment": comment, "preview": number})
             if verdict == Decision.Verdict.REJECT:
                 locked._close(self.Status.REJECTED, by=user, reason=comment)
                 locked.deployment.reject(by=user, reason=f"Rejected by {user.get_username()}: {comment}")

@@ -451,6 +451,8 @@ def test_rejecting_with_a_comment_ends_the_request_and_the_deployment(bob, chang
     change_request.refresh_from_db()
     assert change_request.status == ChangeRequest.Status.REJECTED
     assert change_request.deployment.status == Deployment.Status.REJECTED
+    assert AuditEvent.objects.filter(action="change_request.rejected_by", actor=bob,
+                                     details__comment="not during the sale").exists()
 
 
 def test_someone_who_may_not_decide_is_told_why_and_nothing_changes(client, charlie, change_request):

@@ -63,6 +63,7 @@ GITOPS_TEMPLATE_SLOTS = {
     "navigation": ["approvals/slots/navigation.html"],
     "banner": ["approvals/slots/freeze_banner.html"],
     "deployment.status": ["approvals/slots/deployment_status.html"],
+    "deployment.decision": ["approvals/slots/deployment_decision.html"],
     "deployment.after_status": ["approvals/slots/deployment_freeze_hold.html"],
     "release.actions": ["approvals/slots/release_actions.html"],
     "release.deployment": ["approvals/slots/release_deployment.html"],

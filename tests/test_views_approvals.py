@@ -606,3 +606,32 @@ def test_a_decision_made_elsewhere_shows_up_without_a_reload_and_the_buttons_go(
     expect(page.locator("#decide")).to_contain_text("This change request is already approved.")
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)
     assert page.locator("#cr-status").get_attribute("hx-trigger") is None  # polling stopped
+
+
+# --- who decided, on the deployment page -------------------------------------------------------------
+
+
+def test_the_deployment_page_names_who_approved_when_and_why_with_a_link_to_the_request(client, bob, charlie, make_request, alice):
+    change_request = make_request(requested_by=alice)
+    change_request.approve(bob, "checked the plan")
+    client.force_login(charlie)
+
+    html = client.get(reverse("deployment_detail", args=[change_request.deployment_id])).content.decode()
+
+    facts = html[html.index('<dl class="facts">'):html.index("</dl>")]
+    assert f'<a href="{reverse("change_request_detail", args=[change_request.pk])}">#{change_request.pk}</a>' in facts
+    assert "approved" in facts and "requested by alice" in facts
+    assert "<dt>Approved by</dt>" in facts and "bob" in facts and "“checked the plan”" in facts and "<time" in facts
+
+
+def test_a_rejected_deployment_shows_who_rejected_and_why_not_an_error(client, bob, charlie, make_request):
+    change_request = make_request()
+    change_request.reject(bob, "not during the sale")
+    client.force_login(charlie)
+
+    html = client.get(reverse("deployment_detail", args=[change_request.deployment_id])).content.decode()
+
+    facts = html[html.index('<dl class="facts">'):html.index("</dl>")]
+    assert "<dt>Rejected by</dt>" in facts and "“not during the sale”" in facts
+    assert "<dt>Why it was rejected</dt>" in facts and "Rejected by bob: not during the sale" in facts
+    assert "error-box" not in facts and "<dt>Error</dt>" not in facts

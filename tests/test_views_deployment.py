@@ -49,7 +49,7 @@ def test_it_shows_the_deployment_and_its_log(client, charlie, running):
     html = response.content.decode()
     assert response.status_code == 200
     assert "v1.2.0 → staging" in html
-    assert "Automatic by the portal" in html
+    assert "Automatic, started by the portal" in html
     assert "1 min 15 s so far" in html
     assert '<pre id="log" class="log">cloning\ndeploying v1.2.0 to staging\n</pre>' in html
 
@@ -65,8 +65,9 @@ def test_a_finished_deployment_does_not_poll(client, charlie, running):
     running.fail("step deploy exited with 3", exit_code=3)
     client.force_login(charlie)
     html = client.get(reverse("deployment_detail", args=[running.pk])).content.decode()
-    assert "hx-trigger" not in html
+    assert "hx-trigger" not in html.split("<main", 1)[1]  # (the navigation's approvals badge polls on every page)
     assert "status-failed" in html
+    assert "<dt>Error</dt>" in html
     assert "step deploy exited with 3" in html
     assert "<code>3</code>" in html
 

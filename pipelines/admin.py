@@ -10,8 +10,10 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -148,6 +150,21 @@ class SecretField(forms.CharField):
         return bool(data) and data != initial
 
 
+class ArchivedFilter(admin.SimpleListFilter):
+    title = "archive"
+    parameter_name = "archived"
+
+    def lookups(self, request, model_admin):
+        return [("no", "In use"), ("yes", "Archived")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(archived_at__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(archived_at__isnull=False)
+        return queryset
+
+
 class RepositoryForm(forms.ModelForm):
     webhook_secret = SecretField(label="Webhook secret", required=False, max_length=200)
 
@@ -179,18 +196,64 @@ class RepositoryAdmin(AuditedAdmin):
                       "poll_interval", "lifecycle"]
     audited_secrets = ["webhook_secret"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
-    list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "last_polled_at", "short_last_error"]
-    list_filter = ["enabled", "lifecycle", "release_from"]
+    list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "archived", "last_polled_at",
+                    "short_last_error"]
+    list_filter = [ArchivedFilter, "enabled", "lifecycle", "release_from"]
     list_select_related = ["lifecycle"]
     search_fields = ["name"]  # not the URL: a search would confirm a guessed token
-    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]
+    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "archived_at"]
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
-        ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
+        ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "archived_at"]}),
     ]
-    actions = ["poll_now"]
+    actions = ["poll_now", "archive", "restore"]
+    delete_instead_template = "admin/pipelines/repository/delete_instead.html"
+
+    def get_actions(self, request, action_location=admin.ActionLocation.CHANGE_LIST):
+        # Deleting is never possible (its history refers to it): "Archive" takes the place of delete.
+        actions = super().get_actions(request, action_location)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_view(self, request, object_id, extra_context=None):
+        """Not a dead end: why a repository is archived rather than deleted, and the button that does it."""
+        repository = self.get_object(request, object_id)
+        if repository is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, repository):
+            raise PermissionDenied
+        if request.method == "POST":
+            self._archive_or_restore(request, repository, restore=request.POST.get("restore") == "1")
+            return redirect("admin:pipelines_repository_change", repository.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "repository": repository,
+                   "title": f"Archive {repository.name}?", **(extra_context or {})}
+        return TemplateResponse(request, self.delete_instead_template, context)
+
+    @admin.display(description="archived", boolean=True)
+    def archived(self, repository):
+        return repository.is_archived
+
+    @admin.action(description="Archive (hide, stop polling, keep history)", permissions=["change"])
+    def archive(self, request, queryset):
+        for repository in queryset:
+            self._archive_or_restore(request, repository, restore=False)
+
+    @admin.action(description="Restore from the archive", permissions=["change"])
+    def restore(self, request, queryset):
+        for repository in queryset:
+            self._archive_or_restore(request, repository, restore=True)
+
+    def _archive_or_restore(self, request, repository, *, restore):
+        if restore:
+            done = repository.restore(by=request.user)
+            text = "is back: polled again and on the dashboard" if done else "was not archived"
+        else:
+            done = repository.archive(by=request.user)
+            text = ("is archived: no longer polled or on the dashboard; its releases, deployments and audit "
+                    "events are kept, and you can restore it" if done else "was archived already")
+        self.message_user(request, f"{repository.name} {text}.", messages.SUCCESS if done else messages.INFO)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
@@ -225,11 +288,7 @@ class RepositoryAdmin(AuditedAdmin):
         hold it for minutes). The request is recorded first, so the sweep serves it if the queue is away."""
         names = []
         for repository in queryset:
-            with transaction.atomic():
-                Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
-                AuditEvent.objects.record(action="repository.poll_requested", actor=request.user, obj=repository,
-                                          repository=repository)
-                jobs.enqueue_poll(repository.pk)
+            repository.request_poll(by=request.user)
             names.append(repository.name)
         when = "as soon as the work queue is back" if jobs.queue_was_unreachable() else "now"
         self.message_user(request, f"Polling {', '.join(names)} {when}; new releases show on the repository page.",

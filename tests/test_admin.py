@@ -296,3 +296,48 @@ def test_a_user_password_change_is_recorded_by_name_only(client, alice, charlie)
     event = AuditEvent.objects.filter(action="admin.change").latest("seq")
     assert "N3w-pass-phrase!" not in event.canonical_json()
     assert "pbkdf2" not in event.canonical_json()
+
+
+# --- archive instead of delete -----------------------------------------------------------------------
+
+
+def test_delete_explains_archiving_and_archives_keeping_the_history_then_restores(client, alice, repository):
+    release = Release.objects.create(repository=repository, version="v1.0.0", commit_sha="a" * 40, pipeline_text=PIPELINE)
+    client.force_login(alice)
+    delete_url = reverse("admin:pipelines_repository_delete", args=[repository.pk])
+
+    page = client.get(delete_url).content.decode()
+    assert "A repository is not deleted" in page and 'value="Archive shop"' in page
+    assert 'href="' + change_url(repository) + '"' in page  # a way back, not a dead end
+
+    response = client.post(delete_url, {})
+    assert response.status_code == 302 and response.url == change_url(repository)
+    repository.refresh_from_db()
+    assert repository.is_archived and Release.objects.filter(pk=release.pk).exists()
+    assert list(Repository.objects.visible()) == [] and Repository.objects.due_for_poll() == []
+    assert AuditEvent.objects.filter(action="repository.archived", actor=alice, repository=repository).count() == 1
+    assert "is archived" in client.get(change_url(repository)).content.decode()
+
+    assert 'value="Restore shop"' in client.get(delete_url).content.decode()
+    client.post(delete_url, {"restore": "1"})
+    repository.refresh_from_db()
+    assert not repository.is_archived and list(Repository.objects.visible()) == [repository]
+    assert AuditEvent.objects.filter(action="repository.restored", actor=alice, repository=repository).count() == 1
+
+
+def test_archiving_twice_records_it_once(alice, repository):
+    assert repository.archive(by=alice) is True
+    assert Repository.objects.get(pk=repository.pk).archive(by=alice) is False
+    assert AuditEvent.objects.filter(action="repository.archived").count() == 1
+
+
+def test_the_repository_list_offers_archive_and_restore_but_no_bulk_delete(client, alice, repository):
+    client.force_login(alice)
+    changelist = reverse("admin:pipelines_repository_changelist")
+    html = client.get(changelist).content.decode()
+    assert 'value="archive"' in html and 'value="restore"' in html and 'value="delete_selected"' not in html
+
+    client.post(changelist, {"action": "archive", ACTION_CHECKBOX_NAME: [repository.pk]})
+    assert Repository.objects.get(pk=repository.pk).is_archived
+    assert change_url(repository) not in client.get(changelist, {"archived": "no"}).content.decode()
+    assert change_url(repository) in client.get(changelist, {"archived": "yes"}).content.decode()

@@ -4,6 +4,7 @@ Every add, change and delete made through the admin also lands in the hash-chain
 
 import json
 import logging
+from fnmatch import fnmatchcase
 
 from django import forms
 from django.conf import settings
@@ -166,11 +167,31 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 
 class RepositoryForm(forms.ModelForm):
+    """The repository's settings, checked against the remote when saved: a setup that can never work is
+    refused with the reason (unless "save anyway" is ticked, for a host that is down for a while)."""
+
+    # The fields whose change makes the form ask the remote again.
+    CHECKED_FIELDS = ("url", "branch", "release_from", "tag_pattern")
+
     webhook_secret = SecretField(label="Webhook secret", required=False, max_length=200)
+    save_anyway = forms.BooleanField(
+        label="Save even if the check fails", required=False,
+        help_text="When you save, the portal lists the remote's branches and tags (git ls-remote, a few seconds "
+                  "at most). Tick this to save a repository whose host is unreachable right now.")
 
     class Meta:
         model = Repository
         fields = "__all__"
+        labels = {"url": "Git URL", "web_url": "Web page", "release_from": "Releases from",
+                  "tag_pattern": "Tag pattern", "pipeline_path": "Pipeline file", "poll_interval": "Poll every"}
+        help_texts = {
+            "name": "Short name used in the portal's addresses, e.g. 'shop'.",
+            "branch": "The branch whose commits become releases (with 'Every commit') and that checks follow.",
+            "tag_pattern": "A glob: 'v*' for every tag starting with v, 'v[0-9]*' for v followed by a digit.",
+            "pipeline_path": "The file in the repository that defines the steps, read at each release's commit.",
+            "poll_interval": "Seconds between looks at the remote (a webhook makes it look at once).",
+            "enabled": "Untick to stop polling and webhooks for a while. To retire it, archive it instead.",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -187,6 +208,56 @@ class RepositoryForm(forms.ModelForm):
 
     def clean_webhook_secret(self):
         return self.cleaned_data["webhook_secret"] or self.instance.webhook_secret
+
+    def clean(self):
+        """Ask the remote (only when what it answers could have changed), and note what it said: the
+        admin shows `self.findings` as messages after saving, `self.warnings` as warnings."""
+        cleaned = super().clean()
+        self.findings, self.warnings = [], []
+        if any(name in self.errors for name in ("url", *self.CHECKED_FIELDS)):
+            return cleaned
+        url = cleaned.get("url", "")
+        others = Repository.objects.filter(url=url).exclude(pk=self.instance.pk).values_list("name", flat=True)
+        if others:
+            self.warnings.append(f"The same git URL is registered as {', '.join(sorted(others))}: each registration "
+                                 f"deploys and asks for approvals separately. Archive the ones you do not need.")
+        if self.instance.pk and not any(name in self.changed_data for name in self.CHECKED_FIELDS):
+            return cleaned
+        problem = self._check_remote(cleaned)
+        if problem and not cleaned.get("save_anyway"):
+            raise ValidationError(f"{problem} Correct it, or tick “Save even if the check fails”.")
+        if problem:
+            self.warnings.append(f"Saved although the check failed: {problem}")
+        return cleaned
+
+    def _check_remote(self, cleaned):
+        """What is wrong with the setup according to the remote, in words, or "" (adding what it found to
+        self.findings / self.warnings)."""
+        from pipelines import git  # GitPython: loaded only when a repository is saved, not in every web process
+
+        candidate = Repository(**{name: cleaned.get(name) for name in ("name", "url", "branch", "release_from", "tag_pattern")})
+        try:
+            refs = git.probe_remote(candidate)
+        except git.GitError as exc:
+            return f"{exc}."
+        branch, pattern = cleaned.get("branch"), cleaned.get("tag_pattern")
+        tags = [name.removeprefix("refs/tags/") for name in refs if name.startswith("refs/tags/")]
+        if f"refs/heads/{branch}" not in refs:
+            branches = sorted(name.removeprefix("refs/heads/") for name in refs if name.startswith("refs/heads/"))
+            missing = f"The remote has no branch {branch!r} (it has: {', '.join(branches[:10]) or 'none'})."
+            if cleaned.get("release_from") == Repository.ReleaseFrom.COMMITS:
+                return missing
+            self.warnings.append(missing)
+        else:
+            self.findings.append(f"Connected; the branch {branch!r} exists.")
+        if cleaned.get("release_from") == Repository.ReleaseFrom.TAGS:
+            matching = sum(1 for tag in tags if fnmatchcase(tag, pattern))
+            text = f"{matching} of the remote's {len(tags)} tags match {pattern!r}."
+            if matching:
+                self.findings.append(text)
+            else:
+                self.warnings.append(f"{text} No release appears until a matching tag is pushed.")
+        return ""
 
 
 @admin.register(Repository)
@@ -205,7 +276,7 @@ class RepositoryAdmin(AuditedAdmin):
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
-        ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
+        ("Change detection", {"fields": ["poll_interval", "webhook_secret", "save_anyway"]}),
         ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "archived_at"]}),
     ]
     actions = ["poll_now", "archive", "restore"]
@@ -216,6 +287,13 @@ class RepositoryAdmin(AuditedAdmin):
         actions = super().get_actions(request, action_location)
         actions.pop("delete_selected", None)
         return actions
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        for finding in getattr(form, "findings", ()):
+            self.message_user(request, finding, messages.INFO)
+        for warning in getattr(form, "warnings", ()):
+            self.message_user(request, warning, messages.WARNING)
 
     def delete_view(self, request, object_id, extra_context=None):
         """Not a dead end: why a repository is archived rather than deleted, and the button that does it."""

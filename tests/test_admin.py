@@ -49,10 +49,10 @@ def test_the_secret_is_never_rendered_back(client, alice, signed_repository):
 
 def test_a_blank_secret_keeps_the_old_one(client, alice, signed_repository):
     client.force_login(alice)
-    response = client.post(change_url(signed_repository), repository_form(signed_repository, branch="release"))
+    response = client.post(change_url(signed_repository), repository_form(signed_repository, poll_interval=120))
     assert response.status_code == 302
     signed_repository.refresh_from_db()
-    assert signed_repository.branch == "release"
+    assert signed_repository.poll_interval == 120
     assert signed_repository.webhook_secret == SECRET
 
 
@@ -341,3 +341,78 @@ def test_the_repository_list_offers_archive_and_restore_but_no_bulk_delete(clien
     assert Repository.objects.get(pk=repository.pk).is_archived
     assert change_url(repository) not in client.get(changelist, {"archived": "no"}).content.decode()
     assert change_url(repository) in client.get(changelist, {"archived": "yes"}).content.decode()
+
+
+# --- the admin checks a repository against its remote ---------------------------------------------------
+
+
+def add_repository(client, **fields):
+    data = {
+        "name": "shop", "url": "", "web_url": "", "enabled": "on", "branch": "main", "release_from": "tags",
+        "tag_pattern": "v*", "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "",
+        "lifecycle": default_lifecycle_id(), "_save": "Save", **fields,
+    }
+    return client.post(reverse("admin:pipelines_repository_add"), data, follow=True)
+
+
+def test_saving_lists_the_remote_and_says_how_many_tags_match(client, alice, origin):
+    origin.tag("v1.0.0")
+    origin.tag("v1.1.0")
+    origin.tag("nightly")
+    client.force_login(alice)
+
+    html = add_repository(client, url=origin.url).content.decode()
+
+    assert Repository.objects.filter(name="shop").exists()
+    assert "Connected; the branch &#x27;main&#x27; exists." in html
+    assert "2 of the remote&#x27;s 3 tags match &#x27;v*&#x27;." in html
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"url": "/nonexistent/repository"}, "Cannot reach repository /nonexistent/repository"),
+    ({"url": "https://no-such-host.invalid/shop.git"}, "Cannot reach repository https://no-such-host.invalid/shop.git"),
+    ({"branch": "trunk", "release_from": "commits"}, "The remote has no branch &#x27;trunk&#x27; (it has: main)."),
+])
+def test_a_setup_that_cannot_work_is_refused_with_the_reason(client, alice, origin, fields, says):
+    client.force_login(alice)
+    html = add_repository(client, **{"url": origin.url, **fields}).content.decode()
+    assert says in html and "Save even if the check fails" in html
+    assert not Repository.objects.exists()
+
+
+def test_save_anyway_keeps_a_repository_whose_host_is_down_with_a_warning(client, alice, db):
+    client.force_login(alice)
+    html = add_repository(client, url="/nonexistent/repository", save_anyway="on").content.decode()
+    assert Repository.objects.filter(name="shop").exists()
+    assert "Saved although the check failed: Cannot reach repository /nonexistent/repository" in html
+
+
+def test_a_glob_that_never_closes_its_bracket_is_refused(client, alice, origin):
+    client.force_login(alice)
+    html = add_repository(client, url=origin.url, tag_pattern="v[0-9").content.decode()
+    assert "&#x27;v[0-9&#x27; opens a &#x27;[&#x27; that no &#x27;]&#x27; closes" in html
+    assert not Repository.objects.exists()
+
+
+def test_no_matching_tag_and_a_url_registered_twice_are_warned_about(client, alice, origin, repository):
+    client.force_login(alice)
+    html = add_repository(client, name="shop-again", url=origin.url, tag_pattern="release-*").content.decode()
+    assert Repository.objects.filter(name="shop-again").exists()
+    assert "The same git URL is registered as shop" in html
+    assert "0 of the remote&#x27;s 0 tags match &#x27;release-*&#x27;. No release appears" in html
+
+
+def test_an_unchanged_remote_is_not_asked_again(client, alice, repository):
+    # Renaming nothing about the remote (here: the poll interval) saves without a network call, even if the
+    # remote is gone now.
+    Repository.objects.filter(pk=repository.pk).update(url="/gone/now")
+    repository.refresh_from_db()
+    client.force_login(alice)
+    response = client.post(change_url(repository), repository_form(repository, poll_interval=90))
+    assert response.status_code == 302
+
+
+def test_labels_read_as_words(client, alice, repository):
+    client.force_login(alice)
+    html = client.get(change_url(repository)).content.decode()
+    assert ">Git URL:<" in html and ">Web page:<" in html and ">Url:<" not in html and ">Web url:<" not in html

@@ -497,7 +497,11 @@ class LifecycleAdmin(AuditedAdmin):
 
 @admin.register(Target)
 class TargetAdmin(AuditedAdmin):
-    """Only the pause can be changed, and through the model's own pause/resume."""
+    """Only the pause can be changed, and through the model's own pause/resume. An internal table (the
+    repository and release pages show the same, and pause there): listed for superusers only."""
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
 
     audited_fields = ["auto_deploy_paused", "paused_reason"]
 
@@ -641,3 +645,26 @@ class AuditedUserAdmin(AuditedAdminMixin, UserAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdminMixin, GroupAdmin):
     audited_fields = ["name", "permissions"]
+
+
+# --- internals --------------------------------------------------------------------------------------
+
+
+def _superusers_only_queue_link():
+    """django_rq lists its queue dashboard on the admin index for any staff with its permissions; it is an
+    internal (and pipelines/rq_dashboard.py answers 403 to anyone but superusers): the link follows suit."""
+    from django_rq.admin import QueueAdmin
+    from django_rq.models import Dashboard
+
+    if not admin.site.is_registered(Dashboard):
+        return
+
+    class SuperusersQueueAdmin(QueueAdmin):
+        def has_module_permission(self, request):
+            return request.user.is_superuser
+
+    admin.site.unregister(Dashboard)
+    admin.site.register(Dashboard, SuperusersQueueAdmin)
+
+
+_superusers_only_queue_link()

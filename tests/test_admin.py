@@ -416,3 +416,18 @@ def test_labels_read_as_words(client, alice, repository):
     client.force_login(alice)
     html = client.get(change_url(repository)).content.decode()
     assert ">Git URL:<" in html and ">Web page:<" in html and ">Url:<" not in html and ">Web url:<" not in html
+
+
+def test_internals_are_listed_for_superusers_only(client, alice, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("sam", "sam@example.com", "password", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label__in=["pipelines", "django_rq"]))
+    client.force_login(staff)
+    index = client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:pipelines_repository_changelist") in index
+    assert reverse("admin:pipelines_target_changelist") not in index and "django_rq" not in index
+
+    client.force_login(alice)
+    index = client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:pipelines_target_changelist") in index and "django_rq" in index

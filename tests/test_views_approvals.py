@@ -635,3 +635,31 @@ def test_a_rejected_deployment_shows_who_rejected_and_why_not_an_error(client, b
     assert "<dt>Rejected by</dt>" in facts and "“not during the sale”" in facts
     assert "<dt>Why it was rejected</dt>" in facts and "Rejected by bob: not during the sale" in facts
     assert "error-box" not in facts and "<dt>Error</dt>" not in facts
+
+
+def test_the_release_page_names_who_decided_on_each_deployment_in_constant_queries(
+    client, bob, charlie, make_request, django_user_model, approvers
+):
+    first = make_request()
+    first.reject(bob, "not during the sale")
+    client.force_login(charlie)
+    release = first.deployment.release
+    url = reverse("release_detail", args=[release.repository.name, release.version])
+
+    with CaptureQueriesContext(connection) as one:
+        html = client.get(url).content.decode()
+    assert f'href="{reverse("change_request_detail", args=[first.pk])}">change request #{first.pk}</a>' in html
+    assert "rejected by bob" in html and "“not during the sale”" in html
+
+    # More held deployments of the same release, each decided: the page asks no more queries.
+    for n in range(3):
+        other = django_user_model.objects.create_user(f"approver{n}", f"a{n}@example.com")
+        other.groups.add(approvers)
+        held = Deployment.objects.create(release=release, environment=first.environment, repository=release.repository,
+                                         status=Deployment.Status.AWAITING_APPROVAL, trigger=Deployment.Trigger.MANUAL)
+        ChangeRequest.objects.create(deployment=held, repository=release.repository, environment=first.environment,
+                                     stage=first.stage, required_approvals=1, summary=summary()).approve(other, "fine")
+    with CaptureQueriesContext(connection) as four:
+        html = client.get(url).content.decode()
+    assert html.count("approved by approver") == 3
+    assert len(four) == len(one)

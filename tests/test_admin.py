@@ -306,6 +306,7 @@ def test_delete_explains_archiving_and_archives_keeping_the_history_then_restore
     client.force_login(alice)
     delete_url = reverse("admin:pipelines_repository_delete", args=[repository.pk])
 
+    assert f'href="{delete_url}" class="deletelink">Archive…</a>' in client.get(change_url(repository)).content.decode()
     page = client.get(delete_url).content.decode()
     assert "A repository is not deleted" in page and 'value="Archive shop"' in page
     assert 'href="' + change_url(repository) + '"' in page  # a way back, not a dead end
@@ -316,7 +317,8 @@ def test_delete_explains_archiving_and_archives_keeping_the_history_then_restore
     assert repository.is_archived and Release.objects.filter(pk=release.pk).exists()
     assert list(Repository.objects.visible()) == [] and Repository.objects.due_for_poll() == []
     assert AuditEvent.objects.filter(action="repository.archived", actor=alice, repository=repository).count() == 1
-    assert "is archived" in client.get(change_url(repository)).content.decode()
+    change_page = client.get(change_url(repository)).content.decode()
+    assert "is archived" in change_page and f'href="{delete_url}" class="deletelink">Restore…</a>' in change_page
 
     assert 'value="Restore shop"' in client.get(delete_url).content.decode()
     client.post(delete_url, {"restore": "1"})

@@ -1,9 +1,12 @@
 """The pages in a real browser at a desktop and a phone width: axe-core finds no serious or critical
 accessibility violation (contrast included, in light and dark mode), nothing scrolls sideways, and each
-page is saved as a screenshot under docs/screenshots/ for the README.
+page is saved as a screenshot: in the test's temporary directory, or, to refresh the ones the README shows,
+in the directory named by GITOPS_SCREENSHOTS (`GITOPS_SCREENSHOTS=docs/screenshots`), so that a test run
+does not rewrite committed files.
 
 axe-core is vendored under tests/vendor/axe-core/ (see its README there) and injected into each page."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,6 @@ from playwright.sync_api import expect, sync_playwright
 from tests.test_browser_live_log import CHROMIUM, CHROMIUM_ARGS, sign_in
 
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 WIDTHS = {"desktop": 1440, "phone": 390}
 BLOCKING = {"serious", "critical"}
 
@@ -37,6 +39,11 @@ def browser(monkeypatch):
 
 
 @pytest.fixture
+def screenshots(tmp_path):
+    return Path(os.environ.get("GITOPS_SCREENSHOTS") or tmp_path / "screenshots").resolve()
+
+
+@pytest.fixture
 def decided_pages(make_held_change, bob, alice, charlie):
     """A rejected production change (who decided, and why, on its deployment page) and one that waits on bob."""
     rejected, _ = make_held_change()
@@ -44,28 +51,29 @@ def decided_pages(make_held_change, bob, alice, charlie):
     return {"deployment": f"/deployments/{rejected.deployment_id}/", "change_request": rejected.get_absolute_url()}
 
 
-def check(page, name, width):
+def check(page, name, width, screenshots):
     """No serious or critical axe violation, no sideways scroll; then the screenshot."""
     page.add_script_tag(path=str(AXE))
     violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in BLOCKING]
     assert violations == [], f"{name} at {width} px: {violations}"
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"{name} at {width} px scrolls sideways by {overflow} px"
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / f"{name}-{width}.png"), full_page=True)
 
 
 @pytest.mark.browser
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("device", ["desktop", "phone"])
-def test_the_pages_pass_axe_and_fit_the_screen(live_server, browser, alice, decided_pages, repository, device, scheme):
+def test_the_pages_pass_axe_and_fit_the_screen(live_server, browser, alice, decided_pages, repository, device, scheme,
+                                               screenshots):
     width = WIDTHS[device]
     context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
     page = context.new_page()
     suffix = "" if scheme == "light" else "-dark"
 
     page.goto(f"{live_server.url}/login/")
-    check(page, f"login{suffix}", width)
+    check(page, f"login{suffix}", width, screenshots)
     sign_in(page, live_server, "alice")  # a superuser: sees the admin too
     pages = {
         "dashboard": "/",
@@ -81,7 +89,7 @@ def test_the_pages_pass_axe_and_fit_the_screen(live_server, browser, alice, deci
     for name, path in pages.items():
         response = page.goto(f"{live_server.url}{path}")
         assert response.status == (404 if name == "not-found" else 200), name
-        check(page, f"{name}{suffix}", width)
+        check(page, f"{name}{suffix}", width, screenshots)
     context.close()
 
 

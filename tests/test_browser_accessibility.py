@@ -16,7 +16,7 @@ from playwright.sync_api import expect, sync_playwright
 from tests.test_browser_live_log import CHROMIUM, CHROMIUM_ARGS, sign_in
 
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
-WIDTHS = {"desktop": 1440, "phone": 390}
+WIDTHS = {"desktop": 1440, "phone": 390, "small-phone": 360}
 BLOCKING = {"serious", "critical"}
 
 AXE_RUN = """async () => {
@@ -63,8 +63,9 @@ def check(page, name, width, screenshots):
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("scheme", ["light", "dark"])
-@pytest.mark.parametrize("device", ["desktop", "phone"])
+@pytest.mark.parametrize("device, scheme", [
+    ("desktop", "light"), ("desktop", "dark"), ("phone", "light"), ("phone", "dark"), ("small-phone", "light"),
+])
 def test_the_pages_pass_axe_and_fit_the_screen(live_server, browser, alice, decided_pages, repository, device, scheme,
                                                screenshots):
     width = WIDTHS[device]

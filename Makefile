@@ -64,7 +64,6 @@ run: venv
 		(umask 077; $(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' > "$$GITOPS_DATA_DIR/secrets_keys"); \
 		echo "Generated a key for environment secrets in $$GITOPS_DATA_DIR/secrets_keys (settings read it)"; \
 	fi; \
-	if [ -n "$${PORT:-}" ] && [ -z "$${GITOPS_BASE_URL:-}" ]; then export GITOPS_BASE_URL="http://127.0.0.1:$$PORT"; fi; \
 	echo "Preparing the portal in $$GITOPS_DATA_DIR ..."; \
 	$(PY) manage.py migrate --noinput -v 0; \
 	$(PY) manage.py collectstatic --noinput -v 0; \

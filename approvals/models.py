@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from pipelines.models import AuditEvent, Deployment, FollowUp, Preview
+from pipelines.models.preview import PreviewStatus
 
 
 class StagePolicy(models.Model):
@@ -45,6 +46,11 @@ class StagePolicy(models.Model):
         return f"approval policy of {self.stage}"
 
 
+# The audit action of each verdict. (Before 2026-12 a rejection was recorded as 'change_request.rejectd_by';
+# the audit log's filter finds those under the right spelling too.)
+DECISION_ACTIONS = {"approve": "change_request.approved_by", "reject": "change_request.rejected_by"}
+
+
 class DecisionRefused(PermissionDenied):
     """This person may not decide on this request now; the message says why."""
 
@@ -67,6 +73,33 @@ class ChangeRequestQuerySet(models.QuerySet):
             .exclude(models.Exists(decided))
             .exclude(own_and_not_allowed)
         )
+
+    def decidable_ids(self, user, now=None):
+        """The ids of the pending requests `user` may decide now (`refusal_reason(user)` is None), in one query.
+
+        SQL narrows `awaiting(user)` by what needs no JSON: not expired, the deployment still held, its latest
+        preview (if any) succeeded, the change read from git when the commit-author rule is on. The rule
+        itself is applied here over `author_emails` (JSON, which SQLite cannot search): one small row per
+        pending request of the user's groups, fine for hundreds. Not checked: whether a later success on the
+        target made the preview stale (a query per request); the page says so when it is opened."""
+        now = now or timezone.now()
+        latest_preview_status = (Preview.objects.filter(deployment=models.OuterRef("deployment"))
+                                 .order_by("-number").values("status")[:1])
+        rows = (
+            self.awaiting(user)
+            .filter(deployment__status=Deployment.Status.AWAITING_APPROVAL)
+            .exclude(expires_at__lte=now)
+            .annotate(preview_status=models.Subquery(latest_preview_status))
+            .filter(models.Q(preview_status__isnull=True) | models.Q(preview_status=PreviewStatus.SUCCEEDED))
+            .values_list("pk", "author_emails", "stage__approval_policy__block_commit_authors", "summary__error")
+        )
+        email = (user.email or "").strip().lower()
+        return [pk for pk, authors, authors_blocked, summary_error in rows
+                if not authors_blocked or (email and email not in authors and not summary_error)]
+
+    def decidable_by(self, user, now=None):
+        """`decidable_ids` as a queryset: what the inbox lists under "Waiting on me"."""
+        return self.filter(pk__in=self.decidable_ids(user, now))
 
     def with_current_preview(self):
         """Annotate `current_preview`: the number of the deployment's latest preview (0 without one), the
@@ -207,7 +240,7 @@ class ChangeRequest(models.Model):
             number = preview.number if preview is not None else 0
             decision = Decision.objects.create(change_request=locked, user=user, verdict=verdict, comment=comment,
                                                preview_number=number)
-            locked._audit(f"change_request.{verdict}d_by", user, {"comment": comment, "preview": number})
+            locked._audit(DECISION_ACTIONS[verdict], user, {"comment": comment, "preview": number})
             if verdict == Decision.Verdict.REJECT:
                 locked._close(self.Status.REJECTED, by=user, reason=comment)
                 locked.deployment.reject(by=user, reason=f"Rejected by {user.get_username()}: {comment}")

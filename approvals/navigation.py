@@ -1,4 +1,5 @@
-"""Context for the navigation bar: how many change requests wait on the signed-in user."""
+"""Context for the navigation bar: how many change requests wait on the signed-in user, meaning the ones
+they may decide now (not their own, not with their commits, not decided by them already)."""
 
 from functools import cache
 
@@ -6,7 +7,7 @@ from approvals.models import ChangeRequest
 
 
 def pending_approvals(request):
-    """{"approvals_waiting_count": N} for a signed-in user, N from one query.
+    """{"approvals_waiting_count": N} for a signed-in user, N from one query (ChangeRequest.objects.decidable_ids).
 
     The count is computed only when a template reads it (the navigation of full pages), so the htmx
     fragments that poll every few seconds do not pay for it."""
@@ -16,6 +17,6 @@ def pending_approvals(request):
 
     @cache
     def approvals_waiting_count():
-        return ChangeRequest.objects.awaiting(user).count()
+        return len(ChangeRequest.objects.decidable_ids(user))
 
     return {"approvals_waiting_count": approvals_waiting_count}

@@ -4,6 +4,7 @@ from approvals import insights_views, views
 
 urlpatterns = [
     path("", views.inbox, name="approvals_inbox"),
+    path("badge", views.navigation_badge, name="approvals_navigation_badge"),
     path("<int:pk>/", views.change_request_detail, name="change_request_detail"),
     path("<int:pk>/preview", views.change_request_preview, name="change_request_preview"),
     path("<int:pk>/preview/again", views.change_request_preview_again, name="change_request_preview_again"),

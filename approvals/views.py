@@ -224,7 +224,7 @@ def _preview_context(change_request, preview):
 def inbox(request):
     decided = ChangeRequest.objects.exclude(status=ChangeRequest.Status.PENDING)
     context = {
-        "waiting": list(_with_row_facts(ChangeRequest.objects.awaiting(request.user))),
+        "waiting": list(_with_row_facts(ChangeRequest.objects.decidable_by(request.user))),
         "pending": list(_with_row_facts(ChangeRequest.objects.pending())),
         "decided": list(
             _with_row_facts(decided).order_by(F("decided_at").desc(nulls_last=True), "-id")[:RECENTLY_DECIDED]
@@ -233,6 +233,15 @@ def inbox(request):
         "now": timezone.now(),
     }
     return render(request, "approvals/inbox.html", context)
+
+
+def navigation_badge(request):
+    """The Approvals link of the navigation with its count, polled by every page so that the count follows
+    decisions made elsewhere. A visitor whose session ended gets no content (htmx then swaps nothing),
+    rather than the login page inside the navigation."""
+    if not request.user.is_authenticated:
+        return HttpResponse(status=204)
+    return render(request, "approvals/slots/navigation.html")
 
 
 @login_required

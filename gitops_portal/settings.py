@@ -65,6 +65,7 @@ GITOPS_TEMPLATE_SLOTS = {
     "navigation": ["approvals/slots/navigation.html"],
     "banner": ["approvals/slots/freeze_banner.html"],
     "deployment.status": ["approvals/slots/deployment_status.html"],
+    "deployment.decision": ["approvals/slots/deployment_decision.html"],
     "deployment.after_status": ["approvals/slots/deployment_freeze_hold.html"],
     "release.actions": ["approvals/slots/release_actions.html"],
     "release.deployment": ["approvals/slots/release_deployment.html"],
@@ -79,8 +80,11 @@ GITOPS_FOLLOW_UP_HANDLERS = {
     "check.report": "pipelines.commit_status.report_follow_up",
     "mail.tag_moved": "approvals.notifications.on_tag_moved",
 }
-# Shown next to commits on pages; the portal's own URL is used in notifications.
+# The portal's own URL, used in mail and in the admin's webhook help. Unset, `runportal` sets it for its
+# children to the address it serves (so `--port 8101` gives links to 8101); elsewhere the default stands.
 GITOPS_BASE_URL = os.environ.get("GITOPS_BASE_URL", "http://127.0.0.1:8000")
+# Whether someone chose it: before `runportal` has started, a default URL may name the wrong port.
+GITOPS_BASE_URL_IS_SET = bool(os.environ.get("GITOPS_BASE_URL"))
 # The audit chain's MAC key (each event and the signed head). Unset: SECRET_KEY (and SECRET_KEY_FALLBACKS),
 # through a salt of its own. Rotate like SECRET_KEY: the new key here, old ones (comma-separated) in the
 # fallbacks, which still verify. When moving off the default, list the old SECRET_KEY as a fallback.

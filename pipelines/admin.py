@@ -4,14 +4,16 @@ Every add, change and delete made through the admin also lands in the hash-chain
 
 import json
 import logging
+from fnmatch import fnmatchcase
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
-from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -148,15 +150,50 @@ class SecretField(forms.CharField):
         return bool(data) and data != initial
 
 
+class ArchivedFilter(admin.SimpleListFilter):
+    title = "archive"
+    parameter_name = "archived"
+
+    def lookups(self, request, model_admin):
+        return [("no", "In use"), ("yes", "Archived")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(archived_at__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(archived_at__isnull=False)
+        return queryset
+
+
 class RepositoryForm(forms.ModelForm):
+    """The repository's settings, checked against the remote when saved: a setup that can never work is
+    refused with the reason (unless "save anyway" is ticked, for a host that is down for a while)."""
+
+    # The fields whose change makes the form ask the remote again.
+    CHECKED_FIELDS = ("url", "branch", "release_from", "tag_pattern")
+
     webhook_secret = SecretField(label="Webhook secret", required=False, max_length=200)
     api_token = SecretField(label="API token", required=False, max_length=2000)
     remove_api_token = forms.BooleanField(label="Remove the API token", required=False,
                                           help_text="Checks are then no longer reported to the git host.")
+    save_anyway = forms.BooleanField(
+        label="Save even if the check fails", required=False,
+        help_text="When you save, the portal lists the remote's branches and tags (git ls-remote, a few seconds "
+                  "at most). Tick this to save a repository whose host is unreachable right now.")
 
     class Meta:
         model = Repository
         fields = "__all__"
+        labels = {"url": "Git URL", "web_url": "Web page", "release_from": "Releases from",
+                  "tag_pattern": "Tag pattern", "pipeline_path": "Pipeline file", "poll_interval": "Poll every"}
+        help_texts = {
+            "name": "Short name used in the portal's addresses, e.g. 'shop'.",
+            "branch": "The branch whose commits become releases (with 'Every commit') and that checks follow.",
+            "tag_pattern": "A glob: 'v*' for every tag starting with v, 'v[0-9]*' for v followed by a digit.",
+            "pipeline_path": "The file in the repository that defines the steps, read at each release's commit.",
+            "poll_interval": "Seconds between looks at the remote (a webhook makes it look at once).",
+            "enabled": "Untick to stop polling and webhooks for a while. To retire it, archive it instead.",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -191,13 +228,59 @@ class RepositoryForm(forms.ModelForm):
         return token
 
     def clean(self):
+        """Ask the remote (only when what it answers could have changed), and note what it said: the
+        admin shows `self.findings` as messages after saving, `self.warnings` as warnings."""
         cleaned = super().clean()
         if cleaned.get("remove_api_token"):
             if cleaned.get("api_token"):
                 self.add_error("remove_api_token", "Either give a new API token or remove it, not both.")
             else:
                 self.instance.set_api_token("")
+        self.findings, self.warnings = [], []
+        if any(name in self.errors for name in ("url", *self.CHECKED_FIELDS)):
+            return cleaned
+        url = cleaned.get("url", "")
+        others = Repository.objects.filter(url=url).exclude(pk=self.instance.pk).values_list("name", flat=True)
+        if others:
+            self.warnings.append(f"The same git URL is registered as {', '.join(sorted(others))}: each registration "
+                                 f"deploys and asks for approvals separately. Archive the ones you do not need.")
+        if self.instance.pk and not any(name in self.changed_data for name in self.CHECKED_FIELDS):
+            return cleaned
+        problem = self._check_remote(cleaned)
+        if problem and not cleaned.get("save_anyway"):
+            raise ValidationError(f"{problem} Correct it, or tick “Save even if the check fails”.")
+        if problem:
+            self.warnings.append(f"Saved although the check failed: {problem}")
         return cleaned
+
+    def _check_remote(self, cleaned):
+        """What is wrong with the setup according to the remote, in words, or "" (adding what it found to
+        self.findings / self.warnings)."""
+        from pipelines import git  # GitPython: loaded only when a repository is saved, not in every web process
+
+        candidate = Repository(**{name: cleaned.get(name) for name in ("name", "url", "branch", "release_from", "tag_pattern")})
+        try:
+            refs = git.probe_remote(candidate)
+        except git.GitError as exc:
+            return f"{exc}."
+        branch, pattern = cleaned.get("branch"), cleaned.get("tag_pattern")
+        tags = [name.removeprefix("refs/tags/") for name in refs if name.startswith("refs/tags/")]
+        if f"refs/heads/{branch}" not in refs:
+            branches = sorted(name.removeprefix("refs/heads/") for name in refs if name.startswith("refs/heads/"))
+            missing = f"The remote has no branch {branch!r} (it has: {', '.join(branches[:10]) or 'none'})."
+            if cleaned.get("release_from") == Repository.ReleaseFrom.COMMITS:
+                return missing
+            self.warnings.append(missing)
+        else:
+            self.findings.append(f"Connected; the branch {branch!r} exists.")
+        if cleaned.get("release_from") == Repository.ReleaseFrom.TAGS:
+            matching = sum(1 for tag in tags if fnmatchcase(tag, pattern))
+            text = f"{matching} of the remote's {len(tags)} tags match {pattern!r}."
+            if matching:
+                self.findings.append(text)
+            else:
+                self.warnings.append(f"{text} No release appears until a matching tag is pushed.")
+        return ""
 
 
 @admin.register(Repository)
@@ -207,21 +290,75 @@ class RepositoryAdmin(AuditedAdmin):
                       "poll_interval", "lifecycle", "check_branches", "git_host", "api_url", "host_project"]
     audited_secrets = ["webhook_secret", "api_token"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
-    list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "last_polled_at", "short_last_error"]
-    list_filter = ["enabled", "lifecycle", "release_from"]
+    list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "archived", "last_polled_at",
+                    "short_last_error"]
+    list_filter = [ArchivedFilter, "enabled", "lifecycle", "release_from"]
     list_select_related = ["lifecycle"]
     search_fields = ["name"]  # not the URL: a search would confirm a guessed token
-    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "commit_status_reporting"]
+    readonly_fields = ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "commit_status_reporting",
+                       "archived_at"]
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
         ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
-        ("Change detection", {"fields": ["poll_interval", "webhook_secret"]}),
+        ("Change detection", {"fields": ["poll_interval", "webhook_secret", "save_anyway"]}),
         ("Checks of branches and pull requests", {"fields": ["check_branches"]}),
         ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token", "remove_api_token",
                                         "commit_status_reporting"]}),
-        ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at"]}),
+        ("State", {"fields": ["last_polled_at", "shown_last_error", "last_error_at", "created_at", "archived_at"]}),
     ]
-    actions = ["poll_now"]
+    actions = ["poll_now", "archive", "restore"]
+    delete_instead_template = "admin/pipelines/repository/delete_instead.html"
+
+    def get_actions(self, request, action_location=admin.ActionLocation.CHANGE_LIST):
+        # Deleting is never possible (its history refers to it): "Archive" takes the place of delete.
+        actions = super().get_actions(request, action_location)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        for finding in getattr(form, "findings", ()):
+            self.message_user(request, finding, messages.INFO)
+        for warning in getattr(form, "warnings", ()):
+            self.message_user(request, warning, messages.WARNING)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        """Not a dead end: why a repository is archived rather than deleted, and the button that does it."""
+        repository = self.get_object(request, object_id)
+        if repository is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, repository):
+            raise PermissionDenied
+        if request.method == "POST":
+            self._archive_or_restore(request, repository, restore=request.POST.get("restore") == "1")
+            return redirect("admin:pipelines_repository_change", repository.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "repository": repository,
+                   "title": f"Archive {repository.name}?", **(extra_context or {})}
+        return TemplateResponse(request, self.delete_instead_template, context)
+
+    @admin.display(description="archived", boolean=True)
+    def archived(self, repository):
+        return repository.is_archived
+
+    @admin.action(description="Archive (hide, stop polling, keep history)", permissions=["change"])
+    def archive(self, request, queryset):
+        for repository in queryset:
+            self._archive_or_restore(request, repository, restore=False)
+
+    @admin.action(description="Restore from the archive", permissions=["change"])
+    def restore(self, request, queryset):
+        for repository in queryset:
+            self._archive_or_restore(request, repository, restore=True)
+
+    def _archive_or_restore(self, request, repository, *, restore):
+        if restore:
+            done = repository.restore(by=request.user)
+            text = "is back: polled again and on the dashboard" if done else "was not archived"
+        else:
+            done = repository.archive(by=request.user)
+            text = ("is archived: no longer polled or on the dashboard; its releases, deployments and audit "
+                    "events are kept, and you can restore it" if done else "was archived already")
+        self.message_user(request, f"{repository.name} {text}.", messages.SUCCESS if done else messages.INFO)
 
     def get_inlines(self, request, obj):
         return [RepositorySecretInline]
@@ -281,11 +418,7 @@ class RepositoryAdmin(AuditedAdmin):
         hold it for minutes). The request is recorded first, so the sweep serves it if the queue is away."""
         names = []
         for repository in queryset:
-            with transaction.atomic():
-                Repository.objects.filter(pk=repository.pk).update(poll_requested_at=timezone.now())
-                AuditEvent.objects.record(action="repository.poll_requested", actor=request.user, obj=repository,
-                                          repository=repository)
-                jobs.enqueue_poll(repository.pk)
+            repository.request_poll(by=request.user)
             names.append(repository.name)
         when = "as soon as the work queue is back" if jobs.queue_was_unreachable() else "now"
         self.message_user(request, f"Polling {', '.join(names)} {when}; new releases show on the repository page.",
@@ -441,7 +574,11 @@ class LifecycleAdmin(AuditedAdmin):
 
 @admin.register(Target)
 class TargetAdmin(AuditedAdmin):
-    """Only the pause can be changed, and through the model's own pause/resume."""
+    """Only the pause can be changed, and through the model's own pause/resume. An internal table (the
+    repository and release pages show the same, and pause there): listed for superusers only."""
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
 
     audited_fields = ["auto_deploy_paused", "paused_reason"]
 
@@ -614,3 +751,26 @@ class AuditedUserAdmin(AuditedAdminMixin, UserAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdminMixin, GroupAdmin):
     audited_fields = ["name", "permissions"]
+
+
+# --- internals --------------------------------------------------------------------------------------
+
+
+def _superusers_only_queue_link():
+    """django_rq lists its queue dashboard on the admin index for any staff with its permissions; it is an
+    internal (and pipelines/rq_dashboard.py answers 403 to anyone but superusers): the link follows suit."""
+    from django_rq.admin import QueueAdmin
+    from django_rq.models import Dashboard
+
+    if not admin.site.is_registered(Dashboard):
+        return
+
+    class SuperusersQueueAdmin(QueueAdmin):
+        def has_module_permission(self, request):
+            return request.user.is_superuser
+
+    admin.site.unregister(Dashboard)
+    admin.site.register(Dashboard, SuperusersQueueAdmin)
+
+
+_superusers_only_queue_link()

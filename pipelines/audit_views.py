@@ -19,6 +19,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -39,9 +40,28 @@ EXPORT_COLUMNS = [
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+# Actions once recorded under a wrong spelling. The chain is append-only, so old events keep theirs; a filter
+# for the right spelling finds them as well.
+FORMER_SPELLINGS = {
+    "change_request.rejected_by": ["change_request.rejectd_by"],
+}
+
+
+def action_matches(text):
+    """Events whose action starts with `text`, or (without a dot in it) whose action's last part does, so
+    that 'rejected_by' finds 'change_request.rejected_by'; former spellings of what it names count too."""
+    condition = Q(action__startswith=text)
+    if "." not in text:
+        condition |= Q(action__contains="." + text)
+    for action, former in FORMER_SPELLINGS.items():
+        if action.startswith(text) or ("." not in text and action.partition(".")[2].startswith(text)):
+            condition |= Q(action__in=former)
+    return condition
+
+
 class AuditFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=150)
-    action = forms.CharField(required=False, max_length=64, help_text="The start of an action, e.g. 'change_request.'")
+    action = forms.CharField(required=False, max_length=64, help_text="The start of an action, e.g. 'change_request.' or 'rejected_by'")
     repository = forms.CharField(required=False, max_length=100)
     environment = forms.CharField(required=False, max_length=100)
     date_from = forms.DateField(required=False, label="From")
@@ -54,7 +74,7 @@ class AuditFilterForm(forms.Form):
         if data.get("actor"):
             events = events.filter(actor_name=data["actor"])
         if data.get("action"):
-            events = events.filter(action__startswith=data["action"])
+            events = events.filter(action_matches(data["action"]))
         if data.get("repository"):
             events = events.filter(repository__name=data["repository"])
         if data.get("environment"):

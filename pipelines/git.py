@@ -35,6 +35,7 @@ from pipelines.validators import validate_relative_path, validate_repository_url
 DEFAULT_GIT_TIMEOUT = 30  # ls-remote: a host that does not list its refs in 30 s is taken as unreachable
 CONNECT_TIMEOUT = 10
 IDLE_TIMEOUT = 15  # seconds below 1,000 bytes/s (http) or without an answer to ssh keep-alives (GITOPS_GIT_IDLE_TIMEOUT)
+PROBE_TIMEOUT = 5  # the admin's check of a repository as it is saved: someone waits for it
 FETCH_TIMEOUT = 300  # a first mirror of a large repository takes longer than a ref listing
 LOCAL_TIMEOUT = 300
 
@@ -102,6 +103,23 @@ def ls_remote(repository):
     mirror = _ensure_mirror(repository)
     output = _run(mirror, [*_network_options(url), "ls-remote", "--", url],
                   timeout=network_timeout(), failure=f"Cannot reach repository {display_url(url)}", url=url)
+    return _parse_refs(output)
+
+
+def probe_remote(repository, *, timeout=PROBE_TIMEOUT):
+    """`ls_remote` for a repository as a form holds it (perhaps not saved yet), within `timeout` seconds:
+    run in a throwaway empty git directory, so that no mirror is made for a setup that may be refused."""
+    url = _checked_url(repository)
+    with tempfile.TemporaryDirectory(prefix="gitops-probe-") as scratch:
+        scratch = Path(scratch)
+        _run(scratch, ["init", "--quiet", "--bare", "--template="], timeout=LOCAL_TIMEOUT,
+             failure="Cannot prepare a directory for the check")
+        output = _run(scratch, [*_network_options(url), "ls-remote", "--heads", "--tags", "--", url],
+                      timeout=timeout, failure=f"Cannot reach repository {display_url(url)}", url=url)
+    return _parse_refs(output)
+
+
+def _parse_refs(output):
     refs, peeled = {}, {}
     for line in output.splitlines():
         sha, _, name = line.partition("\t")

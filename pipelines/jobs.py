@@ -158,7 +158,7 @@ def poll_repository(repository_id):
     from pipelines import tracking
     from pipelines.models import Repository
 
-    repository = Repository.objects.filter(pk=repository_id, enabled=True).first()
+    repository = Repository.objects.pollable().filter(pk=repository_id).first()
     if repository is not None:
         tracking.poll_repository(repository)
 

@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("healthz", views.health, name="health"),
     path("repos/<slug:name>/", views.repository_detail, name="repository_detail"),
+    path("repos/<slug:name>/poll", views.repository_poll, name="repository_poll"),
     path("repos/<slug:name>/environments/<slug:environment>/pause", views.target_pause, name="target_pause"),
     path("repos/<slug:name>/environments/<slug:environment>/resume", views.target_resume, name="target_resume"),
     path("repos/<slug:name>/releases/<path:version>/", views.release_detail, name="release_detail"),

@@ -45,9 +45,15 @@ def validate_git_ref_name(name):
         raise ValidationError(f"{name!r} is not a valid branch name.")
 
 
+_BRACKET_EXPRESSION = re.compile(r"\[!?\]?[^\]]*\]")
+
+
 def validate_tag_pattern(pattern):
     if not pattern or pattern.startswith("-") or any(c in pattern for c in " \t\n~^:\\"):
         raise ValidationError("A tag pattern is a glob such as 'v*' and may not start with '-' or contain spaces.")
+    # fnmatch takes an unclosed '[' literally, so 'v[0-9' would quietly match nothing that was meant.
+    if "[" in _BRACKET_EXPRESSION.sub("", pattern):
+        raise ValidationError(f"{pattern!r} opens a '[' that no ']' closes; write e.g. 'v[0-9]*'.")
 
 
 def validate_relative_path(path):

@@ -347,6 +347,20 @@ def deployment_retry(request, pk):
 @require_POST
 @login_required
 @deployer_required
+def repository_poll(request, name):
+    repository = _get_repository_or_404(name)
+    if repository.is_archived or not repository.enabled:
+        messages.error(request, f"{repository} is {'archived' if repository.is_archived else 'disabled'}; it is not polled.")
+        return redirect(repository)
+    repository.request_poll(by=request.user)
+    warn_if_queue_was_unreachable(request)
+    messages.success(request, f"Polling {repository} now; new releases show here.")
+    return redirect(repository)
+
+
+@require_POST
+@login_required
+@deployer_required
 def target_pause(request, name, environment):
     repository = _get_repository_or_404(name)
     environment = get_object_or_404(Environment, name=environment)

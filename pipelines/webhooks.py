@@ -44,7 +44,7 @@ def receive(request, name):
     if len(body) > MAX_BODY_BYTES:
         return _text(413, "body too large")
 
-    repository = Repository.objects.filter(name=name, enabled=True).exclude(webhook_secret="").first()
+    repository = Repository.objects.pollable().filter(name=name).exclude(webhook_secret="").first()
     if repository is None:
         return _text(403, "unknown repository, or webhooks are not enabled for it")
     source = _verified_source(request, body, repository.webhook_secret)

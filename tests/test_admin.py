@@ -54,10 +54,10 @@ def test_the_secret_is_never_rendered_back(client, alice, signed_repository):
 
 def test_a_blank_secret_keeps_the_old_one(client, alice, signed_repository):
     client.force_login(alice)
-    response = client.post(change_url(signed_repository), repository_form(signed_repository, branch="release"))
+    response = client.post(change_url(signed_repository), repository_form(signed_repository, poll_interval=120))
     assert response.status_code == 302
     signed_repository.refresh_from_db()
-    assert signed_repository.branch == "release"
+    assert signed_repository.poll_interval == 120
     assert signed_repository.webhook_secret == SECRET
 
 
@@ -331,3 +331,140 @@ def test_a_branch_glob_that_git_would_misread_is_refused(client, alice, reposito
     response = client.post(change_url(repository), repository_form(repository, check_branches="feature/* --all"))
     assert response.status_code == 200
     assert "is not a branch glob" in response.content.decode()
+
+
+# --- archive instead of delete -----------------------------------------------------------------------
+
+
+def test_delete_explains_archiving_and_archives_keeping_the_history_then_restores(client, alice, repository):
+    release = Release.objects.create(repository=repository, version="v1.0.0", commit_sha="a" * 40, pipeline_text=PIPELINE)
+    client.force_login(alice)
+    delete_url = reverse("admin:pipelines_repository_delete", args=[repository.pk])
+
+    assert f'href="{delete_url}" class="deletelink">Archive…</a>' in client.get(change_url(repository)).content.decode()
+    page = client.get(delete_url).content.decode()
+    assert "A repository is not deleted" in page and 'value="Archive shop"' in page
+    assert 'href="' + change_url(repository) + '"' in page  # a way back, not a dead end
+
+    response = client.post(delete_url, {})
+    assert response.status_code == 302 and response.url == change_url(repository)
+    repository.refresh_from_db()
+    assert repository.is_archived and Release.objects.filter(pk=release.pk).exists()
+    assert list(Repository.objects.visible()) == [] and Repository.objects.due_for_poll() == []
+    assert AuditEvent.objects.filter(action="repository.archived", actor=alice, repository=repository).count() == 1
+    change_page = client.get(change_url(repository)).content.decode()
+    assert "is archived" in change_page and f'href="{delete_url}" class="deletelink">Restore…</a>' in change_page
+
+    assert 'value="Restore shop"' in client.get(delete_url).content.decode()
+    client.post(delete_url, {"restore": "1"})
+    repository.refresh_from_db()
+    assert not repository.is_archived and list(Repository.objects.visible()) == [repository]
+    assert AuditEvent.objects.filter(action="repository.restored", actor=alice, repository=repository).count() == 1
+
+
+def test_archiving_twice_records_it_once(alice, repository):
+    assert repository.archive(by=alice) is True
+    assert Repository.objects.get(pk=repository.pk).archive(by=alice) is False
+    assert AuditEvent.objects.filter(action="repository.archived").count() == 1
+
+
+def test_the_repository_list_offers_archive_and_restore_but_no_bulk_delete(client, alice, repository):
+    client.force_login(alice)
+    changelist = reverse("admin:pipelines_repository_changelist")
+    html = client.get(changelist).content.decode()
+    assert 'value="archive"' in html and 'value="restore"' in html and 'value="delete_selected"' not in html
+
+    client.post(changelist, {"action": "archive", ACTION_CHECKBOX_NAME: [repository.pk]})
+    assert Repository.objects.get(pk=repository.pk).is_archived
+    assert change_url(repository) not in client.get(changelist, {"archived": "no"}).content.decode()
+    assert change_url(repository) in client.get(changelist, {"archived": "yes"}).content.decode()
+
+
+# --- the admin checks a repository against its remote ---------------------------------------------------
+
+
+def add_repository(client, **fields):
+    data = {
+        "name": "shop", "url": "", "web_url": "", "enabled": "on", "branch": "main", "release_from": "tags",
+        "tag_pattern": "v*", "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "",
+        "lifecycle": default_lifecycle_id(), "_save": "Save", **CHECK_SECRETS_NONE, **fields,
+    }
+    return client.post(reverse("admin:pipelines_repository_add"), data, follow=True)
+
+
+def test_saving_lists_the_remote_and_says_how_many_tags_match(client, alice, origin):
+    origin.tag("v1.0.0")
+    origin.tag("v1.1.0")
+    origin.tag("nightly")
+    client.force_login(alice)
+
+    html = add_repository(client, url=origin.url).content.decode()
+
+    assert Repository.objects.filter(name="shop").exists()
+    assert "Connected; the branch &#x27;main&#x27; exists." in html
+    assert "2 of the remote&#x27;s 3 tags match &#x27;v*&#x27;." in html
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"url": "/nonexistent/repository"}, "Cannot reach repository /nonexistent/repository"),
+    ({"url": "https://no-such-host.invalid/shop.git"}, "Cannot reach repository https://no-such-host.invalid/shop.git"),
+    ({"branch": "trunk", "release_from": "commits"}, "The remote has no branch &#x27;trunk&#x27; (it has: main)."),
+])
+def test_a_setup_that_cannot_work_is_refused_with_the_reason(client, alice, origin, fields, says):
+    client.force_login(alice)
+    html = add_repository(client, **{"url": origin.url, **fields}).content.decode()
+    assert says in html and "Save even if the check fails" in html
+    assert not Repository.objects.exists()
+
+
+def test_save_anyway_keeps_a_repository_whose_host_is_down_with_a_warning(client, alice, db):
+    client.force_login(alice)
+    html = add_repository(client, url="/nonexistent/repository", save_anyway="on").content.decode()
+    assert Repository.objects.filter(name="shop").exists()
+    assert "Saved although the check failed: Cannot reach repository /nonexistent/repository" in html
+
+
+def test_a_glob_that_never_closes_its_bracket_is_refused(client, alice, origin):
+    client.force_login(alice)
+    html = add_repository(client, url=origin.url, tag_pattern="v[0-9").content.decode()
+    assert "&#x27;v[0-9&#x27; opens a &#x27;[&#x27; that no &#x27;]&#x27; closes" in html
+    assert not Repository.objects.exists()
+
+
+def test_no_matching_tag_and_a_url_registered_twice_are_warned_about(client, alice, origin, repository):
+    client.force_login(alice)
+    html = add_repository(client, name="shop-again", url=origin.url, tag_pattern="release-*").content.decode()
+    assert Repository.objects.filter(name="shop-again").exists()
+    assert "The same git URL is registered as shop" in html
+    assert "0 of the remote&#x27;s 0 tags match &#x27;release-*&#x27;. No release appears" in html
+
+
+def test_an_unchanged_remote_is_not_asked_again(client, alice, repository):
+    # Renaming nothing about the remote (here: the poll interval) saves without a network call, even if the
+    # remote is gone now.
+    Repository.objects.filter(pk=repository.pk).update(url="/gone/now")
+    repository.refresh_from_db()
+    client.force_login(alice)
+    response = client.post(change_url(repository), repository_form(repository, poll_interval=90))
+    assert response.status_code == 302
+
+
+def test_labels_read_as_words(client, alice, repository):
+    client.force_login(alice)
+    html = client.get(change_url(repository)).content.decode()
+    assert ">Git URL:<" in html and ">Web page:<" in html and ">Url:<" not in html and ">Web url:<" not in html
+
+
+def test_internals_are_listed_for_superusers_only(client, alice, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("sam", "sam@example.com", "password", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label__in=["pipelines", "django_rq"]))
+    client.force_login(staff)
+    index = client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:pipelines_repository_changelist") in index
+    assert reverse("admin:pipelines_target_changelist") not in index and "django_rq" not in index
+
+    client.force_login(alice)
+    index = client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:pipelines_target_changelist") in index and "django_rq" in index

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 def data_dir(settings, tmp_path):
     settings.GITOPS_DATA_DIR = tmp_path / "data"
     settings.GITOPS_BASE_URL = "http://127.0.0.1:8000"
+    settings.GITOPS_BASE_URL_IS_SET = True
     return settings.GITOPS_DATA_DIR
 
 
@@ -71,3 +72,13 @@ def test_it_refuses_to_take_over_an_ordinary_user_named_admin(db, data_dir, djan
         ensureadmin()
 
     assert not django_user_model.objects.get(username="admin").is_superuser
+
+
+def test_it_names_no_address_when_none_was_chosen(db, data_dir, settings):
+    # `make run` calls it before runportal picks its port: the default URL could name the wrong one.
+    settings.GITOPS_BASE_URL_IS_SET = False
+
+    output = ensureadmin()
+
+    assert re.search(r"^Sign in as admin / \S+ at the address the portal prints when it starts\.$", output, re.MULTILINE)
+    assert "http" not in output

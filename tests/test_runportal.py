@@ -182,6 +182,21 @@ def staging_succeeded(data_dir):
     return [version for (version,) in rows]
 
 
+def repository_id(data_dir, name):
+    with closing(sqlite3.connect(data_dir / "portal.sqlite3", timeout=5)) as db:
+        return db.execute("SELECT id FROM pipelines_repository WHERE name = ?", (name,)).fetchone()[0]
+
+
+def mail_link_in(environment):
+    """The link a change-request mail carries, as settings compute it in a process with this environment."""
+    code = ("from approvals.notifications import change_request_url; from approvals.models import ChangeRequest; "
+            "print(change_request_url(ChangeRequest(pk=3)))")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", code], cwd=BASE_DIR, env=environment,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def sign_in(opener, base_url, password):
     status, _, page = get(opener, base_url + "login/")
     assert status == 200, f"the login page answered {status}"
@@ -197,7 +212,10 @@ def test_make_run_starts_the_portal_deploys_the_demo_to_staging_and_stops_cleanl
     env = portal_env(data_dir)
     manage(env, "migrate", "--noinput", "-v", "0")
     admin_output = manage(env, "ensureadmin")
-    password = re.search(r"^Sign in at http://127\.0\.0\.1:8000/ as admin / (\S+)$", admin_output, re.MULTILINE).group(1)
+    # Before runportal has chosen its address, no URL is named: the default port would be a wrong one.
+    password = re.search(r"^Sign in as admin / (\S+) at the address the portal prints when it starts\.$", admin_output,
+                         re.MULTILINE).group(1)
+    assert "8000" not in admin_output
     assert "Demo created" in manage(env, "seeddemo")
 
     portal = start_portal(env, data_dir)
@@ -220,6 +238,16 @@ def test_make_run_starts_the_portal_deploys_the_demo_to_staging_and_stops_cleanl
     status, landed, dashboard = sign_in(opener, portal.url, password)
     assert status == 200 and urllib.parse.urlparse(landed).path == "/", f"signing in landed on {landed}"
     assert "shop" in dashboard and "succeeded" in dashboard.lower()
+    # The links test: started with --port and no GITOPS_BASE_URL, the admin's webhook help and the mail
+    # (sent by the workers, with the environment runportal gave them) name the served port.
+    assert "GITOPS_BASE_URL" not in env
+    status, _, repository_page = get(opener, portal.url + f"admin/pipelines/repository/{repository_id(data_dir, 'shop')}/change/")
+    assert status == 200
+    assert f"http://127.0.0.1:{portal.port}/hooks/shop" in repository_page and ":8000/" not in repository_page
+    worker = next(process for process, command in portal.seen.values()
+                  if "rqworker" in command and process.ppid() == portal.process.pid)
+    assert worker.environ()["GITOPS_BASE_URL"] == f"http://127.0.0.1:{portal.port}"
+    assert mail_link_in(worker.environ()) == f"http://127.0.0.1:{portal.port}/approvals/3/"
 
     portal.track()
     commands = portal.seen_commands()

@@ -3,6 +3,7 @@ status) and the navigation count. Requests are created directly; what the page s
 
 import copy
 import hashlib
+import re
 from datetime import timedelta
 
 import pytest
@@ -15,8 +16,8 @@ from django.utils import timezone
 
 from approvals.models import ChangeRequest, Decision
 from approvals.navigation import pending_approvals
-from pipelines.models import AuditEvent, Deployment, Release
-from tests.conftest import PIPELINE, stage_of
+from pipelines.models import AuditEvent, Deployment, Preview, Release
+from tests.conftest import PIPELINE, set_policy, stage_of
 
 NAVIGATION = "approvals.navigation.pending_approvals"
 
@@ -81,10 +82,10 @@ def make_request(repository, production):
         release = create_release(repository, f"v1.4.{next(counter)}")
         held = create_deployment(release, production, Deployment.Status.AWAITING_APPROVAL, triggered_by=requested_by)
         fields.setdefault("summary", summary())
+        fields.setdefault("expires_at", timezone.now() + timedelta(days=3))
         return ChangeRequest.objects.create(
             deployment=held, repository=repository, environment=production, stage=stage_of(production),
-            requested_by=requested_by,
-            required_approvals=required_approvals, expires_at=timezone.now() + timedelta(days=3), **fields,
+            requested_by=requested_by, required_approvals=required_approvals, **fields,
         )
 
     return make
@@ -240,15 +241,63 @@ def test_the_navigation_links_approvals_with_the_count_and_audit(client, bob, ch
     change_request = make_request()
     client.force_login(bob)
     html = client.get(reverse("dashboard")).content.decode()
-    assert f'<a href="{reverse("approvals_inbox")}">Approvals <span class="nav-count" title="Waiting on you">1</span></a>' in html
+    assert nav_count(html) == "1"
+    assert 'aria-label="Approvals, 1 waiting on you"' in html
     assert f'<a href="{reverse("audit_log")}">Audit</a>' in html
 
     change_request.approve(bob)
     html = client.get(reverse("dashboard")).content.decode()
-    assert f'<a href="{reverse("approvals_inbox")}">Approvals</a>' in html
+    assert f'href="{reverse("approvals_inbox")}"' in html and nav_count(html) is None
 
     client.force_login(charlie)
     assert "nav-count" not in client.get(reverse("dashboard")).content.decode()
+
+
+def nav_count(html):
+    """The number on the navigation's Approvals link, or None without one."""
+    found = re.search(r'id="approvals-nav"[^>]*>Approvals(?: <span class="nav-count" title="Waiting on you">(\d+)</span>)?</a>', html)
+    assert found, "no Approvals link in the navigation"
+    return found.group(1)
+
+
+def test_only_what_i_may_decide_waits_on_me_and_counts_on_the_badge(client, bob, make_request, production, navigation):
+    decidable = make_request(author_emails=["dana@example.com"])
+    with_my_commits = make_request(author_emails=["bob@example.com"])
+    expired = make_request(expires_at=timezone.now() - timedelta(minutes=1))
+    unreadable = make_request(summary={**summary(), "error": "git fetch failed"})
+    previewing = make_request()
+    Preview.objects.create(deployment=previewing.deployment, number=1, status=Preview.Status.RUNNING)
+    client.force_login(bob)
+
+    html = client.get(reverse("approvals_inbox")).content.decode()
+
+    waiting, pending = section(html, "Waiting on me"), section(html, "All pending")
+    assert reverse("change_request_detail", args=[decidable.pk]) in waiting
+    for undecidable in (with_my_commits, expired, unreadable, previewing):
+        assert undecidable.refusal_reason(bob) is not None
+        assert reverse("change_request_detail", args=[undecidable.pk]) not in waiting
+        assert reverse("change_request_detail", args=[undecidable.pk]) in pending  # still listed for everyone
+    assert nav_count(html) == "1"
+
+    set_policy(production, block_commit_authors=False)  # then their own commits do not stop them
+    assert nav_count(client.get(reverse("approvals_inbox")).content.decode()) == "3"
+
+
+def test_the_badge_refreshes_from_a_fragment_that_follows_decisions(client, bob, make_request, navigation):
+    change_request = make_request()
+    client.force_login(bob)
+    page_html = client.get(reverse("dashboard")).content.decode()
+    badge_url = reverse("approvals_navigation_badge")
+    assert f'hx-get="{badge_url}"' in page_html and 'hx-trigger="every 10s' in page_html
+
+    assert nav_count(client.get(badge_url, headers={"HX-Request": "true"}).content.decode()) == "1"
+    change_request.approve(bob)  # in another tab: this page's badge learns it from the poll
+    fragment = client.get(badge_url, headers={"HX-Request": "true"}).content.decode()
+    assert nav_count(fragment) is None and "<html" not in fragment
+
+    client.logout()
+    response = client.get(badge_url, headers={"HX-Request": "true"})
+    assert response.status_code == 204 and response.content == b""
 
 
 # --- the change-request page -------------------------------------------------------------------------
@@ -451,6 +500,8 @@ def test_rejecting_with_a_comment_ends_the_request_and_the_deployment(bob, chang
     change_request.refresh_from_db()
     assert change_request.status == ChangeRequest.Status.REJECTED
     assert change_request.deployment.status == Deployment.Status.REJECTED
+    assert AuditEvent.objects.filter(action="change_request.rejected_by", actor=bob,
+                                     details__comment="not during the sale").exists()
 
 
 def test_someone_who_may_not_decide_is_told_why_and_nothing_changes(client, charlie, change_request):
@@ -494,7 +545,7 @@ def test_the_poll_stops_with_286_once_the_request_is_closed_and_replaces_the_but
     assert '<section id="decide" class="card" hx-swap-oob="true">' in fragment
     assert "This change request is already approved." in fragment
 
-    assert "hx-trigger" not in page(client, change_request)
+    assert "hx-trigger" not in page(client, change_request).split("<main", 1)[1]  # (the navigation's badge polls)
 
 
 # --- from the deployment to its request ------------------------------------------------------------
@@ -555,3 +606,60 @@ def test_a_decision_made_elsewhere_shows_up_without_a_reload_and_the_buttons_go(
     expect(page.locator("#decide")).to_contain_text("This change request is already approved.")
     expect(page.get_by_role("button", name="Approve")).to_have_count(0)
     assert page.locator("#cr-status").get_attribute("hx-trigger") is None  # polling stopped
+
+
+# --- who decided, on the deployment page -------------------------------------------------------------
+
+
+def test_the_deployment_page_names_who_approved_when_and_why_with_a_link_to_the_request(client, bob, charlie, make_request, alice):
+    change_request = make_request(requested_by=alice)
+    change_request.approve(bob, "checked the plan")
+    client.force_login(charlie)
+
+    html = client.get(reverse("deployment_detail", args=[change_request.deployment_id])).content.decode()
+
+    facts = html[html.index('<dl class="facts">'):html.index("</dl>")]
+    assert f'<a href="{reverse("change_request_detail", args=[change_request.pk])}">#{change_request.pk}</a>' in facts
+    assert "approved" in facts and "requested by alice" in facts
+    assert "<dt>Approved by</dt>" in facts and "bob" in facts and "“checked the plan”" in facts and "<time" in facts
+
+
+def test_a_rejected_deployment_shows_who_rejected_and_why_not_an_error(client, bob, charlie, make_request):
+    change_request = make_request()
+    change_request.reject(bob, "not during the sale")
+    client.force_login(charlie)
+
+    html = client.get(reverse("deployment_detail", args=[change_request.deployment_id])).content.decode()
+
+    facts = html[html.index('<dl class="facts">'):html.index("</dl>")]
+    assert "<dt>Rejected by</dt>" in facts and "“not during the sale”" in facts
+    assert "<dt>Why it was rejected</dt>" in facts and "Rejected by bob: not during the sale" in facts
+    assert "error-box" not in facts and "<dt>Error</dt>" not in facts
+
+
+def test_the_release_page_names_who_decided_on_each_deployment_in_constant_queries(
+    client, bob, charlie, make_request, django_user_model, approvers
+):
+    first = make_request()
+    first.reject(bob, "not during the sale")
+    client.force_login(charlie)
+    release = first.deployment.release
+    url = reverse("release_detail", args=[release.repository.name, release.version])
+
+    with CaptureQueriesContext(connection) as one:
+        html = client.get(url).content.decode()
+    assert f'href="{reverse("change_request_detail", args=[first.pk])}">change request #{first.pk}</a>' in html
+    assert "rejected by bob" in html and "“not during the sale”" in html
+
+    # More held deployments of the same release, each decided: the page asks no more queries.
+    for n in range(3):
+        other = django_user_model.objects.create_user(f"approver{n}", f"a{n}@example.com")
+        other.groups.add(approvers)
+        held = Deployment.objects.create(release=release, environment=first.environment, repository=release.repository,
+                                         status=Deployment.Status.AWAITING_APPROVAL, trigger=Deployment.Trigger.MANUAL)
+        ChangeRequest.objects.create(deployment=held, repository=release.repository, environment=first.environment,
+                                     stage=first.stage, required_approvals=1, summary=summary()).approve(other, "fine")
+    with CaptureQueriesContext(connection) as four:
+        html = client.get(url).content.decode()
+    assert html.count("approved by approver") == 3
+    assert len(four) == len(one)

@@ -298,3 +298,15 @@ def test_credentials_recorded_before_redaction_are_not_shown(client, charlie, db
     client.force_login(charlie)
     for text in (get(client), export(client, "csv")[1], export(client, "json")[1]):
         assert "old-t0ken" not in text and "https://***@git.example.com/a.git" in text
+
+
+def test_a_filter_for_rejected_by_finds_rejections_recorded_under_the_old_misspelling(client, charlie, bob, db):
+    # Events before the fix carry 'change_request.rejectd_by'; the chain is append-only, so they keep it.
+    AuditEvent.objects.record(action="change_request.rejectd_by", actor=bob, details={"comment": "not today"})
+    AuditEvent.objects.record(action="change_request.rejected_by", actor=bob, details={"comment": "nor tomorrow"})
+    AuditEvent.objects.record(action="change_request.approved_by", actor=bob, details={"comment": "fine"})
+    client.force_login(charlie)
+
+    for text in ("change_request.rejected_by", "change_request.rejected", "rejected_by"):
+        assert seqs(get(client, action=text)) == [3, 2], text
+    assert seqs(get(client, action="approved_by")) == [4]

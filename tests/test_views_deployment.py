@@ -49,7 +49,7 @@ def test_it_shows_the_deployment_and_its_log(client, charlie, running):
     html = response.content.decode()
     assert response.status_code == 200
     assert "v1.2.0 → staging" in html
-    assert "Automatic by the portal" in html
+    assert "Automatic, started by the portal" in html
     assert "1 min 15 s so far" in html
     assert '<pre id="log" class="log">cloning\ndeploying v1.2.0 to staging\n</pre>' in html
 
@@ -65,8 +65,9 @@ def test_a_finished_deployment_does_not_poll(client, charlie, running):
     running.fail("step deploy exited with 3", exit_code=3)
     client.force_login(charlie)
     html = client.get(reverse("deployment_detail", args=[running.pk])).content.decode()
-    assert "hx-trigger" not in html
+    assert "hx-trigger" not in html.split("<main", 1)[1]  # (the navigation's approvals badge polls on every page)
     assert "status-failed" in html
+    assert "<dt>Error</dt>" in html
     assert "step deploy exited with 3" in html
     assert "<code>3</code>" in html
 
@@ -211,3 +212,18 @@ def test_someone_without_the_deploy_permission_cannot_retry(client, charlie, rel
     assert "Retry" not in client.get(reverse("deployment_detail", args=[failed.pk])).content.decode()
     assert client.post(reverse("deployment_retry", args=[failed.pk])).status_code == 403
     assert Deployment.objects.count() == 1
+
+
+def test_a_superseded_deployment_says_so_and_links_the_newer_one_not_as_an_error(client, charlie, repository, staging, make_release):
+    from pipelines import promotion
+
+    older = promotion.on_release_recorded(make_release(repository, "v1.0.0"))
+    newer = promotion.on_release_recorded(make_release(repository, "v1.1.0"))
+    client.force_login(charlie)
+
+    html = client.get(reverse("deployment_detail", args=[older.pk])).content.decode()
+
+    assert "superseded by a newer release" in html
+    assert f'<dt>Superseded by</dt><dd><a href="{reverse("deployment_detail", args=[newer.pk])}">deployment #{newer.pk}</a></dd>' in html
+    assert f"<dt>Why it was cancelled</dt><dd class=\"reason\">Superseded by v1.1.0 (deployment #{newer.pk}).</dd>" in html
+    assert "error-box" not in html

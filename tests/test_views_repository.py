@@ -234,3 +234,32 @@ def test_someone_without_the_deploy_permission_cannot_deploy(client, charlie, re
     client.force_login(charlie)
     assert client.post(reverse("release_deploy", args=[release.pk]), {"environment": "staging"}).status_code == 403
     assert not Deployment.objects.exists()
+
+
+# --- poll now ------------------------------------------------------------------------------------------
+
+
+def test_a_deployer_polls_from_the_repository_page_and_others_see_no_button(client, bob, charlie, repository):
+    page_url = reverse("repository_detail", args=[repository.name])
+    poll_url = reverse("repository_poll", args=[repository.name])
+    client.force_login(charlie)
+    assert poll_url not in client.get(page_url).content.decode()
+    assert client.post(poll_url).status_code == 403
+
+    client.force_login(bob)
+    assert f'action="{poll_url}"' in client.get(page_url).content.decode()
+    response = client.post(poll_url, follow=True)
+    assert "Polling shop now" in response.content.decode()
+    repository.refresh_from_db()
+    assert repository.poll_requested_at is not None
+    assert AuditEvent.objects.filter(action="repository.poll_requested", actor=bob).count() == 1
+
+
+def test_an_archived_repository_says_so_and_is_not_polled_from_its_page(client, bob, alice, repository):
+    repository.archive(by=alice)
+    client.force_login(bob)
+    html = client.get(reverse("repository_detail", args=[repository.name])).content.decode()
+    assert "archived" in html and reverse("repository_poll", args=[repository.name]) not in html
+    response = client.post(reverse("repository_poll", args=[repository.name]), follow=True)
+    assert "is archived; it is not polled" in response.content.decode()
+    assert Repository.objects.get(pk=repository.pk).poll_requested_at is None

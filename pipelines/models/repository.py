@@ -1,7 +1,7 @@
 from datetime import timedelta
 
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -14,11 +14,18 @@ MAX_POLL_BACKOFF = 600  # a failing repository is still tried every 10 minutes a
 
 
 class RepositoryQuerySet(models.QuerySet):
+    def visible(self):
+        """Repositories not archived: the ones the dashboard lists and the portal polls."""
+        return self.filter(archived_at__isnull=True)
+
+    def pollable(self):
+        return self.visible().filter(enabled=True)
+
     def due_for_poll(self, now=None):
-        """Enabled repositories to poll now: asked for by a webhook, never polled, or past their delay
-        (the interval, longer while polls fail). Asked-for ones first, then the longest waiting."""
+        """Enabled, unarchived repositories to poll now: asked for by a webhook, never polled, or past their
+        delay (the interval, longer while polls fail). Asked-for ones first, then the longest waiting."""
         now = now or timezone.now()
-        due = [r for r in self.filter(enabled=True) if r.is_due_for_poll(now)]
+        due = [r for r in self.pollable() if r.is_due_for_poll(now)]
         return sorted(due, key=lambda r: (r.poll_requested_at is None, r.last_polled_at is not None,
                                           r.last_polled_at or now))
 
@@ -79,6 +86,9 @@ class Repository(models.Model):
     skipped_tags = models.JSONField(default=list, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Archived instead of deleted: its releases, deployments and audit events keep pointing at it. Not polled,
+    # no webhooks, not on the dashboard; restoring brings it back as it was.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     objects = RepositoryQuerySet.as_manager()
 
@@ -91,6 +101,41 @@ class Repository(models.Model):
 
     def get_absolute_url(self):
         return reverse("repository_detail", args=[self.name])
+
+    @property
+    def is_archived(self):
+        return self.archived_at is not None
+
+    def archive(self, *, by):
+        """Hide it and stop polling it, keeping its history. Returns False when it was archived already."""
+        return self._set_archived(timezone.now(), "repository.archived", by)
+
+    def restore(self, *, by):
+        """Bring an archived repository back. Returns False when it was not archived."""
+        return self._set_archived(None, "repository.restored", by)
+
+    def _set_archived(self, value, action, by):
+        from pipelines.models import AuditEvent
+
+        with transaction.atomic():
+            # Compare-and-swap: of two clicks, one changes it and records it; the other changes nothing.
+            changed = Repository.objects.filter(pk=self.pk, archived_at__isnull=value is not None).update(archived_at=value)
+            if changed:
+                AuditEvent.objects.record(action=action, actor=by, obj=self, repository=self)
+        if changed:
+            self.archived_at = value
+        return bool(changed)
+
+    def request_poll(self, *, by):
+        """Ask for a poll now: recorded first (the sweep serves it if the queue is away), then a worker is
+        woken on commit. Git runs in the worker, never in the web request."""
+        from pipelines import jobs
+        from pipelines.models import AuditEvent
+
+        with transaction.atomic():
+            Repository.objects.filter(pk=self.pk).update(poll_requested_at=timezone.now())
+            AuditEvent.objects.record(action="repository.poll_requested", actor=by, obj=self, repository=self)
+            jobs.enqueue_poll(self.pk)
 
     def poll_delay(self):
         """Seconds between polls: the interval, doubled per consecutive failure up to MAX_POLL_BACKOFF."""

@@ -159,6 +159,8 @@ def test_deleting_every_event_after_admin_changes_is_reported(client, alice, ori
     client.post(reverse("admin:pipelines_repository_add"), {
         "name": "shop", "url": origin.url, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
         "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
+        "check_secrets-TOTAL_FORMS": 0, "check_secrets-INITIAL_FORMS": 0, "check_secrets-MIN_NUM_FORMS": 0,
+        "check_secrets-MAX_NUM_FORMS": 1000,
     })
     wipe()
     assert verifyaudit() == ("Audit log broken at event #1: the audit log is empty but the portal holds "

@@ -24,7 +24,12 @@ URL = f"https://user:{TOKEN}@git.example.com/org/repo.git"
 def repository_form(url, **overrides):
     return {
         "name": "shop", "url": url, "web_url": "", "enabled": "on", "branch": "main", "release_from": "tags",
-        "tag_pattern": "v*", "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "", "lifecycle": default_lifecycle_id(), "_save": "Save",
+        "tag_pattern": "v*", "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "",
+        "lifecycle": default_lifecycle_id(), "_save": "Save",
+        # The hosts here do not exist: the admin's check of the remote fails, and the form says so (redacted).
+        "save_anyway": "on",
+        "check_secrets-TOTAL_FORMS": 0, "check_secrets-INITIAL_FORMS": 0, "check_secrets-MIN_NUM_FORMS": 0,
+        "check_secrets-MAX_NUM_FORMS": 1000,
         **overrides,
     }
 

@@ -23,7 +23,6 @@ class Command(BaseCommand):
     def handle(self, *args, username, **options):
         User = get_user_model()
         password_file = settings.GITOPS_DATA_DIR / PASSWORD_FILE
-        url = settings.GITOPS_BASE_URL.rstrip("/") + "/"
         existing = User.objects.filter(is_superuser=True).order_by("pk").first()
         if existing is not None:
             where = f"; its initial password is in {password_file}" if password_file.exists() else ""
@@ -35,11 +34,17 @@ class Command(BaseCommand):
                 "`manage.py createsuperuser --username <another name>`."
             )
         password = secrets.token_urlsafe(12)
+        url = settings.GITOPS_BASE_URL.rstrip("/") + "/"
         with transaction.atomic():
             User.objects.create_superuser(username=username, email="", password=password)
         self._write_private(password_file, password + "\n")
         self.stdout.write(self.style.SUCCESS(f"Created the superuser {username!r}; its password is in {password_file}."))
-        self.stdout.write(f"Sign in at {url} as {username} / {password}")
+        if settings.GITOPS_BASE_URL_IS_SET:
+            self.stdout.write(f"Sign in at {url} as {username} / {password}")
+        else:
+            # `make run` calls this before `runportal` has chosen its address: naming the default port
+            # here would be wrong for `--port 8101`. runportal prints the address with this password.
+            self.stdout.write(f"Sign in as {username} / {password} at the address the portal prints when it starts.")
 
     @staticmethod
     def _write_private(path, text):

@@ -46,6 +46,8 @@ class Command(BaseCommand):
         repository = Repository.objects.filter(name=name).first()
         if repository is None:
             raise CommandError(f"There is no repository named {name!r}.")
+        if repository.is_archived:
+            raise CommandError(f"Repository {name!r} is archived; restore it in the admin first.")
         if not repository.enabled:
             raise CommandError(f"Repository {name!r} is disabled; enable it in the admin first.")
         releases = tracking.poll_repository(repository)

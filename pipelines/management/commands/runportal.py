@@ -97,7 +97,7 @@ class Command(BaseCommand):
         children = self._children(host, port, workers, threads)
         failure = None
         try:
-            env = self._child_environment()
+            env = self._child_environment(self._served_url(host, port))
             for child in children:
                 if not self.stop_requested:
                     child.start(env)
@@ -162,8 +162,17 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"Cannot listen on {host}:{port} ({exc.strerror}); choose another with --port.") from None
 
-    def _child_environment(self):
+    @staticmethod
+    def _served_url(host, port):
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+
+    def _child_environment(self, served_url):
         env = dict(os.environ)
+        # Links in mail and in the admin name the address served here, unless the operator chose one
+        # (behind a proxy the outside URL differs from the bound one).
+        if not env.get("GITOPS_BASE_URL"):
+            env["GITOPS_BASE_URL"] = served_url.rstrip("/")
         # The children must agree with this process even when it was started with --settings or another cwd.
         env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
         env["GITOPS_DATA_DIR"] = str(settings.GITOPS_DATA_DIR)
@@ -188,8 +197,7 @@ class Command(BaseCommand):
         return None
 
     def _announce(self, host, port):
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+        url = self._served_url(host, port)
         self.stdout.write(self.style.SUCCESS(f"GitOps Portal is running at {url}"))
         password_file = settings.GITOPS_DATA_DIR / "admin-password.txt"
         try:

@@ -41,6 +41,8 @@ GITOPS_STEP_USER = os.environ.get("GITOPS_STEP_USER", "")
 # A running deployment beats this often; one whose heartbeat is older than WORKER_LOST_AFTER is lost.
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
+# Requests per API token per minute (0: no limit); past it the API answers 429 with Retry-After.
+GITOPS_API_RATE_LIMIT = envint("GITOPS_API_RATE_LIMIT", 600)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
 # What builds leave in $GITOPS_ARTIFACTS/ is kept, one tar.gz per build, in the storage "gitops_artifacts"
 # (STORAGES below): a folder here by default. Workers on several machines must share it: point it at a shared
@@ -107,8 +109,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_rq",
+    "ninja",  # its Swagger UI files, served from here: the docs page needs no CDN
     "pipelines",
     "approvals",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -121,6 +125,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "api.middleware.AuditChannelMiddleware",
 ]
 
 ROOT_URLCONF = "gitops_portal.urls"

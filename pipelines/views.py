@@ -6,7 +6,7 @@ Mutating views are short: guard, model method, message, redirect."""
 from dataclasses import dataclass
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError, connection, transaction
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,12 +15,12 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from pipelines import artifacts, gate, jobs
+from pipelines.permissions import can_deploy, deployer_required
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
 
 RELEASES_ON_REPOSITORY_PAGE = 50
-deployer_required = permission_required("pipelines.deploy", raise_exception=True)
 
 
 @dataclass
@@ -131,7 +131,7 @@ def repository_detail(request, name):
                        build=builds.get(release.id))
             for release in releases
         ],
-        "can_deploy": request.user.has_perm("pipelines.deploy"),
+        "can_deploy": can_deploy(request.user),
     }
     return render(request, "pipelines/repository_detail.html", context)
 
@@ -148,7 +148,7 @@ def release_detail(request, name, version):
         "commit_url": release.repository.commit_url(release.commit_sha),
         "deployments": list(deployments),
         "deploy_stages": stages_for(release),
-        "can_deploy": request.user.has_perm("pipelines.deploy"),
+        "can_deploy": can_deploy(request.user),
         **_build_context(release),
     }
     return render(request, "pipelines/release_detail.html", context)
@@ -226,7 +226,7 @@ def _artifact_response(run, filename):
 @login_required
 def deployment_detail(request, pk):
     deployment = _get_deployment_or_404(pk)
-    context = {"deployment": deployment, "can_deploy": request.user.has_perm("pipelines.deploy")}
+    context = {"deployment": deployment, "can_deploy": can_deploy(request.user)}
     if request.htmx:
         return render(request, "pipelines/deployment_detail.html#status", context)
     # The status is read before the log: a deployment seen finished has all of its log already.

@@ -29,6 +29,8 @@ APPROVER = Rule(Scope.APPROVE)
 CHECK_REPORTER = Rule(Scope.CHECKS_REPORT)
 
 RULES = {
+    # django-ninja's own: the root (answers 404; there to reverse URLs from), the schema and its docs page.
+    ("api-root", "GET"): PUBLIC,
     ("openapi-json", "GET"): PUBLIC,
     ("openapi-view", "GET"): PUBLIC,
     ("api_status", "GET"): READ,

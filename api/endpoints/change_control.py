@@ -6,7 +6,7 @@ token needs the `approve` scope, the stage must allow decisions through the API 
 allow_api_approval, off by default), and a service account never decides (it is not a person)."""
 
 from django.db.models import Prefetch
-from ninja import Router
+from ninja import Router, Status
 
 from api import schemas
 from api.endpoints.pipelines import _deployment, _environment, _release, already_on_its_way, deployment_out
@@ -32,7 +32,7 @@ def release_promote(request, pk: int, body: schemas.PromoteIn):
                                           override_reason=body.override_reason.strip())
     except PromotionError as exc:
         raise conflict(str(exc)) from None
-    return 201, deployment_out(_deployment(deployment.pk))
+    return Status(201, deployment_out(_deployment(deployment.pk)))
 
 
 @router.post("/releases/{int:pk}/rollback", response={201: schemas.Deployment}, url_name="api_release_rollback",
@@ -45,7 +45,7 @@ def release_rollback(request, pk: int, body: schemas.RollbackIn):
         deployment = rollback(release, environment, by=request.user, reason=body.reason.strip())
     except PromotionError as exc:
         raise conflict(str(exc)) from None
-    return 201, deployment_out(_deployment(deployment.pk))
+    return Status(201, deployment_out(_deployment(deployment.pk)))
 
 
 CHANGE_REQUEST_RELATED = ("deployment__release", "repository", "environment", "requested_by")

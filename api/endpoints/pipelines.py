@@ -3,7 +3,7 @@
 Each action is the page's own path (the same model methods and promotion functions, the same refusals,
 said as `409 {"error": "refused", "detail": …}`); who may call it is decided before, in api/auth.py."""
 
-from ninja import Query, Router
+from ninja import Router, Status
 
 from api import schemas
 from api.errors import ApiError, conflict, not_found
@@ -149,7 +149,7 @@ def repository_poll(request, name: str):
     if outcome == "unreachable":
         raise ApiError(503, "queue_unreachable", "The work queue is unreachable; the scheduler polls when it is back.")
     said = "A poll of it was already waiting or running." if outcome == "pending" else "A poll is queued."
-    return 202, {"detail": f"{repository.name}: {said}"}
+    return Status(202, {"detail": f"{repository.name}: {said}"})
 
 
 @router.get("/repositories/{name}/releases", response=Page[schemas.Release], url_name="api_repository_releases")
@@ -261,7 +261,7 @@ def deployment_retry(request, pk: int):
         retried = retry(deployment, by=request.user)
     except PromotionError as exc:
         raise conflict(str(exc)) from None
-    return 201, deployment_out(_deployment(retried.pk))
+    return Status(201, deployment_out(_deployment(retried.pk)))
 
 
 @router.post("/releases/{int:pk}/block", response=schemas.Release, url_name="api_release_block")

@@ -54,6 +54,8 @@ class ApiTokenQuerySet(models.QuerySet):
         unknown = set(scopes) - set(Scope.values)
         if unknown:
             raise ValueError(f"Unknown scopes: {', '.join(sorted(unknown))}; known: {', '.join(Scope.values)}.")
+        if self.filter(user=user, name=name).exists():
+            raise ValueError(f"{user.get_username()} already has a token named {name!r}; names tell them apart.")
         if expires_at <= timezone.now():
             raise ValueError("A token must expire in the future.")
         plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)

@@ -42,7 +42,9 @@ def test_block_and_unblock_through_the_api(client, repository, staging, bob, mak
 
 def test_approving_through_the_api_is_off_until_the_stage_allows_it(client, make_held_change, bob, make_token, production):
     change_request, _ = make_held_change()
-    token = make_token(bob, Scope.APPROVE)
+    token = make_token(bob, Scope.APPROVE, Scope.READ)
+    held = client.get(f"/api/v1/deployments/{change_request.deployment_id}", **bearer(token)).json()
+    assert (held["status"], held["change_request_id"]) == ("awaiting_approval", change_request.pk)
     refused = post(client, f"/api/v1/change-requests/{change_request.pk}/approve", token, {"comment": "ok"})
     assert refused.status_code == 403 and refused.json()["error"] == "api_approval_disabled"
     set_policy(production, allow_api_approval=True)

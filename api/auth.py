@@ -4,6 +4,7 @@
 one (401), applies the rate limit of the token (429 with Retry-After), then the endpoint's rule from
 api/permissions.py (403 without the scope or the owner's permission; 403 for an endpoint without a rule)."""
 
+import functools
 import logging
 import time
 
@@ -64,6 +65,13 @@ class TokenAuth(HttpBearer):
         raise NotImplementedError
 
 
+@functools.cache
+def _rate_connection():
+    """One Redis client (and its connection pool) per process: django_rq makes a new client per call, which
+    would connect anew on every request."""
+    return django_rq.get_connection("git")
+
+
 def check_rate(token):
     """At most GITOPS_API_RATE_LIMIT requests per token per minute, counted in Redis; fails open when Redis
     is away (the queue being down must not also lock CI out of reading)."""
@@ -74,8 +82,7 @@ def check_rate(token):
     window = int(now // RATE_WINDOW_SECONDS)
     key = f"gitops:api-rate:{token.pk}:{window}"
     try:
-        connection = django_rq.get_connection("git")
-        pipe = connection.pipeline()
+        pipe = _rate_connection().pipeline()
         pipe.incr(key)
         pipe.expire(key, RATE_WINDOW_SECONDS * 2)
         count = pipe.execute()[0]

@@ -98,3 +98,17 @@ def test_the_log_comes_by_offset(client, repository, staging, alice, make_token,
     assert later["text"] == "three\n"
     detail = client.get(f"/api/v1/deployments/{deployment.pk}", **bearer(token)).json()
     assert detail["steps"] == [{"name": "deploy", "run": "./deploy.sh", "timeout": 1800}]
+
+
+def test_status_says_what_runs_where_in_lifecycle_order(client, repository, staging, production, alice, make_token,
+                                                        make_release):
+    deployment = promotion.promote(make_release(repository, "v1.0.0"), staging, by=alice)
+    token = make_token(alice, Scope.READ)
+    [row] = client.get("/api/v1/status", **bearer(token)).json()
+    assert row["name"] == "shop" and row["lifecycle"] == "default"
+    assert [t["environment"] for t in row["targets"]] == ["staging", "production"]
+    staged, held = row["targets"]
+    assert staged["last_deployment"]["id"] == deployment.pk and staged["last_deployment"]["status"] == "queued"
+    assert staged["current_version"] is None and held["last_deployment"] is None and held["requires_approval"] is True
+    missing = client.get("/api/v1/status", {"repository": "nope"}, **bearer(token))
+    assert missing.status_code == 404 and missing.json() == {"error": "not_found", "detail": "No repository 'nope'."}

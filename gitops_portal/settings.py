@@ -62,7 +62,7 @@ GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
 # filled by the {% slot %} tag (pipelines/templatetags/portal.py).
 GITOPS_TEMPLATE_SLOTS = {
     "head": ["approvals/slots/head.html"],
-    "navigation": ["approvals/slots/navigation.html"],
+    "navigation": ["approvals/slots/navigation.html", "api/slots/navigation.html"],
     "banner": ["approvals/slots/freeze_banner.html"],
     "deployment.status": ["approvals/slots/deployment_status.html"],
     "deployment.after_status": ["approvals/slots/deployment_freeze_hold.html"],

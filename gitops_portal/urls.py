@@ -12,6 +12,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
+    path("api/tokens/", include("api.urls")),
     path("approvals/", include("approvals.urls")),
     path("", include("pipelines.urls")),
 ]

@@ -2,6 +2,7 @@
 against a live server with a real rq worker: staging succeeds (exit 0, the log streamed), a failing step
 gives the failure exit code, and production waits until a different person approves with `gitops approve`."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -85,6 +86,13 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
     broken = gitops(live_server, ci, "promote", "shop", "v1.1.0", "staging", "--wait", "--timeout", "120")
     assert broken.returncode == 5, broken.stderr
     assert "migration failed: table locked" in broken.stdout
+    failed = Deployment.objects.get(release__version="v1.1.0", environment=staging)
+    followed = gitops(live_server, ci, "logs", str(failed.pk), "--follow")
+    assert followed.returncode == 5 and "migration failed: table locked" in followed.stdout
+    status = gitops(live_server, ci, "status", "shop", "--json")
+    assert status.returncode == 0, status.stderr
+    [row] = json.loads(status.stdout)
+    assert [(t["environment"], t["current_version"]) for t in row["targets"]] == [("staging", "v1.0.0"), ("production", None)]
 
     refused = gitops(live_server, ci, "promote", "shop", "v1.1.0", "production", "--wait")
     assert refused.returncode == 3, refused.stderr

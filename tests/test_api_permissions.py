@@ -137,3 +137,17 @@ def test_a_deploy_token_does_not_give_its_owner_the_deploy_permission(client, ob
     cancel = client.post(f"/api/v1/deployments/{objects['deployments/']}/cancel", **bearer(token))
     assert cancel.status_code == 403
     assert cancel.json() == {"error": "missing_permission", "detail": "charlie does not have the permission 'pipelines.deploy'."}
+
+
+def test_an_endpoint_without_a_rule_is_refused_to_everyone(rf, alice, make_token):
+    """Fail closed: the check refuses what the table does not name, before it looks at the token."""
+    from django.urls import ResolverMatch
+
+    from api.auth import TokenAuth
+    from api.errors import ApiError
+
+    request = rf.get("/api/v1/new-thing", HTTP_AUTHORIZATION=f"Bearer {make_token(alice, *Scope.values)}")
+    request.resolver_match = ResolverMatch(lambda r: None, (), {}, url_name="api_new_thing")
+    with pytest.raises(ApiError) as refused:
+        TokenAuth()(request)
+    assert (refused.value.status, refused.value.code) == (403, "no_rule")

@@ -6,9 +6,10 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 
 class ApiError(Exception):
-    def __init__(self, status, code, detail, headers=None):
+    def __init__(self, status, code, detail, headers=None, **extra):
+        """`extra`: facts a program may act on (the id of the deployment already on its way…), beside the words."""
         super().__init__(detail)
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers or {}, extra
 
 
 def not_found(what):
@@ -31,7 +32,7 @@ def install(api):
 
     @api.exception_handler(ApiError)
     def api_error(request, exc):
-        return respond(request, exc.status, exc.code, exc.detail, exc.headers)
+        return respond(request, exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
 
     @api.exception_handler(AuthenticationError)
     def unauthenticated(request, exc):

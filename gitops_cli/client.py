@@ -19,9 +19,9 @@ MAX_RATE_LIMIT_WAIT = 60
 class ApiError(Exception):
     """The API said no: `status` is the HTTP status, `code` and `detail` the error body."""
 
-    def __init__(self, status, code, detail):
+    def __init__(self, status, code, detail, body=None):
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.body = status, code, detail, body or {}
 
 
 class ConfigError(Exception):
@@ -104,4 +104,4 @@ def _api_error(exc):
         body = {}
     if not isinstance(body, dict):
         body = {}
-    return ApiError(exc.code, body.get("error", "http_error"), body.get("detail", f"HTTP {exc.code} {exc.reason}"))
+    return ApiError(exc.code, body.get("error", "http_error"), body.get("detail", f"HTTP {exc.code} {exc.reason}"), body)

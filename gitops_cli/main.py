@@ -49,7 +49,11 @@ def call(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except ApiError as exc:
-        fail(f"{exc.detail} ({exc.code})" if exc.status else exc.detail, exit_code_of(exc))
+        raise_for(exc)
+
+
+def raise_for(error):
+    fail(f"{error.detail} ({error.code})" if error.status else error.detail, exit_code_of(error))
 
 
 def emit_json(value):
@@ -137,10 +141,19 @@ def promote(obj, repository, version, environment, wait, timeout, override_reaso
 
     With --wait: exit 0 only when it succeeded; 3 refused, 4 rejected or cancelled, 5 failed, 6 timed out."""
     release = find_release(obj.api, repository, version)
-    deployment = call(obj.api.post, f"/releases/{release['id']}/promote",
-                      {"environment": environment, "override_reason": override_reason})
-    say = (lambda text: click.echo(text, err=True))
-    say(f"{repository} {version} → {environment}: deployment #{deployment['id']} is {deployment['status']}.")
+    try:
+        deployment = obj.api.post(f"/releases/{release['id']}/promote",
+                                  {"environment": environment, "override_reason": override_reason})
+    except ApiError as exc:
+        if not (wait and exc.code == "already_on_its_way"):
+            raise_for(exc)
+        # What the caller waits for is this version there: follow the deployment already on its way (one that a
+        # success before promoted automatically, say) rather than fail.
+        click.echo(f"{exc.detail} Following it.", err=True)
+        deployment = call(obj.api.get, f"/deployments/{exc.body['deployment']}")
+    else:
+        click.echo(f"{repository} {version} → {environment}: deployment #{deployment['id']} is {deployment['status']}.",
+                   err=True)
     if not wait:
         return emit_json(deployment) if as_json else None
     final = follow(obj.api, deployment["id"], timeout, log_to_stderr=as_json)

@@ -29,6 +29,7 @@ def test_promote_refuses_a_second_promotion_on_its_way(client, repository, stagi
     assert first.status_code == 201 and first.json()["status"] == "queued"
     second = post(client, f"/api/v1/releases/{release.pk}/promote", token, {"environment": "staging"})
     assert second.status_code == 409 and "already on its way" in second.json()["detail"]
+    assert (second.json()["error"], second.json()["deployment"]) == ("already_on_its_way", first.json()["id"])
 
 
 def test_block_and_unblock_through_the_api(client, repository, staging, bob, make_token, make_release):

@@ -99,6 +99,7 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
     assert "failed in staging" in refused.stderr
 
     waiting = gitops(live_server, ci, "promote", "shop", "v1.0.0", "production", "--wait", "--timeout", "120", popen=True)
+    second = waiting
     said = []
     reader = threading.Thread(target=lambda: said.extend(iter(waiting.stderr.readline, "")), daemon=True)
     reader.start()
@@ -107,6 +108,9 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
                                   "the change request to open", timeout=60)
         wait_for(lambda: any(f"Change request #{change_request.pk} is open" in line for line in said),
                  "gitops to name the change request", timeout=60)
+        # A second CI job asking for the same thing follows the deployment already on its way.
+        second = gitops(live_server, ci, "promote", "shop", "v1.0.0", "production", "--wait", "--timeout", "120",
+                        popen=True)
         robot = gitops(live_server, issue("ci", Scope.APPROVE), "approve", str(change_request.pk), "-m", "ok")
         assert robot.returncode == 3 and "service account" in robot.stderr
         approved = gitops(live_server, issue("bob", Scope.APPROVE), "approve", str(change_request.pk), "-m", "ship it")
@@ -116,9 +120,14 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
         waiting.wait(timeout=120)
         reader.join(timeout=10)
         err = "".join(said)
+        second_out, second_err = second.communicate(timeout=120)
     finally:
-        if waiting.poll() is None:
-            waiting.kill()
+        for process in (waiting, second):
+            if process.poll() is None:
+                process.kill()
+    assert second.returncode == 0, second_err
+    assert "already on its way to production" in second_err and "Following it." in second_err
+    assert "deploying v1.0.0 to production" in second_out
     assert waiting.returncode == 0, err
     assert "Waiting for approval" in err and f"Change request #{change_request.pk} is open" in err
     assert "deploying v1.0.0 to production" in out

@@ -304,6 +304,7 @@ def already_on_its_way(release, environment):
     """The page refuses a second Promote of a release already waiting or running there; so does the API."""
     deployment = Deployment.objects.filter(release=release, environment=environment).active().first()
     if deployment is not None:
-        raise conflict(f"{release.version} is already on its way to {environment}: deployment #{deployment.pk} is "
-                       f"{deployment.get_status_display().lower()}. Nothing was changed.")
+        raise ApiError(409, "already_on_its_way",
+                       f"{release.version} is already on its way to {environment}: deployment #{deployment.pk} is "
+                       f"{deployment.get_status_display().lower()}. Nothing was changed.", deployment=deployment.pk)
 

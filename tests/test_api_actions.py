@@ -113,3 +113,11 @@ def test_status_says_what_runs_where_in_lifecycle_order(client, repository, stag
     assert staged["current_version"] is None and held["last_deployment"] is None and held["requires_approval"] is True
     missing = client.get("/api/v1/status", {"repository": "nope"}, **bearer(token))
     assert missing.status_code == 404 and missing.json() == {"error": "not_found", "detail": "No repository 'nope'."}
+
+
+def test_a_repository_url_is_shown_without_its_credentials(client, db, environments, alice, make_token):
+    from pipelines.models import Repository
+
+    Repository.objects.create(name="private", url="https://deploy:s3cret-token@git.example.com/org/private.git")
+    body = client.get("/api/v1/repositories/private", **bearer(make_token(alice, Scope.READ))).json()
+    assert "s3cret-token" not in body["url"] and "git.example.com/org/private.git" in body["url"]

@@ -28,7 +28,7 @@ def deployment_brief(deployment):
 
 
 def repository_out(repository):
-    return {"name": repository.name, "url": repository.display_url if hasattr(repository, "display_url") else repository.url,
+    return {"name": repository.name, "url": repository.display_url,  # credentials in the URL are hidden
             "branch": repository.branch, "release_from": repository.release_from, "tag_pattern": repository.tag_pattern,
             "pipeline_path": repository.pipeline_path, "poll_interval": repository.poll_interval,
             "enabled": repository.enabled, "lifecycle": repository.lifecycle.name,

@@ -121,3 +121,17 @@ def test_a_repository_url_is_shown_without_its_credentials(client, db, environme
     Repository.objects.create(name="private", url="https://deploy:s3cret-token@git.example.com/org/private.git")
     body = client.get("/api/v1/repositories/private", **bearer(make_token(alice, Scope.READ))).json()
     assert "s3cret-token" not in body["url"] and "git.example.com/org/private.git" in body["url"]
+
+
+def test_rejecting_through_the_api_needs_a_comment_and_stops_the_deployment(client, make_held_change, bob, make_token,
+                                                                            production):
+    change_request, _ = make_held_change()
+    set_policy(production, allow_api_approval=True)
+    token = make_token(bob, Scope.APPROVE)
+    silent = post(client, f"/api/v1/change-requests/{change_request.pk}/reject", token)
+    assert silent.status_code == 403
+    assert silent.json()["detail"] == "Say why you reject the change: a comment is required. Nothing was changed."
+    rejected = post(client, f"/api/v1/change-requests/{change_request.pk}/reject", token, {"comment": "not on a Friday"})
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert rejected.json()["decisions"][0]["comment"] == "not on a Friday"
+    assert Deployment.objects.get(pk=change_request.deployment_id).status == Deployment.Status.REJECTED

@@ -89,6 +89,10 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
     failed = Deployment.objects.get(release__version="v1.1.0", environment=staging)
     followed = gitops(live_server, ci, "logs", str(failed.pk), "--follow")
     assert followed.returncode == 5 and "migration failed: table locked" in followed.stdout
+    listed = gitops(live_server, ci, "releases", "shop", "--json")
+    assert [r["version"] for r in json.loads(listed.stdout)] == ["v1.1.0", "v1.0.0"], listed.stderr
+    table = gitops(live_server, ci, "releases", "shop")
+    assert table.stdout.splitlines()[0].split() == ["VERSION", "COMMIT", "STATE", "STAGES", "MESSAGE"]
     status = gitops(live_server, ci, "status", "shop", "--json")
     assert status.returncode == 0, status.stderr
     [row] = json.loads(status.stdout)

@@ -47,6 +47,7 @@ $(STAMP): $(LOCK)
 		"$$python" -m venv $(VENV); \
 	fi; \
 	$(PY) -m pip install -qq --disable-pip-version-check -r $(LOCK); \
+	$(PY) -m pip install -qq --disable-pip-version-check --no-deps -e .; \
 	touch $@
 
 run: venv

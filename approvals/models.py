@@ -35,6 +35,10 @@ class StagePolicy(models.Model):
         default=True, help_text="Refuse approval from anyone whose e-mail authored a commit in the change."
     )
     approval_timeout = models.DurationField(null=True, blank=True, help_text="Optional, e.g. '3 00:00:00' for three days.")
+    # Off by default: a decision through the API (a token with the `approve` scope) must be allowed per stage.
+    allow_api_approval = models.BooleanField(
+        default=False, help_text="Let approvers decide through the API (a token with the 'approve' scope), under the same rules."
+    )
 
     class Meta:
         verbose_name_plural = "stage policies"

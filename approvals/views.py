@@ -24,8 +24,9 @@ from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
 from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
+from pipelines.permissions import deployer_required
 from pipelines.promotion import PromotionError, rollback, stages_for
-from pipelines.views import deployer_required, redirect_after_promotion, warn_if_queue_was_unreachable
+from pipelines.views import redirect_after_promotion, warn_if_queue_was_unreachable
 
 RECENTLY_DECIDED = 50
 freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)

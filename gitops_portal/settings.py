@@ -41,6 +41,8 @@ GITOPS_STEP_USER = os.environ.get("GITOPS_STEP_USER", "")
 # A running deployment beats this often; one whose heartbeat is older than WORKER_LOST_AFTER is lost.
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)
+# Requests per API token per minute (0: no limit); past it the API answers 429 with Retry-After.
+GITOPS_API_RATE_LIMIT = envint("GITOPS_API_RATE_LIMIT", 600)
 GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
 # What builds leave in $GITOPS_ARTIFACTS/ is kept, one tar.gz per build, in the storage "gitops_artifacts"
 # (STORAGES below): a folder here by default. Workers on several machines must share it: point it at a shared
@@ -62,7 +64,7 @@ GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
 # filled by the {% slot %} tag (pipelines/templatetags/portal.py).
 GITOPS_TEMPLATE_SLOTS = {
     "head": ["approvals/slots/head.html"],
-    "navigation": ["approvals/slots/navigation.html"],
+    "navigation": ["approvals/slots/navigation.html", "api/slots/navigation.html"],
     "banner": ["approvals/slots/freeze_banner.html"],
     "deployment.status": ["approvals/slots/deployment_status.html"],
     "deployment.decision": ["approvals/slots/deployment_decision.html"],
@@ -116,8 +118,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_rq",
+    "ninja",  # its Swagger UI files, served from here: the docs page needs no CDN
     "pipelines",
     "approvals",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -130,6 +134,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "api.middleware.AuditChannelMiddleware",
 ]
 
 ROOT_URLCONF = "gitops_portal.urls"

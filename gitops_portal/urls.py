@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from api.api import api
 from pipelines import rq_dashboard
 
 urlpatterns = [
@@ -14,6 +15,8 @@ urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/", api.urls),
+    path("api/tokens/", include("api.urls")),
     path("approvals/", include("approvals.urls")),
     path("", include("pipelines.urls")),
 ]

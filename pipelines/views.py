@@ -6,7 +6,7 @@ Mutating views are short: guard, model method, message, redirect."""
 from dataclasses import dataclass
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
@@ -16,13 +16,13 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from pipelines import artifacts, check_views, commit_status, gate, jobs
+from pipelines.permissions import can_deploy, deployer_required
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
 from pipelines.tag_history import tag_history
 
 RELEASES_ON_REPOSITORY_PAGE = 50
-deployer_required = permission_required("pipelines.deploy", raise_exception=True)
 
 
 @dataclass
@@ -138,7 +138,7 @@ def repository_detail(request, name):
                        build=builds.get(release.id))
             for release in releases
         ],
-        "can_deploy": request.user.has_perm("pipelines.deploy"),
+        "can_deploy": can_deploy(request.user),
         "commit_status_trouble": commit_status.reporting_trouble(repository),
         **check_views.branches_context(repository),
     }
@@ -159,7 +159,7 @@ def release_detail(request, name, version):
         "tag_commit_url": release.repository.commit_url(release.tag_moved_to) if release.tag_moved_to else "",
         "deployments": list(deployments),
         "deploy_stages": stages_for(release),
-        "can_deploy": request.user.has_perm("pipelines.deploy"),
+        "can_deploy": can_deploy(request.user),
         **_build_context(release),
         **check_views.release_checks_context(release),
     }
@@ -238,7 +238,7 @@ def _artifact_response(run, filename):
 @login_required
 def deployment_detail(request, pk):
     deployment = _get_deployment_or_404(pk)
-    context = {"deployment": deployment, "can_deploy": request.user.has_perm("pipelines.deploy")}
+    context = {"deployment": deployment, "can_deploy": can_deploy(request.user)}
     if request.htmx:
         return render(request, "pipelines/deployment_detail.html#status", context)
     # The status is read before the log: a deployment seen finished has all of its log already.

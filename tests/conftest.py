@@ -597,3 +597,31 @@ def git_host_api():
     stand_in = GitHostStandIn()
     yield stand_in
     stand_in.stop()
+
+
+# --- the API -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_token(db):
+    """Issue an API token through the model's own path; returns its plaintext (what a caller sends)."""
+    import itertools
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from api.models import ApiToken
+
+    counter = itertools.count(1)
+
+    def make(user, *scopes, name=None, days=30):
+        _, plaintext = ApiToken.objects.issue(user=user, name=name or f"token-{next(counter)}", scopes=list(scopes),
+                                              expires_at=timezone.now() + timedelta(days=days), by=user)
+        return plaintext
+
+    return make
+
+
+def bearer(token):
+    """Django test client keyword arguments that authenticate with `token`."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}

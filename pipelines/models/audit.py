@@ -16,8 +16,10 @@ they are accepted as "legacy, hash-chained only" only as an unbroken prefix clos
 `audit.keyed`. An empty log is accepted only while the portal holds nothing the log must have recorded.
 """
 
+import contextvars
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -144,7 +146,31 @@ class AuditEventQuerySet(models.QuerySet):
         return None if report.intact else (report.first_bad_seq, report.reason)
 
 
+# How the person acting reached the portal, when not through its pages: "token ci-deploy" while an API request
+# authenticated by that token runs. Every event recorded for a person inside says so in its details.
+_acting_via = contextvars.ContextVar("audit_acting_via", default="")
+
+
+@contextmanager
+def acting_via(channel=""):
+    """Record the events of the block as done "via <channel>": model methods keep taking the user as `by`,
+    and the audit log still tells a token's use from a click. Whatever `act_via()` sets inside ends with it."""
+    reset = _acting_via.set(channel)
+    try:
+        yield
+    finally:
+        _acting_via.reset(reset)
+
+
+def act_via(channel):
+    """From here to the end of the enclosing `acting_via()` block (the API's middleware opens one per request)."""
+    _acting_via.set(channel)
+
+
 def _new_event(*, action, actor=None, obj=None, repository=None, environment=None, details=None):
+    via = _acting_via.get()
+    if via and getattr(actor, "pk", None):
+        details = {**(details or {}), "via": via}
     return AuditEvent(
         action=action,
         actor=actor if getattr(actor, "pk", None) else None,

@@ -1,0 +1,26 @@
+"""The REST API at /api/v1/: its OpenAPI schema at /api/v1/openapi.json, browsable at /api/v1/docs.
+
+Every endpoint authenticates with a token (api/auth.py) and is checked against its rule in
+api/permissions.py; errors are `{"error": code, "detail": words}` (api/errors.py)."""
+
+from ninja import NinjaAPI
+
+from api import errors
+from api.auth import TokenAuth
+from api.endpoints import audit, change_control, pipelines
+
+api = NinjaAPI(
+    title="GitOps Portal API",
+    version="1",
+    description="Repositories, releases, deployments and change control. Authenticate with "
+                "`Authorization: Bearer <token>`; each endpoint needs one token scope (read, deploy, approve, "
+                "checks:report). Lists page with an opaque `cursor`.",
+    auth=TokenAuth(),
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+errors.install(api)
+api.add_router("", pipelines.router)
+api.add_router("", change_control.router)
+api.add_router("", audit.router)

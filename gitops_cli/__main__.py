@@ -1,0 +1,3 @@
+from gitops_cli.main import cli
+
+cli(prog_name="gitops")

@@ -5,10 +5,8 @@ endpoint; an endpoint missing here is refused to everyone (fail closed), and tes
 generated from the URL configuration, fails for it. The Django permissions are the pages' own
 (pipelines/permissions.py): a token never lets its owner do more than they could by clicking. Deciding on
 a change request needs no permission here: the stage's approval policy says who may (ChangeRequest).
-
-Room left for the checks work (another branch): `POST /api/v1/repositories/{name}/commits/{sha}/checks`,
-URL name "api_commit_checks_report", scope `checks:report`, no Django permission (a CI pipeline reporting
-on a commit deploys nothing); add its row below with the endpoint."""
+Reporting an external check result needs only the `checks:report` scope, no Django permission: a CI
+pipeline saying how a commit fared deploys nothing (a stage that requires passing checks still decides)."""
 
 from dataclasses import dataclass
 
@@ -56,6 +54,10 @@ RULES = {
     ("api_change_request_reject", "POST"): APPROVER,
     ("api_freeze_windows", "GET"): READ,
     ("api_audit_events", "GET"): READ,
+    # One path, two methods: reading a commit's checks, and reporting one from CI.
+    ("api_commit_checks_report", "GET"): READ,
+    ("api_commit_checks_report", "POST"): CHECK_REPORTER,
+    ("api_insights", "GET"): READ,
 }
 
 

@@ -1,6 +1,7 @@
 """What the API answers with. Times are ISO 8601; users are named by their username."""
 
 from datetime import datetime
+from typing import Literal
 
 from ninja import Schema
 
@@ -97,9 +98,73 @@ class Release(Schema):
     environments: list[str]  # the stages its pipeline file names, in lifecycle order
 
 
+class CheckResult(Schema):
+    """One check of a commit: the portal's own run (`source` "portal", one per branch or pull request it ran
+    for, state queued/running/succeeded/failed/cancelled) or a result reported by CI (`source` "external",
+    state pending/success/failure/error)."""
+    name: str
+    source: Literal["portal", "external"]
+    state: str
+    passed: bool
+    url: str
+    description: str
+    ref: str | None  # the branch or pull request a portal check ran for
+    reported_by: str | None
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class CommitChecks(Schema):
+    repository: str
+    commit_sha: str
+    checks: list[CheckResult]
+
+
+class CheckReportIn(Schema):
+    name: str
+    state: Literal["pending", "success", "failure", "error"]
+    url: str = ""
+    description: str = ""
+
+
 class ReleaseDetail(Release):
     build: Build | None
     deployments: list[DeploymentBrief]
+    checks: list[CheckResult]  # of its commit, on any branch or pull request, and reported by CI
+
+
+class InsightsBucket(Schema):
+    start: datetime
+    end: datetime
+    deployments: int
+    failed: int
+    rolled_back: int
+    change_failure_rate: float | None
+    lead_time_median_seconds: float | None
+    lead_time_p90_seconds: float | None
+    time_to_restore_median_seconds: float | None
+
+
+class Insights(Schema):
+    """The DORA keys, as on the insights page (definitions in pipelines/insights.py and the README)."""
+    period: str
+    start: datetime
+    end: datetime
+    repository: str | None
+    lifecycle: str | None
+    environment: str | None
+    deployments: int
+    deployments_per_day: float
+    deployments_per_week: float
+    failed: int
+    rolled_back: int
+    change_failure_rate: float | None
+    lead_time_count: int
+    lead_time_median_seconds: float | None
+    lead_time_p90_seconds: float | None
+    time_to_restore_median_seconds: float | None
+    open_outages: int
+    buckets: list[InsightsBucket]
 
 
 class Step(Schema):

@@ -82,7 +82,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 @click.option("--token", envvar="GITOPS_TOKEN", help="An API token (env GITOPS_TOKEN).")
 @click.pass_context
 def cli(ctx, url, token):
-    """GitOps Portal from the command line: what runs where, releases, promotions, logs, approvals."""
+    """GitOps Portal from the command line: what runs where, releases, promotions, logs, approvals, checks."""
     ctx.obj = Context(url, token)
 
 
@@ -238,3 +238,29 @@ def approve(obj, change_request, comment, as_json):
 def reject(obj, change_request, comment, as_json):
     """Reject CHANGE_REQUEST, saying why."""
     decide(obj, "reject", change_request, comment, as_json)
+
+
+@cli.group()
+def check():
+    """Checks of commits: report CI's results so that they count like the portal's own."""
+
+
+@check.command("report")
+@click.argument("repository")
+@click.argument("sha")
+@click.argument("name")
+@click.option("--state", required=True, type=click.Choice(["pending", "success", "failure", "error"]),
+              help="The result, as the git hosts say it.")
+@click.option("--url", "target_url", default="", help="The CI job's page.")
+@click.option("--description", default="", help="A line about the result.")
+@json_option
+@click.pass_obj
+def check_report(obj, repository, sha, name, state, target_url, description, as_json):
+    """Report the check NAME of commit SHA of REPOSITORY (a later report of the same NAME replaces it).
+
+    A stage that requires passing checks takes a release only when every check of its commit passed."""
+    result = call(obj.api.post, f"/repositories/{repository}/commits/{sha}/checks",
+                  {"name": name, "state": state, "url": target_url, "description": description})
+    if as_json:
+        return emit_json(result)
+    click.echo(f"{repository} {sha[:10]}: {result['name']} is {result['state']}.")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, render
 
-from pipelines.models import Check, CheckRef, Stage
+from pipelines.models import Check, CheckRef, ExternalCheck, Stage
 from pipelines.models.check import CheckStatus
 from pipelines.promotion import checks_refusal
 
@@ -18,24 +18,32 @@ BRANCHES_ON_REPOSITORY_PAGE = 50
 class BranchRow:
     ref: CheckRef
     check: Check | None  # of its head commit; None when none ran (no `checks:` section)
+    external_checks: list  # reported through the API for its head commit, by name
 
 
 def branches_context(repository):
-    """Open pull requests first, then branches, then closed ones; each with the check of its head. Two queries."""
+    """Open pull requests first, then branches, then closed ones; each with the check of its head and the
+    external checks reported for that commit. Three queries."""
     refs = list(CheckRef.objects.for_page(repository)[:BRANCHES_ON_REPOSITORY_PAGE])
-    checks = {}
-    for check in Check.objects.filter(repository=repository, commit_sha__in={ref.head_sha for ref in refs}).order_by("id"):
+    heads = {ref.head_sha for ref in refs}
+    checks, external = {}, {}
+    for check in Check.objects.filter(repository=repository, commit_sha__in=heads).order_by("id"):
         checks[(check.ref_name, check.commit_sha)] = check  # the last one of each pair wins
-    return {"branch_rows": [BranchRow(ref=ref, check=checks.get((ref.name, ref.head_sha))) for ref in refs]}
+    for reported in ExternalCheck.objects.filter(repository=repository, commit_sha__in=heads).order_by("name"):
+        external.setdefault(reported.commit_sha, []).append(reported)
+    return {"branch_rows": [BranchRow(ref=ref, check=checks.get((ref.name, ref.head_sha)),
+                                      external_checks=external.get(ref.head_sha, [])) for ref in refs]}
 
 
 def release_checks_context(release):
     """The checks of the release's commit, on whatever branch or pull request they ran (a check result carries
     over to the release of the same commit), and why a stage that requires passing checks refuses it."""
     checks = list(Check.objects.for_commit(release.repository_id, release.commit_sha))
+    external_checks = list(ExternalCheck.objects.for_commit(release.repository_id, release.commit_sha))
     refusals = [(stage, checks_refusal(release, stage)) for stage in Stage.objects.of(release.repository)
                 if stage.requires_passing_checks]
-    return {"checks": checks, "check_refusals": [(stage, reason) for stage, reason in refusals if reason]}
+    return {"checks": checks, "external_checks": external_checks,
+            "check_refusals": [(stage, reason) for stage, reason in refusals if reason]}
 
 
 @login_required

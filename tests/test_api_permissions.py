@@ -56,7 +56,7 @@ def objects(repository, staging, production, make_release, make_held_change, ali
     change_request, _ = make_held_change()
     release = make_release(repository, "v1.0.0")
     deployment = promotion.promote(release, staging, by=alice)
-    return {"name": repository.name, "releases/": release.pk, "deployments/": deployment.pk,
+    return {"name": repository.name, "sha": release.commit_sha, "releases/": release.pk, "deployments/": deployment.pk,
             "change-requests/": change_request.pk}
 
 
@@ -66,8 +66,8 @@ def fill(route, objects):
     while "<" in path:
         start, end = path.index("<"), path.index(">")
         converter, _, parameter = path[start + 1:end].rpartition(":")
-        if parameter == "name":
-            value = objects["name"]
+        if parameter in ("name", "sha"):
+            value = objects[parameter]
         else:
             owner = next((key for key in objects if key.endswith("/") and path[len(API_PREFIX):start].startswith(key)), None)
             assert owner is not None, f"no sample object for {route}: add one to the `objects` fixture"

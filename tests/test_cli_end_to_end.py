@@ -138,7 +138,8 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
 
 
 def test_every_command_has_help():
-    for command in ([], ["status"], ["releases"], ["promote"], ["logs"], ["approve"], ["reject"]):
+    for command in ([], ["status"], ["releases"], ["promote"], ["logs"], ["approve"], ["reject"], ["check"],
+                    ["check", "report"]):
         result = subprocess.run([sys.executable, "-m", "gitops_cli", *command, "--help"], cwd=BASE_DIR,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "Usage: gitops" in result.stdout, (command, result.stderr)

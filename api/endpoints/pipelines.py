@@ -10,8 +10,8 @@ from ninja.responses import NinjaJSONEncoder
 from api import schemas
 from api.errors import ApiError, conflict, not_found
 from api.pagination import Page, paginate
-from pipelines import gate, jobs
-from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Lifecycle, Release, Repository, Stage, Target
+from pipelines import commit_status, gate, jobs
+from pipelines.models import Build, Check, Deployment, DeploymentStateError, Environment, ExternalCheck, Lifecycle, Release, Repository, Stage, Target
 from pipelines.promotion import PromotionError, retry, stages_for
 
 router = Router(tags=["pipelines"])
@@ -54,6 +54,28 @@ def deployment_out(deployment, change_request_id=None):
             "started_at": deployment.started_at, "finished_at": deployment.finished_at,
             "exit_code": deployment.exit_code, "error": deployment.error, "is_finished": deployment.is_finished,
             "change_request_id": change_request_id}
+
+
+def portal_check_out(check):
+    return {"name": Check.HOST_CONTEXT, "source": "portal", "state": check.status,
+            "passed": check.status == Check.Status.SUCCEEDED,
+            "url": commit_status.portal_url(check.get_absolute_url()), "description": check.error,
+            "ref": check.ref_name, "reported_by": None, "updated_at": check.finished_at or check.started_at or check.created_at,
+            "finished_at": check.finished_at}
+
+
+def external_check_out(check):
+    return {"name": check.name, "source": "external", "state": check.state, "passed": check.passed,
+            "url": check.target_url, "description": check.description, "ref": None,
+            "reported_by": check.reported_by.get_username() if check.reported_by else None,
+            "updated_at": check.updated_at, "finished_at": check.finished_at}
+
+
+def checks_of(repository, commit_sha):
+    """The portal's runs (newest first), then the external results by name."""
+    portal = Check.objects.for_commit(repository, commit_sha)
+    external = ExternalCheck.objects.for_commit(repository, commit_sha).select_related("reported_by")
+    return [portal_check_out(check) for check in portal] + [external_check_out(check) for check in external]
 
 
 DEPLOYMENT_RELATED = ("release__repository", "environment", "repository", "triggered_by")
@@ -209,7 +231,7 @@ def environments(request):
 
 
 @router.get("/releases/{int:pk}", response=schemas.ReleaseDetail, url_name="api_release",
-            summary="A release with its build outputs and deployments")
+            summary="A release with its build outputs, the checks of its commit and its deployments")
 def release(request, pk: int):
     release = _release(pk)
     build = Build.objects.filter(release=release).first()
@@ -217,6 +239,7 @@ def release(request, pk: int):
     return {**release_out(release),
             "build": {"id": build.pk, "status": build.status, "error": build.error,
                       "outputs": {str(k): str(v) for k, v in build.outputs.items()}} if build else None,
+            "checks": checks_of(release.repository, release.commit_sha),
             "deployments": [deployment_brief(d) for d in deployments]}
 
 

@@ -4,6 +4,7 @@ from .check import Check, CheckLogChunk, CheckRef
 from .commit_status import ReportedCommitStatus
 from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
+from .external_check import ExternalCheck
 from .followup import FollowUp
 from .lifecycle import Lifecycle, Stage
 from .preview import Preview, PreviewLogChunk
@@ -25,6 +26,7 @@ __all__ = [
     "DeploymentLogChunk",
     "DeploymentStateError",
     "Environment",
+    "ExternalCheck",
     "EnvironmentSecret",
     "FollowUp",
     "InvalidTransition",

@@ -113,16 +113,27 @@ class CheckQuerySet(models.QuerySet):
         return self.filter(repository=repository, commit_sha=commit_sha).order_by("-created_at", "-id")
 
     def refusal_for(self, release):
-        """Why `release` may not go to a stage that requires passing checks, in words, or "" when one check
-        of its commit succeeded and none of its commit failed since."""
+        """Why `release` may not go to a stage that requires passing checks, in words, or "".
+
+        Every named check of its commit counts: the portal's own (its latest run that was not cancelled, on
+        any branch or pull request) and each external one reported through the API (its latest report). All
+        must have passed, and at least one must exist."""
+        from .external_check import ExternalCheck
+
+        sha = release.commit_sha[:10]
         latest = self.for_commit(release.repository_id, release.commit_sha).exclude(status=CheckStatus.CANCELLED).first()
-        if latest is None:
-            return f"the checks of its commit {release.commit_sha[:10]} have not run"
-        if latest.status == CheckStatus.SUCCEEDED:
-            return ""
-        if latest.status == CheckStatus.FAILED:
-            return f"the checks of its commit {release.commit_sha[:10]} failed (check #{latest.pk}: {latest.error})"
-        return f"the checks of its commit {release.commit_sha[:10]} are {latest.get_status_display().lower()}, not passed yet"
+        external = list(ExternalCheck.objects.for_commit(release.repository_id, release.commit_sha))
+        if latest is None and not external:
+            return f"the checks of its commit {sha} have not run"
+        reasons = []
+        if latest is not None and latest.status == CheckStatus.FAILED:
+            reasons.append(f"the checks of its commit {sha} failed (check #{latest.pk}: {latest.error})")
+        elif latest is not None and latest.status != CheckStatus.SUCCEEDED:
+            reasons.append(f"the checks of its commit {sha} are {latest.get_status_display().lower()}, not passed yet")
+        failing = [check.refusal() for check in external if not check.passed]
+        if failing:
+            reasons.append(f"the external checks of its commit {sha} did not all pass ({'; '.join(failing)})")
+        return " and ".join(reasons)
 
 
 class Check(FencedRun):

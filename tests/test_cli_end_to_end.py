@@ -1,6 +1,7 @@
 """A CI-like script drives the portal through `gitops` (python -m gitops_cli) with a service account's token,
-against a live server with a real rq worker: staging succeeds (exit 0, the log streamed), a failing step
-gives the failure exit code, and production waits until a different person approves with `gitops approve`."""
+against a live server with a real rq worker: staging requires passing checks, so the script reports its own
+with `gitops check report` (refused before it), then staging succeeds (exit 0, the log streamed), a failing
+step gives the failure exit code, and production waits until a different person approves with `gitops approve`."""
 
 import json
 import subprocess
@@ -61,17 +62,28 @@ class _Capture:
 def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_server, worker, origin, environments,
                                                                          bob):
     staging, production = environments
-    set_stage(staging, auto_deploy=False)  # the CI script promotes, not the poll or a success before
+    # The CI script promotes, not the poll or a success before; and only what passed its CI checks.
+    set_stage(staging, auto_deploy=False, requires_passing_checks=True)
     set_stage(production, auto_deploy=False)
     set_policy(production, allow_api_approval=True)
     Repository.objects.create(name="shop", url=origin.url)
     origin.write("deploy.sh", DEPLOY_SCRIPT, executable=True)
-    origin.commit("release 1.0.0")
+    first_sha = origin.commit("release 1.0.0")
     origin.tag("v1.0.0")
     call_command("pollrepos")
 
-    ci = issue("ci", Scope.READ, Scope.DEPLOY, service=True)
-    ApiToken.objects.get(name="ci-read-deploy").user.user_permissions.add(Permission.objects.get(codename="deploy"))
+    ci = issue("ci", Scope.READ, Scope.DEPLOY, Scope.CHECKS_REPORT, service=True)
+    ApiToken.objects.get(name="ci-read-deploy-checks-report").user.user_permissions.add(
+        Permission.objects.get(codename="deploy"))
+
+    unchecked = gitops(live_server, ci, "promote", "shop", "v1.0.0", "staging", "--wait")
+    assert unchecked.returncode == 3, unchecked.stderr
+    assert "staging requires passing checks" in unchecked.stderr and "have not run" in unchecked.stderr
+    reported = gitops(live_server, ci, "check", "report", "shop", first_sha, "ci/tests", "--state", "success",
+                      "--url", "https://ci.example/jobs/1", "--description", "42 tests passed", "--json")
+    assert reported.returncode == 0, reported.stderr
+    assert {key: json.loads(reported.stdout)[key] for key in ("name", "source", "state", "url")} == {
+        "name": "ci/tests", "source": "external", "state": "success", "url": "https://ci.example/jobs/1"}
 
     staged = gitops(live_server, ci, "promote", "shop", "v1.0.0", "staging", "--wait", "--timeout", "120")
     assert staged.returncode == 0, staged.stderr
@@ -80,9 +92,11 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
     assert Deployment.objects.get(release__version="v1.0.0", environment=staging).status == "succeeded"
 
     origin.write("deploy.sh", "#!/usr/bin/env bash\necho 'migration failed: table locked'\nexit 1\n", executable=True)
-    origin.commit("release 1.1.0")
+    second_sha = origin.commit("release 1.1.0")
     origin.tag("v1.1.0")
     call_command("pollrepos", "--repository", "shop")
+    second_report = gitops(live_server, ci, "check", "report", "shop", second_sha, "ci/tests", "--state", "success")
+    assert second_report.returncode == 0 and "ci/tests is success" in second_report.stdout, second_report.stderr
     broken = gitops(live_server, ci, "promote", "shop", "v1.1.0", "staging", "--wait", "--timeout", "120")
     assert broken.returncode == 5, broken.stderr
     assert "migration failed: table locked" in broken.stdout

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs, secrets
-from pipelines.models import (AuditEvent, Build, Check, Deployment, Environment, EnvironmentSecret, Lifecycle, Preview,
+from pipelines.models import (AuditEvent, Build, Check, Deployment, Environment, EnvironmentSecret, ExternalCheck, Lifecycle, Preview,
                               Release, Repository, RepositorySecret, Stage, TagMove, Target)
 from pipelines.redaction import display_url, redact, redact_text
 
@@ -666,6 +666,17 @@ class CheckAdmin(ReadOnlyAdmin):
     list_select_related = ["repository"]
     search_fields = ["commit_sha", "ref_name"]
     date_hierarchy = "created_at"
+
+
+@admin.register(ExternalCheck)
+class ExternalCheckAdmin(ReadOnlyAdmin):
+    """Results CI reported through the API (audited there): read-only here, so that the audit log stays the
+    only account of who said what."""
+
+    list_display = ["name", "repository", "commit_sha", "state", "reported_by", "updated_at"]
+    list_filter = ["state", "repository"]
+    list_select_related = ["repository", "reported_by"]
+    search_fields = ["commit_sha", "name"]
 
 
 @admin.register(Deployment)

@@ -204,11 +204,15 @@ def deployment(repository, staging):
     )
 
 
-@pytest.mark.parametrize("model", ["release", "deployment", "auditevent"])
+@pytest.mark.parametrize("model", ["release", "deployment", "auditevent", "externalcheck"])
 def test_recorded_history_is_read_only(client, alice, deployment, model):
+    from pipelines.models import ExternalCheck
+
     AuditEvent.objects.record(action="test.event", actor=alice)
+    reported, _ = ExternalCheck.objects.report(deployment.repository, commit_sha=deployment.release.commit_sha,
+                                               name="ci/tests", state="success", by=alice)
     obj = {"release": deployment.release, "deployment": deployment,
-           "auditevent": AuditEvent.objects.get(action="test.event")}[model]
+           "auditevent": AuditEvent.objects.get(action="test.event"), "externalcheck": reported}[model]
     client.force_login(alice)
     assert client.get(reverse(f"admin:pipelines_{model}_changelist")).status_code == 200
     change_page = client.get(reverse(f"admin:pipelines_{model}_change", args=[obj.pk]))

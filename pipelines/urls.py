@@ -16,6 +16,7 @@ urlpatterns = [
     path("previews/<int:pk>/artifacts.tar.gz", views.preview_artifacts, name="preview_artifacts"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),
+    path("deployments/<int:pk>/log.txt", views.deployment_log_text, name="deployment_log_text"),
     path("deployments/<int:pk>/cancel", views.deployment_cancel, name="deployment_cancel"),
     path("deployments/<int:pk>/retry", views.deployment_retry, name="deployment_retry"),
     path("hooks/<slug:name>", webhooks.receive, name="webhook"),

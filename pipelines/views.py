@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db import DatabaseError, connection, transaction
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import artifacts, gate, jobs
+from pipelines import artifacts, gate, jobs, run_log
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
 from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
@@ -230,26 +230,52 @@ def deployment_detail(request, pk):
     if request.htmx:
         return render(request, "pipelines/deployment_detail.html#status", context)
     # The status is read before the log: a deployment seen finished has all of its log already.
-    context["log_text"], context["last_seq"] = deployment.log_since(0)
+    chunks = deployment.log_chunks_since(0)
+    sections = run_log.sections(run_log.lines_of(chunks), finished=deployment.is_finished,
+                                unmarked=run_log.is_unmarked(chunks))
+    context.update(sections=sections, last_seq=chunks[-1][0] if chunks else 0, current_step=sections[-1].number)
     return render(request, "pipelines/deployment_detail.html", context)
 
 
 @login_required
 def deployment_log(request, pk):
-    """Only the log text after chunk `after`, followed by the poller for the next request (swapped out of band).
+    """Only the log after chunk `after`, for the page that shows step `step` last: its new lines go to the end
+    of that step's section, its end updates the section's state, new steps come as new sections; the poller
+    for the next request comes along (all swapped out of band but the new sections).
 
     Once the deployment has finished, the last text comes with status 286 and an inert poller: polling stops."""
     try:
-        after = int(request.GET.get("after", "0"))
+        after, step = int(request.GET.get("after", "0")), int(request.GET.get("step", "0"))
     except ValueError:
-        return HttpResponseBadRequest("after must be a chunk number")
+        return HttpResponseBadRequest("after and step must be numbers")
     deployment = get_object_or_404(Deployment, pk=pk)
-    text, last_seq = deployment.log_since(after)
-    context = {"deployment": deployment, "text": text, "last_seq": last_seq, "oob": True}
+    chunks = deployment.log_chunks_since(after)
+    current = run_log.StepSection(step, 0, "", status="running" if step else "succeeded")
+    sections = run_log.sections(run_log.lines_of(chunks), current=current, finished=deployment.is_finished)
+    context = {
+        "deployment": deployment, "continued": sections[0], "sections": sections[1:], "oob": True,
+        "last_seq": chunks[-1][0] if chunks else after, "current_step": sections[-1].number,
+    }
     content = render_to_string("pipelines/deployment_detail.html#log_update", context, request)
     if deployment.is_finished:
         return HttpResponseStopPolling(content)
     return HttpResponse(content)
+
+
+@login_required
+def deployment_log_text(request, pk):
+    """The whole log as plain text, streamed chunk by chunk from the database."""
+    deployment = get_object_or_404(Deployment.objects.select_related("repository", "environment", "release"), pk=pk)
+
+    def pieces():
+        for text in deployment.log_chunks.order_by("seq").values_list("text", flat=True).iterator(chunk_size=200):
+            yield run_log.plain(text)
+
+    response = StreamingHttpResponse(pieces(), content_type="text/plain; charset=utf-8")
+    filename = f"{deployment.repository.name}-{deployment.release.version}-{deployment.environment.name}-{deployment.pk}.log"
+    disposition = "inline" if request.GET.get("view") else "attachment"
+    response["Content-Disposition"] = f'{disposition}; filename="{filename.replace("/", "-")}"'
+    return response
 
 
 # --- changing ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ urlpatterns = [
     path("<int:pk>/approve", views.change_request_approve, name="change_request_approve"),
     path("<int:pk>/reject", views.change_request_reject, name="change_request_reject"),
     path("releases/<int:pk>/actions", views.release_actions, name="release_actions"),
+    path("releases/<int:pk>/approvals", views.release_approvals, name="release_approvals"),
     path("releases/<int:pk>/promote", views.release_promote, name="release_promote"),
     path("releases/<int:pk>/rollback", views.release_rollback, name="release_rollback"),
     path("releases/<int:pk>/block", views.release_block, name="release_block"),

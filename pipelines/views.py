@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -14,12 +15,13 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import artifacts, gate, jobs, run_log
+from pipelines import artifacts, environment_page, gate, jobs, release_page, run_log
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
-from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
+from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for, stages_for
 
 RELEASES_ON_REPOSITORY_PAGE = 50
+DEPLOYMENTS_ON_ENVIRONMENT_PAGE = 50
 deployer_required = permission_required("pipelines.deploy", raise_exception=True)
 
 
@@ -139,15 +141,18 @@ def repository_detail(request, name):
 @login_required
 def release_detail(request, name, version):
     release = _get_release_or_404(name, version)
-    deployments = release.deployments.select_related("environment", "triggered_by").order_by(
+    deployments = list(release.deployments.select_related("environment", "triggered_by").order_by(
         "environment__position", "-created_at", "-id"
-    )
+    ))
+    targets = Target.objects.filter(repository=release.repository).select_related("current_release")
+    steps = release_page.stage_steps(release, stages_for(release), deployments, targets)
     context = {
         "release": release,
         "repository": release.repository,
         "commit_url": release.repository.commit_url(release.commit_sha),
-        "deployments": list(deployments),
-        "deploy_stages": stages_for(release),
+        "deployments": deployments,
+        "stage_steps": steps,
+        "deploy_steps": [step for step in steps if not step.stage.requires_approval],
         "can_deploy": request.user.has_perm("pipelines.deploy"),
         **_build_context(release),
     }
@@ -278,6 +283,47 @@ def deployment_log_text(request, pk):
     return response
 
 
+@login_required
+def environment_detail(request, name):
+    """What runs in an environment, per repository (version, commit, since when, by whom), and its history,
+    newest first and paged, with a Rollback on each past success that is not what runs there now.
+    A fixed number of queries whatever the page holds."""
+    environment = get_object_or_404(Environment, name=name)
+    targets = list(environment.targets.select_related(
+        "repository", "current_release", "last_deployment__triggered_by", "last_deployment__release")
+        .order_by("repository__name"))
+    history = Paginator(environment.deployments.select_related("release", "repository", "triggered_by")
+                        .order_by("-created_at", "-id"), DEPLOYMENTS_ON_ENVIRONMENT_PAGE)
+    page = history.get_page(request.GET.get("page"))
+    since = _current_since(environment, targets)
+    busy = set(environment.deployments.active().values_list("repository_id", flat=True))
+    running = {target.repository_id: target.current_release_id for target in targets}
+    context = {
+        "environment": environment,
+        "current_rows": [environment_page.CurrentRow(target, since.get(target.repository_id)) for target in targets],
+        "page": page,
+        "history_rows": [environment_page.HistoryRow(deployment, running.get(deployment.repository_id),
+                                                     deployment.repository_id in busy) for deployment in page],
+        "can_deploy": request.user.has_perm("pipelines.deploy"),
+    }
+    return render(request, "pipelines/environment_detail.html", context)
+
+
+def _current_since(environment, targets):
+    """{repository id: the deployment that put what runs there now in place}: the latest success of the
+    current release of each target, in one query."""
+    wanted = {(t.repository_id, t.current_release_id) for t in targets if t.current_release_id}
+    if not wanted:
+        return {}
+    found = {}
+    successes = environment.deployments.filter(status=Deployment.Status.SUCCEEDED,
+                                               release_id__in={release for _, release in wanted})
+    for deployment in successes.select_related("triggered_by").order_by("finished_at", "id"):
+        if (deployment.repository_id, deployment.release_id) in wanted:
+            found[deployment.repository_id] = deployment
+    return found
+
+
 # --- changing ----------------------------------------------------------------------------------------
 
 
@@ -356,6 +402,19 @@ def deployment_retry(request, pk):
     messages.success(request, f"Retrying as deployment #{retried.pk}.")
     warn_if_queue_was_unreachable(request)
     return redirect(retried)
+
+
+@require_POST
+@login_required
+@deployer_required
+def deployment_rollback(request, pk):
+    """Roll the deployment's environment back to its release (a past success there), under the same policy
+    as any promotion: where the stage holds deployments for approval, the rollback waits for one."""
+    deployment = _get_deployment_or_404(pk)
+    release, environment = deployment.release, deployment.environment
+    reason = request.POST.get("reason", "").strip() or f"Rollback from the history of {environment} (deployment #{deployment.pk})."
+    return redirect_after_promotion(request, release, environment,
+                                    lambda: rollback(release, environment, by=request.user, reason=reason))
 
 
 @require_POST

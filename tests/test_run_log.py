@@ -153,3 +153,19 @@ def test_the_page_makes_as_many_queries_for_a_long_log_as_for_a_short_one(
         bob_client.get(short)
     with django_assert_num_queries(len(short_queries.captured_queries)):
         bob_client.get(long)
+
+
+def test_a_secret_printed_on_stderr_is_masked_and_its_line_still_marked(repository, staging, origin, make_release, make_secret):
+    make_secret(staging, "API_TOKEN", "tok-5f0c2a9e1d")
+    pipeline = ("environments:\n  staging:\n    steps:\n      - name: leak\n        run: |\n"
+                "          echo \"out $API_TOKEN\"\n          printf 'err %s' \"${API_TOKEN:0:6}\" >&2\n"
+                "          sleep 0.6\n          printf '%s\\n' \"${API_TOKEN:6}\" >&2\n")
+    origin.write(".gitops.yml", pipeline)
+    release = make_release(repository, "v1", pipeline=pipeline, commit_sha=origin.commit("leak"))
+    deployment = promotion.promote(release, staging, by=None)
+    runner.run_deployment(deployment.pk)
+
+    stored = "".join(text for _, text, _ in Deployment.objects.get(pk=deployment.pk).log_chunks_since(0))
+    assert "tok-5f0c2a9e1d" not in stored and "5f0c2a9e1d" not in stored
+    assert "out ***\n" in stored
+    assert f"{run_log.STDERR_MARK}err ***\n" in stored, "split across two reads of stderr, masked whole"

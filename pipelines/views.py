@@ -277,7 +277,8 @@ def deployment_log_text(request, pk):
             yield run_log.plain(text)
 
     response = StreamingHttpResponse(pieces(), content_type="text/plain; charset=utf-8")
-    filename = f"{deployment.repository.name}-{deployment.release.version}-{deployment.environment.name}-{deployment.pk}.log"
+    filename = (f"{deployment.repository.name}-{deployment.release.version}-{deployment.environment.name}-"
+                f"{deployment.pk}.log")
     disposition = "inline" if request.GET.get("view") else "attachment"
     response["Content-Disposition"] = f'{disposition}; filename="{filename.replace("/", "-")}"'
     return response
@@ -412,7 +413,8 @@ def deployment_rollback(request, pk):
     as any promotion: where the stage holds deployments for approval, the rollback waits for one."""
     deployment = _get_deployment_or_404(pk)
     release, environment = deployment.release, deployment.environment
-    reason = request.POST.get("reason", "").strip() or f"Rollback from the history of {environment} (deployment #{deployment.pk})."
+    reason = (request.POST.get("reason", "").strip()
+              or f"Rollback from the history of {environment} (deployment #{deployment.pk}).")
     return redirect_after_promotion(request, release, environment,
                                     lambda: rollback(release, environment, by=request.user, reason=reason))
 

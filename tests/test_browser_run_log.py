@@ -75,7 +75,8 @@ def test_a_second_user_follows_the_production_run_to_its_failing_end(
         # The reader scrolls up: the page stays where they are while lines keep coming.
         page.mouse.move(500, 400)
         page.mouse.wheel(0, -500)
-        wait_for(lambda: page.evaluate("window.scrollY") > 0 and not last_line_is_in_view(page), "the scroll up", timeout=10)
+        wait_for(lambda: page.evaluate("window.scrollY") > 0 and not last_line_is_in_view(page), "the scroll up",
+                 timeout=10)
         stopped_at, seen = page.evaluate("window.scrollY"), line_count(page)
         wait_for(lambda: line_count(page) >= seen + 20, "more lines", timeout=30)
         assert not Deployment.objects.get(pk=deployment.pk).is_finished, "the step printed too fast for this test"
@@ -105,7 +106,8 @@ def test_a_second_user_follows_the_production_run_to_its_failing_end(
         "warning: batch 45 was slow", "warning: batch 90 was slow", "warning: batch 135 was slow",
         "warning: batch 180 was slow", "health check failed: 2 of 3 replicas down",
     ])
-    expect(verify.locator(".line.command .text")).to_have_text(['$ echo "checking health"', re.compile("health check failed"), "  exit 3"])
+    expect(verify.locator(".line.command .text")).to_have_text(
+        ['$ echo "checking health"', re.compile("health check failed"), "  exit 3"])
     expect(verify.locator(".line:not(.stderr):not(.command) .text")).to_have_text(["checking health"])
     # each line once, in order
     assert migrate.locator(".line.command .text").first.text_content() == f"$ for i in $(seq 1 {LINES}); do"

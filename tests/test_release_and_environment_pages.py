@@ -39,7 +39,8 @@ def release_actions(client, release):
     return client.get(reverse("release_actions", args=[release.pk])).content.decode()
 
 
-def test_it_offers_no_deploy_to_staging_while_staging_deploys_that_release(repository, staging, make_release, bob, bob_client):
+def test_it_offers_no_deploy_to_staging_while_staging_deploys_that_release(
+        repository, staging, make_release, bob, bob_client):
     release = make_release(repository, "v1")
     assert 'Deploy to staging</button>' in release_page(bob_client, release)
     deployment = promotion.promote(release, staging, by=bob)
@@ -59,10 +60,12 @@ def test_it_offers_no_deploy_to_where_the_release_runs_now(repository, staging, 
 def test_the_deploy_confirmation_says_what_it_replaces(repository, staging, make_release, bob, bob_client):
     deployed(make_release(repository, "v1"), staging, by=bob)
     html = release_page(bob_client, make_release(repository, "v2"))
-    assert 'data-confirm="Deploy v2 to staging? Its steps run there now; it replaces v1, which runs in staging now."' in html
+    assert ('data-confirm="Deploy v2 to staging? Its steps run there now; it replaces v1, which runs in staging now."'
+            in html)
 
 
-def test_it_offers_no_promote_for_the_version_already_running_there(repository, staging, production, make_release, bob, bob_client):
+def test_it_offers_no_promote_for_the_version_already_running_there(
+        repository, staging, production, make_release, bob, bob_client):
     release = make_release(repository, "v1")
     deployed(release, staging, by=bob)
     assert "Promote to production</button>" in release_actions(bob_client, release)
@@ -73,7 +76,8 @@ def test_it_offers_no_promote_for_the_version_already_running_there(repository, 
     assert "v1 runs in production now: nothing to promote." in html
 
 
-def test_promote_and_rollback_ask_for_a_confirmation_that_says_what_happens(repository, staging, production, make_release, bob, bob_client):
+def test_promote_and_rollback_ask_for_a_confirmation_that_says_what_happens(
+        repository, staging, production, make_release, bob, bob_client):
     old, new = make_release(repository, "v1"), make_release(repository, "v2")
     deployed(old, staging, by=bob)
     deployed(new, staging, by=bob)
@@ -101,7 +105,8 @@ def test_cancel_asks_for_a_confirmation(repository, staging, make_release, bob, 
     assert 'data-confirm="Cancel deployment #%d of v1 to staging? It will not run."' % deployment.pk in html
 
 
-def test_the_stepper_shows_each_stage_with_its_state_and_a_place_for_who_approved(repository, staging, production, make_release, bob, bob_client):
+def test_the_stepper_shows_each_stage_with_its_state_and_a_place_for_who_approved(
+        repository, staging, production, make_release, bob, bob_client):
     release = make_release(repository, "v1")
     deployed(release, staging, by=bob)
     held = promotion.promote(release, production, by=bob)
@@ -123,7 +128,8 @@ def test_the_approvals_answer_names_who_approved(make_held_change, bob, bob_clie
     held = change_request.deployment
 
     html = bob_client.get(reverse("release_approvals", args=[held.release_id])).content.decode()
-    assert re.search(rf'<span id="approvals-{held.pk}" class="small approvers" hx-swap-oob="true">approved by bob ', html)
+    assert re.search(rf'<span id="approvals-{held.pk}" class="small approvers" hx-swap-oob="true">approved by bob ',
+                     html)
 
 
 def test_the_environment_page_shows_what_runs_there_and_its_history(repository, staging, make_release, bob, bob_client):
@@ -132,10 +138,15 @@ def test_the_environment_page_shows_what_runs_there_and_its_history(repository, 
 
     html = bob_client.get(reverse("environment_detail", args=["staging"])).content.decode()
     current = html[html.index('id="current-shop"'):html.index("</tr>", html.index('id="current-shop"'))]
-    assert ">v2</a>" in current and second.release.short_sha in current and f"#{second.pk}" in current and "bob" in current
+    assert ">v2</a>" in current and second.release.short_sha in current
+    assert f"#{second.pk}" in current and "bob" in current
     history = html[html.index("<h2>History</h2>"):]
     assert history.index(f'id="deployment-{second.pk}"') < history.index(f'id="deployment-{first.pk}"'), "newest first"
-    row_of = lambda d: history[history.index(f'id="deployment-{d.pk}"'):history.index("</tr>", history.index(f'id="deployment-{d.pk}"'))]  # noqa: E731
+
+    def row_of(deployment):
+        start = history.index(f'id="deployment-{deployment.pk}"')
+        return history[start:history.index("</tr>", start)]
+
     assert "Roll back to v1</button>" in row_of(first)
     assert "Roll back" not in row_of(second), "no rollback to what runs there now"
 
@@ -163,7 +174,8 @@ def test_a_rollback_to_production_waits_for_approval(repository, staging, produc
     assert (rollback.trigger, rollback.status) == (Deployment.Trigger.ROLLBACK, Deployment.Status.AWAITING_APPROVAL)
 
 
-def test_a_rollback_to_a_release_that_never_succeeded_there_is_refused(repository, staging, make_release, bob, bob_client):
+def test_a_rollback_to_a_release_that_never_succeeded_there_is_refused(
+        repository, staging, make_release, bob, bob_client):
     failed = promotion.promote(make_release(repository, "v1"), staging, by=bob)
     failed.claim(worker_name="test")
     failed.fail("broken")
@@ -189,7 +201,8 @@ def queries_of(client, url):
     return len(captured.captured_queries)
 
 
-def test_the_pages_make_as_many_queries_for_many_deployments_as_for_few(repository, staging, make_release, bob, bob_client, django_user_model):
+def test_the_pages_make_as_many_queries_for_many_deployments_as_for_few(
+        repository, staging, make_release, bob, bob_client, django_user_model):
     from pipelines.models import Repository
 
     release = make_release(repository, "v0")

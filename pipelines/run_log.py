@@ -90,17 +90,25 @@ class StepSection:
 
 
 def lines_of(chunks):
-    """LogLines of stored chunks [(seq, text, stored at)], a line split across two chunks shown as two lines."""
+    """LogLines of stored chunks [(seq, text, stored at)]. A line cut between two chunks (output printed
+    without its newline yet) is one line, with the time of its beginning."""
     lines = []
+    cut = False  # the last chunk ended inside a line
     for _, text, at in chunks:
+        if not text:
+            continue
         # Split at "\n" only: str.splitlines() would also split at the marks themselves (\x1e is one of its
         # line boundaries).
-        for raw in text.removesuffix("\n").split("\n") if text else ():
+        pieces = text.removesuffix("\n").split("\n")
+        if cut and lines:
+            lines[-1].text += pieces.pop(0).removesuffix("\r")
+        for raw in pieces:
             raw = raw.removesuffix("\r")
             if raw.startswith(STDERR_MARK):
                 lines.append(LogLine(raw[1:], at, stderr=True))
             else:
                 lines.append(LogLine(raw, at))
+        cut = not text.endswith("\n")
     return lines
 
 

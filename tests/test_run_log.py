@@ -172,3 +172,10 @@ def test_a_secret_printed_on_stderr_is_masked_and_its_line_still_marked(
     assert "out ***\n" in stored
     # Split across two reads of stderr, masked whole; a stdout line printed in between may cut it in two lines.
     assert re.search(r"\x1ferr (\n.*\n\x1f)?\*\*\*\n", stored), stored
+
+
+def test_a_line_cut_between_two_chunks_shows_as_one_line():
+    lines = run_log.lines_of([(1, "whole\nsplit: ", "t1"), (2, "***\n" + run_log.STDERR_MARK + "err", "t2"),
+                              (3, "or continued\n", "t3")])
+    assert [(line.text, line.at, line.stderr) for line in lines] == [
+        ("whole", "t1", False), ("split: ***", "t1", False), ("error continued", "t2", True)]

@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:pk>/reject", views.change_request_reject, name="change_request_reject"),
     path("insights/approval-wait.csv", insights_views.approval_wait_export_csv, name="approval_wait_export_csv"),
     path("releases/<int:pk>/actions", views.release_actions, name="release_actions"),
+    path("releases/<int:pk>/approvals", views.release_approvals, name="release_approvals"),
     path("releases/<int:pk>/promote", views.release_promote, name="release_promote"),
     path("releases/<int:pk>/rollback", views.release_rollback, name="release_rollback"),
     path("releases/<int:pk>/block", views.release_block, name="release_block"),

@@ -356,6 +356,8 @@ class Promotion:
     policy: "StagePolicy | None"  # the approval policy of its stage, where deployments there wait for one
     gate: str | None  # why the gate is closed, in words; None when it is open
     on_its_way: Deployment | None  # this release already waiting or running there
+    current: "Release | None" = None  # what runs there now
+    runs_there: bool = False  # this release is what runs there now: nothing to promote
 
 
 def _get_release_or_404(pk):
@@ -393,14 +395,16 @@ def release_actions(request, pk):
     active = {d.environment_id: d for d in Deployment.objects.filter(release=release).active()}
     succeeded_there = Deployment.objects.filter(release=release, status=Deployment.Status.SUCCEEDED)
     succeeded = set(succeeded_there.values_list("environment_id", flat=True))
-    targets = Target.objects.filter(repository=release.repository)
-    current = dict(targets.values_list("environment_id", "current_release_id"))
+    targets = Target.objects.filter(repository=release.repository).select_related("current_release")
+    running = {target.environment_id: target.current_release for target in targets}
+    current = {environment_id: r.pk if r else None for environment_id, r in running.items()}
     gates = {env.id: gate_reason(release, env) for env in environments}
     context = {
         "release": release,
         "promotions": [
             Promotion(environment=stage.environment, policy=policies.get(stage.pk), gate=gates[stage.environment_id],
-                      on_its_way=active.get(stage.environment_id))
+                      on_its_way=active.get(stage.environment_id), current=running.get(stage.environment_id),
+                      runs_there=current.get(stage.environment_id) == release.id)
             for stage in stages if stage.requires_approval or gates[stage.environment_id]
         ],
         "rollbacks": [
@@ -410,6 +414,19 @@ def release_actions(request, pk):
         "can_override_gate": request.user.has_perm("approvals.override_gate"),
     }
     return render(request, "approvals/_release_actions.html", context)
+
+
+@login_required
+def release_approvals(request, pk):
+    """Who approved each of the release's deployments that waited for approval: one answer for the whole
+    stepper of the release page (its slots "release.stage" hold the places, swapped out of band)."""
+    release = _get_release_or_404(pk)
+    decisions = (Decision.objects.filter(change_request__deployment__release=release, verdict=Decision.Verdict.APPROVE)
+                 .select_related("user", "change_request").order_by("decided_at", "id"))
+    approvers = {}
+    for decision in decisions:
+        approvers.setdefault(decision.change_request.deployment_id, []).append(decision)
+    return render(request, "approvals/_release_approvals.html", {"approvers": approvers})
 
 
 @require_POST

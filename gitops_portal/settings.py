@@ -74,6 +74,8 @@ GITOPS_TEMPLATE_SLOTS = {
     "release.blocked": ["approvals/slots/release_unblock.html"],
     "release.block": ["approvals/slots/release_block.html"],
     "insights.after": ["approvals/slots/insights_approval_wait.html"],
+    "release.stage": ["approvals/slots/release_stage.html"],
+    "release.stages": ["approvals/slots/release_stages.html"],
 }
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",

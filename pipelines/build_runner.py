@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -144,8 +145,10 @@ def run_steps(run, steps, workdir, environment, heartbeat, log, account, shared,
         if heartbeat.stop.is_set():
             _stopped(run, heartbeat, log)
             return False
-        log.write(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
+        log.step_started(number, len(steps), step)
+        started = time.monotonic()
         outcome = runner.run_step(run, step, workdir, environment, heartbeat, log, account, shared=shared)
+        log.step_ended(number, len(steps), outcome, time.monotonic() - started)
         if outcome.cancelled or outcome.lost:
             _stopped(run, heartbeat, log)
             return False

@@ -37,7 +37,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
-from pipelines import build_runner, followups, git, hooks, masking, preview_runner, sandbox
+from pipelines import build_runner, followups, git, hooks, masking, preview_runner, run_log, sandbox
 from pipelines.models import Deployment, EnvironmentSecret, Preview, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
 from pipelines.secrets import SecretUnreadable
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.25
 LOG_FLUSH_BYTES = 64 * 1024
 KILL_GRACE_SECONDS = 5
+STDOUT, STDERR = "stdout", "stderr"
 # What a database blip looks like from here: the connection dropped or the server refused it.
 DATABASE_BLIP = (OperationalError, InterfaceError)
 
@@ -217,26 +218,55 @@ class LogWriter:
         """`deployment`: anything with `log_chunks` and `append_log()` (a Build too); `secrets`: what to mask,
         by default the deployment's (masking.secrets_for)."""
         self.deployment = deployment
-        self.masker = masking.StreamMasker(masking.secrets_for(deployment) if secrets is None else secrets)
+        self.secrets = masking.secrets_for(deployment) if secrets is None else secrets
+        # One masker per stream: a secret split across two reads of stdout is masked even when a line of
+        # stderr came in between.
+        self.maskers = {stream: masking.StreamMasker(self.secrets) for stream in (STDOUT, STDERR)}
         self.pending = []
         self.failing_since = None
         self.seq = 0  # the run writes the whole log of the deployment it has just claimed
+        self.last_stream, self.at_line_start = STDOUT, True
 
     def mask_also(self, values):
         """Mask these values too (the environment's secrets); called before anything is written."""
-        self.masker = masking.StreamMasker({*self.masker.secrets, *masking.environment_secrets(values)})
+        self.secrets = {*self.secrets, *masking.environment_secrets(values)}
+        self.maskers = {stream: masking.StreamMasker(self.secrets) for stream in (STDOUT, STDERR)}
 
-    def write(self, text):
-        text = self.masker.feed(text)
-        if text:
-            self.pending.append(text)
+    def write(self, text, *, stream=STDOUT):
+        """Add text of a stream: STDOUT (also what the runner says) or STDERR, whose lines are marked."""
+        self._add(self.maskers[stream].feed(text), stream)
+
+    def _add(self, text, stream):
+        if not text:
+            return
+        if stream != self.last_stream and not self.at_line_start:
+            self.pending.append("\n")  # the other stream's line was cut short by this one
+            self.at_line_start = True
+        if stream == STDERR:
+            text = run_log.mark_errors(text, at_line_start=self.at_line_start)
+        self.pending.append(text)
+        self.last_stream, self.at_line_start = stream, text.endswith("\n")
+
+    def step_started(self, number, total, step):
+        self.write(run_log.step_started(number, total, step.name, step.run))
+
+    def step_ended(self, number, total, outcome, seconds):
+        if outcome.timed_out:
+            status = "timed out"
+        elif outcome.cancelled:
+            status = "cancelled"
+        elif outcome.lost:
+            status = "stopped"
+        else:
+            status = "succeeded" if outcome.exit_code == 0 else "failed"
+        self._add("\n" if not self.at_line_start else "", self.last_stream)
+        self.write(run_log.step_ended(number, total, status=status, exit_code=outcome.exit_code, seconds=seconds))
 
     def flush(self, *, final=False):
         """Store what is pending; False when the database did not take it (it stays pending)."""
         if final:
-            rest = self.masker.finish()
-            if rest:
-                self.pending.append(rest)
+            for stream, masker in self.maskers.items():
+                self._add(masker.finish(), stream)
         if not self.pending:
             return True
         text = "".join(self.pending)
@@ -430,8 +460,10 @@ def _run_steps(deployment, steps, workdir, environment, heartbeat, log, account,
         if heartbeat.stop.is_set() or _cancel_requested(deployment):
             _stopped(deployment, heartbeat, log, f"before step '{step.name}'")
             return False
-        log.write(f"==> step {number}/{len(steps)}: {step.name}\n$ {step.run}\n")
+        log.step_started(number, len(steps), step)
+        started = time.monotonic()
         outcome = run_step(deployment, step, workdir, environment, heartbeat, log, account, shared=shared)
+        log.step_ended(number, len(steps), outcome, time.monotonic() - started)
         if outcome.cancelled or outcome.lost:
             _stopped(deployment, heartbeat, log, f"during step '{step.name}'")
             return False
@@ -540,7 +572,7 @@ def run_step(deployment, step, workdir, environment, heartbeat, log, account=Non
         env=environment,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,  # on its own pipe, so its lines are marked in the log
         start_new_session=True,  # its own process group, killed as a whole
         preexec_fn=_die_with_the_runner,
         **as_account,
@@ -553,6 +585,7 @@ def run_step(deployment, step, workdir, environment, heartbeat, log, account=Non
         _kill_group(process)  # whatever the step left behind in its group goes with it
         heartbeat.step_pgid = None
         process.stdout.close()
+        process.stderr.close()
 
 
 def _record_step(deployment, pgid):
@@ -564,19 +597,23 @@ def _record_step(deployment, pgid):
 
 
 def _follow(step, process, heartbeat, log):
-    output = process.stdout.fileno()
-    os.set_blocking(output, False)
+    """Stream the step's stdout and stderr into the log (stderr lines marked) until it ends."""
+    streams = {process.stdout.fileno(): STDOUT, process.stderr.fileno(): STDERR}
     # Incremental: a multi-byte character split across two reads is decoded whole.
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in streams}
+    for fd in streams:
+        os.set_blocking(fd, False)
+    open_fds = set(streams)
     started = last_flush = time.monotonic()
     outcome = None
     while True:
-        readable, _, _ = select.select([output], [], [], LOG_FLUSH_SECONDS)
-        eof = False
-        if readable:
-            chunk = os.read(output, 65536)
-            eof = not chunk
-            log.write(decoder.decode(chunk, final=eof))
+        readable, _, _ = select.select(list(open_fds), [], [], LOG_FLUSH_SECONDS) if open_fds else ([], [], [])
+        for fd in readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+            log.write(run_log.without_marks(decoders[fd].decode(chunk, final=not chunk)), stream=streams[fd])
+        eof = not open_fds
         now = time.monotonic()
         if log.pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or log.pending_size() >= LOG_FLUSH_BYTES):
             log.flush()  # a failure keeps the text pending for the next flush
@@ -589,8 +626,9 @@ def _follow(step, process, heartbeat, log):
         if eof or (outcome is not None and not readable):
             break
         if process.poll() is not None and not readable:
-            break  # exited; a background child may hold the pipe open, so do not wait for EOF
-    log.write(decoder.decode(b"", final=True))
+            break  # exited; a background child may hold a pipe open, so do not wait for EOF
+    for fd, decoder in decoders.items():
+        log.write(run_log.without_marks(decoder.decode(b"", final=True)), stream=streams[fd])
     log.flush(final=True)
     if outcome is None:
         exit_code = process.wait()

@@ -9,20 +9,21 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import artifacts, check_views, commit_status, gate, jobs
-from pipelines.permissions import can_deploy, deployer_required
+from pipelines import artifacts, check_views, commit_status, environment_page, gate, jobs, release_page, run_log
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Lifecycle, Preview, Release, Repository, Stage,
                               Target)
-from pipelines.promotion import PromotionError, promote, retry, stage_for, stages_for
+from pipelines.permissions import can_deploy, deployer_required
+from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for, stages_for
 from pipelines.tag_history import tag_history
 
 RELEASES_ON_REPOSITORY_PAGE = 50
+DEPLOYMENTS_ON_ENVIRONMENT_PAGE = 50
 
 
 @dataclass
@@ -148,17 +149,20 @@ def repository_detail(request, name):
 @login_required
 def release_detail(request, name, version):
     release = _get_release_or_404(name, version)
-    deployments = release.deployments.select_related("environment", "triggered_by").order_by(
+    deployments = list(release.deployments.select_related("environment", "triggered_by").order_by(
         "environment__position", "-created_at", "-id"
-    )
+    ))
+    targets = Target.objects.filter(repository=release.repository).select_related("current_release")
+    steps = release_page.stage_steps(release, stages_for(release), deployments, targets)
     context = {
         "release": release,
         "repository": release.repository,
         "commit_url": release.repository.commit_url(release.commit_sha),
         "tag": tag_history(release),
         "tag_commit_url": release.repository.commit_url(release.tag_moved_to) if release.tag_moved_to else "",
-        "deployments": list(deployments),
-        "deploy_stages": stages_for(release),
+        "deployments": deployments,
+        "stage_steps": steps,
+        "deploy_steps": [step for step in steps if not step.stage.requires_approval],
         "can_deploy": can_deploy(request.user),
         **_build_context(release),
         **check_views.release_checks_context(release),
@@ -242,26 +246,94 @@ def deployment_detail(request, pk):
     if request.htmx:
         return render(request, "pipelines/deployment_detail.html#status", context)
     # The status is read before the log: a deployment seen finished has all of its log already.
-    context["log_text"], context["last_seq"] = deployment.log_since(0)
+    chunks = deployment.log_chunks_since(0)
+    sections = run_log.sections(run_log.lines_of(chunks), finished=deployment.is_finished,
+                                unmarked=run_log.is_unmarked(chunks))
+    context.update(sections=sections, last_seq=chunks[-1][0] if chunks else 0, current_step=sections[-1].number)
     return render(request, "pipelines/deployment_detail.html", context)
 
 
 @login_required
 def deployment_log(request, pk):
-    """Only the log text after chunk `after`, followed by the poller for the next request (swapped out of band).
+    """Only the log after chunk `after`, for the page that shows step `step` last: its new lines go to the end
+    of that step's section, its end updates the section's state, new steps come as new sections; the poller
+    for the next request comes along (all swapped out of band but the new sections).
 
     Once the deployment has finished, the last text comes with status 286 and an inert poller: polling stops."""
     try:
-        after = int(request.GET.get("after", "0"))
+        after, step = int(request.GET.get("after", "0")), int(request.GET.get("step", "0"))
     except ValueError:
-        return HttpResponseBadRequest("after must be a chunk number")
+        return HttpResponseBadRequest("after and step must be numbers")
     deployment = get_object_or_404(Deployment, pk=pk)
-    text, last_seq = deployment.log_since(after)
-    context = {"deployment": deployment, "text": text, "last_seq": last_seq, "oob": True}
+    chunks = deployment.log_chunks_since(after)
+    current = run_log.StepSection(step, 0, "", status="running" if step else "succeeded")
+    sections = run_log.sections(run_log.lines_of(chunks), current=current, finished=deployment.is_finished)
+    context = {
+        "deployment": deployment, "continued": sections[0], "sections": sections[1:], "oob": True,
+        "last_seq": chunks[-1][0] if chunks else after, "current_step": sections[-1].number,
+    }
     content = render_to_string("pipelines/deployment_detail.html#log_update", context, request)
     if deployment.is_finished:
         return HttpResponseStopPolling(content)
     return HttpResponse(content)
+
+
+@login_required
+def deployment_log_text(request, pk):
+    """The whole log as plain text, streamed chunk by chunk from the database."""
+    deployment = get_object_or_404(Deployment.objects.select_related("repository", "environment", "release"), pk=pk)
+
+    def pieces():
+        for text in deployment.log_chunks.order_by("seq").values_list("text", flat=True).iterator(chunk_size=200):
+            yield run_log.plain(text)
+
+    response = StreamingHttpResponse(pieces(), content_type="text/plain; charset=utf-8")
+    filename = (f"{deployment.repository.name}-{deployment.release.version}-{deployment.environment.name}-"
+                f"{deployment.pk}.log")
+    disposition = "inline" if request.GET.get("view") else "attachment"
+    response["Content-Disposition"] = f'{disposition}; filename="{filename.replace("/", "-")}"'
+    return response
+
+
+@login_required
+def environment_detail(request, name):
+    """What runs in an environment, per repository (version, commit, since when, by whom), and its history,
+    newest first and paged, with a Rollback on each past success that is not what runs there now.
+    A fixed number of queries whatever the page holds."""
+    environment = get_object_or_404(Environment, name=name)
+    targets = list(environment.targets.select_related(
+        "repository", "current_release", "last_deployment__triggered_by", "last_deployment__release")
+        .order_by("repository__name"))
+    history = Paginator(environment.deployments.select_related("release", "repository", "triggered_by")
+                        .order_by("-created_at", "-id"), DEPLOYMENTS_ON_ENVIRONMENT_PAGE)
+    page = history.get_page(request.GET.get("page"))
+    since = _current_since(environment, targets)
+    busy = set(environment.deployments.active().values_list("repository_id", flat=True))
+    running = {target.repository_id: target.current_release_id for target in targets}
+    context = {
+        "environment": environment,
+        "current_rows": [environment_page.CurrentRow(target, since.get(target.repository_id)) for target in targets],
+        "page": page,
+        "history_rows": [environment_page.HistoryRow(deployment, running.get(deployment.repository_id),
+                                                     deployment.repository_id in busy) for deployment in page],
+        "can_deploy": request.user.has_perm("pipelines.deploy"),
+    }
+    return render(request, "pipelines/environment_detail.html", context)
+
+
+def _current_since(environment, targets):
+    """{repository id: the deployment that put what runs there now in place}: the latest success of the
+    current release of each target, in one query."""
+    wanted = {(t.repository_id, t.current_release_id) for t in targets if t.current_release_id}
+    if not wanted:
+        return {}
+    found = {}
+    successes = environment.deployments.filter(status=Deployment.Status.SUCCEEDED,
+                                               release_id__in={release for _, release in wanted})
+    for deployment in successes.select_related("triggered_by").order_by("finished_at", "id"):
+        if (deployment.repository_id, deployment.release_id) in wanted:
+            found[deployment.repository_id] = deployment
+    return found
 
 
 # --- changing ----------------------------------------------------------------------------------------
@@ -356,6 +428,20 @@ def repository_poll(request, name):
     warn_if_queue_was_unreachable(request)
     messages.success(request, f"Polling {repository} now; new releases show here.")
     return redirect(repository)
+
+
+@require_POST
+@login_required
+@deployer_required
+def deployment_rollback(request, pk):
+    """Roll the deployment's environment back to its release (a past success there), under the same policy
+    as any promotion: where the stage holds deployments for approval, the rollback waits for one."""
+    deployment = _get_deployment_or_404(pk)
+    release, environment = deployment.release, deployment.environment
+    reason = (request.POST.get("reason", "").strip()
+              or f"Rollback from the history of {environment} (deployment #{deployment.pk}).")
+    return redirect_after_promotion(request, release, environment,
+                                    lambda: rollback(release, environment, by=request.user, reason=reason))
 
 
 @require_POST

@@ -625,3 +625,40 @@ def make_token(db):
 def bearer(token):
     """Django test client keyword arguments that authenticate with `token`."""
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+
+
+# --- the browser ---------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+@pytest.fixture
+def page(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the test still talks to the database directly.
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+            # Queries made while Playwright ran opened a connection of their own: close it, or PostgreSQL
+            # cannot drop the test database at the end of the session.
+            connections.close_all()
+
+
+def sign_in(page, live_server, username):
+    from playwright.sync_api import expect
+
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill("password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="What runs where")).to_be_visible()

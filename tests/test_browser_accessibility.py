@@ -13,7 +13,7 @@ import pytest
 from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_browser_live_log import CHROMIUM, CHROMIUM_ARGS, sign_in
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, sign_in
 
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 WIDTHS = {"desktop": 1440, "phone": 390, "small-phone": 360}

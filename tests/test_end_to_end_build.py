@@ -118,7 +118,7 @@ def test_a_commit_on_main_is_built_once_and_the_next_stage_publishes_exactly_tha
     assert not any(publisher_data.rglob("shop-image-*")), "the publisher kept nothing of the image"
     published = registry / image
     assert hashlib.sha256(published.read_bytes()).hexdigest() == build.outputs["sha256"]
-    assert build.log_chunks.filter(text__contains="==> step 1/2").count() == 1, "built once"
+    assert build.log_chunks.filter(text__contains="==> step 1/2:").count() == 1, "built once"
 
     # The next commit breaks the image: its test fails, nothing is published, and it cannot be deployed.
     origin.write("os-release", "ID=other-os\n")

@@ -15,10 +15,8 @@ from django.utils import timezone
 from approvals.models import ChangeRequest, Decision
 from pipelines import insights
 from pipelines.models import Deployment, Repository
-from tests.conftest import add_stage, stage_of
-from tests import test_browser_live_log as live_log
+from tests.conftest import add_stage, sign_in, stage_of
 
-page = live_log.page  # the Chromium fixture of the browser tests
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "insights.png"
 S, F, C = Deployment.Status.SUCCEEDED, Deployment.Status.FAILED, Deployment.Status.CANCELLED
 H = timedelta(hours=1)
@@ -213,7 +211,7 @@ def test_it_takes_as_many_queries_for_a_thousand_deployments_as_for_ten(client, 
 
 @pytest.mark.browser
 def test_a_screenshot_of_the_page(live_server, page, history):
-    live_log.sign_in(page, live_server, "bob")
+    sign_in(page, live_server, "bob")
     page.set_viewport_size({"width": 1280, "height": 1400})
     page.goto(f"{live_server.url}/insights/?period=30d")
     assert page.locator("svg.chart rect.bar").count() == 5 + 1  # five weeks, one environment's approval wait

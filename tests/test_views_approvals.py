@@ -571,7 +571,7 @@ def test_a_held_deployment_leads_to_its_change_request(client, charlie, change_r
 def browser_page(monkeypatch):
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser_live_log import CHROMIUM, CHROMIUM_ARGS
+    from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop here
     with sync_playwright() as playwright:

@@ -8,6 +8,8 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from pipelines import run_log
+
 from .audit import AuditEvent
 
 
@@ -373,11 +375,15 @@ class Deployment(models.Model):
         return seq
 
     def log_since(self, seq):
-        """The log chunks after `seq`, as (text, last seq)."""
-        chunks = list(self.log_chunks.filter(seq__gt=seq).order_by("seq").values_list("seq", "text"))
+        """The log after chunk `seq` as plain text (pipelines/run_log.plain), and the last chunk's seq."""
+        chunks = self.log_chunks_since(seq)
         if not chunks:
             return "", seq
-        return "".join(text for _, text in chunks), chunks[-1][0]
+        return run_log.plain("".join(text for _, text, _ in chunks)), chunks[-1][0]
+
+    def log_chunks_since(self, seq):
+        """The stored chunks after `seq`, marks included (pipelines/run_log.py): [(seq, text, stored at)]."""
+        return list(self.log_chunks.filter(seq__gt=seq).order_by("seq").values_list("seq", "text", "created_at"))
 
 
 class DeploymentLogChunk(models.Model):

@@ -56,6 +56,7 @@ GITOPS_POLL_CONCURRENCY = envint("GITOPS_POLL_CONCURRENCY", 4)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
+GITOPS_DASHBOARD_NOTES = ["approvals.dashboard.notes"]
 # What approvals adds to pages that pipelines (and the shared base page) render: {slot: [template, …]},
 # filled by the {% slot %} tag (pipelines/templatetags/portal.py).
 GITOPS_TEMPLATE_SLOTS = {
@@ -68,6 +69,7 @@ GITOPS_TEMPLATE_SLOTS = {
     "release.deployment": ["approvals/slots/release_deployment.html"],
     "release.blocked": ["approvals/slots/release_unblock.html"],
     "release.block": ["approvals/slots/release_block.html"],
+    "dashboard.summary": ["approvals/slots/dashboard_summary.html"],
 }
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",

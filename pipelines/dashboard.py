@@ -11,7 +11,13 @@ from functools import lru_cache
 from itertools import groupby
 
 from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import RFC3986_SUBDELIMS
+from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
+from html import escape as _e
+from urllib.parse import quote
 
 from pipelines import hooks
 from pipelines.hooks import Note
@@ -73,11 +79,14 @@ class Filters:
 
 @dataclass
 class Cell:
+    """One stage of one repository. Rendered to HTML here (`html`) rather than in the template: a page has
+    hundreds of cells, and the template engine would spend most of the page's time on them."""
+
     stage: Stage
     version: str = ""  # what runs there now; "" when nothing does
     sha: str = ""
     absent: str = ""  # when nothing runs: NOT_YET_DEPLOYED, NOT_IN_PIPELINE or NO_RELEASE
-    last: Deployment | None = None  # the last deployment, when it is not simply what runs
+    last: dict | None = None  # {"status", "label", "version", "url"} of the last deployment, unless it simply runs
     waits: Note | None = None  # what it waits for, and where to act
     paused: Note | None = None  # automatic deployments stopped here, and where to resume them
     paused_reason: str = ""
@@ -85,6 +94,35 @@ class Cell:
     when: dict | None = None  # {"iso", "text", "age"} of the last deployment
     took: str = ""
     attention: bool = False
+    release_url: str = ""
+
+    @property
+    def html(self):
+        # Plain f-strings with html.escape: format_html() for each piece of hundreds of cells costs more than
+        # the rest of the page.
+        parts = [f'<td class="target-cell{" attention" if self.attention else ""}">']
+        if self.version:
+            parts.append(f'<a class="version" href="{_e(self.release_url)}">{_e(self.version)}</a> '
+                         f'<code class="sha small">{_e(self.sha)}</code>')
+        else:
+            parts.append(f'<span class="version none">{self.absent}</span>')
+        if self.last:
+            other = f' <span class="small">{_e(self.last["version"])}</span>' if self.last["version"] != self.version else ""
+            parts.append(f'<div class="last"><a href="{_e(self.deployment_url)}"><span class="badge status-{_e(self.last["status"])}">'
+                         f'{_e(self.last["label"])}</span></a>{other}</div>')
+        if self.waits:
+            text = _e(self.waits.text)
+            parts.append(f'<div class="waits"><a href="{_e(self.waits.url)}">{text}</a></div>' if self.waits.url
+                         else f'<div class="waits">{text}</div>')
+        if self.paused:
+            parts.append(f'<div class="waits"><a class="tag warn-tag" href="{_e(self.paused.url)}" title="{_e(self.paused_reason)}">'
+                         f'{_e(self.paused.text)}</a> <span class="small muted">{_e(Truncator(self.paused_reason).chars(80))}</span></div>')
+        if self.when:
+            took = f" · took {_e(self.took)}" if self.took else ""
+            parts.append(f'<div class="small muted"><a class="muted" href="{_e(self.deployment_url)}"><time datetime="{self.when["iso"]}">'
+                         f'{_e(self.when["text"])} · {_e(self.when["age"])}</time></a>{took}</div>')
+        parts.append("</td>")
+        return mark_safe("".join(parts))
 
 
 @dataclass
@@ -129,8 +167,10 @@ def _repositories(filters):
         newest_error=Subquery(newest.values("error")[:1]),
         newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
     )
+    # Each part on its own so that each reads an index (a deployment's status, a paused target, the newest
+    # release): an OR across the joined tables would read every deployment.
     needs_someone = (
-        Exists(held.filter(Q(last_deployment__status__in=NEEDS_SOMEONE) | Q(auto_deploy_paused=True)))
+        Exists(held.filter(last_deployment__status__in=NEEDS_SOMEONE)) | Exists(held.filter(auto_deploy_paused=True))
         | ~Q(last_error="") | Q(newest_error__gt="")
     )
     repositories = repositories.annotate(attention=Case(When(needs_someone, then=Value(1)), default=Value(0),
@@ -153,48 +193,75 @@ def _repositories(filters):
 
 
 def summary():
-    """{state: how many stages are in it}, over every repository: the strip at the top of the page."""
-    counts = Target.objects.aggregate(
-        **{status: Count("pk", filter=Q(last_deployment__status=status))
-           for status in (Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED)},
-        paused=Count("pk", filter=Q(auto_deploy_paused=True)),
-    )
-    return counts
+    """{state: how many stages are in it}, over every repository: the strip at the top of the page. Read
+    from the deployments in those states (an index on status) that are some stage's last one."""
+    counted = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED]
+    last = Deployment.objects.filter(status__in=counted).filter(Exists(Target.objects.filter(last_deployment=OuterRef("pk"))))
+    by_status = last.values_list("status").annotate(n=Count("pk")).order_by()
+    paused = (Target.objects.filter(auto_deploy_paused=True).annotate(state=Value("paused")).values_list("state")
+              .annotate(n=Count("pk")).order_by())
+    return dict.fromkeys([*counted, "paused"], 0) | dict(by_status.union(paused, all=True).order_by())
 
 
-def _cell(stage, target, repository, notes):
+# URLs made by filling in a reversed pattern: reverse() for each of a page's hundreds of links would cost
+# more than the page's queries. Quoted as reverse() quotes path arguments.
+_SAFE = RFC3986_SUBDELIMS + "/~:@"
+
+
+class _Links:
+    def __init__(self):
+        self.deployment = reverse("deployment_detail", args=[987654321]).replace("987654321", "{}")
+        self.release = reverse("release_detail", args=["repo-slug", "v-version"]).replace("repo-slug", "{}").replace("v-version", "{}")
+        self.repository = reverse("repository_detail", args=["repo-slug"]).replace("repo-slug", "{}")
+
+    def release_of(self, repository, version):
+        return self.release.format(repository, quote(version, safe=_SAFE))
+
+
+TARGET_FIELDS = [
+    "repository_id", "environment_id", "auto_deploy_paused", "paused_reason", "current_release__version",
+    "current_release__commit_sha", "last_deployment_id", "last_deployment__status", "last_deployment__release__version",
+    "last_deployment__release_id", "current_release_id", "last_deployment__created_at",
+    "last_deployment__started_at", "last_deployment__finished_at",
+]
+STATUS_LABELS = dict(Status.choices)
+
+
+def _cell(stage, target, repository, notes, links):
     cell = Cell(stage=stage)
-    release = target.current_release if target else None
-    if release is not None:
-        cell.version, cell.sha = release.version, release.short_sha
+    if target is not None and target["current_release__version"] is not None:
+        cell.version, cell.sha = target["current_release__version"], target["current_release__commit_sha"][:10]
+        cell.release_url = links.release_of(repository.name, cell.version)
     elif repository.newest_version is None:
         cell.absent = NO_RELEASE
     else:
         names = environments_named(repository.newest_pipeline or "")
         cell.absent = NOT_IN_PIPELINE if names is not None and stage.environment.name not in names else NOT_YET_DEPLOYED
-    deployment = target.last_deployment if target else None
-    if deployment is not None:
-        if deployment.status != Status.SUCCEEDED or deployment.release_id != (release.pk if release else None):
-            cell.last = deployment
-        cell.when = moment(deployment.finished_at or deployment.created_at)
-        cell.deployment_url = deployment.get_absolute_url()
-        if deployment.started_at and deployment.finished_at:
-            cell.took = duration(deployment.finished_at - deployment.started_at)
-        note = notes.deployments.get(deployment.pk)
+    deployment_id = target["last_deployment_id"] if target else None
+    if deployment_id is not None:
+        status, version = target["last_deployment__status"], target["last_deployment__release__version"]
+        url = cell.deployment_url = links.deployment.format(deployment_id)
+        if status != Status.SUCCEEDED or target["last_deployment__release_id"] != target["current_release_id"]:
+            cell.last = {"status": status, "label": STATUS_LABELS.get(status, status), "version": version}
+        started, finished = target["last_deployment__started_at"], target["last_deployment__finished_at"]
+        cell.when = moment(finished or target["last_deployment__created_at"])
+        if started and finished:
+            cell.took = duration(finished - started)
+        note = notes.deployments.get(deployment_id)
         if note is not None:
             cell.waits = note
-        elif deployment.status == Status.AWAITING_APPROVAL:
-            cell.waits = Note("waits for approval", deployment.get_absolute_url())
-        elif deployment.status == Status.FAILED:
-            cell.waits = Note(f"{deployment.release.version} failed: see its log", deployment.get_absolute_url())
-        elif deployment.status == Status.QUEUED and stage.environment_id in notes.environments:
+        elif status == Status.AWAITING_APPROVAL:
+            cell.waits = Note("waits for approval", url)
+        elif status == Status.FAILED:
+            cell.waits = Note(f"{version} failed: see its log", url)
+        elif status == Status.QUEUED and stage.environment_id in notes.environments:
             cell.waits = notes.environments[stage.environment_id]
-        cell.attention = deployment.status in NEEDS_SOMEONE
-    if target is not None and target.auto_deploy_paused:
+        cell.attention = status in NEEDS_SOMEONE
+    if target is not None and target["auto_deploy_paused"]:
         # A rollback pauses its stage so that the next release does not undo it: say so in those words.
-        reason = target.paused_reason
+        reason = target["paused_reason"]
         text = "paused after rollback" if reason.startswith("Rollback") else "auto-deploy paused"
-        cell.paused, cell.paused_reason = Note(text, repository.get_absolute_url()), reason
+        cell.paused, cell.paused_reason = Note(text, links.repository.format(repository.name)), reason
         cell.attention = True
     return cell
 
@@ -204,8 +271,6 @@ def _problems(repository):
     if repository.last_error:
         problems.append(Note("cannot reach the repository", repository.get_absolute_url()))
     if repository.newest_error:
-        from django.urls import reverse
-
         url = reverse("release_detail", args=[repository.name, repository.newest_version])
         problems.append(Note(f"newest release {repository.newest_version} is invalid", url))
     return problems
@@ -219,14 +284,16 @@ def dashboard_page(request, filters):
     repositories = _repositories(filters)
     has_next = len(repositories) > DASHBOARD_PAGE_SIZE
     repositories = repositories[:DASHBOARD_PAGE_SIZE]
-    targets = Target.objects.filter(repository__in=[r.pk for r in repositories]).select_related(
-        "current_release", "last_deployment", "last_deployment__release")
-    by_pair = {(t.repository_id, t.environment_id): t for t in targets}
-    notes = hooks.dashboard_notes(request, [t.last_deployment for t in by_pair.values() if t.last_deployment])
-    rows = []
+    targets = Target.objects.filter(repository__in=[r.pk for r in repositories]).values(*TARGET_FIELDS)
+    by_pair = {(t["repository_id"], t["environment_id"]): t for t in targets}
+    notes = hooks.dashboard_notes(request, [
+        hooks.DeploymentState(t["last_deployment_id"], t["last_deployment__status"], t["environment_id"], t["repository_id"])
+        for t in by_pair.values() if t["last_deployment_id"] is not None
+    ])
+    links, rows = _Links(), []
     for repository in repositories:
         stages = stages_of.get(repository.lifecycle_id, [])
-        cells = [_cell(s, by_pair.get((repository.pk, s.environment_id)), repository, notes) for s in stages]
+        cells = [_cell(s, by_pair.get((repository.pk, s.environment_id)), repository, notes, links) for s in stages]
         rows.append(Row(repository, cells, _problems(repository), moment(repository.last_polled_at)))
     groups = [
         Group(lifecycle=rows_of[0].repository.lifecycle, stages=stages_of.get(lifecycle_id, []), rows=rows_of,

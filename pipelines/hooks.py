@@ -8,10 +8,11 @@ All are dotted paths in settings, so the direction of dependency stays one way:
 - GITOPS_FOLLOW_UP_HANDLERS: {kind: function(follow_up)} for follow-ups the upper layer handles
   (see pipelines/followups.py).
 - GITOPS_DASHBOARD_NOTES: functions `(request, deployments) -> DashboardNotes` saying what the upper layer
-  knows about the dashboard's cells (who must approve, which environment is frozen until when), each in a
+  knows about the dashboard's cells (`deployments`: the cells' last deployments as DeploymentState) (who must approve, which environment is frozen until when), each in a
   fixed number of queries however many cells the page shows."""
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from django.conf import settings
 from django.utils import timezone
@@ -36,6 +37,15 @@ def hold_reason(deployment, now=None):
 
 def run_reconcile_hooks(now):
     return {path: import_string(path)(now) for path in settings.GITOPS_RECONCILE_HOOKS}
+
+
+class DeploymentState(NamedTuple):
+    """What the dashboard knows of a cell's last deployment: enough to ask about it, cheaper than a model."""
+
+    pk: int
+    status: str
+    environment_id: int
+    repository_id: int
 
 
 @dataclass(frozen=True)

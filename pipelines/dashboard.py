@@ -160,36 +160,45 @@ def environments_named(pipeline_text):
 
 
 def _repositories(filters):
-    newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
+    """One page of repositories, those that need someone first, with their newest release annotated.
+
+    The page is chosen in a subquery that reads only indexes (each part of "needs someone" is an EXISTS on
+    one), and only its rows get the newest release's fields: a deep page then costs no more than the first."""
     held = Target.objects.filter(repository=OuterRef("pk"))
-    repositories = Repository.objects.select_related("lifecycle").annotate(
-        newest_version=Subquery(newest.values("version")[:1]),
-        newest_error=Subquery(newest.values("error")[:1]),
-        newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
-    )
-    # Each part on its own so that each reads an index (a deployment's status, a paused target, the newest
-    # release): an OR across the joined tables would read every deployment.
+    newer = Release.objects.filter(repository=OuterRef("repository")).filter(
+        Q(detected_at__gt=OuterRef("detected_at")) | Q(detected_at=OuterRef("detected_at"), pk__gt=OuterRef("pk")))
+    invalid_newest = Release.objects.filter(repository=OuterRef("pk"), error__gt="").exclude(Exists(newer))
     needs_someone = (
         Exists(held.filter(last_deployment__status__in=NEEDS_SOMEONE)) | Exists(held.filter(auto_deploy_paused=True))
-        | ~Q(last_error="") | Q(newest_error__gt="")
+        | ~Q(last_error="") | Exists(invalid_newest)
     )
-    repositories = repositories.annotate(attention=Case(When(needs_someone, then=Value(1)), default=Value(0),
-                                                        output_field=IntegerField()))
+    attention = Case(When(needs_someone, then=Value(1)), default=Value(0), output_field=IntegerField())
+    order = ["-attention", "lifecycle__name", "name"]
+    chosen = Repository.objects.annotate(attention=attention)
     if filters.q:
-        repositories = repositories.filter(name__icontains=filters.q)
+        chosen = chosen.filter(name__icontains=filters.q)
     if filters.lifecycle:
-        repositories = repositories.filter(lifecycle__name=filters.lifecycle)
+        chosen = chosen.filter(lifecycle__name=filters.lifecycle)
     if filters.state == "attention":
-        repositories = repositories.filter(attention=1)
+        chosen = chosen.filter(attention=1)
     elif filters.state == "paused":
-        repositories = repositories.filter(Exists(held.filter(auto_deploy_paused=True)))
+        chosen = chosen.filter(Exists(held.filter(auto_deploy_paused=True)))
     elif filters.state == "unreachable":
-        repositories = repositories.exclude(last_error="")
+        chosen = chosen.exclude(last_error="")
     elif filters.state:
-        repositories = repositories.filter(Exists(held.filter(last_deployment__status=filters.state)))
+        chosen = chosen.filter(Exists(held.filter(last_deployment__status=filters.state)))
     start = (filters.page - 1) * DASHBOARD_PAGE_SIZE
     # One row more than the page tells whether there is a next page, without counting them all.
-    return list(repositories.order_by("-attention", "lifecycle__name", "name")[start:start + DASHBOARD_PAGE_SIZE + 1])
+    page = chosen.order_by(*order).values("pk")[start:start + DASHBOARD_PAGE_SIZE + 1]
+    newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
+    return list(
+        Repository.objects.filter(pk__in=page).select_related("lifecycle").annotate(
+            attention=attention,
+            newest_version=Subquery(newest.values("version")[:1]),
+            newest_error=Subquery(newest.values("error")[:1]),
+            newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
+        ).order_by(*order)
+    )
 
 
 def summary():

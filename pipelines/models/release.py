@@ -33,8 +33,12 @@ class Release(models.Model):
             models.UniqueConstraint(fields=["repository", "version"], name="unique_release_version"),
             models.CheckConstraint(condition=models.Q(commit_sha__regex=r"^[0-9a-f]{40}$"), name="release_commit_sha_is_full"),
         ]
-        # A repository's newest release in one probe (the dashboard asks it of every repository it orders).
-        indexes = [models.Index(fields=["repository", "-detected_at", "-id"], name="release_newest_first")]
+        # A repository's newest release in one probe; the few invalid releases without reading the valid ones
+        # (the dashboard asks both of every repository it orders).
+        indexes = [
+            models.Index(fields=["repository", "-detected_at", "-id"], name="release_newest_first"),
+            models.Index(fields=["repository", "-detected_at", "-id"], condition=models.Q(error__gt=""), name="release_invalid"),
+        ]
 
     def __str__(self):
         return f"{self.repository.name} {self.version}"

@@ -3,7 +3,10 @@
 from django.urls import reverse
 
 from approvals.views import INBOX_ROWS
-from tests.test_views_approvals import make_request, section  # noqa: F401 (make_request is a fixture)
+from tests import test_views_approvals
+from tests.test_views_approvals import section
+
+make_request = test_views_approvals.make_request  # the fixture: a pending change request held for production
 
 
 def test_the_inbox_shows_the_newest_requests_and_counts_them_all(client, bob, make_request):

@@ -198,8 +198,32 @@ def plans(queries, pattern=r"."):
     return lines
 
 
+def profile(client, url, **headers):
+    """With PAGES_PROFILE=<part of a URL>: where the time of that page goes (cProfile, top 30 by own time)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(5):
+        client.get(url, headers=headers)
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+
+
 def page_rows(client, name, url, target_s, target_queries=None, **headers):
+    if os.environ.get("PAGES_PROFILE") and os.environ["PAGES_PROFILE"] in url:
+        profile(client, url, **headers)
     p95, queries, size, body = measure(client, url, **headers)
+    slowest = max(queries.captured_queries, key=lambda q: float(q["time"]), default=None)
+    if slowest and float(slowest["time"]) > 0.010:
+        print(f"  {name}: slowest query {float(slowest['time']) * 1000:.0f} ms: {slowest['sql'][:200]}")
+        if os.environ.get("PAGES_ANALYZE"):
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute("EXPLAIN ANALYZE " + slowest["sql"])
+                print("\n".join("    " + row[0] for row in cursor.fetchall()))
     rows = [(f"{name}: p95 server time", ms(p95), f"≤ {ms(target_s)}", p95 <= target_s),
             (f"{name}: queries", f"{len(queries)} ({sum(float(q['time']) for q in queries.captured_queries) * 1000:.0f} ms)", f"≤ {target_queries}" if target_queries else None,
              len(queries) <= target_queries if target_queries else None),
@@ -218,6 +242,7 @@ def main():
         from django.utils import timezone
 
         from approvals.models import StagePolicy
+        from pipelines.dashboard import DASHBOARD_PAGE_SIZE
         from pipelines.models import Deployment, Environment, Lifecycle, Release, Stage
 
         now = timezone.now()
@@ -290,11 +315,13 @@ def main():
         total_repositories = REPOSITORIES + MORE_REPOSITORIES
         rows += page_rows(client, f"dashboard ({total_repositories} repositories)", reverse("dashboard"), 0.050, 10)[0]
         big_rows, big_queries, _ = page_rows(client, f"dashboard ({total_repositories}), last page",
-                                             reverse("dashboard") + f"?page={total_repositories // 50}", 0.050, 10)
+                                             reverse("dashboard") + f"?page={total_repositories // DASHBOARD_PAGE_SIZE}", 0.050, 10)
         rows += big_rows
 
         report("pages (server time, Django test client in-process)", rows, notes=[
             *notes,
+            "load average while measuring (other processes share the cores): "
+            + ", ".join(f"{load:.1f}" for load in os.getloadavg()),
             "EXPLAIN, dashboard (first page, 500 repositories):", *plans(dash_queries, r"pipelines_|approvals_"),
             "EXPLAIN, dashboard ?state=failed&q=service-02:", *plans(filtered_queries, r"pipelines_|approvals_"),
             "EXPLAIN, audit page filtered by repository and action:", *audit_plans,

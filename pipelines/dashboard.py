@@ -25,7 +25,7 @@ from pipelines.models import Deployment, Lifecycle, Release, Repository, Stage, 
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.templatetags.portal import age, duration
 
-DASHBOARD_PAGE_SIZE = 50
+DASHBOARD_PAGE_SIZE = 25  # repositories; 125 cells at 5 stages render in a few ms
 Status = Deployment.Status
 NEEDS_SOMEONE = [Status.AWAITING_APPROVAL, Status.FAILED]
 

@@ -8,7 +8,9 @@ repositories (with their newest release annotated), their targets, and what the 
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from html import escape as _e
 from itertools import groupby
+from urllib.parse import quote, urlencode
 
 from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.urls import reverse
@@ -16,8 +18,6 @@ from django.utils import timezone
 from django.utils.http import RFC3986_SUBDELIMS
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
-from html import escape as _e
-from urllib.parse import quote
 
 from pipelines import hooks
 from pipelines.hooks import Note
@@ -69,8 +69,6 @@ class Filters:
         return bool(self.q or self.state or self.lifecycle)
 
     def query_string(self, page):
-        from urllib.parse import urlencode
-
         pairs = [(k, v) for k, v in (("q", self.q), ("state", self.state), ("lifecycle", self.lifecycle)) if v]
         if page > 1:
             pairs.append(("page", page))

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Window
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -29,6 +29,8 @@ from pipelines.promotion import PromotionError, rollback, stages_for
 from pipelines.views import redirect_after_promotion, warn_if_queue_was_unreachable
 
 RECENTLY_DECIDED = 50
+# Rows per inbox section unless ?all=1: two hundred rows take longer to render than anyone reads them.
+INBOX_ROWS = 50
 freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)
 
 
@@ -182,7 +184,10 @@ def _diff_lines(diff):
 
 def _with_row_facts(requests):
     """What an inbox row shows, in the same query: the related rows and the approvals given so far."""
-    return requests.select_related("repository", "environment", "deployment__release", "requested_by").with_current_preview().annotate(
+    # Not the summary nor the pipeline file: large, and no row shows them.
+    related = requests.select_related("repository", "environment", "deployment__release", "requested_by").defer(
+        "summary", "author_emails", "deployment__release__pipeline_text", "deployment__release__message")
+    return related.with_current_preview().annotate(
         approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE,
                                                     decisions__preview_number=F("current_preview")))
     )
@@ -224,9 +229,15 @@ def _preview_context(change_request, preview):
 @login_required
 def inbox(request):
     decided = ChangeRequest.objects.exclude(status=ChangeRequest.Status.PENDING)
+    show_all = request.GET.get("all") == "1"
+    waiting, waiting_total = _first_rows(ChangeRequest.objects.decidable_by(request.user), show_all)
+    pending, pending_total = _first_rows(ChangeRequest.objects.pending(), show_all)
     context = {
-        "waiting": list(_with_row_facts(ChangeRequest.objects.decidable_by(request.user))),
-        "pending": list(_with_row_facts(ChangeRequest.objects.pending())),
+        "waiting": waiting,
+        "waiting_total": waiting_total,
+        "pending": pending,
+        "pending_total": pending_total,
+        "shown_all": show_all,
         "decided": list(
             _with_row_facts(decided).order_by(F("decided_at").desc(nulls_last=True), "-id")[:RECENTLY_DECIDED]
         ),
@@ -243,6 +254,14 @@ def navigation_badge(request):
     if not request.user.is_authenticated:
         return HttpResponse(status=204)
     return render(request, "approvals/slots/navigation.html")
+
+
+def _first_rows(requests, show_all):
+    """(the newest INBOX_ROWS requests, or all with show_all; how many there are) in one query: the total
+    is a window count over the same rows."""
+    requests = _with_row_facts(requests).annotate(total=Window(Count("pk"))).order_by("-opened_at", "-id")
+    rows = list(requests if show_all else requests[:INBOX_ROWS])
+    return rows, rows[0].total if rows else 0
 
 
 @login_required

@@ -60,6 +60,8 @@ GITOPS_GIT_HOST_TIMEOUT = envint("GITOPS_GIT_HOST_TIMEOUT", 10)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
+# What approvals says in the dashboard's cells (approvals given of how many, from whom; freezes).
+GITOPS_DASHBOARD_NOTES = ["approvals.dashboard.notes"]
 # What approvals adds to pages that pipelines (and the shared base page) render: {slot: [template, …]},
 # filled by the {% slot %} tag (pipelines/templatetags/portal.py).
 GITOPS_TEMPLATE_SLOTS = {
@@ -76,6 +78,7 @@ GITOPS_TEMPLATE_SLOTS = {
     "insights.after": ["approvals/slots/insights_approval_wait.html"],
     "release.stage": ["approvals/slots/release_stage.html"],
     "release.stages": ["approvals/slots/release_stages.html"],
+    "dashboard.summary": ["approvals/slots/dashboard_summary.html"],
 }
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",
@@ -171,6 +174,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not :memory:, so that worker subprocesses started by tests see the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(GITOPS_DATA_DIR / "test.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # No JIT: the dashboard's ordering query is estimated above jit_above_cost and spent 100 ms compiling
+    # for 10 ms of work (bench/pages.py). The portal's queries are short; JIT only pays off for long ones.
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

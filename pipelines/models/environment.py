@@ -45,6 +45,8 @@ class Target(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["repository", "environment"], name="one_target_per_pair")]
+        # The dashboard's "paused" filter and count read only the few paused targets.
+        indexes = [models.Index(fields=["repository"], condition=models.Q(auto_deploy_paused=True), name="target_paused")]
 
     def __str__(self):
         return f"{self.repository} → {self.environment}"

@@ -35,10 +35,16 @@ class Release(models.Model):
 
     class Meta:
         ordering = ["-detected_at", "-id"]
-        indexes = [models.Index(fields=["repository", "-version_key", "-id"], name="release_version_order")]
         constraints = [
             models.UniqueConstraint(fields=["repository", "version"], name="unique_release_version"),
             models.CheckConstraint(condition=models.Q(commit_sha__regex=r"^[0-9a-f]{40}$"), name="release_commit_sha_is_full"),
+        ]
+        # A repository's newest release in one probe; the few invalid releases without reading the valid ones
+        # (the dashboard asks both of every repository it orders).
+        indexes = [
+            models.Index(fields=["repository", "-version_key", "-id"], name="release_version_order"),  # release lists
+            models.Index(fields=["repository", "-detected_at", "-id"], name="release_newest_first"),
+            models.Index(fields=["repository", "-detected_at", "-id"], condition=models.Q(error__gt=""), name="release_invalid"),
         ]
 
     def __str__(self):

@@ -1,0 +1,321 @@
+"""The dashboard's rows: per repository and stage the version, its sha, the state and what it waits for.
+
+A page shows DASHBOARD_PAGE_SIZE repositories, those that need someone first (a deployment waiting for
+approval or failed, a paused stage, a repository that cannot be reached, a newest release that is invalid),
+then the rest by lifecycle and name. Filters (search, state, lifecycle) and the page number live in the URL.
+A fixed number of queries however many repositories there are: the stages, the summary counts, one page of
+repositories (with their newest release annotated), their targets, and what the upper layer's notes need."""
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from html import escape as _e
+from itertools import groupby
+from urllib.parse import quote, urlencode
+
+from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import RFC3986_SUBDELIMS
+from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
+
+from pipelines import hooks
+from pipelines.hooks import Note
+from pipelines.models import Deployment, Lifecycle, Release, Repository, Stage, Target
+from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.templatetags.portal import age, duration
+
+DASHBOARD_PAGE_SIZE = 25  # repositories; 125 cells at 5 stages render in a few ms
+Status = Deployment.Status
+NEEDS_SOMEONE = [Status.AWAITING_APPROVAL, Status.FAILED]
+
+# ?state=…: the word in the URL, what the select shows, and which repositories it keeps.
+STATE_FILTERS = {
+    "attention": "needs attention",
+    "awaiting_approval": "awaiting approval",
+    "failed": "failed",
+    "running": "running",
+    "queued": "queued",
+    "paused": "paused",
+    "unreachable": "cannot reach the repository",
+}
+
+NOT_YET_DEPLOYED = "not yet deployed"
+NOT_IN_PIPELINE = "not in this pipeline"
+NO_RELEASE = "no release matches"
+
+
+@dataclass
+class Filters:
+    """What the viewer asked for in the URL; unknown values are ignored rather than refused."""
+
+    q: str = ""
+    state: str = ""
+    lifecycle: str = ""
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, query):
+        state = query.get("state", "")
+        try:
+            page = max(1, int(query.get("page", 1)))
+        except ValueError:
+            page = 1
+        return cls(q=query.get("q", "").strip()[:100], state=state if state in STATE_FILTERS else "",
+                   lifecycle=query.get("lifecycle", "").strip()[:100], page=page)
+
+    @property
+    def active(self):
+        return bool(self.q or self.state or self.lifecycle)
+
+    def query_string(self, page):
+        pairs = [(k, v) for k, v in (("q", self.q), ("state", self.state), ("lifecycle", self.lifecycle)) if v]
+        if page > 1:
+            pairs.append(("page", page))
+        return "?" + urlencode(pairs) if pairs else "?"
+
+
+@dataclass
+class Cell:
+    """One stage of one repository. Rendered to HTML here (`html`) rather than in the template: a page has
+    hundreds of cells, and the template engine would spend most of the page's time on them."""
+
+    stage: Stage
+    version: str = ""  # what runs there now; "" when nothing does
+    sha: str = ""
+    absent: str = ""  # when nothing runs: NOT_YET_DEPLOYED, NOT_IN_PIPELINE or NO_RELEASE
+    last: dict | None = None  # {"status", "label", "version", "url"} of the last deployment, unless it simply runs
+    waits: Note | None = None  # what it waits for, and where to act
+    paused: Note | None = None  # automatic deployments stopped here, and where to resume them
+    paused_reason: str = ""
+    deployment_url: str = ""
+    when: dict | None = None  # {"iso", "text", "age"} of the last deployment
+    took: str = ""
+    attention: bool = False
+    release_url: str = ""
+
+    @property
+    def html(self):
+        # Plain f-strings with html.escape: format_html() for each piece of hundreds of cells costs more than
+        # the rest of the page.
+        parts = [f'<td class="target-cell{" attention" if self.attention else ""}">']
+        if self.version:
+            parts.append(f'<a class="version" href="{_e(self.release_url)}">{_e(self.version)}</a> '
+                         f'<code class="sha small">{_e(self.sha)}</code>')
+        else:
+            parts.append(f'<span class="version none">{self.absent}</span>')
+        if self.last:
+            other = f' <span class="small">{_e(self.last["version"])}</span>' if self.last["version"] != self.version else ""
+            parts.append(f'<div class="last"><a href="{_e(self.deployment_url)}"><span class="badge status-{_e(self.last["status"])}">'
+                         f'{_e(self.last["label"])}</span></a>{other}</div>')
+        if self.waits:
+            text = _e(self.waits.text)
+            parts.append(f'<div class="waits"><a href="{_e(self.waits.url)}">{text}</a></div>' if self.waits.url
+                         else f'<div class="waits">{text}</div>')
+        if self.paused:
+            parts.append(f'<div class="waits"><a class="tag warn-tag" href="{_e(self.paused.url)}" title="{_e(self.paused_reason)}">'
+                         f'{_e(self.paused.text)}</a> <span class="small muted">{_e(Truncator(self.paused_reason).chars(80))}</span></div>')
+        if self.when:
+            took = f" · took {_e(self.took)}" if self.took else ""
+            parts.append(f'<div class="small muted"><a class="muted" href="{_e(self.deployment_url)}"><time datetime="{self.when["iso"]}">'
+                         f'{_e(self.when["text"])} · {_e(self.when["age"])}</time></a>{took}</div>')
+        parts.append("</td>")
+        return mark_safe("".join(parts))
+
+
+@dataclass
+class Row:
+    repository: Repository
+    cells: list
+    problems: list = field(default_factory=list)  # Notes about the whole repository
+    polled: dict | None = None
+
+
+@dataclass
+class Group:
+    lifecycle: Lifecycle
+    stages: list
+    rows: list
+    attention: bool
+
+
+def moment(when):
+    """A time as the page shows it: ISO for the browser to localise, the portal's time zone and relative."""
+    if when is None:
+        return None
+    local = timezone.localtime(when)
+    return {"iso": when.isoformat(), "text": local.strftime("%Y-%m-%d %H:%M %Z"), "age": age(when)}
+
+
+@lru_cache(maxsize=1024)
+def environments_named(pipeline_text):
+    """The environment names a pipeline file deploys to; None when it does not parse. Cached by text:
+    repositories share few distinct files, and the poll re-reads the same ones every five seconds."""
+    try:
+        return frozenset(parse_pipeline(pipeline_text).names())
+    except PipelineFileError:
+        return None
+
+
+def _repositories(filters):
+    """One page of repositories, those that need someone first, with their newest release annotated.
+
+    The page is chosen in a subquery that reads only indexes (each part of "needs someone" is an EXISTS on
+    one), and only its rows get the newest release's fields: a deep page then costs no more than the first."""
+    held = Target.objects.filter(repository=OuterRef("pk"))
+    newer = Release.objects.filter(repository=OuterRef("repository")).filter(
+        Q(detected_at__gt=OuterRef("detected_at")) | Q(detected_at=OuterRef("detected_at"), pk__gt=OuterRef("pk")))
+    invalid_newest = Release.objects.filter(repository=OuterRef("pk"), error__gt="").exclude(Exists(newer))
+    needs_someone = (
+        Exists(held.filter(last_deployment__status__in=NEEDS_SOMEONE)) | Exists(held.filter(auto_deploy_paused=True))
+        | ~Q(last_error="") | Exists(invalid_newest)
+    )
+    attention = Case(When(needs_someone, then=Value(1)), default=Value(0), output_field=IntegerField())
+    order = ["-attention", "lifecycle__name", "name"]
+    chosen = Repository.objects.visible().annotate(attention=attention)  # archived ones are off the dashboard
+    if filters.q:
+        chosen = chosen.filter(name__icontains=filters.q)
+    if filters.lifecycle:
+        chosen = chosen.filter(lifecycle__name=filters.lifecycle)
+    if filters.state == "attention":
+        chosen = chosen.filter(attention=1)
+    elif filters.state == "paused":
+        chosen = chosen.filter(Exists(held.filter(auto_deploy_paused=True)))
+    elif filters.state == "unreachable":
+        chosen = chosen.exclude(last_error="")
+    elif filters.state:
+        chosen = chosen.filter(Exists(held.filter(last_deployment__status=filters.state)))
+    start = (filters.page - 1) * DASHBOARD_PAGE_SIZE
+    # One row more than the page tells whether there is a next page, without counting them all.
+    page = chosen.order_by(*order).values("pk")[start:start + DASHBOARD_PAGE_SIZE + 1]
+    newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
+    return list(
+        Repository.objects.filter(pk__in=page).select_related("lifecycle").annotate(
+            attention=attention,
+            newest_version=Subquery(newest.values("version")[:1]),
+            newest_error=Subquery(newest.values("error")[:1]),
+            newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
+        ).order_by(*order)
+    )
+
+
+def summary():
+    """{state: how many stages are in it}, over every repository: the strip at the top of the page. Read
+    from the deployments in those states (an index on status) that are some stage's last one."""
+    counted = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED]
+    last = Deployment.objects.filter(status__in=counted).filter(Exists(Target.objects.filter(last_deployment=OuterRef("pk"))))
+    by_status = last.values_list("status").annotate(n=Count("pk")).order_by()
+    paused = (Target.objects.filter(auto_deploy_paused=True).annotate(state=Value("paused")).values_list("state")
+              .annotate(n=Count("pk")).order_by())
+    return dict.fromkeys([*counted, "paused"], 0) | dict(by_status.union(paused, all=True).order_by())
+
+
+# URLs made by filling in a reversed pattern: reverse() for each of a page's hundreds of links would cost
+# more than the page's queries. Quoted as reverse() quotes path arguments.
+_SAFE = RFC3986_SUBDELIMS + "/~:@"
+
+
+class _Links:
+    def __init__(self):
+        self.deployment = reverse("deployment_detail", args=[987654321]).replace("987654321", "{}")
+        self.release = reverse("release_detail", args=["repo-slug", "v-version"]).replace("repo-slug", "{}").replace("v-version", "{}")
+        self.repository = reverse("repository_detail", args=["repo-slug"]).replace("repo-slug", "{}")
+
+    def release_of(self, repository, version):
+        return self.release.format(repository, quote(version, safe=_SAFE))
+
+
+TARGET_FIELDS = [
+    "repository_id", "environment_id", "auto_deploy_paused", "paused_reason", "current_release__version",
+    "current_release__commit_sha", "last_deployment_id", "last_deployment__status", "last_deployment__release__version",
+    "last_deployment__release_id", "current_release_id", "last_deployment__created_at",
+    "last_deployment__started_at", "last_deployment__finished_at",
+]
+STATUS_LABELS = dict(Status.choices)
+
+
+def _cell(stage, target, repository, notes, links):
+    cell = Cell(stage=stage)
+    if target is not None and target["current_release__version"] is not None:
+        cell.version, cell.sha = target["current_release__version"], target["current_release__commit_sha"][:10]
+        cell.release_url = links.release_of(repository.name, cell.version)
+    elif repository.newest_version is None:
+        cell.absent = NO_RELEASE
+    else:
+        names = environments_named(repository.newest_pipeline or "")
+        cell.absent = NOT_IN_PIPELINE if names is not None and stage.environment.name not in names else NOT_YET_DEPLOYED
+    deployment_id = target["last_deployment_id"] if target else None
+    if deployment_id is not None:
+        status, version = target["last_deployment__status"], target["last_deployment__release__version"]
+        url = cell.deployment_url = links.deployment.format(deployment_id)
+        if status != Status.SUCCEEDED or target["last_deployment__release_id"] != target["current_release_id"]:
+            cell.last = {"status": status, "label": STATUS_LABELS.get(status, status), "version": version}
+        started, finished = target["last_deployment__started_at"], target["last_deployment__finished_at"]
+        cell.when = moment(finished or target["last_deployment__created_at"])
+        if started and finished:
+            cell.took = duration(finished - started)
+        note = notes.deployments.get(deployment_id)
+        if note is not None:
+            cell.waits = note
+        elif status == Status.AWAITING_APPROVAL:
+            cell.waits = Note("waits for approval", url)
+        elif status == Status.FAILED:
+            cell.waits = Note(f"{version} failed: see its log", url)
+        elif status == Status.QUEUED and stage.environment_id in notes.environments:
+            cell.waits = notes.environments[stage.environment_id]
+        cell.attention = status in NEEDS_SOMEONE
+    if target is not None and target["auto_deploy_paused"]:
+        # A rollback pauses its stage so that the next release does not undo it: say so in those words.
+        reason = target["paused_reason"]
+        text = "paused after rollback" if reason.startswith("Rollback") else "auto-deploy paused"
+        cell.paused, cell.paused_reason = Note(text, links.repository.format(repository.name)), reason
+        cell.attention = True
+    return cell
+
+
+def _problems(repository):
+    problems = []
+    if repository.last_error:
+        problems.append(Note("cannot reach the repository", repository.get_absolute_url()))
+    if repository.newest_error:
+        url = reverse("release_detail", args=[repository.name, repository.newest_version])
+        problems.append(Note(f"newest release {repository.newest_version} is invalid", url))
+    return problems
+
+
+def dashboard_page(request, filters):
+    """The context of the dashboard for these filters."""
+    stages_of = {}
+    for stage in Stage.objects.select_related("environment", "lifecycle").order_by("lifecycle__name", "position"):
+        stages_of.setdefault(stage.lifecycle_id, []).append(stage)
+    repositories = _repositories(filters)
+    has_next = len(repositories) > DASHBOARD_PAGE_SIZE
+    repositories = repositories[:DASHBOARD_PAGE_SIZE]
+    targets = Target.objects.filter(repository__in=[r.pk for r in repositories]).values(*TARGET_FIELDS)
+    by_pair = {(t["repository_id"], t["environment_id"]): t for t in targets}
+    notes = hooks.dashboard_notes(request, [
+        hooks.DeploymentState(t["last_deployment_id"], t["last_deployment__status"], t["environment_id"], t["repository_id"])
+        for t in by_pair.values() if t["last_deployment_id"] is not None
+    ])
+    links, rows = _Links(), []
+    for repository in repositories:
+        stages = stages_of.get(repository.lifecycle_id, [])
+        cells = [_cell(s, by_pair.get((repository.pk, s.environment_id)), repository, notes, links) for s in stages]
+        rows.append(Row(repository, cells, _problems(repository), moment(repository.last_polled_at)))
+    groups = [
+        Group(lifecycle=rows_of[0].repository.lifecycle, stages=stages_of.get(lifecycle_id, []), rows=rows_of,
+              attention=bool(attention))
+        for (attention, lifecycle_id), rows_of in (
+            (key, list(group)) for key, group in groupby(rows, key=lambda r: (r.repository.attention, r.repository.lifecycle_id)))
+    ]
+    return {
+        "groups": groups,
+        "filters": filters,
+        "state_filters": STATE_FILTERS,
+        "lifecycles": sorted({s.lifecycle.name for stages in stages_of.values() for s in stages}),
+        "summary": summary(),
+        "column_notes": notes.environments,
+        "page": filters.page,
+        "previous_url": filters.query_string(filters.page - 1) if filters.page > 1 else "",
+        "next_url": filters.query_string(filters.page + 1) if has_next else "",
+    }

@@ -36,8 +36,16 @@ def running(release, staging):
     return deployment
 
 
-def log_url(deployment, after):
-    return reverse("deployment_log", args=[deployment.pk]) + f"?after={after}"
+def log_url(deployment, after, step=0):
+    """The poll of the log after chunk `after`, the reader's open step section being `step` (as escaped in HTML)."""
+    return reverse("deployment_log", args=[deployment.pk]) + f"?after={after}&amp;step={step}"
+
+
+def lines_of(html):
+    """The text of each log line shown, in order."""
+    import re
+
+    return re.findall(r'<span class="text">([^<]*)</span>', html)
 
 
 # --- the page --------------------------------------------------------------------------------------
@@ -51,14 +59,14 @@ def test_it_shows_the_deployment_and_its_log(client, charlie, running):
     assert "v1.2.0 → staging" in html
     assert "Automatic, started by the portal" in html
     assert "1 min 15 s so far" in html
-    assert '<pre id="log" class="log">cloning\ndeploying v1.2.0 to staging\n</pre>' in html
+    assert lines_of(html) == ["cloning", "deploying v1.2.0 to staging"]
 
 
 def test_a_running_deployment_polls_its_status_and_its_log(client, charlie, running):
     client.force_login(charlie)
     html = client.get(reverse("deployment_detail", args=[running.pk])).content.decode()
     assert f'hx-get="{reverse("deployment_detail", args=[running.pk])}" hx-trigger="every 2s"' in html
-    assert f'id="log-poller" hx-get="{log_url(running, 2)}" hx-trigger="every 2s" hx-target="#log" hx-swap="beforeend"' in html
+    assert f'id="log-poller" hx-get="{log_url(running, 2)}" hx-trigger="every 1s" hx-target="#log" hx-swap="beforeend"' in html
 
 
 def test_a_finished_deployment_does_not_poll(client, charlie, running):
@@ -91,18 +99,18 @@ def test_htmx_gets_only_the_status(client, charlie, running):
 def test_the_log_endpoint_returns_only_the_new_text_and_the_next_poller(client, charlie, running):
     client.force_login(charlie)
     running.append_log("step 2 done\n")
-    response = client.get(log_url(running, 2), headers={"HX-Request": "true"})
+    response = client.get(log_url(running, 2).replace("&amp;", "&"), headers={"HX-Request": "true"})
     body = response.content.decode()
     assert response.status_code == 200
-    assert body.startswith("step 2 done\n<div id=\"log-poller\"")
-    assert "cloning" not in body and "deploying" not in body
+    assert lines_of(body) == ["step 2 done"]  # only what is new, appended to the open step's section
+    assert body.startswith('<div hx-swap-oob="beforeend:#step-0-lines">')
     assert f'hx-get="{log_url(running, 3)}"' in body
     assert 'hx-swap-oob="true"' in body
 
 
 def test_with_nothing_new_the_poller_keeps_its_place(client, charlie, running):
     client.force_login(charlie)
-    body = client.get(log_url(running, 2)).content.decode()
+    body = client.get(log_url(running, 2).replace("&amp;", "&")).content.decode()
     assert body.startswith('<div id="log-poller"')
     assert f'hx-get="{log_url(running, 2)}"' in body
 
@@ -110,7 +118,7 @@ def test_with_nothing_new_the_poller_keeps_its_place(client, charlie, running):
 def test_the_log_is_escaped(client, charlie, running):
     running.append_log("<script>alert(1)</script>\n")
     client.force_login(charlie)
-    body = client.get(log_url(running, 2)).content.decode()
+    body = client.get(log_url(running, 2).replace("&amp;", "&")).content.decode()
     assert "<script>" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
 
 
@@ -118,10 +126,10 @@ def test_a_finished_deployment_answers_286_with_its_last_text(client, charlie, r
     running.append_log("all done\n")
     running.succeed()
     client.force_login(charlie)
-    response = client.get(log_url(running, 2))
+    response = client.get(log_url(running, 2).replace("&amp;", "&"))
     body = response.content.decode()
     assert response.status_code == 286
-    assert body.startswith("all done\n")
+    assert lines_of(body) == ["all done"]
     assert "hx-trigger" not in body  # the poller is replaced by an inert one
 
 

@@ -77,8 +77,10 @@ class StepSection:
 
     @property
     def open(self):
-        """Shown unfolded: the step that failed, the one running, and what came before the first step."""
-        return self.number == 0 or self.failed or self.status == "running"
+        """Shown unfolded: the step that failed, the one running, what came before the first step, and the last
+        step, where the run ends (a short last step starts and ends between two polls of a page that follows the
+        log: folded, the end the reader followed the log to would be hidden)."""
+        return self.number == 0 or self.failed or self.status == "running" or self.number == self.total
 
     @property
     def css_status(self):

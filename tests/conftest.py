@@ -654,6 +654,51 @@ def page(monkeypatch):
             connections.close_all()
 
 
+@pytest.fixture
+def browser(monkeypatch):
+    """The Chromium itself, for tests that open pages of several sizes or contexts (`page` is one tab)."""
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+            connections.close_all()
+
+
+@pytest.fixture
+def screenshots(tmp_path):
+    """Where browser tests save their screenshots: the test's temporary directory, or, to refresh the ones the
+    README shows, the directory named by GITOPS_SCREENSHOTS (`GITOPS_SCREENSHOTS=docs/screenshots`), so that
+    a test run does not rewrite committed files."""
+    return Path(os.environ.get("GITOPS_SCREENSHOTS") or tmp_path / "screenshots").resolve()
+
+
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_BLOCKING = {"serious", "critical"}
+AXE_RUN = """async () => {
+  const result = await axe.run(document, {resultTypes: ["violations"]});
+  return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                      nodes: v.nodes.slice(0, 5).map(n => n.target.join(" ") + " " + n.html.slice(0, 200) + " " +
+                                                                 (n.failureSummary || "").slice(0, 300))}));
+}"""
+
+
+def check_page(page, name, width, screenshots):
+    """No serious or critical axe-core violation, no sideways scroll; then the screenshot `name`-`width`.png."""
+    page.add_script_tag(path=str(AXE))
+    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in AXE_BLOCKING]
+    assert violations == [], f"{name} at {width} px: {violations}"
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"{name} at {width} px scrolls sideways by {overflow} px"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / f"{name}-{width}.png"), full_page=True)
+
+
 def sign_in(page, live_server, username):
     from playwright.sync_api import expect
 

@@ -6,41 +6,13 @@ does not rewrite committed files.
 
 axe-core is vendored under tests/vendor/axe-core/ (see its README there) and injected into each page."""
 
-import os
-from pathlib import Path
-
 import pytest
-from django.db import connections
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, sign_in
+from tests.conftest import check_page as check
+from tests.conftest import sign_in
 
-AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 WIDTHS = {"desktop": 1440, "phone": 390, "small-phone": 360}
-BLOCKING = {"serious", "critical"}
-
-AXE_RUN = """async () => {
-  const result = await axe.run(document, {resultTypes: ["violations"]});
-  return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
-                                      nodes: v.nodes.slice(0, 5).map(n => n.target.join(" "))}));
-}"""
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-            connections.close_all()
-
-
-@pytest.fixture
-def screenshots(tmp_path):
-    return Path(os.environ.get("GITOPS_SCREENSHOTS") or tmp_path / "screenshots").resolve()
 
 
 @pytest.fixture
@@ -49,17 +21,6 @@ def decided_pages(make_held_change, bob, alice, charlie):
     rejected, _ = make_held_change()
     rejected.reject(bob, "Not during the sale: the checkout is frozen until Monday.")
     return {"deployment": f"/deployments/{rejected.deployment_id}/", "change_request": rejected.get_absolute_url()}
-
-
-def check(page, name, width, screenshots):
-    """No serious or critical axe violation, no sideways scroll; then the screenshot."""
-    page.add_script_tag(path=str(AXE))
-    violations = [v for v in page.evaluate(AXE_RUN) if v["impact"] in BLOCKING]
-    assert violations == [], f"{name} at {width} px: {violations}"
-    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    assert overflow <= 0, f"{name} at {width} px scrolls sideways by {overflow} px"
-    screenshots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(screenshots / f"{name}-{width}.png"), full_page=True)
 
 
 @pytest.mark.browser

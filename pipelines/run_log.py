@@ -114,6 +114,31 @@ def lines_of(chunks):
     return lines
 
 
+def tail(chunks, limit):
+    """(chunks to show, how many earlier lines are left out): the page shows the last `limit` lines of a long
+    log (all of it is in the raw download). Earlier chunks keep only the runner's step lines, so every step
+    still gets its section, state and exit code; counting and filtering run over whole chunk texts, so a
+    100,000-line log costs a few milliseconds, not 100,000 LogLines."""
+    kept, count = [], 0
+    for index in range(len(chunks) - 1, -1, -1):
+        lines_here = chunks[index][1].count("\n")
+        if count + lines_here > limit:
+            break
+        count += lines_here
+        kept.append(chunks[index])
+    else:
+        return chunks, 0
+    room, reduced, hidden = limit - count, [], 0  # the chunk at the boundary keeps its last `room` lines
+    for position, (seq, text, at) in enumerate(chunks[:index + 1]):
+        lines = text.removesuffix("\n").split("\n")
+        tail_from = len(lines) - room if position == index else len(lines)
+        shown = [line for number, line in enumerate(lines)
+                 if number >= tail_from or line.startswith(STEP_MARK) or line.startswith("==> step ")]
+        hidden += len(lines) - len(shown)
+        reduced.append((seq, "".join(line + "\n" for line in shown), at))
+    return reduced + kept[::-1], hidden
+
+
 def is_unmarked(chunks):
     """True for a log written before the runner marked its lines (its steps are found by their text)."""
     return not any(STEP_MARK in text for _, text, _ in chunks)

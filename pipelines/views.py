@@ -25,6 +25,8 @@ from pipelines.tag_history import tag_history
 
 RELEASES_ON_REPOSITORY_PAGE = 50
 DEPLOYMENTS_ON_ENVIRONMENT_PAGE = 50
+# A longer log shows its last lines (with every step's section); the raw download has all of it.
+LOG_LINES_ON_PAGE = 2000
 
 
 @dataclass
@@ -222,9 +224,11 @@ def deployment_detail(request, pk):
         return render(request, "pipelines/deployment_detail.html#status", context)
     # The status is read before the log: a deployment seen finished has all of its log already.
     chunks = deployment.log_chunks_since(0)
-    sections = run_log.sections(run_log.lines_of(chunks), finished=deployment.is_finished,
+    shown, hidden = run_log.tail(chunks, LOG_LINES_ON_PAGE)
+    sections = run_log.sections(run_log.lines_of(shown), finished=deployment.is_finished,
                                 unmarked=run_log.is_unmarked(chunks))
-    context.update(sections=sections, last_seq=chunks[-1][0] if chunks else 0, current_step=sections[-1].number)
+    context.update(sections=sections, last_seq=chunks[-1][0] if chunks else 0, current_step=sections[-1].number,
+                   hidden_lines=hidden, lines_on_page=LOG_LINES_ON_PAGE)
     return render(request, "pipelines/deployment_detail.html", context)
 
 

@@ -180,3 +180,20 @@ def test_a_line_cut_between_two_chunks_shows_as_one_line():
                               (3, "or continued\n", "t3")])
     assert [(line.text, line.at, line.stderr) for line in lines] == [
         ("whole", "t1", False), ("split: ***", "t1", False), ("error continued", "t2", True)]
+
+
+def test_a_long_log_shows_its_last_lines_and_every_step_and_says_where_the_rest_is(
+        repository, staging, make_release, bob_client, settings):
+    from pipelines import views
+
+    deployment = promotion.promote(make_release(repository, "v9"), staging, by=None)
+    deployment.claim(worker_name="long")
+    deployment.append_log(run_log.step_started(1, 2, "build", "make") + "".join(f"line {n}\n" for n in range(3000)))
+    deployment.append_log(run_log.step_ended(1, 2, status="succeeded", exit_code=0, seconds=4.0))
+    deployment.append_log(run_log.step_started(2, 2, "ship", "ship") + "".join(f"ship {n}\n" for n in range(50)))
+    html = bob_client.get(reverse("deployment_detail", args=[deployment.pk])).content.decode()
+    shown = re.findall(r'<span class="text">([^<]*)</span>', html)
+    assert len(shown) <= views.LOG_LINES_ON_PAGE + 2  # the two commands
+    assert shown[-1] == "ship 49" and "line 2999" in shown and "line 0" not in shown
+    assert 'id="step-1"' in html and 'id="step-2"' in html, "every step keeps its section"
+    assert "earlier lines are in the" in html and reverse("deployment_log_text", args=[deployment.pk]) in html

@@ -48,17 +48,20 @@ def queue_was_unreachable():
     return failed
 
 
+def _enqueue_run(run, queue_name, function, job_id):
+    """Record the job id on a run's row (deployment, build, preview, check) and wake a worker for it once
+    the current transaction commits. Runs take as long as their steps: no rq timeout (each step has its own)."""
+    type(run).objects.filter(pk=run.pk).update(job_id=job_id)
+    run.job_id = job_id
+    transaction.on_commit(
+        lambda: _enqueue(queue_name, function, run.pk, job_id=job_id, job_timeout=-1, result_ttl=600,
+                         failure_ttl=86400)
+    )
+
+
 def enqueue_deployment(deployment):
     """Wake a worker for a queued deployment once the current transaction commits."""
-    from pipelines.models import Deployment
-
-    job_id = deployment_job_id(deployment.pk)
-    Deployment.objects.filter(pk=deployment.pk).update(job_id=job_id)
-    deployment.job_id = job_id
-    transaction.on_commit(
-        lambda: _enqueue(DEPLOY_QUEUE, "pipelines.jobs.run_deployment", deployment.pk, job_id=job_id, job_timeout=-1,
-                         result_ttl=600, failure_ttl=86400)
-    )
+    _enqueue_run(deployment, DEPLOY_QUEUE, "pipelines.jobs.run_deployment", deployment_job_id(deployment.pk))
 
 
 def build_job_id(build_id):
@@ -66,17 +69,9 @@ def build_job_id(build_id):
 
 
 def enqueue_build(build):
-    """Wake a worker for a queued build once the current transaction commits (on the deploy queue: builds
-    run on the machines that run deployments, in the worker's own process)."""
-    from pipelines.models import Build
-
-    job_id = build_job_id(build.pk)
-    Build.objects.filter(pk=build.pk).update(job_id=job_id)
-    build.job_id = job_id
-    transaction.on_commit(
-        lambda: _enqueue(DEPLOY_QUEUE, "pipelines.jobs.run_build", build.pk, job_id=job_id, job_timeout=-1,
-                         result_ttl=600, failure_ttl=86400)
-    )
+    """Wake a worker for a queued build (on the deploy queue: builds run on the machines that run
+    deployments, in the worker's own process)."""
+    _enqueue_run(build, DEPLOY_QUEUE, "pipelines.jobs.run_build", build_job_id(build.pk))
 
 
 def preview_job_id(preview_id):
@@ -84,17 +79,9 @@ def preview_job_id(preview_id):
 
 
 def enqueue_preview(preview):
-    """Wake a worker for a queued preview once the current transaction commits (on the deploy queue, like
-    deployments: a preview runs with its environment's credentials, on the machines that may use them)."""
-    from pipelines.models import Preview
-
-    job_id = preview_job_id(preview.pk)
-    Preview.objects.filter(pk=preview.pk).update(job_id=job_id)
-    preview.job_id = job_id
-    transaction.on_commit(
-        lambda: _enqueue(DEPLOY_QUEUE, "pipelines.jobs.run_preview", preview.pk, job_id=job_id, job_timeout=-1,
-                         result_ttl=600, failure_ttl=86400)
-    )
+    """Wake a worker for a queued preview (on the deploy queue, like deployments: a preview runs with its
+    environment's credentials, on the machines that may use them)."""
+    _enqueue_run(preview, DEPLOY_QUEUE, "pipelines.jobs.run_preview", preview_job_id(preview.pk))
 
 
 def check_job_id(check_id):
@@ -102,16 +89,8 @@ def check_job_id(check_id):
 
 
 def enqueue_check(check):
-    """Wake a worker on the checks queue for a queued check once the current transaction commits."""
-    from pipelines.models import Check
-
-    job_id = check_job_id(check.pk)
-    Check.objects.filter(pk=check.pk).update(job_id=job_id)
-    check.job_id = job_id
-    transaction.on_commit(
-        lambda: _enqueue(CHECKS_QUEUE, "pipelines.jobs.run_check", check.pk, job_id=job_id, job_timeout=-1,
-                         result_ttl=600, failure_ttl=86400)
-    )
+    """Wake a worker on the checks queue for a queued check."""
+    _enqueue_run(check, CHECKS_QUEUE, "pipelines.jobs.run_check", check_job_id(check.pk))
 
 
 def enqueue_poll(repository_id):

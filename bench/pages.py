@@ -4,7 +4,7 @@ Data (made in bulk, in batches): 500 repositories in one lifecycle of 5 stages (
 production; production holds deployments for approval), 40 releases each deployed to every stage
 (100,000 deployments), a Target per pair whose last deployment is mostly a success, with 200 waiting for
 approval behind pending change requests, 25 failed, 10 running and 10 stages paused after a rollback;
-100,000 audit events; one deployment with a 100,000-line log.
+100,000 audit events; one deployment with a 100,000-line log in 5 steps, as the runner writes it.
 
 Each page is asked for with Django's test Client in this process (no network, no gunicorn): WARMUP requests,
 then SAMPLES timed ones; p95 is their nearest-rank 95th percentile. Queries are counted on one more request.
@@ -128,15 +128,23 @@ def make_audit_events(repositories, environments, user, now):
     batched(AuditEvent, events)
 
 
-def make_long_log(deployment):
+def make_long_log(deployment, steps=5):
+    """A log as the runner writes it (pipelines/run_log.py): `steps` marked steps, each a share of LOG_LINES
+    lines with some on stderr, stored in chunks of 100 lines."""
+    from pipelines import run_log
     from pipelines.models import DeploymentLogChunk
 
-    lines_per_chunk = 100
+    lines_per_chunk, per_step = 100, LOG_LINES // steps
+    texts = []
+    for step in range(1, steps + 1):
+        texts.append(run_log.step_started(step, steps, f"apply part {step}", f"./apply.sh {step}"))
+        texts += [(run_log.STDERR_MARK if n % 50 == 49 else "")
+                  + f"[{(step - 1) * per_step + n:06d}] applying manifest part {n} of the release\n"
+                  for n in range(per_step)]
+        texts.append(run_log.step_ended(step, steps, status="succeeded", exit_code=0, seconds=12.5))
     batched(DeploymentLogChunk, [
-        DeploymentLogChunk(deployment=deployment, seq=chunk + 1, text="".join(
-            f"[{chunk * lines_per_chunk + n:06d}] applying manifest part {n} of the release\n"
-            for n in range(lines_per_chunk)))
-        for chunk in range(LOG_LINES // lines_per_chunk)
+        DeploymentLogChunk.of(deployment, n + 1, "".join(texts[start:start + lines_per_chunk]))
+        for n, start in enumerate(range(0, len(texts), lines_per_chunk))
     ])
 
 

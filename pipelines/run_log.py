@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 STEP_MARK = "\x1e"
 STDERR_MARK = "\x1f"
+# How a step's line begins in a log written before the runner marked its lines.
+UNMARKED_STEP = "==> step "
 _MARKS = {ord(STEP_MARK): None, ord(STDERR_MARK): None}
 
 _LINES = re.compile(r"[^\n]*\n|[^\n]+")
@@ -24,6 +26,11 @@ _ENDED = re.compile(r"==> step (\d+)/(\d+) (succeeded|failed|timed out|cancelled
 def without_marks(text):
     """A step's own output, with the marks it could use to forge structure removed."""
     return text.translate(_MARKS)
+
+
+def has_step_lines(text):
+    """True when `text` may hold a line about a step (marked, or as in an old log): run_log.tail keeps those."""
+    return STEP_MARK in text or UNMARKED_STEP in text
 
 
 def plain(text):
@@ -117,8 +124,10 @@ def lines_of(chunks):
 def tail(chunks, limit):
     """(chunks to show, how many earlier lines are left out): the page shows the last `limit` lines of a long
     log (all of it is in the raw download). Earlier chunks keep only the runner's step lines, so every step
-    still gets its section, state and exit code; counting and filtering run over whole chunk texts, so a
-    100,000-line log costs a few milliseconds, not 100,000 LogLines."""
+    still gets its section, state and exit code; a chunk left with nothing is left out. Counting and filtering
+    run over whole chunk texts, so a 100,000-line log costs a few milliseconds, not 100,000 LogLines. Lines
+    are counted by their newlines, as DeploymentLogChunk.line_count counts them (a line cut between two
+    chunks counts once)."""
     kept, count = [], 0
     for index in range(len(chunks) - 1, -1, -1):
         lines_here = chunks[index][1].count("\n")
@@ -130,13 +139,17 @@ def tail(chunks, limit):
         return chunks, 0
     room, reduced, hidden = limit - count, [], 0  # the chunk at the boundary keeps its last `room` lines
     for position, (seq, text, at) in enumerate(chunks[:index + 1]):
-        lines = text.removesuffix("\n").split("\n")
+        lines = _LINES.findall(text)  # each with its newline; a line cut at the chunk's end without one
         tail_from = len(lines) - room if position == index else len(lines)
-        shown = [line for number, line in enumerate(lines)
-                 if number >= tail_from or line.startswith(STEP_MARK) or line.startswith("==> step ")]
-        hidden += len(lines) - len(shown)
-        reduced.append((seq, "".join(line + "\n" for line in shown), at))
+        shown = "".join(line for number, line in enumerate(lines) if number >= tail_from or is_step_line(line))
+        hidden += text.count("\n") - shown.count("\n")
+        if shown:
+            reduced.append((seq, shown, at))
     return reduced + kept[::-1], hidden
+
+
+def is_step_line(line):
+    return line.startswith(STEP_MARK) or line.startswith(UNMARKED_STEP)
 
 
 def is_unmarked(chunks):

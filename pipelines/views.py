@@ -223,11 +223,9 @@ def deployment_detail(request, pk):
     if request.htmx:
         return render(request, "pipelines/deployment_detail.html#status", context)
     # The status is read before the log: a deployment seen finished has all of its log already.
-    chunks = deployment.log_chunks_since(0)
-    shown, hidden = run_log.tail(chunks, LOG_LINES_ON_PAGE)
-    sections = run_log.sections(run_log.lines_of(shown), finished=deployment.is_finished,
-                                unmarked=run_log.is_unmarked(chunks))
-    context.update(sections=sections, last_seq=chunks[-1][0] if chunks else 0, current_step=sections[-1].number,
+    shown, hidden, unmarked = deployment.log_tail(LOG_LINES_ON_PAGE)
+    sections = run_log.sections(run_log.lines_of(shown), finished=deployment.is_finished, unmarked=unmarked)
+    context.update(sections=sections, last_seq=shown[-1][0] if shown else 0, current_step=sections[-1].number,
                    hidden_lines=hidden, lines_on_page=LOG_LINES_ON_PAGE)
     return render(request, "pipelines/deployment_detail.html", context)
 

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
@@ -367,11 +367,9 @@ class Deployment(models.Model):
         text = masking.mask(text, self._log_secrets)
         if seq is None:
             seq = (self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
-            DeploymentLogChunk.objects.create(deployment=self, seq=seq, text=text)
+            DeploymentLogChunk.of(self, seq, text).save(force_insert=True)
             return seq
-        DeploymentLogChunk.objects.bulk_create(
-            [DeploymentLogChunk(deployment=self, seq=seq, text=text)], ignore_conflicts=True
-        )
+        DeploymentLogChunk.objects.bulk_create([DeploymentLogChunk.of(self, seq, text)], ignore_conflicts=True)
         return seq
 
     def log_since(self, seq):
@@ -385,12 +383,53 @@ class Deployment(models.Model):
         """The stored chunks after `seq`, marks included (pipelines/run_log.py): [(seq, text, stored at)]."""
         return list(self.log_chunks.filter(seq__gt=seq).order_by("seq").values_list("seq", "text", "created_at"))
 
+    def log_tail(self, limit):
+        """What the deployment page shows of the log, read without reading all of a long one:
+        (chunks as run_log.tail gives them, how many earlier lines it leaves out, whether the log is unmarked).
+
+        The newest chunks are read first, in growing batches, until they hold more than `limit` lines; of the
+        chunks before them only those holding a step's line are read (run_log.tail keeps just those lines), and
+        the rest are only counted, by the line counts stored with them. A log of fewer than LOG_TAIL_BATCH
+        chunks, as most are, costs one query."""
+        chunks = self.log_chunks.values_list("seq", "text", "created_at")
+        newest, lines, batch = [], 0, LOG_TAIL_BATCH
+        while True:
+            read = list((chunks.filter(seq__lt=newest[-1][0]) if newest else chunks).order_by("-seq")[:batch])
+            newest += read
+            lines += sum(text.count("\n") for _, text, _ in read)
+            if len(read) < batch:  # the whole log is read
+                newest.reverse()
+                shown, hidden = run_log.tail(newest, limit)
+                return shown, hidden, run_log.is_unmarked(newest)
+            if lines > limit:
+                break
+            batch *= 4
+        newest.reverse()
+        earlier = chunks.filter(seq__lt=newest[0][0])
+        with_steps = list(earlier.filter(has_step_lines=True).order_by("seq"))
+        left_out = earlier.filter(has_step_lines=False).aggregate(lines=Sum("line_count"))["lines"] or 0
+        shown, hidden = run_log.tail(with_steps + newest, limit)
+        return shown, hidden + left_out, run_log.is_unmarked(with_steps + newest)
+
+
+# The deployment page reads the newest chunks of a log in batches of this many, then four times as many, ...
+LOG_TAIL_BATCH = 64
+
 
 class DeploymentLogChunk(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_chunks")
     seq = models.PositiveIntegerField()
     text = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
+    # Known when the chunk is stored, so that the page of a long log reads its tail, the chunks with step
+    # lines and these counts, not the whole text (Deployment.log_tail).
+    line_count = models.PositiveIntegerField(default=0)
+    has_step_lines = models.BooleanField(default=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["deployment", "seq"], name="unique_log_chunk_seq")]
+
+    @classmethod
+    def of(cls, deployment, seq, text):
+        return cls(deployment=deployment, seq=seq, text=text, line_count=text.count("\n"),
+                   has_step_lines=run_log.has_step_lines(text))

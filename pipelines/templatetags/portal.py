@@ -4,6 +4,7 @@ from django import template
 from django.conf import settings
 from django.template.loader import select_template
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 register = template.Library()
@@ -54,6 +55,25 @@ def without_credentials(url):
     from pipelines.git import display_url
 
     return display_url(url)
+
+
+@register.simple_tag
+def log_lines(lines):
+    """The lines of a run's log (pipelines/run_log.LogLine) as HTML, each with its time and stderr marked.
+
+    Built here rather than in a template loop: a page shows up to 2,000 lines, and the loop spent 0.1 ms a line
+    on resolving variables and formatting the same time again (the lines of one stored chunk share a time)."""
+    times, html = {}, []
+    for line in lines:
+        if line.at not in times:
+            local = timezone.template_localtime(line.at) if line.at else None
+            times[line.at] = (local.isoformat(), local.strftime("%H:%M:%S")) if local else ("", "")
+        iso, clock = times[line.at]
+        kind = " stderr" if line.stderr else " command" if line.command else ""
+        stream = '<span class="stream" title="standard error">err</span>' if line.stderr else ""
+        html.append(f'<div class="line{kind}"><time datetime="{iso}">{clock}</time>{stream}'
+                    f'<span class="text">{escape(line.text)}</span></div>')
+    return mark_safe("".join(html))
 
 
 @register.simple_tag(takes_context=True)

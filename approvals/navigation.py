@@ -9,8 +9,8 @@ from approvals.models import ChangeRequest
 def pending_approvals(request):
     """{"approvals_waiting_count": N} for a signed-in user, N from one query (ChangeRequest.objects.decidable_ids).
 
-    The count is computed only when a template reads it (the navigation of full pages), so the htmx
-    fragments that poll every few seconds do not pay for it."""
+    The count is computed only when a template reads it: the navigation badge's own fragment
+    (approvals.views.navigation_badge), which pages ask for once loaded, so no page waits for it."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}

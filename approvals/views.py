@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Q, Window
+from django.db.models import Count, F, OuterRef, Subquery, Window
+from django.db.models.functions import Coalesce
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -182,15 +183,18 @@ def _diff_lines(diff):
 # --- reading -----------------------------------------------------------------------------------------
 
 
-def _with_row_facts(requests):
-    """What an inbox row shows, in the same query: the related rows and the approvals given so far."""
+def _rows_by_pk(pks):
+    """{pk: change request} with what an inbox row shows, in one query: the related rows and the approvals
+    given so far (counted in a subquery per row, not by grouping the wide joined rows)."""
+    approvals = (Decision.objects.filter(change_request=OuterRef("pk"), verdict=Decision.Verdict.APPROVE,
+                                         preview_number=OuterRef("current_preview"))
+                 .values("change_request").annotate(n=Count("pk")).values("n"))
     # Not the summary nor the pipeline file: large, and no row shows them.
-    related = requests.select_related("repository", "environment", "deployment__release", "requested_by").defer(
+    rows = ChangeRequest.objects.filter(pk__in=pks).select_related(
+        "repository", "environment", "deployment__release", "requested_by").defer(
         "summary", "author_emails", "deployment__release__pipeline_text", "deployment__release__message")
-    return related.with_current_preview().annotate(
-        approvals_given=Count("decisions", filter=Q(decisions__verdict=Decision.Verdict.APPROVE,
-                                                    decisions__preview_number=F("current_preview")))
-    )
+    rows = rows.with_current_preview().annotate(approvals_given=Coalesce(Subquery(approvals), 0))
+    return {row.pk: row for row in rows}
 
 
 def _get_change_request_or_404(pk):
@@ -228,19 +232,21 @@ def _preview_context(change_request, preview):
 
 @login_required
 def inbox(request):
-    decided = ChangeRequest.objects.exclude(status=ChangeRequest.Status.PENDING)
+    """Three lists: what waits on me, everything pending, the latest decided. Each list's page of ids is
+    chosen by a light query (with its total), then the rows of all three are read in one."""
     show_all = request.GET.get("all") == "1"
-    waiting, waiting_total = _first_rows(ChangeRequest.objects.decidable_by(request.user), show_all)
-    pending, pending_total = _first_rows(ChangeRequest.objects.pending(), show_all)
+    waiting, waiting_total = _first_ids(ChangeRequest.objects.decidable_by(request.user), show_all)
+    pending, pending_total = _first_ids(ChangeRequest.objects.pending(), show_all)
+    decided = list(ChangeRequest.objects.exclude(status=ChangeRequest.Status.PENDING)
+                   .order_by(F("decided_at").desc(nulls_last=True), "-id").values_list("pk", flat=True)[:RECENTLY_DECIDED])
+    rows = _rows_by_pk({*waiting, *pending, *decided})
     context = {
-        "waiting": waiting,
+        "waiting": [rows[pk] for pk in waiting if pk in rows],
         "waiting_total": waiting_total,
-        "pending": pending,
+        "pending": [rows[pk] for pk in pending if pk in rows],
         "pending_total": pending_total,
         "shown_all": show_all,
-        "decided": list(
-            _with_row_facts(decided).order_by(F("decided_at").desc(nulls_last=True), "-id")[:RECENTLY_DECIDED]
-        ),
+        "decided": [rows[pk] for pk in decided if pk in rows],
         "recently_decided": RECENTLY_DECIDED,
         "now": timezone.now(),
     }
@@ -248,20 +254,20 @@ def inbox(request):
 
 
 def navigation_badge(request):
-    """The Approvals link of the navigation with its count, polled by every page so that the count follows
-    decisions made elsewhere. A visitor whose session ended gets no content (htmx then swaps nothing),
-    rather than the login page inside the navigation."""
+    """The Approvals link of the navigation with its count, asked for by every page once loaded and polled
+    after, so that the count follows decisions made elsewhere. A visitor whose session ended gets no
+    content (htmx then swaps nothing), rather than the login page inside the navigation."""
     if not request.user.is_authenticated:
         return HttpResponse(status=204)
-    return render(request, "approvals/slots/navigation.html")
+    return render(request, "approvals/slots/navigation.html", {"with_count": True})
 
 
-def _first_rows(requests, show_all):
-    """(the newest INBOX_ROWS requests, or all with show_all; how many there are) in one query: the total
-    is a window count over the same rows."""
-    requests = _with_row_facts(requests).annotate(total=Window(Count("pk"))).order_by("-opened_at", "-id")
-    rows = list(requests if show_all else requests[:INBOX_ROWS])
-    return rows, rows[0].total if rows else 0
+def _first_ids(requests, show_all):
+    """(the ids of the newest INBOX_ROWS requests, or of all with show_all; how many there are) in one
+    query: the total is a window count over the same rows."""
+    ids = requests.annotate(total=Window(Count("pk"))).order_by("-opened_at", "-id").values_list("pk", "total")
+    rows = list(ids if show_all else ids[:INBOX_ROWS])
+    return [pk for pk, _ in rows], rows[0][1] if rows else 0
 
 
 @login_required

@@ -129,6 +129,26 @@ class Row:
     cells: list
     problems: list = field(default_factory=list)  # Notes about the whole repository
     polled: dict | None = None
+    url: str = ""  # the repository's page
+
+    @property
+    def html(self):
+        """The whole row, its cells included: built here for the reason Cell.html gives."""
+        repository = self.repository
+        parts = [f'<tr><th scope="row" class="repo-cell"><a href="{_e(self.url)}" class="repo-name">{_e(repository.name)}</a>']
+        if not repository.enabled:
+            parts.append('<span class="tag muted-tag">disabled</span>')
+        parts += [f'<div class="waits bad"><a href="{_e(problem.url)}">{_e(problem.text)}</a></div>' for problem in self.problems]
+        if repository.last_error:
+            parts.append(f'<div class="error-text small" title="{_e(repository.last_error)}">'
+                         f'{_e(Truncator(repository.last_error).chars(160))}</div>')
+        if self.polled:
+            parts.append(f'<div class="small muted">polled <time datetime="{self.polled["iso"]}">'
+                         f'{_e(self.polled["text"])} · {_e(self.polled["age"])}</time></div>')
+        parts.append("</th>")
+        parts += [cell.html for cell in self.cells]
+        parts.append("</tr>")
+        return mark_safe("".join(parts))
 
 
 @dataclass
@@ -144,7 +164,9 @@ def moment(when):
     if when is None:
         return None
     local = timezone.localtime(when)
-    return {"iso": when.isoformat(), "text": local.strftime("%Y-%m-%d %H:%M %Z"), "age": age(when)}
+    # Formatted by hand: strftime() with %Z took a third of the time of a page's 150 moments.
+    text = f"{local.year:04}-{local.month:02}-{local.day:02} {local.hour:02}:{local.minute:02} {local.tzname()}"
+    return {"iso": when.isoformat(), "text": text, "age": age(when)}
 
 
 @lru_cache(maxsize=1024)
@@ -157,11 +179,11 @@ def environments_named(pipeline_text):
         return None
 
 
-def _repositories(filters):
-    """One page of repositories, those that need someone first, with their newest release annotated.
-
-    The page is chosen in a subquery that reads only indexes (each part of "needs someone" is an EXISTS on
-    one), and only its rows get the newest release's fields: a deep page then costs no more than the first."""
+@lru_cache(maxsize=1)
+def _querysets():
+    """(every visible repository with its `attention`, every repository with its newest release's fields):
+    built once per process and filtered per request, since building these expressions costs more than
+    running the queries they make. They hold no values, only references to the outer row: safe to share."""
     held = Target.objects.filter(repository=OuterRef("pk"))
     newer = Release.objects.filter(repository=OuterRef("repository")).filter(
         Q(detected_at__gt=OuterRef("detected_at")) | Q(detected_at=OuterRef("detected_at"), pk__gt=OuterRef("pk")))
@@ -171,8 +193,24 @@ def _repositories(filters):
         | ~Q(last_error="") | Exists(invalid_newest)
     )
     attention = Case(When(needs_someone, then=Value(1)), default=Value(0), output_field=IntegerField())
-    order = ["-attention", "lifecycle__name", "name"]
-    chosen = Repository.objects.visible().annotate(attention=attention)  # archived ones are off the dashboard
+    newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
+    visible = Repository.objects.visible().annotate(attention=attention)  # archived ones are off the dashboard
+    with_newest = Repository.objects.select_related("lifecycle").annotate(
+        newest_version=Subquery(newest.values("version")[:1]),
+        newest_error=Subquery(newest.values("error")[:1]),
+        newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
+    )
+    return visible, with_newest
+
+
+def _repositories(filters):
+    """One page of repositories, those that need someone first, with their newest release annotated.
+
+    The page is chosen by a query that reads only indexes (each part of "needs someone" is an EXISTS on
+    one); then only its rows are read with the newest release's fields: a deep page costs no more than the
+    first."""
+    chosen, with_newest = _querysets()
+    held = Target.objects.filter(repository=OuterRef("pk"))
     if filters.q:
         chosen = chosen.filter(name__icontains=filters.q)
     if filters.lifecycle:
@@ -187,27 +225,32 @@ def _repositories(filters):
         chosen = chosen.filter(Exists(held.filter(last_deployment__status=filters.state)))
     start = (filters.page - 1) * DASHBOARD_PAGE_SIZE
     # One row more than the page tells whether there is a next page, without counting them all.
-    page = chosen.order_by(*order).values("pk")[start:start + DASHBOARD_PAGE_SIZE + 1]
-    newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
-    return list(
-        Repository.objects.filter(pk__in=page).select_related("lifecycle").annotate(
-            attention=attention,
-            newest_version=Subquery(newest.values("version")[:1]),
-            newest_error=Subquery(newest.values("error")[:1]),
-            newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
-        ).order_by(*order)
-    )
+    page = dict(chosen.order_by("-attention", "lifecycle__name", "name")
+                .values_list("pk", "attention")[start:start + DASHBOARD_PAGE_SIZE + 1])
+    repositories = {repository.pk: repository for repository in with_newest.filter(pk__in=page)}
+    for pk, attention in page.items():
+        repositories[pk].attention = attention
+    return [repositories[pk] for pk in page if pk in repositories]  # in the page's order (one deleted since is left out)
 
 
 def summary():
     """{state: how many stages are in it}, over every repository: the strip at the top of the page. Read
     from the deployments in those states (an index on status) that are some stage's last one."""
-    counted = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED]
-    last = Deployment.objects.filter(status__in=counted).filter(Exists(Target.objects.filter(last_deployment=OuterRef("pk"))))
+    return dict.fromkeys([*SUMMARY_STATES, "paused"], 0) | dict(_summary_query().all())  # all(): a fresh clone
+
+
+SUMMARY_STATES = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED]
+
+
+@lru_cache(maxsize=1)
+def _summary_query():
+    """The counts behind summary(), built once per process like _querysets()."""
+    last = Deployment.objects.filter(status__in=SUMMARY_STATES).filter(
+        Exists(Target.objects.filter(last_deployment=OuterRef("pk"))))
     by_status = last.values_list("status").annotate(n=Count("pk")).order_by()
     paused = (Target.objects.filter(auto_deploy_paused=True).annotate(state=Value("paused")).values_list("state")
               .annotate(n=Count("pk")).order_by())
-    return dict.fromkeys([*counted, "paused"], 0) | dict(by_status.union(paused, all=True).order_by())
+    return by_status.union(paused, all=True).order_by()
 
 
 # URLs made by filling in a reversed pattern: reverse() for each of a page's hundreds of links would cost
@@ -222,7 +265,10 @@ class _Links:
         self.repository = reverse("repository_detail", args=["repo-slug"]).replace("repo-slug", "{}")
 
     def release_of(self, repository, version):
-        return self.release.format(repository, quote(version, safe=_SAFE))
+        return self.release.format(quote(repository, safe=_SAFE), quote(version, safe=_SAFE))
+
+    def repository_of(self, name):
+        return self.repository.format(quote(name, safe=_SAFE))
 
 
 TARGET_FIELDS = [
@@ -232,6 +278,11 @@ TARGET_FIELDS = [
     "last_deployment__started_at", "last_deployment__finished_at",
 ]
 STATUS_LABELS = dict(Status.choices)
+
+
+@lru_cache(maxsize=1)
+def _targets_with_fields():
+    return Target.objects.values(*TARGET_FIELDS)  # built once, like _querysets()
 
 
 def _cell(stage, target, repository, notes, links):
@@ -268,7 +319,7 @@ def _cell(stage, target, repository, notes, links):
         # A rollback pauses its stage so that the next release does not undo it: say so in those words.
         reason = target["paused_reason"]
         text = "paused after rollback" if reason.startswith("Rollback") else "auto-deploy paused"
-        cell.paused, cell.paused_reason = Note(text, links.repository.format(repository.name)), reason
+        cell.paused, cell.paused_reason = Note(text, links.repository_of(repository.name)), reason
         cell.attention = True
     return cell
 
@@ -291,7 +342,7 @@ def dashboard_page(request, filters):
     repositories = _repositories(filters)
     has_next = len(repositories) > DASHBOARD_PAGE_SIZE
     repositories = repositories[:DASHBOARD_PAGE_SIZE]
-    targets = Target.objects.filter(repository__in=[r.pk for r in repositories]).values(*TARGET_FIELDS)
+    targets = _targets_with_fields().filter(repository__in=[r.pk for r in repositories])
     by_pair = {(t["repository_id"], t["environment_id"]): t for t in targets}
     notes = hooks.dashboard_notes(request, [
         hooks.DeploymentState(t["last_deployment_id"], t["last_deployment__status"], t["environment_id"], t["repository_id"])
@@ -301,7 +352,8 @@ def dashboard_page(request, filters):
     for repository in repositories:
         stages = stages_of.get(repository.lifecycle_id, [])
         cells = [_cell(s, by_pair.get((repository.pk, s.environment_id)), repository, notes, links) for s in stages]
-        rows.append(Row(repository, cells, _problems(repository), moment(repository.last_polled_at)))
+        rows.append(Row(repository, cells, _problems(repository), moment(repository.last_polled_at),
+                        links.repository_of(repository.name)))
     groups = [
         Group(lifecycle=rows_of[0].repository.lifecycle, stages=stages_of.get(lifecycle_id, []), rows=rows_of,
               attention=bool(attention))

@@ -227,10 +227,13 @@ def _repositories(filters):
     # One row more than the page tells whether there is a next page, without counting them all.
     page = dict(chosen.order_by("-attention", "lifecycle__name", "name")
                 .values_list("pk", "attention")[start:start + DASHBOARD_PAGE_SIZE + 1])
-    repositories = {repository.pk: repository for repository in with_newest.filter(pk__in=page)}
-    for pk, attention in page.items():
-        repositories[pk].attention = attention
-    return [repositories[pk] for pk in page if pk in repositories]  # in the page's order (one deleted since is left out)
+    repositories = {repository.pk: repository for repository in with_newest.filter(pk__in=list(page))}
+    shown = []
+    for pk, attention in page.items():  # in the page's order; one deleted in between is left out
+        if pk in repositories:
+            repositories[pk].attention = attention
+            shown.append(repositories[pk])
+    return shown
 
 
 def summary():

@@ -113,6 +113,9 @@ def test_filters_live_in_the_url_and_the_poll_keeps_them(client, charlie, enviro
     assert repository_order(dashboard(client, charlie, lifecycle="default", q="shop")) == ["shop"]
     assert repository_order(dashboard(client, charlie, lifecycle="nope")) == []
     assert "No repository matches these filters" in dashboard(client, charlie, lifecycle="nope")
+    # The filters of one request stay in it: the querysets the dashboard shares between requests are not
+    # narrowed by them.
+    assert repository_order(dashboard(client, charlie)) == ["billing", "billing-archive", "shop"]
 
 
 def test_the_summary_counts_stages_by_state(client, charlie, environments, staging, production):

@@ -3,8 +3,9 @@
 A page shows DASHBOARD_PAGE_SIZE repositories, those that need someone first (a deployment waiting for
 approval or failed, a paused stage, a repository that cannot be reached, a newest release that is invalid),
 then the rest by lifecycle and name. Filters (search, state, lifecycle) and the page number live in the URL.
-A fixed number of queries however many repositories there are: the stages, the summary counts, one page of
-repositories (with their newest release annotated), their targets, and what the upper layer's notes need."""
+A fixed number of queries however many repositories there are: the stages, the states (what the summary
+counts and what needs someone), one page of repository ids, their rows (with their newest release annotated),
+their targets, and what the upper layer's notes need."""
 
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -12,7 +13,7 @@ from html import escape as _e
 from itertools import groupby
 from urllib.parse import quote, urlencode
 
-from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import RFC3986_SUBDELIMS
@@ -179,81 +180,95 @@ def environments_named(pipeline_text):
         return None
 
 
+SUMMARY_STATES = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED]
+# What puts a repository first: a stage whose last deployment waits for approval or failed, a paused stage,
+# a repository the portal cannot reach, a newest release that is invalid.
+ATTENTION_STATES = [*NEEDS_SOMEONE, "paused", "unreachable", "invalid"]
+
+
 @lru_cache(maxsize=1)
-def _querysets():
-    """(every visible repository with its `attention`, every repository with its newest release's fields):
-    built once per process and filtered per request, since building these expressions costs more than
-    running the queries they make. They hold no values, only references to the outer row: safe to share."""
-    held = Target.objects.filter(repository=OuterRef("pk"))
+def _states_query():
+    """(repository id, state) of every stage whose last deployment is in one of SUMMARY_STATES, of every
+    paused stage, of every repository that cannot be reached or whose newest release is invalid: what the
+    summary strip counts, what "needs someone" and the state filters mean. Each part is read by an index,
+    so this is a few hundred rows however many repositories there are. Built once per process (building it
+    costs more than running it; it holds no values, so sharing it is safe)."""
     newer = Release.objects.filter(repository=OuterRef("repository")).filter(
         Q(detected_at__gt=OuterRef("detected_at")) | Q(detected_at=OuterRef("detected_at"), pk__gt=OuterRef("pk")))
-    invalid_newest = Release.objects.filter(repository=OuterRef("pk"), error__gt="").exclude(Exists(newer))
-    needs_someone = (
-        Exists(held.filter(last_deployment__status__in=NEEDS_SOMEONE)) | Exists(held.filter(auto_deploy_paused=True))
-        | ~Q(last_error="") | Exists(invalid_newest)
-    )
-    attention = Case(When(needs_someone, then=Value(1)), default=Value(0), output_field=IntegerField())
+    last = Target.objects.filter(last_deployment__status__in=SUMMARY_STATES).values_list(
+        "repository_id", "last_deployment__status")
+    paused = Target.objects.filter(auto_deploy_paused=True).annotate(state=Value("paused")).values_list(
+        "repository_id", "state")
+    unreachable = Repository.objects.exclude(last_error="").annotate(state=Value("unreachable")).values_list(
+        "pk", "state")
+    invalid = (Release.objects.filter(error__gt="").exclude(Exists(newer)).annotate(state=Value("invalid"))
+               .values_list("repository_id", "state"))
+    # No ORDER BY in the parts (SQLite refuses one inside a UNION): models with a default ordering get none.
+    return last.order_by().union(paused.order_by(), unreachable.order_by(), invalid.order_by(), all=True)
+
+
+@dataclass
+class States:
+    """The rows of _states_query(): {state: the ids of the repositories in it} and the summary's counts."""
+
+    repositories: dict
+    counts: dict
+
+    @classmethod
+    def read(cls):
+        repositories, counts = {}, dict.fromkeys([*SUMMARY_STATES, "paused"], 0)
+        for repository_id, state in _states_query().all():  # all(): a fresh clone of the shared query
+            repositories.setdefault(state, set()).add(repository_id)
+            if state in counts:
+                counts[state] += 1  # a row per stage: the strip counts stages
+        return cls(repositories, counts)
+
+    def of(self, *states):
+        return set().union(*(self.repositories.get(state, ()) for state in states))
+
+
+@lru_cache(maxsize=1)
+def _with_newest():
+    """Repositories with their newest release's fields; built once per process, like _states_query()."""
     newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
-    visible = Repository.objects.visible().annotate(attention=attention)  # archived ones are off the dashboard
-    with_newest = Repository.objects.select_related("lifecycle").annotate(
+    return Repository.objects.select_related("lifecycle").annotate(
         newest_version=Subquery(newest.values("version")[:1]),
         newest_error=Subquery(newest.values("error")[:1]),
         newest_pipeline=Subquery(newest.values("pipeline_text")[:1]),
     )
-    return visible, with_newest
 
 
-def _repositories(filters):
+def _repositories(filters, states):
     """One page of repositories, those that need someone first, with their newest release annotated.
 
-    The page is chosen by a query that reads only indexes (each part of "needs someone" is an EXISTS on
-    one); then only its rows are read with the newest release's fields: a deep page costs no more than the
-    first."""
-    chosen, with_newest = _querysets()
-    held = Target.objects.filter(repository=OuterRef("pk"))
+    The page is chosen by ordering every visible repository on whether it is among the few that need
+    someone (a list of ids from `states`, not a subquery per repository), then by lifecycle and name; then
+    only its rows are read with the newest release's fields: a deep page costs no more than the first."""
+    chosen = Repository.objects.visible()  # archived ones are off the dashboard
     if filters.q:
         chosen = chosen.filter(name__icontains=filters.q)
     if filters.lifecycle:
         chosen = chosen.filter(lifecycle__name=filters.lifecycle)
     if filters.state == "attention":
-        chosen = chosen.filter(attention=1)
-    elif filters.state == "paused":
-        chosen = chosen.filter(Exists(held.filter(auto_deploy_paused=True)))
-    elif filters.state == "unreachable":
-        chosen = chosen.exclude(last_error="")
+        chosen = chosen.filter(pk__in=states.of(*ATTENTION_STATES))
     elif filters.state:
-        chosen = chosen.filter(Exists(held.filter(last_deployment__status=filters.state)))
+        chosen = chosen.filter(pk__in=states.of(filters.state))
+    attention_ids = states.of(*ATTENTION_STATES)
+    attention = (Case(When(pk__in=attention_ids, then=Value(1)), default=Value(0), output_field=IntegerField())
+                 if attention_ids else Value(0, output_field=IntegerField()))
     start = (filters.page - 1) * DASHBOARD_PAGE_SIZE
     # One row more than the page tells whether there is a next page, without counting them all.
-    page = dict(chosen.order_by("-attention", "lifecycle__name", "name")
+    page = dict(chosen.annotate(attention=attention).order_by("-attention", "lifecycle__name", "name")
                 .values_list("pk", "attention")[start:start + DASHBOARD_PAGE_SIZE + 1])
-    repositories = {repository.pk: repository for repository in with_newest.filter(pk__in=list(page))}
+    if not page:
+        return []
+    repositories = {repository.pk: repository for repository in _with_newest().filter(pk__in=list(page))}
     shown = []
-    for pk, attention in page.items():  # in the page's order; one deleted in between is left out
+    for pk, attention_value in page.items():  # in the page's order; one deleted in between is left out
         if pk in repositories:
-            repositories[pk].attention = attention
+            repositories[pk].attention = attention_value
             shown.append(repositories[pk])
     return shown
-
-
-def summary():
-    """{state: how many stages are in it}, over every repository: the strip at the top of the page. Read
-    from the deployments in those states (an index on status) that are some stage's last one."""
-    return dict.fromkeys([*SUMMARY_STATES, "paused"], 0) | dict(_summary_query().all())  # all(): a fresh clone
-
-
-SUMMARY_STATES = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Status.QUEUED]
-
-
-@lru_cache(maxsize=1)
-def _summary_query():
-    """The counts behind summary(), built once per process like _querysets()."""
-    last = Deployment.objects.filter(status__in=SUMMARY_STATES).filter(
-        Exists(Target.objects.filter(last_deployment=OuterRef("pk"))))
-    by_status = last.values_list("status").annotate(n=Count("pk")).order_by()
-    paused = (Target.objects.filter(auto_deploy_paused=True).annotate(state=Value("paused")).values_list("state")
-              .annotate(n=Count("pk")).order_by())
-    return by_status.union(paused, all=True).order_by()
 
 
 # URLs made by filling in a reversed pattern: reverse() for each of a page's hundreds of links would cost
@@ -267,11 +282,17 @@ class _Links:
         self.release = reverse("release_detail", args=["repo-slug", "v-version"]).replace("repo-slug", "{}").replace("v-version", "{}")
         self.repository = reverse("repository_detail", args=["repo-slug"]).replace("repo-slug", "{}")
 
+    # Repository names are ASCII slugs (Repository.name), safe in a path as they are.
     def release_of(self, repository, version):
-        return self.release.format(quote(repository, safe=_SAFE), quote(version, safe=_SAFE))
+        return self.release.format(repository, _quoted(version))
 
     def repository_of(self, name):
-        return self.repository.format(quote(name, safe=_SAFE))
+        return self.repository.format(name)
+
+
+@lru_cache(maxsize=4096)
+def _quoted(version):
+    return quote(version, safe=_SAFE)  # a page shows each version in several cells
 
 
 TARGET_FIELDS = [
@@ -342,7 +363,8 @@ def dashboard_page(request, filters):
     stages_of = {}
     for stage in Stage.objects.select_related("environment", "lifecycle").order_by("lifecycle__name", "position"):
         stages_of.setdefault(stage.lifecycle_id, []).append(stage)
-    repositories = _repositories(filters)
+    states = States.read()
+    repositories = _repositories(filters, states)
     has_next = len(repositories) > DASHBOARD_PAGE_SIZE
     repositories = repositories[:DASHBOARD_PAGE_SIZE]
     targets = _targets_with_fields().filter(repository__in=[r.pk for r in repositories])
@@ -368,7 +390,7 @@ def dashboard_page(request, filters):
         "filters": filters,
         "state_filters": STATE_FILTERS,
         "lifecycles": sorted({s.lifecycle.name for stages in stages_of.values() for s in stages}),
-        "summary": summary(),
+        "summary": states.counts,
         "column_notes": notes.environments,
         "page": filters.page,
         "previous_url": filters.query_string(filters.page - 1) if filters.page > 1 else "",

@@ -128,6 +128,10 @@ class Deployment(models.Model):
             models.Index(fields=["repository", "environment", "status", "finished_at"], name="deployment_target_finished"),
             models.Index(fields=["repository", "environment", "previous_release"], condition=models.Q(trigger="rollback"),
                          name="deployment_rollbacks"),
+            # The dashboard's states (pipelines/dashboard.py): the few deployments that wait, fail or run, read
+            # from the index alone.
+            models.Index(fields=["id", "status"], name="deployment_waits_or_runs",
+                         condition=models.Q(status__in=["awaiting_approval", "failed", "running", "queued"])),
         ]
 
     def __str__(self):

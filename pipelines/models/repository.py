@@ -95,6 +95,8 @@ class Repository(models.Model):
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "repositories"
+        # The dashboard's states: the few repositories the portal cannot reach, without reading them all.
+        indexes = [models.Index(fields=["id"], condition=~models.Q(last_error=""), name="repository_unreachable")]
 
     def __str__(self):
         return self.name

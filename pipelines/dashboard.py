@@ -25,6 +25,7 @@ from pipelines.hooks import Note
 from pipelines.models import Deployment, Lifecycle, Release, Repository, Stage, Target
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.templatetags.portal import age, duration
+from pipelines.url_patterns import url_pattern
 
 DASHBOARD_PAGE_SIZE = 25  # repositories; 125 cells at 5 stages render in a few ms
 Status = Deployment.Status
@@ -272,8 +273,7 @@ def _repositories(filters, states):
     return shown
 
 
-# URLs made by filling in a reversed pattern: reverse() for each of a page's hundreds of links would cost
-# more than the page's queries. Quoted as reverse() quotes path arguments.
+# What a release URL's version is quoted with, as reverse() quotes path arguments (pipelines/url_patterns.py).
 _SAFE = RFC3986_SUBDELIMS + "/~:@"
 
 
@@ -282,9 +282,9 @@ class _Links:
 
     def __init__(self):
         self.zone = timezone.get_current_timezone()
-        self.deployment = reverse("deployment_detail", args=[987654321]).replace("987654321", "{}")
-        self.release = reverse("release_detail", args=["repo-slug", "v-version"]).replace("repo-slug", "{}").replace("v-version", "{}")
-        self.repository = reverse("repository_detail", args=["repo-slug"]).replace("repo-slug", "{}")
+        self.deployment = url_pattern("deployment_detail", 987654321)
+        self.release = url_pattern("release_detail", "repo-slug", "v-version")
+        self.repository = url_pattern("repository_detail", "repo-slug")
 
     # Repository names are ASCII slugs (Repository.name), safe in a path as they are.
     def release_of(self, repository, version):

@@ -205,7 +205,7 @@ def plans(queries, pattern=r"."):
     with connection.cursor() as cursor:
         for query in queries.captured_queries:
             sql = query["sql"]
-            if not re.search(pattern, sql) or not sql.lstrip().upper().startswith("SELECT"):
+            if not re.search(pattern, sql) or not sql.lstrip().lstrip("(").upper().startswith("SELECT"):
                 continue
             cursor.execute("EXPLAIN " + sql)
             nodes = [row[0].strip().lstrip("-> ").split("  (")[0] for row in cursor.fetchall()]

@@ -143,7 +143,10 @@ def test_the_page_applies_its_filters(client, alice, history):
     response = client.get(reverse("insights"), {"repository": "tools", "period": "30d"})
     assert (response.context["figures"].deployments, response.context["figures"].lead_time_median) == (1, 24 * H)
     assert response.context["frequency_chart"].count('<rect class="bar"') == 5
-    assert "No change request was decided in the period." in response.content.decode()  # approvals filtered too
+    page = response.content.decode()
+    assert "No change request was decided in the period." in page  # approvals filtered too
+    assert '<option value="tools" selected>tools</option>' in page and '<option value="30d" selected>last 30d</option>' in page
+    assert page.count(" selected>") == 2  # the choices kept: no other repository, lifecycle or environment
     response = client.get(reverse("insights"), {"from": (history + timedelta(days=7)).date().isoformat(),
                                                  "to": (history + timedelta(days=13)).date().isoformat()})
     assert len(response.context["figures"].buckets) == 7  # a week: a bar per day

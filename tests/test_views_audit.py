@@ -83,6 +83,14 @@ def test_it_filters(client, charlie, events, params, expected):
     assert seqs(get(client, **params)) == expected
 
 
+def test_the_filter_selects_keep_the_chosen_repository_and_environment(client, charlie, events):
+    client.force_login(charlie)
+    html = get(client, repository="shop", environment="production")
+    assert '<option value="shop" selected>shop</option>' in html
+    assert '<option value="production" selected>production</option>' in html
+    assert html.count(" selected>") == 2
+
+
 def test_a_bad_date_is_reported_and_filters_nothing(client, charlie, events):
     client.force_login(charlie)
     html = get(client, date_from="yesterday", actor="bob")

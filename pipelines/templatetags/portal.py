@@ -76,6 +76,23 @@ def log_lines(lines):
     return mark_safe("".join(html))
 
 
+@register.simple_tag
+def options(choices, selected, label="{}"):
+    """The <option>s of a select: `choices` are values, or (value, label) pairs; the one equal to `selected`
+    is selected; `label` formats a bare value ("last {}").
+
+    Built here rather than in a template loop: the repository filters list every repository, and at 2,000 of
+    them the loop took two thirds of the insights page's time."""
+    selected = "" if selected is None else str(selected)
+    html = []
+    for choice in choices:
+        value, text = choice if isinstance(choice, (tuple, list)) else (choice, label.format(choice))
+        value = str(value)
+        mark = " selected" if value == selected else ""
+        html.append(f'<option value="{escape(value)}"{mark}>{escape(text)}</option>')
+    return mark_safe("".join(html))
+
+
 @register.simple_tag(takes_context=True)
 def slot(context, name, **values):
     """Where another app adds to a page of pipelines without pipelines naming it: the templates listed for

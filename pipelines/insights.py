@@ -223,7 +223,7 @@ def last_stage_q(scope):
 
 
 def delivery(scope):
-    """The DORA figures of `scope`, per bucket (day or week) and over the whole period. Four queries."""
+    """The DORA figures of `scope`, per bucket (day or week) and over the whole period. Five queries."""
     in_scope = Deployment.objects.filter(last_stage_q(scope))
     buckets = [Bucket(start, end) for start, end in scope.buckets()]
     _count_deployments(scope, in_scope, buckets)
@@ -239,18 +239,21 @@ def _bucket_case(scope, field_name):
 
 
 def _count_deployments(scope, in_scope, buckets):
+    """Succeeded and failed per bucket, then those of the succeeded that were rolled back. Two queries: the
+    rollback test as a count's filter ran a subquery for each of the period's deployments (half the time of
+    the page at 20,000 of them); as a WHERE, the database starts from the few rollbacks instead."""
+    ran = (in_scope.filter(finished_at__gte=scope.start, finished_at__lt=scope.end)
+           .exclude(trigger=Deployment.Trigger.ROLLBACK)
+           .annotate(bucket=_bucket_case(scope, "finished_at")).order_by().values("bucket"))
+    for row in ran.filter(status__in=RAN).annotate(succeeded=Count("pk", filter=Q(status=Deployment.Status.SUCCEEDED)),
+                                                   failed=Count("pk", filter=Q(status=Deployment.Status.FAILED))):
+        bucket = buckets[row["bucket"]]
+        bucket.deployments, bucket.failed = row["succeeded"], row["failed"]
     rolled_back = Exists(Deployment.objects.filter(
         repository=OuterRef("repository"), environment=OuterRef("environment"), trigger=Deployment.Trigger.ROLLBACK,
         previous_release=OuterRef("release"), created_at__gt=OuterRef("finished_at")))
-    rows = (in_scope.filter(status__in=RAN, finished_at__gte=scope.start, finished_at__lt=scope.end)
-            .exclude(trigger=Deployment.Trigger.ROLLBACK)
-            .annotate(bucket=_bucket_case(scope, "finished_at")).order_by().values("bucket")
-            .annotate(succeeded=Count("pk", filter=Q(status=Deployment.Status.SUCCEEDED)),
-                      failed=Count("pk", filter=Q(status=Deployment.Status.FAILED)),
-                      rolled_back=Count("pk", filter=Q(rolled_back, status=Deployment.Status.SUCCEEDED))))
-    for row in rows:
-        bucket = buckets[row["bucket"]]
-        bucket.deployments, bucket.failed, bucket.rolled_back = row["succeeded"], row["failed"], row["rolled_back"]
+    for row in ran.filter(rolled_back, status=Deployment.Status.SUCCEEDED).annotate(rolled_back=Count("pk")):
+        buckets[row["bucket"]].rolled_back = row["rolled_back"]
 
 
 def _add_lead_times(scope, in_scope, buckets):

@@ -4,8 +4,8 @@ A page shows DASHBOARD_PAGE_SIZE repositories, those that need someone first (a 
 approval or failed, a paused stage, a repository that cannot be reached, a newest release that is invalid),
 then the rest by lifecycle and name. Filters (search, state, lifecycle) and the page number live in the URL.
 A fixed number of queries however many repositories there are: the stages, the states (what the summary
-counts and what needs someone), one page of repository ids, their rows (with their newest release annotated),
-their targets, and what the upper layer's notes need."""
+counts and what needs someone), one page of repositories (with their newest release annotated), their
+targets, and what the upper layer's notes need."""
 
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -161,15 +161,16 @@ class Group:
     attention: bool
 
 
-def moment(when, zone=None):
+def moment(when, zone=None, now=None):
     """A time as the page shows it: ISO for the browser to localise, the portal's time zone and relative.
-    `zone`: the current time zone, when the caller asks for it once for a page's hundred moments."""
+    `zone` and `now`: the current time zone and time, when the caller asks for them once for a page's
+    hundred moments."""
     if when is None:
         return None
     local = when.astimezone(zone or timezone.get_current_timezone())
     # Formatted by hand: strftime() with %Z took a third of the time of a page's 150 moments.
     text = f"{local.year:04}-{local.month:02}-{local.day:02} {local.hour:02}:{local.minute:02} {local.tzname()}"
-    return {"iso": when.isoformat(), "text": text, "age": age(when)}
+    return {"iso": when.isoformat(), "text": text, "age": age(when, now)}
 
 
 @lru_cache(maxsize=1024)
@@ -241,11 +242,13 @@ def _with_newest():
 
 
 def _repositories(filters, states):
-    """One page of repositories, those that need someone first, with their newest release annotated.
+    """One page of repositories (and one more, which tells whether a next page exists), those that need
+    someone first, with their newest release annotated. One query.
 
-    The page is chosen by ordering every visible repository on whether it is among the few that need
-    someone (a list of ids from `states`, not a subquery per repository), then by lifecycle and name; then
-    only its rows are read with the newest release's fields: a deep page costs no more than the first."""
+    The page is chosen in a subquery that orders every visible repository on whether it is among the few
+    that need someone (a list of ids from `states`, not a subquery per repository), then by lifecycle and
+    name; only the rows it chose are read with the newest release's fields, so a deep page costs no more
+    than the first."""
     chosen = Repository.objects.visible()  # archived ones are off the dashboard
     if filters.q:
         chosen = chosen.filter(name__icontains=filters.q)
@@ -259,18 +262,13 @@ def _repositories(filters, states):
     attention = (Case(When(pk__in=attention_ids, then=Value(1)), default=Value(0), output_field=IntegerField())
                  if attention_ids else Value(0, output_field=IntegerField()))
     start = (filters.page - 1) * DASHBOARD_PAGE_SIZE
-    # One row more than the page tells whether there is a next page, without counting them all.
-    page = dict(chosen.annotate(attention=attention).order_by("-attention", "lifecycle__name", "name")
-                .values_list("pk", "attention")[start:start + DASHBOARD_PAGE_SIZE + 1])
-    if not page:
-        return []
-    repositories = {repository.pk: repository for repository in _with_newest().filter(pk__in=list(page))}
-    shown = []
-    for pk, attention_value in page.items():  # in the page's order; one deleted in between is left out
-        if pk in repositories:
-            repositories[pk].attention = attention_value
-            shown.append(repositories[pk])
-    return shown
+    page = (chosen.annotate(attention=attention).order_by("-attention", "lifecycle__name", "name")
+            .values("pk")[start:start + DASHBOARD_PAGE_SIZE + 1])
+    repositories = list(_with_newest().filter(pk__in=page).order_by("lifecycle__name", "name"))
+    for repository in repositories:
+        repository.attention = int(repository.pk in attention_ids)
+    # The subquery's order, names compared by the database's collation as there: a stable sort keeps it.
+    return sorted(repositories, key=lambda r: -r.attention)
 
 
 # What a release URL's version is quoted with, as reverse() quotes path arguments (pipelines/url_patterns.py).
@@ -278,10 +276,11 @@ _SAFE = RFC3986_SUBDELIMS + "/~:@"
 
 
 class _Links:
-    """What every cell of a page needs the same of: URL patterns and the current time zone."""
+    """What every cell of a page needs the same of: URL patterns, the current time zone and time."""
 
     def __init__(self):
         self.zone = timezone.get_current_timezone()
+        self.now = timezone.now()
         self.deployment = url_pattern("deployment_detail", 987654321)
         self.release = url_pattern("release_detail", "repo-slug", "v-version")
         self.repository = url_pattern("repository_detail", "repo-slug")
@@ -330,7 +329,7 @@ def _cell(stage, target, repository, notes, links):
         if status != Status.SUCCEEDED or target["last_deployment__release_id"] != target["current_release_id"]:
             cell.last = {"status": status, "label": STATUS_LABELS.get(status, status), "version": version}
         started, finished = target["last_deployment__started_at"], target["last_deployment__finished_at"]
-        cell.when = moment(finished or target["last_deployment__created_at"], links.zone)
+        cell.when = moment(finished or target["last_deployment__created_at"], links.zone, links.now)
         if started and finished:
             cell.took = duration(finished - started)
         note = notes.deployments.get(deployment_id)
@@ -381,7 +380,7 @@ def dashboard_page(request, filters):
     for repository in repositories:
         stages = stages_of.get(repository.lifecycle_id, [])
         cells = [_cell(s, by_pair.get((repository.pk, s.environment_id)), repository, notes, links) for s in stages]
-        rows.append(Row(repository, cells, _problems(repository), moment(repository.last_polled_at, links.zone),
+        rows.append(Row(repository, cells, _problems(repository), moment(repository.last_polled_at, links.zone, links.now),
                         links.repository_of(repository.name)))
     groups = [
         Group(lifecycle=rows_of[0].repository.lifecycle, stages=stages_of.get(lifecycle_id, []), rows=rows_of,

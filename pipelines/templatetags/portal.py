@@ -11,11 +11,12 @@ register = template.Library()
 
 
 @register.filter
-def age(value):
-    """How long ago a moment was, in a compact form: "just now", "42 s ago", "3 min ago", "5 h ago", "2 d ago"."""
+def age(value, now=None):
+    """How long ago a moment was, in a compact form: "just now", "42 s ago", "3 min ago", "5 h ago", "2 d ago".
+    `now`: the time to count from, when a page counts from the same one for all its moments."""
     if not value:
         return ""
-    seconds = max(int((timezone.now() - value).total_seconds()), 0)
+    seconds = max(int(((now or timezone.now()) - value).total_seconds()), 0)
     if seconds < 10:
         return "just now"
     if seconds < 60:

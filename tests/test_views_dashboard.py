@@ -109,6 +109,21 @@ def test_it_marks_paused_targets_failing_and_disabled_repositories(client, charl
     assert "git ls-remote failed: repository not found" in html
 
 
+def test_what_a_tag_an_error_or_a_pause_reason_says_is_shown_as_text_not_markup(client, charlie, repository, staging):
+    # Git allows <, >, & and " in tag names; errors and reasons quote what a git host or a person wrote.
+    release = create_release(repository, 'v1<b>"&amp;')
+    last = create_deployment(release, staging, Deployment.Status.FAILED, finished_at=timezone.now())
+    Target.objects.create(repository=repository, environment=staging, current_release=release, last_deployment=last,
+                          auto_deploy_paused=True, paused_reason="Rollback by <i>eve</i>")
+    Repository.objects.filter(pk=repository.pk).update(last_error="fatal: <script>alert(1)</script>")
+    client.force_login(charlie)
+    html = client.get(reverse("dashboard")).content.decode()
+    assert "<b>" not in html and "<i>eve" not in html and "<script>alert" not in html
+    assert ">v1&lt;b&gt;&quot;&amp;amp;</a>" in html
+    assert "Rollback by &lt;i&gt;eve&lt;/i&gt;" in html
+    assert "fatal: &lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
 def test_staff_see_the_admin_link_and_others_do_not(client, alice, charlie, db):
     client.force_login(charlie)
     assert reverse("admin:index") not in client.get(reverse("dashboard")).content.decode()

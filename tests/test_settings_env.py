@@ -16,6 +16,7 @@ print(json.dumps({
     "DEBUG": s.DEBUG, "SECRET_KEY": s.SECRET_KEY, "ALLOWED_HOSTS": s.ALLOWED_HOSTS,
     "ENGINE": db["ENGINE"], "NAME": str(db["NAME"]), "HOST": db.get("HOST"), "PORT": db.get("PORT"),
     "USER": db.get("USER"), "PASSWORD": db.get("PASSWORD"), "OPTIONS": db.get("OPTIONS", {}),
+    "CONN_MAX_AGE": db.get("CONN_MAX_AGE"), "CONN_HEALTH_CHECKS": db.get("CONN_HEALTH_CHECKS"),
     "REDIS_URL": s.REDIS_URL, "QUEUE_URLS": sorted({q["URL"] for q in s.RQ_QUEUES.values()}),
     "GITOPS_DATA_DIR": str(s.GITOPS_DATA_DIR), "GITOPS_SECRETS_KEYS": s.GITOPS_SECRETS_KEYS,
 }))
@@ -79,6 +80,19 @@ def test_database_url_selects_postgresql(tmp_path):
         "gitops", "db.example.com", 5433, "portal", "pa@ss"
     )
     assert "init_command" not in loaded["OPTIONS"]
+
+
+def test_connections_are_kept_checked_and_prepare_repeated_queries(tmp_path):
+    loaded = settings_with(tmp_path, DATABASE_URL="postgres://portal@db.example.com/gitops")
+    assert (loaded["CONN_MAX_AGE"], loaded["CONN_HEALTH_CHECKS"]) == (60, True)
+    assert (loaded["OPTIONS"]["server_side_binding"], loaded["OPTIONS"]["prepare_threshold"]) == (True, 5)
+    assert "jit=off" in loaded["OPTIONS"]["options"]
+
+
+def test_prepared_statements_can_be_turned_off_for_a_pooler_in_transaction_mode(tmp_path):
+    loaded = settings_with(tmp_path, DATABASE_URL="postgres://portal@db.example.com/gitops", GITOPS_PREPARED_STATEMENTS="0")
+    assert "server_side_binding" not in loaded["OPTIONS"] and "prepare_threshold" not in loaded["OPTIONS"]
+    assert "jit=off" in loaded["OPTIONS"]["options"]
 
 
 def test_default_redis_is_the_embedded_socket_in_the_data_dir(tmp_path):

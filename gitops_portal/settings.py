@@ -185,11 +185,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # cached, and at 4 the planner hashed all 10,000 targets to find the 235 whose last deployment failed or
     # waits, where the index on last_deployment finds them in a third of the time (bench/pages.py).
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off -c random_page_cost=1.1"
-    # Server-side binding lets psycopg prepare a query once it ran 5 times on a connection: PostgreSQL then
-    # skips planning it, which was a quarter of the dashboard's database time. A pooler in transaction mode
-    # (PgBouncer before 1.21) cannot keep prepared statements: GITOPS_PREPARED_STATEMENTS=0 turns them off.
-    if envbool("GITOPS_PREPARED_STATEMENTS", True):
-        DATABASES["default"]["OPTIONS"].update(server_side_binding=True, prepare_threshold=5)
+    # No prepared statements (server-side binding), tried and measured: the generic plan PostgreSQL moves a
+    # prepared query to after five runs made the insights page five times slower (its plans hinge on the
+    # period), any filter on a skewed column (a status) risks the same, and they break behind PgBouncer in
+    # transaction mode. Planning every query costs the dashboard a few milliseconds instead.
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

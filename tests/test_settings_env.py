@@ -82,17 +82,12 @@ def test_database_url_selects_postgresql(tmp_path):
     assert "init_command" not in loaded["OPTIONS"]
 
 
-def test_connections_are_kept_checked_and_prepare_repeated_queries(tmp_path):
+def test_connections_are_kept_and_checked_before_reuse(tmp_path):
     loaded = settings_with(tmp_path, DATABASE_URL="postgres://portal@db.example.com/gitops")
     assert (loaded["CONN_MAX_AGE"], loaded["CONN_HEALTH_CHECKS"]) == (60, True)
-    assert (loaded["OPTIONS"]["server_side_binding"], loaded["OPTIONS"]["prepare_threshold"]) == (True, 5)
-    assert "jit=off" in loaded["OPTIONS"]["options"]
-
-
-def test_prepared_statements_can_be_turned_off_for_a_pooler_in_transaction_mode(tmp_path):
-    loaded = settings_with(tmp_path, DATABASE_URL="postgres://portal@db.example.com/gitops", GITOPS_PREPARED_STATEMENTS="0")
-    assert "server_side_binding" not in loaded["OPTIONS"] and "prepare_threshold" not in loaded["OPTIONS"]
-    assert "jit=off" in loaded["OPTIONS"]["options"]
+    assert "server_side_binding" not in loaded["OPTIONS"]  # no prepared statements: see the settings
+    embedded = settings_with(tmp_path)
+    assert (embedded["CONN_MAX_AGE"], embedded["CONN_HEALTH_CHECKS"]) == (60, True)
 
 
 def test_default_redis_is_the_embedded_socket_in_the_data_dir(tmp_path):

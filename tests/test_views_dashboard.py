@@ -124,19 +124,6 @@ def test_what_a_tag_an_error_or_a_pause_reason_says_is_shown_as_text_not_markup(
     assert "fatal: &lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-def test_a_page_asked_for_again_runs_statements_the_database_planned_once(client, charlie, deployed):
-    if connection.vendor != "postgresql":
-        pytest.skip("prepared statements are PostgreSQL's")
-    client.force_login(charlie)
-    for _ in range(6):  # psycopg prepares a statement once it ran 5 times on a connection
-        assert client.get(reverse("dashboard")).status_code == 200
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        prepared = [statement for (statement,) in cursor.fetchall()]
-    assert any('FROM "pipelines_target"' in statement for statement in prepared), prepared
-    assert any('FROM "pipelines_repository"' in statement for statement in prepared), prepared
-
-
 def test_staff_see_the_admin_link_and_others_do_not(client, alice, charlie, db):
     client.force_login(charlie)
     assert reverse("admin:index") not in client.get(reverse("dashboard")).content.decode()

@@ -194,13 +194,11 @@ SUMMARY_STATES = [Status.AWAITING_APPROVAL, Status.FAILED, Status.RUNNING, Statu
 ATTENTION_STATES = [*NEEDS_SOMEONE, "paused", "unreachable", "invalid"]
 
 
-@lru_cache(maxsize=1)
 def _states_query():
     """(repository id, state) of every stage whose last deployment is in one of SUMMARY_STATES, of every
     paused stage, of every repository that cannot be reached or whose newest release is invalid: what the
     summary strip counts, what "needs someone" and the state filters mean. Each part is read by an index,
-    so this is a few hundred rows however many repositories there are. Built once per process (building it
-    costs more than running it; it holds no values, so sharing it is safe)."""
+    so this is a few hundred rows however many repositories there are. Compiled once (_states_sql)."""
     newer = Release.objects.filter(repository=OuterRef("repository")).filter(
         Q(detected_at__gt=OuterRef("detected_at")) | Q(detected_at=OuterRef("detected_at"), pk__gt=OuterRef("pk")))
     last = Target.objects.filter(last_deployment__status__in=SUMMARY_STATES).values_list(
@@ -247,7 +245,8 @@ class States:
 
 @lru_cache(maxsize=1)
 def _with_newest():
-    """Repositories with their newest release's fields; built once per process, like _states_query()."""
+    """Repositories with their newest release's fields; built once per process (building it costs more than
+    running it; it holds no values, so sharing it is safe)."""
     newest = Release.objects.filter(repository=OuterRef("pk")).order_by("-detected_at", "-id")
     return Repository.objects.select_related("lifecycle").annotate(
         newest_version=Subquery(newest.values("version")[:1]),

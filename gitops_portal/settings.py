@@ -178,9 +178,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not :memory:, so that worker subprocesses started by tests see the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(GITOPS_DATA_DIR / "test.sqlite3")}
-    # A connection per request: opening a file costs little, and with kept connections the run whose beats
-    # SQLite's write lock held up lost the end of its log in 1 of 3 tries (tests/faults/test_fenced_runs.py),
-    # against none in 7 without (the cause in the kept connection not found yet).
+    # A connection per request, as before: opening a file costs little. Kept connections are not settled for
+    # SQLite: its lock-bound fault tests (tests/faults/test_fenced_runs.py) failed now and then with either.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # No JIT: the dashboard's ordering query is estimated above jit_above_cost and spent 100 ms compiling

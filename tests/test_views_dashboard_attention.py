@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from approvals.models import FreezeWindow
 from pipelines.dashboard import DASHBOARD_PAGE_SIZE
-from pipelines.models import Deployment, Repository, Target
+from pipelines.models import Deployment, Lifecycle, Repository, Target
 from tests.test_views_dashboard import create_deployment, create_release
 
 STAGING_ONLY = "environments:\n  staging:\n    steps:\n      - run: ./deploy.sh\n"
@@ -144,3 +144,20 @@ def test_it_shows_a_page_at_a_time(client, charlie, environments):
 @pytest.mark.parametrize("page", ["0", "x", "-3"])
 def test_a_page_number_that_makes_no_sense_shows_the_first_page(client, charlie, repository, page):
     assert repository_order(dashboard(client, charlie, page=page)) == ["shop"]
+
+
+def test_the_search_takes_its_text_literally_and_archived_repositories_stay_off(client, charlie, alice, environments):
+    for name in ["web_api", "webxapi", "web-api-old"]:
+        Repository.objects.create(name=name, url=f"/srv/git/{name}")
+    Repository.objects.get(name="web-api-old").archive(by=alice)
+    assert repository_order(dashboard(client, charlie, q="B_A")) == ["web_api"]  # "_" is no wildcard
+    assert repository_order(dashboard(client, charlie, q="%")) == []
+    assert repository_order(dashboard(client, charlie, q="web")) == ["web_api", "webxapi"]
+
+
+def test_a_repository_in_a_lifecycle_without_stages_is_listed_under_its_lifecycle(client, charlie, environments):
+    empty = Lifecycle.objects.create(name="sandbox")
+    Repository.objects.create(name="scratch", url="/srv/git/scratch", lifecycle=empty)
+    html = dashboard(client, charlie, lifecycle="sandbox")
+    assert repository_order(html) == ["scratch"]
+    assert 'data-lifecycle="sandbox"' in html

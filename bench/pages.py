@@ -210,7 +210,7 @@ def plans(queries, pattern=r"."):
             cursor.execute("EXPLAIN " + sql)
             nodes = [row[0].strip().lstrip("-> ").split("  (")[0] for row in cursor.fetchall()]
             scans = [node for node in nodes if "Scan" in node]
-            table = re.search(r'FROM "(\w+)"', sql)
+            table = re.search(r'FROM "?(\w+)"?', sql)
             lines.append(f"  {table[1] if table else '?'}: " + "; ".join(scans or nodes[:1]))
     return lines
 

@@ -271,8 +271,6 @@ class LogWriter:
             return True
         text = "".join(self.pending)
         try:
-            if self.seq is None:
-                self.seq = self.deployment.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0
             # Numbered: a piece sent again after a lost answer is not stored twice.
             self.deployment.append_log(text, seq=self.seq + 1)
         except DATABASE_BLIP as exc:

@@ -7,3 +7,6 @@ class PipelinesConfig(AppConfig):
 
     def ready(self):
         from pipelines import checks  # noqa: F401  (registers the system checks)
+        from pipelines import forks
+
+        forks.install()

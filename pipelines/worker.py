@@ -24,6 +24,8 @@ from rq import Worker
 from rq.exceptions import StopRequested
 from rq.worker import WorkerStatus
 
+from pipelines import forks
+
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 30
@@ -59,9 +61,12 @@ class PortalWorker(Worker):
         if job.func_name not in IN_PROCESS_JOBS:
             return super().execute_job(job, queue)
         execution = self.prepare_execution(job)
-        _database_connections_ready()
-        with _RqHeartbeats(self, job, execution):
-            self.perform_job(job, queue, execution)
+        forks.clean_database_connections()
+        try:
+            with _RqHeartbeats(self, job, execution):
+                self.perform_job(job, queue, execution)
+        finally:
+            forks.clean_database_connections()
         self.set_state(WorkerStatus.IDLE)
 
     def kill_horse(self, *args, **kwargs):
@@ -115,15 +120,6 @@ class _RqHeartbeats:
         self.finished.set()
         self.thread.join()
 
-
-def _database_connections_ready():
-    """Before a job in this process: the connection the last job left open is kept (that is the point),
-    unless it no longer works (the server restarted, a backend was terminated between jobs)."""
-    from django.db import connections
-
-    for connection in connections.all(initialized_only=True):
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
 
 
 def _probe_the_step_sandbox():

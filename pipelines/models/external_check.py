@@ -74,9 +74,14 @@ class ExternalCheck(models.Model):
     objects = ExternalCheckQuerySet.as_manager()
 
     class Meta:
-        ordering = ["name"]
+        ordering = ["name", "reported_by_id"]
+        # Given to CI service accounts: a token's `checks:report` scope works only while its holder has it.
+        permissions = [("report_checks", "Can report the results of external checks (CI service accounts)")]
         constraints = [
-            models.UniqueConstraint(fields=["repository", "commit_sha", "name"], name="one_external_check_per_name"),
+            # Per reporter: a report replaces only its own reporter's result, never another's of the same name.
+            # (Rows whose reporter was deleted have none; NULLs never collide, so those all stay and count.)
+            models.UniqueConstraint(fields=["repository", "commit_sha", "name", "reported_by"],
+                                    name="one_external_check_per_name_and_reporter"),
             models.CheckConstraint(condition=models.Q(state__in=ExternalCheckState.values),
                                    name="external_check_state_is_known"),
         ]

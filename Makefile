@@ -68,7 +68,7 @@ run: venv
 	echo "Preparing the portal in $$GITOPS_DATA_DIR ..."; \
 	$(PY) manage.py migrate --noinput -v 0; \
 	$(PY) manage.py collectstatic --noinput -v 0; \
-	$(PY) manage.py ensureadmin; \
+	$(PY) manage.py ensureadmin --email admin@localhost; \
 	$(PY) manage.py seeddemo; \
 	exec $(PY) manage.py runportal $(RUNPORTAL_ARGS)
 

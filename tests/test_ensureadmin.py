@@ -82,3 +82,25 @@ def test_it_names_no_address_when_none_was_chosen(db, data_dir, settings):
 
     assert re.search(r"^Sign in as admin / \S+ at the address the portal prints when it starts\.$", output, re.MULTILINE)
     assert "http" not in output
+
+
+def test_it_gives_the_admin_the_address_it_is_told(db, data_dir, django_user_model):
+    call_command("ensureadmin", "--email", "admin@localhost", stdout=StringIO())
+
+    assert django_user_model.objects.get(username="admin").email == "admin@localhost"
+
+
+def test_it_refuses_an_address_that_is_none_and_creates_nobody(db, data_dir, django_user_model):
+    with pytest.raises(CommandError, match="'not an address' is not an e-mail address; nothing was created"):
+        call_command("ensureadmin", "--email", "not an address", stdout=StringIO())
+
+    assert not django_user_model.objects.exists()
+
+
+def test_it_says_when_the_superuser_it_keeps_has_no_address(db, data_dir, django_user_model):
+    # Created by an earlier `make run`: the commit-author rule refuses its approvals until it has one.
+    django_user_model.objects.create_superuser("admin", "", "password")
+
+    output = ensureadmin()
+
+    assert "It has no e-mail address, so stages that block commit authors refuse its approvals" in output

@@ -48,9 +48,9 @@ def test_it_creates_the_repository_with_two_tagged_releases(db, demo_repo):
 
 
 def test_it_creates_staging_following_git_and_production_waiting_for_approval(db, data_dir, django_user_model):
-    admin = django_user_model.objects.create_superuser("admin", "", "password")
+    admin = django_user_model.objects.create_superuser("admin", "admin@localhost", "password")
 
-    seed()
+    output = seed()
 
     staging, production = Environment.objects.order_by("position")
     assert (staging.name, staging.position, production.name, production.position) == ("staging", 10, "production", 20)
@@ -59,6 +59,16 @@ def test_it_creates_staging_following_git_and_production_waiting_for_approval(db
     assert (second.environment, second.auto_deploy, second.requires_approval) == (production, True, True)
     assert second.approval_policy.approver_group.name == "approvers"
     assert list(second.approval_policy.approver_group.user_set.all()) == [admin]
+    assert second.approval_policy.block_commit_authors
+    assert "no e-mail address" not in output
+
+
+def test_it_says_that_an_approver_without_an_address_cannot_approve_production(db, data_dir, django_user_model):
+    django_user_model.objects.create_superuser("root", "", "password")
+
+    output = seed()
+
+    assert "Note: root has no e-mail address, so production refuses its approvals until one is set" in output
 
 
 @pytest.mark.parametrize("tag", ["v1.0.0", "v1.1.0"])

@@ -51,6 +51,8 @@ echo "shop $GITOPS_VERSION is live in $GITOPS_ENVIRONMENT"
 README = "# shop\n\nA demo service deployed by the GitOps Portal. Tag a commit `v*` to release it.\n"
 
 DEMO_APPROVERS = "approvers"
+# Who wrote the demo's commits: an identity of its own, so that no account of the portal is their author.
+DEMO_AUTHOR_NAME, DEMO_AUTHOR_EMAIL = "Demo Developer", "demo@example.com"
 
 
 def _git(cwd, *args):
@@ -61,10 +63,10 @@ def _git(cwd, *args):
         "LANG": "C.UTF-8",
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_AUTHOR_NAME": "Demo Developer",
-        "GIT_AUTHOR_EMAIL": "demo@example.com",
-        "GIT_COMMITTER_NAME": "Demo Developer",
-        "GIT_COMMITTER_EMAIL": "demo@example.com",
+        "GIT_AUTHOR_NAME": DEMO_AUTHOR_NAME,
+        "GIT_AUTHOR_EMAIL": DEMO_AUTHOR_EMAIL,
+        "GIT_COMMITTER_NAME": DEMO_AUTHOR_NAME,
+        "GIT_COMMITTER_EMAIL": DEMO_AUTHOR_EMAIL,
     }
     result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -105,7 +107,7 @@ class Command(BaseCommand):
             "lifecycle 'default', unless they exist.")
 
     def handle(self, *args, **options):
-        created = []
+        created, notes = [], []
         repo_path = settings.GITOPS_DATA_DIR / "demo" / "shop"
         if not (repo_path / ".git").is_dir():
             if repo_path.exists():
@@ -120,6 +122,10 @@ class Command(BaseCommand):
                 approvers.user_set.add(*superusers)
                 names = ", ".join(u.get_username() for u in superusers)
                 created.append(f"the group {DEMO_APPROVERS!r}" + (f" (members: {names})" if names else ""))
+                # The production stage blocks commit authors, told by e-mail: without one, nobody is cleared.
+                notes += [f"{u.get_username()} has no e-mail address, so production refuses its approvals until one "
+                          f"is set in the admin (the demo's commits are by {DEMO_AUTHOR_EMAIL})."
+                          for u in superusers if not u.email]
             lifecycle, _ = Lifecycle.objects.get_or_create(name=DEFAULT_LIFECYCLE)
             staging = self._ensure_environment("staging", position=10)
             production = self._ensure_environment("production", position=20)
@@ -141,6 +147,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"  - {item}")
         else:
             self.stdout.write("The demo exists already; nothing changed.")
+        for note in notes:
+            self.stdout.write(self.style.WARNING(f"Note: {note}"))
 
     @staticmethod
     def _ensure_environment(name, *, position):

@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
-from pipelines.models import AuditEvent, Deployment, FollowUp, Preview
+from pipelines.models import AuditEvent, Deployment, FollowUp, Preview, Target
 from pipelines.models.preview import PreviewStatus
 
 
@@ -229,9 +229,12 @@ class ChangeRequest(models.Model):
 
     def _decide(self, user, verdict, comment):
         with transaction.atomic():
+            # One lock order everywhere (target, deployment, then the audit chain), so no decision deadlocks
+            # with a promotion: an approval queues the deployment and supersedes older ones of its target.
+            Target.objects.select_for_update().filter(repository_id=self.repository_id,
+                                                      environment_id=self.environment_id).values_list("pk").first()
             # The row lock makes concurrent deciders queue up here; each then sees the others' decisions.
-            # The deployment's row is locked too, before the first audit event: one lock order everywhere
-            # (target, deployment, then the audit chain), so no decision deadlocks with a promotion.
+            # The deployment's row is locked too, before the first audit event.
             locked = ChangeRequest.objects.select_for_update(of=("self", "deployment")).select_related(
                 "environment", "stage__lifecycle", "stage__approval_policy__approver_group", "deployment__release", "deployment__environment", "deployment__repository"
             ).get(pk=self.pk)

@@ -53,6 +53,26 @@ def notify_decided(change_request_id):
     return _send([EmailMessage(subject=subject, body=_decided_body(change_request), to=[requester.email])])
 
 
+def notify_stopped(deployment_ids, reason):
+    """Tell whoever asked for each of these deployments (the change request's requester, or who promoted it)
+    that it will not run, and why. Returns how many were sent."""
+    from pipelines.models import Deployment
+
+    messages = []
+    stopped = Deployment.objects.filter(pk__in=deployment_ids).select_related(
+        "release", "environment", "repository", "triggered_by", "change_request__requested_by")
+    for deployment in stopped:
+        change_request = getattr(deployment, "change_request", None)
+        requester = change_request.requested_by if change_request is not None else deployment.triggered_by
+        if requester is None or not requester.email:
+            continue
+        title = f"{deployment.repository} {deployment.release.version} to {deployment.environment}"
+        body = (f"Deployment #{deployment.pk} of {title} will not run: {deployment.error or reason}\n\n"
+                f"Details: {settings.GITOPS_BASE_URL.rstrip('/')}{deployment.get_absolute_url()}\n")
+        messages.append(EmailMessage(subject=f"{SUBJECT_PREFIX} Will not run: {title}", body=body, to=[requester.email]))
+    return _send(messages)
+
+
 def eligible_approvers(change_request):
     """Active members of the stage's approver group with an e-mail address who may approve this
     request: not its requester (unless the stage allows it), not an author of its commits (when the

@@ -115,3 +115,16 @@ def close_orphans(change_requests):
             if change_request.withdraw(reason=reason):
                 closed["withdrawn"] += 1
     return closed
+
+
+def on_deployments_stopped(follow_up):
+    """The follow-up handler of pipelines' DEPLOYMENTS_STOPPED (a blocked release, a newer approval): close
+    the stopped deployments' pending change requests at once (withdrawn or superseded, with the reason), so
+    that nobody is asked to decide on them, and tell each requester. Idempotent: a retry closes nothing twice,
+    and mail goes out only with the attempt that succeeds."""
+    from approvals import notifications
+
+    ids = follow_up.payload.get("deployments", [])
+    close_orphans(ChangeRequest.objects.pending().filter(deployment_id__in=ids))
+    notifications.notify_stopped(ids, follow_up.payload.get("reason", ""))
+

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from pipelines.models import FollowUp
+from pipelines.models.followup import DEPLOYMENTS_STOPPED, PROMOTE_REEVALUATE  # noqa: F401 (kinds models schedule)
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,18 @@ def _promote_after_success(follow_up):
     promotion.on_deployment_succeeded(follow_up.deployment, since=follow_up.created_at)
 
 
+def _promote_reevaluate(follow_up):
+    from pipelines import promotion
+
+    environment = follow_up.payload.get("environment")
+    promotion.reevaluate(follow_up.repository, environment_ids=[environment] if environment else None,
+                         since=follow_up.created_at)
+
+
 _BUILT_IN = {
     PROMOTE_NEW_RELEASE: _promote_new_release,
     PROMOTE_AFTER_SUCCESS: _promote_after_success,
+    PROMOTE_REEVALUATE: _promote_reevaluate,
 }
 
 

@@ -11,10 +11,10 @@ LogWriter and Heartbeat). What differs:
 - It does not take its target's lease. A preview must not change the target (it plans; the deploy steps
   apply), so it need not be fenced against a run there, and it must not hold up the target's queue while
   approvers read it. What a concurrent apply could do to it is covered by staleness instead: a deployment
-  that succeeds on the target queues the next preview of every deployment held there
-  (Deployment.succeed), and one shown stale is neither approved nor applied. A tool's own lock (Terraform's
-  state lock) keeps its state consistent meanwhile; a preview that fails on that lock is re-run by the
-  same success.
+  that ran a step on the target, whatever its outcome, queues the next preview of every deployment held
+  there when it ends (Deployment.transition), and one shown stale is neither approved nor applied. A tool's
+  own lock (Terraform's state lock) keeps its state consistent meanwhile; a preview that fails on that lock
+  is re-run when that run ends.
 - It runs during a freeze window: it changes nothing, and approvers may want to read it before the freeze ends.
 
 `hand_to_deployment` gives the deploy steps the artifacts of the approved preview."""

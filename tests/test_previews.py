@@ -219,7 +219,8 @@ def test_the_runner_refuses_an_apply_whose_preview_is_stale(held, bob, productio
     log = deployment.log_since(0)[0]
     assert deployment.status == "failed"
     assert deployment.error == (f"Not applied: Preview #1 is stale: v1.2.0 (deployment #{other.deployment_id}) "
-                                f"succeeded on production after it ran; a new preview has to show the change again.")
+                                f"ran a step and succeeded on production after it started; a new preview has to show "
+                                f"the change again.")
     assert "APPLIED-THE-OLD-PLAN" not in log and deployment.error in log
 
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 from pipelines import run_log
 
 from .audit import AuditEvent
+from .followup import DEPLOYMENTS_STOPPED
 
 
 def this_host():
@@ -169,12 +170,18 @@ class Deployment(models.Model):
             fields.setdefault("heartbeat_at", now)
         elif new_status in FINISHED:
             fields.setdefault("finished_at", now)
+        held = []
         try:
             with transaction.atomic():
                 if old_status == Status.RUNNING:
                     # Row locks before the audit record (which takes the audit lock), Target first: the
                     # same order as promote(), so the two never deadlock.
                     self.lock_target()
+                    if self.step_pgid is not None:
+                        # It ran a step on the target, whatever its outcome: what the previews of the
+                        # deployments held there showed is out of date (locked before the audit event).
+                        held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
+                                    .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
                 updated = Deployment.objects.filter(pk=self.pk, status=old_status).update(**fields)
                 if updated != 1:
                     current = Deployment.objects.filter(pk=self.pk).values_list("status", flat=True).first()
@@ -189,6 +196,7 @@ class Deployment(models.Model):
                     environment=self.environment,
                     details={"from": old_status, "to": new_status, "release": self.release.version, **(details or {})},
                 )
+                self._queue_stale_previews(held, new_status)
         except IntegrityError as exc:
             if new_status == Status.RUNNING:
                 raise TargetBusy(f"Another deployment of {self.repository} is running in {self.environment}.") from exc
@@ -200,11 +208,27 @@ class Deployment(models.Model):
     # --- named steps of the lifecycle ---------------------------------------------------------------
 
     def release_hold(self, *, by):
-        """Approval given: the held deployment joins the queue."""
-        from pipelines import jobs
+        """Approval given: the held deployment joins the queue, and an older deployment of its target that
+        is still waiting there (approved earlier and held by a freeze, or queued behind a run) is superseded:
+        whatever waits for a target, the newest approval is what runs last.
 
-        self.transition(Status.QUEUED, by=by)
-        jobs.enqueue_deployment(self)
+        Lock order: the Target row, then the deployments, then the audit chain (callers that decide under
+        a lock take the target first too: see approvals' ChangeRequest._decide)."""
+        from pipelines import jobs
+        from pipelines.models import FollowUp
+
+        with transaction.atomic():
+            self.lock_target()
+            older = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
+                         .filter(status=Status.QUEUED, pk__lt=self.pk).select_for_update().order_by("id")
+                         .select_related("release"))
+            self.transition(Status.QUEUED, by=by)
+            for deployment in older:
+                deployment.supersede(by=by, newer=self)
+            if older:
+                FollowUp.objects.schedule(DEPLOYMENTS_STOPPED, release=self.release, repository=self.repository,
+                                          payload={"deployments": [d.pk for d in older], "reason": older[0].error})
+            jobs.enqueue_deployment(self)
         return self
 
     def reject(self, *, by, reason=""):
@@ -274,21 +298,16 @@ class Deployment(models.Model):
         follows = promotion.next_stage(self) is not None
         with transaction.atomic():
             self.lock_target()
-            # The deployments held on this target, before the first audit event (the lock order): what their
-            # previews showed is out of date once this succeeds.
-            held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
-                        .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
             self.transition(Status.SUCCEEDED, exit_code=0)
             Target.objects.filter(repository=self.repository_id, environment=self.environment_id).update(
                 current_release=self.release)
-            self._queue_stale_previews(held)
             if not follows:
                 return None
             return FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,
                                              delay=settings.GITOPS_WORKER_LOST_AFTER)
 
-    def _queue_stale_previews(self, held):
-        """Run again the preview of each deployment in `held` whose latest one started before this success
+    def _queue_stale_previews(self, held, outcome):
+        """Run again the preview of each deployment in `held` whose latest one started before this run ended
         (one still queued will see it); approvals given on the earlier preview stop counting."""
         from pipelines.models import Preview
 
@@ -296,8 +315,8 @@ class Deployment(models.Model):
             latest = Preview.objects.latest_for(deployment)
             if latest is None or latest.status == Preview.Status.QUEUED:
                 continue
-            reason = (f"{self.release.version} (deployment #{self.pk}) succeeded on {self.environment} after "
-                      f"preview #{latest.number} ran, so what it showed is out of date.")
+            reason = (f"{self.release.version} (deployment #{self.pk}) {outcome} on {self.environment} after "
+                      f"preview #{latest.number} started, having run a step there, so what it showed is out of date.")
             Preview.objects.queue_for(deployment, reason=reason)
 
     def fail(self, error, *, exit_code=None, by=None):

@@ -3,6 +3,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from .audit import AuditEvent
+from .followup import PROMOTE_REEVALUATE, FollowUp
 
 
 class Environment(models.Model):
@@ -68,4 +69,7 @@ class Target(models.Model):
             AuditEvent.objects.record(
                 action="target.resumed", actor=by, obj=self, repository=self.repository, environment=self.environment
             )
+            # What arrived while it was paused is promoted now, if it is the newest.
+            FollowUp.objects.schedule(PROMOTE_REEVALUATE, repository=self.repository,
+                                      payload={"environment": self.environment_id, "because": "automatic deployment was resumed"})
         self.refresh_from_db()

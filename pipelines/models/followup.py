@@ -12,6 +12,14 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+# Kinds that models schedule themselves (pipelines/followups.py carries them out; models import nothing above).
+# Deployments stopped before they ran, for a reason their requesters must hear of (a blocked release, a newer
+# approval): payload {"deployments": [ids], "reason": ...}. The upper layer closes their change requests and mails.
+DEPLOYMENTS_STOPPED = "deployments.stopped"
+# Something that promotion decides on changed (auto-deploy resumed, a release unblocked, a check passed, a
+# lifecycle edited): make the decision again for the repository's stages (payload {"environment": id} for one).
+PROMOTE_REEVALUATE = "promote.reevaluate"
+
 CLAIM_SECONDS = 300  # a handler that takes longer is taken for dead and may run again
 MAX_BACKOFF_SECONDS = 600
 

@@ -4,13 +4,14 @@ against that environment with its variables and secrets while the deployment wai
 Its log and artifacts are shown on the change request; the deployment's steps get its artifacts in
 $GITOPS_ARTIFACTS/, so what is approved is what is applied. A preview shows the target as it was when the
 preview started (`base_deployment`: the last deployment that succeeded there). Once another deployment of
-that target succeeds, that picture is stale: Deployment.succeed queues the next preview (number + 1) of
-every deployment still held there, approvals given on the earlier one stop counting (approvals.Decision
+that target runs a step after the preview started, whatever its outcome (a failed or cancelled run may have
+applied half its steps), that picture is stale: when that run ends, Deployment.transition queues the next
+preview (number + 1) of every deployment still held there, approvals given on the earlier one stop counting (approvals.Decision
 records the number it was given on), and the runner refuses to apply a deployment whose latest preview
 has not succeeded or is stale (pipelines/preview_runner.refusal_to_apply)."""
 
 from django.db import models, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from .audit import AuditEvent
@@ -129,13 +130,22 @@ class Preview(FencedRun):
                 f"it shows once it has.")
 
     def stale_reason(self):
-        """Why what this preview showed is out of date, in words, or "": another deployment succeeded on the
-        target after the one it looked at."""
-        later = last_success(self.deployment)
-        if later is None or later.pk == self.base_deployment_id:
+        """Why what this preview showed is out of date, in words, or "": another deployment ran a step on the
+        target after this preview started (or is running one still), whatever its outcome. A run that failed
+        or was cancelled half-way changed the target as surely as one that succeeded."""
+        from pipelines.models import Deployment
+
+        if self.started_at is None:
             return ""
-        return (f"Preview #{self.number} is stale: {later.release.version} (deployment #{later.pk}) succeeded on "
-                f"{self.deployment.environment} after it ran; a new preview has to show the change again.")
+        later = (Deployment.objects.for_target(self.deployment.repository_id, self.deployment.environment_id)
+                 .exclude(pk=self.deployment_id).filter(step_pgid__isnull=False, started_at__isnull=False)
+                 .filter(Q(finished_at__isnull=True) | Q(finished_at__gt=self.started_at))
+                 .select_related("release").order_by("-started_at", "-id").first())
+        if later is None:
+            return ""
+        what = "is running a step" if later.finished_at is None else f"ran a step and {later.get_status_display().lower()}"
+        return (f"Preview #{self.number} is stale: {later.release.version} (deployment #{later.pk}) {what} on "
+                f"{self.deployment.environment} after it started; a new preview has to show the change again.")
 
     def claim(self, *, worker_name, runner_host=None, runner_pid=None):
         """Start running, recording what has run on the target until now (the picture this preview takes).

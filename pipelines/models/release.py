@@ -4,7 +4,7 @@ from django.db import models, transaction
 from django.urls import reverse
 
 from .audit import AuditEvent
-from .followup import FollowUp
+from .followup import DEPLOYMENTS_STOPPED, PROMOTE_REEVALUATE, FollowUp
 from .tag_move import TagMove
 
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
@@ -98,20 +98,45 @@ class Release(models.Model):
         return move
 
     def block(self, *, by, reason):
-        """Never promote this release automatically (a known-bad build); manual promotion is refused too."""
-        if not reason.strip():
+        """Stop this release everywhere: never promoted, automatically or by hand, and whatever of it still
+        waits is cancelled — queued deployments, approved ones waiting for a freeze, and held ones, whose
+        change requests the upper layer closes as withdrawn (a DEPLOYMENTS_STOPPED follow-up, which also tells
+        their requesters). A run that already started is left to finish; the runner refuses to start one of a
+        blocked release (its last check before the first step). Unblocking opens nothing again by itself."""
+        from pipelines.models import Deployment, Target
+
+        reason = reason.strip()
+        if not reason:
             raise ValueError("Give a reason for blocking the release.")
+        waiting_statuses = [Deployment.Status.QUEUED, Deployment.Status.AWAITING_APPROVAL]
         with transaction.atomic():
+            # The lock order of pipelines/promotion.py: targets, then deployments, then the audit chain.
+            environments = Deployment.objects.filter(release=self, status__in=waiting_statuses).values("environment_id")
+            list(Target.objects.select_for_update().filter(repository_id=self.repository_id,
+                                                           environment_id__in=environments).order_by("pk"))
+            waiting = list(Deployment.objects.filter(release=self, status__in=waiting_statuses).select_for_update()
+                           .order_by("pk").select_related("release", "environment", "repository"))
             Release.objects.filter(pk=self.pk).update(blocked=True, blocked_reason=reason)
             AuditEvent.objects.record(
-                action="release.blocked", actor=by, obj=self, repository=self.repository, details={"reason": reason}
+                action="release.blocked", actor=by, obj=self, repository=self.repository,
+                details={"reason": reason, "cancelled": [d.pk for d in waiting]},
             )
+            why = f"{self.version} was blocked by {by.get_username() if by else 'the portal'}: {reason}"
+            for deployment in waiting:
+                deployment.cancel(by=by, reason=why)
+            if waiting:
+                FollowUp.objects.schedule(DEPLOYMENTS_STOPPED, release=self, repository=self.repository,
+                                          payload={"deployments": [d.pk for d in waiting], "reason": why})
         self.blocked, self.blocked_reason = True, reason
 
     def unblock(self, *, by):
+        """Promotable again. Nothing cancelled by the block is reopened; the promotion decision of each stage
+        is made again (a PROMOTE_REEVALUATE follow-up), so an automatic stage takes it if it is the newest."""
         with transaction.atomic():
             Release.objects.filter(pk=self.pk).update(blocked=False, blocked_reason="")
             AuditEvent.objects.record(action="release.unblocked", actor=by, obj=self, repository=self.repository)
+            FollowUp.objects.schedule(PROMOTE_REEVALUATE, repository=self.repository, release=self,
+                                      payload={"because": f"{self.version} was unblocked"})
         self.blocked, self.blocked_reason = False, ""
 
     @cached_property

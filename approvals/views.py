@@ -25,7 +25,7 @@ from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
 from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
-from pipelines.permissions import deployer_required
+from pipelines.permissions import artifacts_refusal, deployer_required
 from pipelines.promotion import PromotionError, rollback, stages_for
 from pipelines.views import redirect_after_promotion, warn_if_queue_was_unreachable
 
@@ -220,13 +220,15 @@ def _status_context(change_request, preview):
     }
 
 
-def _preview_context(change_request, preview):
-    """The deployment's latest preview (None without one), its log, and whether it is stale."""
+def _preview_context(change_request, preview, user):
+    """The deployment's latest preview (None without one), its log, whether it is stale, and why `user` may
+    not have its artifacts (a saved plan holds secrets in clear)."""
     return {
         "cr": change_request,
         "preview": preview,
         "preview_log": preview.log_since(0)[0] if preview is not None else "",
         "preview_stale": preview.stale_reason() if preview is not None and preview.succeeded else "",
+        "preview_artifacts_refusal": artifacts_refusal(user, preview) if preview and preview.artifact_name else None,
     }
 
 
@@ -286,6 +288,7 @@ def change_request_detail(request, pk):
         content = render_to_string("approvals/change_request_detail.html#closed_update", context, request)
         return HttpResponseStopPolling(content)
     release = change_request.deployment.release
+    build = Build.objects.filter(release=release).first()
     context.update(
         refusal=change_request.refusal_reason(request.user, preview=preview),
         change=Change.from_summary(change_request.summary),
@@ -293,8 +296,9 @@ def change_request_detail(request, pk):
         deployment=change_request.deployment,
         commit_url=change_request.repository.commit_url(release.commit_sha),
         # What is approved is what was built: the build's outputs name it (an image, an AMI id, a digest).
-        build=Build.objects.filter(release=release).first(),
-        **_preview_context(change_request, preview),
+        build=build,
+        build_artifacts_refusal=artifacts_refusal(request.user, build) if build and build.artifact_name else None,
+        **_preview_context(change_request, preview, request.user),
     )
     return render(request, "approvals/change_request_detail.html", context)
 
@@ -305,7 +309,7 @@ def change_request_preview(request, pk):
     swapped out of band with it, since a preview that finishes, fails or re-runs changes who may decide."""
     change_request = _get_change_request_or_404(pk)
     preview = change_request.latest_preview()
-    context = _preview_context(change_request, preview)
+    context = _preview_context(change_request, preview, request.user)
     context.update(refusal=change_request.refusal_reason(request.user, preview=preview), oob=True)
     return render(request, "approvals/change_request_detail.html#preview_update", context)
 

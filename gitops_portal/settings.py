@@ -60,6 +60,8 @@ GITOPS_GIT_HOST_TIMEOUT = envint("GITOPS_GIT_HOST_TIMEOUT", 10)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]
+# Whether a user approves for a deployment's stage (a preview's artifacts are theirs to read, and deployers').
+GITOPS_APPROVER_CHECKS = ["approvals.approvers.approves_for"]
 # What approvals says in the dashboard's cells (approvals given of how many, from whom; freezes).
 GITOPS_DASHBOARD_NOTES = ["approvals.dashboard.notes"]
 # What approvals adds to pages that pipelines (and the shared base page) render: {slot: [template, …]},

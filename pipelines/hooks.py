@@ -9,7 +9,9 @@ All are dotted paths in settings, so the direction of dependency stays one way:
   (see pipelines/followups.py).
 - GITOPS_DASHBOARD_NOTES: functions `(request, deployments) -> DashboardNotes` saying what the upper layer
   knows about the dashboard's cells (`deployments`: the cells' last deployments as DeploymentState) (who must approve, which environment is frozen until when), each in a
-  fixed number of queries however many cells the page shows."""
+  fixed number of queries however many cells the page shows.
+- GITOPS_APPROVER_CHECKS: functions `(user, deployment) -> bool`, true when the upper layer counts `user`
+  among those who approve for the stage `deployment` goes through (who may read what its preview left)."""
 
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -72,3 +74,8 @@ def dashboard_notes(request, deployments):
             for key, note in theirs.items():
                 mine.setdefault(key, note)
     return merged
+
+
+def may_approve(user, deployment):
+    """Whether any GITOPS_APPROVER_CHECKS function counts `user` among the approvers of `deployment`'s stage."""
+    return any(import_string(path)(user, deployment) for path in getattr(settings, "GITOPS_APPROVER_CHECKS", ()))

@@ -1,10 +1,14 @@
 """Who may do what, in one place for the pages and the API (api/permissions.py maps each endpoint to these).
 
-Signed in: read everything. Deployer (`pipelines.deploy`): promote, retry, roll back, cancel, pause, block.
+Signed in: read everything but artifacts. Deployer (`pipelines.deploy`): promote, retry, roll back, cancel, pause, block.
+Artifacts: a build's and a preview's (a saved plan holds secrets in clear) are for deployers; a preview's
+also for the approvers of its stage (asked of the upper layer through pipelines/hooks.py).
 Deciding on a change request is not a permission: the approval policy of its stage says who may
 (approvals.models.ChangeRequest.refusal_reason), for a click and an API call alike."""
 
 from django.contrib.auth.decorators import permission_required
+
+from pipelines import hooks
 
 DEPLOY = "pipelines.deploy"
 
@@ -13,3 +17,17 @@ deployer_required = permission_required(DEPLOY, raise_exception=True)
 
 def can_deploy(user):
     return user.has_perm(DEPLOY)
+
+
+def artifacts_refusal(user, run):
+    """Why `user` may not see or download the artifacts of `run` (a Build or a Preview), in words; None when
+    they may. A preview's `deployment` (with its environment) is read."""
+    if can_deploy(user):
+        return None
+    if run._meta.model_name != "preview":
+        return "Only people who may deploy may download a build's artifacts: they hold whatever it packed."
+    deployment = run.deployment
+    if hooks.may_approve(user, deployment):
+        return None
+    return (f"Only people who may deploy, or approve for {deployment.environment}, may download this "
+            f"preview's artifacts: a saved plan holds sensitive values in clear.")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pipelines import audit_views, check_views, insights_views, views, webhooks
+from pipelines import artifact_views, audit_views, check_views, insights_views, views, webhooks
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -13,8 +13,8 @@ urlpatterns = [
     path("releases/<int:pk>/deploy", views.release_deploy, name="release_deploy"),
     path("releases/<int:pk>/build", views.release_build, name="release_build"),
     path("releases/<int:pk>/build/start", views.release_build_start, name="release_build_start"),
-    path("releases/<int:pk>/artifacts.tar.gz", views.release_artifacts, name="release_artifacts"),
-    path("previews/<int:pk>/artifacts.tar.gz", views.preview_artifacts, name="preview_artifacts"),
+    path("releases/<int:pk>/artifacts.tar.gz", artifact_views.release_artifacts, name="release_artifacts"),
+    path("previews/<int:pk>/artifacts.tar.gz", artifact_views.preview_artifacts, name="preview_artifacts"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),
     path("deployments/<int:pk>/log.txt", views.deployment_log_text, name="deployment_log_text"),

@@ -9,15 +9,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import artifacts, check_views, commit_status, environment_page, gate, jobs, release_page, run_log
+from pipelines import check_views, commit_status, environment_page, gate, jobs, release_page, run_log
 from pipelines.dashboard import Filters, dashboard_page
-from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Preview, Release, Repository, Stage,
+from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Release, Repository, Stage,
                               Target)
 from pipelines.permissions import can_deploy, deployer_required
 from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for, stages_for
@@ -165,7 +165,7 @@ def _has_build_section(release):
 def release_build(request, pk):
     """The build section of the release page, polled every 2 s until the build has finished."""
     release = get_object_or_404(Release.objects.select_related("repository"), pk=pk)
-    context = {"release": release, **_build_context(release)}
+    context = {"release": release, "can_deploy": can_deploy(request.user), **_build_context(release)}
     return render(request, "pipelines/release_detail.html#build", context)
 
 
@@ -183,37 +183,6 @@ def release_build_start(request, pk):
     messages.success(request, f"Build #{build.pk} of {release.version} is {build.get_status_display().lower()}.")
     warn_if_queue_was_unreachable(request)
     return redirect(release)
-
-
-@login_required
-def release_artifacts(request, pk):
-    """The build's artifacts as stored (tar.gz), streamed from the artifact storage."""
-    build = get_object_or_404(Build.objects.select_related("release__repository"), release_id=pk,
-                              status=Build.Status.SUCCEEDED)
-    release = build.release
-    return _artifact_response(build, f"{release.repository.name}-{release.version}-artifacts.tar.gz")
-
-
-@login_required
-def preview_artifacts(request, pk):
-    """A preview's artifacts as stored (the saved plan, say), streamed from the artifact storage."""
-    preview = get_object_or_404(Preview.objects.select_related("deployment__release__repository", "deployment__environment"),
-                                pk=pk, status=Preview.Status.SUCCEEDED)
-    deployment = preview.deployment
-    return _artifact_response(preview, f"{deployment.repository.name}-{deployment.release.version}-"
-                                       f"{deployment.environment.name}-preview-{preview.number}.tar.gz")
-
-
-def _artifact_response(run, filename):
-    if not run.artifact_name:
-        raise Http404(f"This {run._meta.verbose_name} left no artifacts.")
-    try:
-        stored = artifacts.artifact_storage().open(run.artifact_name, "rb")
-    except FileNotFoundError:
-        raise Http404("The artifacts are missing from the artifact storage.") from None
-    response = FileResponse(stored, as_attachment=True, filename=filename.replace("/", "-"), content_type="application/gzip")
-    response["X-Artifact-SHA256"] = run.artifact_sha256
-    return response
 
 
 @login_required

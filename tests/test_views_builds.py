@@ -57,9 +57,9 @@ def test_the_release_page_shows_the_build_its_outputs_and_its_artifacts(client, 
     assert 'hx-trigger="every 2s"' not in page.split('id="build"')[1].split("</section>")[0], "finished: no poll"
 
 
-def test_the_artifacts_download_is_exactly_what_the_build_stored(client, charlie, release_built):
+def test_the_artifacts_download_is_exactly_what_the_build_stored(client, bob, release_built):
     release, build = release_built()
-    client.force_login(charlie)  # signed in, no rights: reading is everyone's
+    client.force_login(bob)  # a deployer (who else may: tests/test_artifact_access.py)
 
     response = client.get(reverse("release_artifacts", args=[release.pk]))
 

@@ -444,28 +444,6 @@ def file_diff(repository, from_sha, to_sha, path):
                 failure=f"Cannot compare {path} between {base[:10]} and {to_sha[:10]}")
 
 
-# --- ordering tags -----------------------------------------------------------------------------------
-
-_VERSION = re.compile(r"^\D*?(?P<numbers>\d+(?:\.\d+)*)(?P<rest>.*)$")
-
-
-def version_sort_key(tag):
-    """Order tags by version: v1.10.0 > v1.9.0 > v1.9.0-rc2 > v1.9.0-rc1; tags without a number go first, by name.
-
-    A suffix after the numbers is a pre-release (lower than the bare version) unless it is `+build`
-    metadata; numeric parts of the suffix compare as numbers."""
-    match = _VERSION.match(tag)
-    if match is None:
-        return (0, (), 0, (), tag)
-    numbers = [int(n) for n in match["numbers"].split(".")]
-    while len(numbers) > 1 and numbers[-1] == 0:
-        numbers.pop()  # 1.9 and 1.9.0 are the same version
-    rest = match["rest"]
-    final = 1 if rest == "" or rest.startswith("+") else 0
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in re.findall(r"\d+|[A-Za-z]+", rest))
-    return (1, tuple(numbers), final, parts, tag)
-
-
 # --- plumbing ----------------------------------------------------------------------------------------
 
 

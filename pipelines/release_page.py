@@ -2,11 +2,14 @@
 (where it stands there, since when, the deployment), and which direct deployments make sense.
 
 Built from rows the view loads once (the release's deployments, the repository's targets), so the page
-makes the same number of queries however many stages and deployments there are."""
+makes the same number of queries however many stages and deployments there are.
+
+Why a poll did not promote a release is derived, not stored: a newer version was recorded before it."""
 
 from dataclasses import dataclass
 
-from pipelines.models import Deployment
+from pipelines.models import Deployment, Repository
+from pipelines.versions import NEWEST_FIRST, late_tag_refusal
 
 
 @dataclass
@@ -76,3 +79,14 @@ def stage_steps(release, stages, deployments, targets):
         steps.append(StageStep(stage=stage, deployment=latest.get(stage.environment_id), current_release=current,
                                runs_here=current is not None and current.pk == release.pk))
     return steps
+
+
+def not_promoted_when_recorded(release):
+    """Why no poll promoted `release` when it was recorded, in words, or "": a newer version was recorded
+    before it (what pipelines/tracking.py checks, and records in the audit log). Not in commits mode, where
+    the branch head is what is promoted."""
+    if release.repository.release_from != Repository.ReleaseFrom.TAGS:
+        return ""
+    newer = (release.repository.releases.filter(version_key__gt=release.version_key, pk__lt=release.pk)
+             .order_by(*NEWEST_FIRST).only("version").first())
+    return late_tag_refusal(newer) if newer is not None else ""

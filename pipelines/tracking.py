@@ -25,7 +25,8 @@ from pipelines import followups, git, jobs
 from pipelines.models import AuditEvent, Build, Check, CheckRef, Environment, FollowUp, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.redaction import redact_text
-from pipelines.versions import UNREADABLE, sortable_version
+from pipelines.versions import (NEWEST_FIRST, UNREADABLE, late_tag_refusal, newest_first_key, sortable_version,
+                                tags_in_version_order)
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def poll_repository(repository, *, unchanged=None):
         for release in moved_releases:
             # Compared with the locked row: a move another poller recorded meanwhile is not recorded twice.
             release.record_tag_seen_at(moved[release.version], by=ACTOR)
-        newest = _release_to_promote(repository, recorded, previous_versions, tracked)
+        newest = _release_to_promote(repository, recorded, tracked)
         follow_up = None
         if newest is not None and newest.is_valid and newest.pipeline is not None and newest.pipeline.build is not None:
             # Built first, once; the build's success records the promotion (Build.succeed).
@@ -302,7 +303,7 @@ def _tag_candidates(repository, tags):
             recorded[version] = None if deleted else (moved_to or commit_sha)
     moved = {version: tags.get(version) for version, seen in recorded.items() if tags.get(version) != seen}
     skipped, new = [], []
-    for tag in sorted(tags, key=git.version_sort_key):
+    for tag in tags_in_version_order(tags):
         if tag in recorded:
             continue
         elif len(tag) > _VERSION_MAX_LENGTH:
@@ -443,16 +444,26 @@ def _record_all(releases, skipped):
     return valid
 
 
-def _release_to_promote(repository, recorded, previous_versions, tracked):
-    """The newest new release, if it is newer than all before it: a late old tag must not roll back."""
+def _release_to_promote(repository, recorded, tracked):
+    """The newest new release, if it is first in the version order (pipelines/versions.py, as the lists show
+    it): a late old tag must not roll back, and says so in the audit log."""
     if not recorded:
         return None
     if repository.release_from != Repository.ReleaseFrom.TAGS:
         # The branch head, and only if it is new: it is what the branch says should run now.
         return recorded[-1] if recorded[-1].commit_sha in tracked.values() else None
-    newest = max(recorded, key=lambda release: git.version_sort_key(release.version))
-    key = git.version_sort_key(newest.version)
-    return newest if all(key > git.version_sort_key(v) for v in previous_versions) else None
+    newest = max(recorded, key=newest_first_key)
+    # Only one recorded before can be above it: a later id wins a tie (`1.2` after `1.2.0`, two tags that are
+    # no version), as it is listed first.
+    newer = (repository.releases.filter(version_key__gt=newest.version_key).order_by(*NEWEST_FIRST)
+             .only("version").first())
+    if newer is None:
+        return newest
+    AuditEvent.objects.record(
+        action="promotion.skipped", actor=ACTOR, obj=newest, repository=repository,
+        details={"release": newest.version, "reason": late_tag_refusal(newer)},
+    )
+    return None
 
 
 def _served_request(repository):

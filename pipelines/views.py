@@ -22,6 +22,7 @@ from pipelines.models import (Build, Deployment, DeploymentStateError, Environme
 from pipelines.permissions import can_deploy, deployer_required
 from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for, stages_for
 from pipelines.tag_history import tag_history
+from pipelines.versions import NEWEST_FIRST
 
 RELEASES_ON_REPOSITORY_PAGE = 50
 DEPLOYMENTS_ON_ENVIRONMENT_PAGE = 50
@@ -100,7 +101,7 @@ def repository_detail(request, name):
     }
     # Newest version first (pipelines/versions.py), unreadable tags after, by detection: an ORDER BY on an
     # index, so any page costs the same few queries.
-    ordered = repository.releases.order_by("-version_key", "-id")
+    ordered = repository.releases.order_by(*NEWEST_FIRST)
     page = Paginator(ordered, RELEASES_ON_REPOSITORY_PAGE).get_page(request.GET.get("page"))
     releases = list(page)
     latest = _latest_deployments(releases)
@@ -139,6 +140,7 @@ def release_detail(request, name, version):
         "tag_commit_url": release.repository.commit_url(release.tag_moved_to) if release.tag_moved_to else "",
         "deployments": deployments,
         "stage_steps": steps,
+        "late_tag_refusal": release_page.not_promoted_when_recorded(release),
         "deploy_steps": [step for step in steps if not step.stage.requires_approval],
         "can_deploy": can_deploy(request.user),
         **_build_context(release),

@@ -87,6 +87,27 @@ def test_lists_page_by_cursor_without_repeats(client, repository, alice, make_to
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_cursor"
 
 
+def test_releases_are_listed_newest_version_first_like_the_pages_and_paged_without_repeats(
+        client, repository, alice, make_token, make_release):
+    for version in ["v1.10.0", "nightly-x", "v2.0.0rc1", "v1.9.0", "v1.2", "v2.0.0", "v1.2.0", "latest",
+                    "v1.10.0.post1"]:
+        make_release(repository, version)
+    token = make_token(alice, Scope.READ)
+    url = f"/api/v1/repositories/{repository.name}/releases"
+    seen, cursor = [], None
+    while True:
+        page = client.get(url, {"limit": 2, **({"cursor": cursor} if cursor else {})}, **bearer(token)).json()
+        seen += [item["version"] for item in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+        if len(seen) == 4:
+            make_release(repository, "v1.5.0")  # recorded while paging: lands where it belongs, listed once
+    assert seen == ["v2.0.0", "v2.0.0rc1", "v1.10.0.post1", "v1.10.0", "v1.9.0", "v1.5.0",
+                    "v1.2.0", "v1.2",  # the same version: the later detected first
+                    "latest", "nightly-x"]  # no version: after every version, the later detected first
+
+
 def test_the_log_comes_by_offset(client, repository, staging, alice, make_token, make_release):
     deployment = promotion.promote(make_release(repository, "v1.0.0"), staging, by=alice)
     deployment.append_log("one\n")

@@ -157,3 +157,16 @@ def test_every_command_has_help():
         result = subprocess.run([sys.executable, "-m", "gitops_cli", *command, "--help"], cwd=BASE_DIR,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "Usage: gitops" in result.stdout, (command, result.stderr)
+
+
+def test_gitops_releases_lists_newest_version_first_like_the_pages(live_server, repository, make_release):
+    for version in ["v1.10.0", "v2.0.0rc1", "nightly-x", "v1.9.0", "v2.0.0", "v1.10.0.post1"]:
+        make_release(repository, version)
+    reader = issue("reader", Scope.READ, service=True)
+
+    listed = gitops(live_server, reader, "releases", "shop", "--json")
+    table = gitops(live_server, reader, "releases", "shop", "--limit", "3")
+
+    expected = ["v2.0.0", "v2.0.0rc1", "v1.10.0.post1", "v1.10.0", "v1.9.0", "nightly-x"]
+    assert [r["version"] for r in json.loads(listed.stdout)] == expected, listed.stderr
+    assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == expected[:3], table.stderr

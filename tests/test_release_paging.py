@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from pipelines import tracking
 from pipelines.models import Release, Repository, TagMove
-from pipelines.versions import sortable_version
+from pipelines.versions import sortable_version, tags_in_version_order
 from pipelines.views import RELEASES_ON_REPOSITORY_PAGE
 
 
@@ -31,6 +31,16 @@ def test_it_orders_versions_as_packaging_does_and_unreadable_tags_last_newest_fi
         "v2.0.0", "v2.0.0rc1", "v2.0.0.dev3", "v1.10.0.post1", "v1.10.0", "v1.9.0",
         "v1.2", "v1.2.0",  # the same version: the later detected first
         "latest", "release/candidate", "nightly-x",  # unreadable: the latest detected first
+    ]
+
+
+def test_a_poll_records_tags_oldest_version_first_and_those_that_tie_by_name():
+    tags = ["v1.10.0", "v1.9.0", "v1.9.0-rc1", "v1.9.0-rc10", "v1.9.0-rc2", "v2.0.0-beta", "v2.0.0-alpha",
+            "v1.9.0+build.7", "latest", "v0.9", "release-1.9.5", "v3.0.3.post1", "v3.0.3"]
+    assert tags_in_version_order(tags) == [
+        "latest", "release-1.9.5",  # no version: below every version
+        "v0.9", "v1.9.0-rc1", "v1.9.0-rc2", "v1.9.0-rc10", "v1.9.0", "v1.9.0+build.7", "v1.10.0",
+        "v2.0.0-alpha", "v2.0.0-beta", "v3.0.3", "v3.0.3.post1",
     ]
 
 

@@ -4,6 +4,7 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from pipelines import followups, git, tracking
@@ -87,6 +88,55 @@ def test_it_records_an_old_tag_pushed_late_without_rolling_back(repository, orig
 
     deployed = Deployment.objects.filter(environment__name="staging").values_list("release__version", flat=True)
     assert list(deployed) == ["v2.0.0"]
+
+
+def test_an_old_tag_pushed_late_says_why_it_was_not_deployed(client, alice, repository, origin, poll_and_promote):
+    origin.tag("v2.0.0")
+    poll_and_promote(repository)
+    origin.commit("backport")
+    origin.tag("v1.9.5")
+    poll_and_promote(repository)
+
+    late = Release.objects.get(version="v1.9.5")
+    skipped = AuditEvent.objects.get(action="promotion.skipped")
+    assert (skipped.object_id, skipped.details["reason"]) == (
+        str(late.pk), "v2.0.0, a newer version, was recorded before it: an older tag never deploys automatically")
+    client.force_login(alice)
+    page = client.get(reverse("release_detail", args=["shop", "v1.9.5"])).content.decode()
+    assert "v2.0.0, a newer version, was recorded before it" in page
+    # The newer release's page says nothing of the kind.
+    newer = client.get(reverse("release_detail", args=["shop", "v2.0.0"])).content.decode()
+    assert "was recorded before it" not in newer
+
+
+def staging_versions():
+    return list(Deployment.objects.filter(environment__name="staging").order_by("id")
+                .values_list("release__version", flat=True))
+
+
+def test_a_post_release_after_its_final_deploys_automatically(repository, origin, poll_and_promote):
+    origin.tag("v3.0.3")
+    poll_and_promote(repository)
+    origin.commit("fix the packaging")
+    origin.tag("v3.0.3.post1")
+
+    poll_and_promote(repository)
+
+    assert staging_versions() == ["v3.0.3", "v3.0.3.post1"]
+    assert not AuditEvent.objects.filter(action="promotion.skipped").exists()
+
+
+def test_tags_that_are_no_version_deploy_in_the_order_they_were_detected(repository, origin, poll_and_promote):
+    Repository.objects.filter(pk=repository.pk).update(tag_pattern="nightly-*")
+    repository.refresh_from_db()
+    origin.tag("nightly-b")
+    poll_and_promote(repository)
+    origin.commit("next night")
+    origin.tag("nightly-a")  # below nightly-b by name; detected later, so newer
+
+    poll_and_promote(repository)
+
+    assert staging_versions() == ["nightly-b", "nightly-a"]
 
 
 def test_it_records_the_head_then_every_new_commit_in_commits_mode(repository, origin, poll_and_promote):

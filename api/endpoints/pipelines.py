@@ -9,7 +9,7 @@ from ninja.responses import NinjaJSONEncoder
 
 from api import schemas
 from api.errors import ApiError, conflict, not_found
-from api.pagination import Page, paginate
+from api.pagination import Page, paginate, paginate_releases
 from pipelines import commit_status, gate, jobs
 from pipelines.models import Build, Check, Deployment, DeploymentStateError, Environment, ExternalCheck, Lifecycle, Release, Repository, Stage, Target
 from pipelines.promotion import PromotionError, retry, stages_for
@@ -205,7 +205,7 @@ def repository_releases(request, name: str, version: str | None = None, blocked:
         on_road = [name for name in names if release.pipeline and name in release.pipeline.environments]
         return release_out(release, on_road)
 
-    return paginate(queryset, cursor=cursor, limit=limit, serialize=serialize)
+    return paginate_releases(queryset, cursor=cursor, limit=limit, serialize=serialize)
 
 
 @router.get("/lifecycles", response=list[schemas.Lifecycle], url_name="api_lifecycles")

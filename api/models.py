@@ -3,7 +3,11 @@
 A token is shown once, when it is issued, and stored only as its SHA-256: the hash in the database is
 not a token (presenting it hashes it again, which matches nothing). Tokens are random (256 bits), so a
 fast hash is enough; a slow one would only slow every API request. Each token has scopes, an expiry,
-and may be revoked; a revoked or expired token is refused on its next request."""
+and may be revoked; a revoked or expired token is refused on its next request.
+
+A token's scopes never exceed what its holder may do: a scope its holder could not use is refused when the
+token is issued (`scope_refusal`), and every request checks the holder's permissions as they are then
+(api/permissions.py), so a holder who loses a permission loses that power of all their tokens at once."""
 
 import hashlib
 import secrets
@@ -14,6 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from pipelines.models import AuditEvent
+from pipelines.permissions import DEPLOY, REPORT_CHECKS
 
 TOKEN_PREFIX = "gpt_"
 # How often `last_used_at` is written at most: a write per request would make every read a write.
@@ -25,6 +30,37 @@ class Scope(models.TextChoices):
     DEPLOY = "deploy", "deploy: poll, promote, cancel, retry, roll back, block and unblock"
     CHECKS_REPORT = "checks:report", "checks:report: report the result of an external check for a commit"
     APPROVE = "approve", "approve: approve or reject change requests (where the stage allows it through the API)"
+
+
+# The Django permission each scope needs of its holder ("" for none), at issue and on every request. `read` needs
+# only an active account; `approve` needs no permission but being an approver somewhere (`scope_refusal`),
+# and each decision is then the stage's approval policy's (approvals.models.ChangeRequest).
+SCOPE_PERMISSIONS = {
+    Scope.READ: "",
+    Scope.DEPLOY: DEPLOY,
+    Scope.CHECKS_REPORT: REPORT_CHECKS,
+    Scope.APPROVE: "",
+}
+PERMISSION_HOLDERS = {DEPLOY: "given to deployers", REPORT_CHECKS: "given to CI service accounts"}
+
+
+def scope_refusal(user, scope):
+    """Why `user` may not hold a token with `scope`, in words, or "" (they can do what it allows)."""
+    username, scope = user.get_username(), Scope(scope).value
+    permission = SCOPE_PERMISSIONS[scope]
+    if permission and not user.has_perm(permission):
+        return (f"{username} may not hold the scope {scope!r}: it needs the permission {permission!r} "
+                f"({PERMISSION_HOLDERS[permission]}).")
+    if scope == Scope.APPROVE:
+        from approvals.models import StagePolicy  # the upper app, read only here: who approves is its policy
+
+        if is_service_account(user):
+            return (f"{username} may not hold the scope {scope!r}: it is a service account, and a service account "
+                    f"never decides on a change.")
+        if not StagePolicy.objects.filter(approver_group__user=user).exists():
+            return (f"{username} may not hold the scope {scope!r}: {username} is in no stage's approver group, so "
+                    f"there is nothing they could approve.")
+    return ""
 
 
 def hash_token(plaintext):
@@ -48,12 +84,22 @@ def is_service_account(user):
     return ServiceAccount.objects.filter(user_id=user.pk).exists()
 
 
+class ScopeRefused(ValueError):
+    """A token was asked for with scopes beyond what its holder may do; `refusals` says why, one per scope."""
+
+    def __init__(self, refusals):
+        super().__init__(" ".join(refusals))
+        self.refusals = refusals
+
+
 class ApiTokenQuerySet(models.QuerySet):
     def issue(self, *, user, name, scopes, expires_at, by):
         """Create a token for `user` and return (token, plaintext); the plaintext exists only here."""
         unknown = set(scopes) - set(Scope.values)
         if unknown:
             raise ValueError(f"Unknown scopes: {', '.join(sorted(unknown))}; known: {', '.join(Scope.values)}.")
+        if refusals := [refusal for scope in sorted(set(scopes)) if (refusal := scope_refusal(user, scope))]:
+            raise ScopeRefused(refusals)
         if self.filter(user=user, name=name).exists():
             raise ValueError(f"{user.get_username()} already has a token named {name!r}; names tell them apart.")
         if expires_at <= timezone.now():

@@ -5,13 +5,14 @@ endpoint; an endpoint missing here is refused to everyone (fail closed), and tes
 generated from the URL configuration, fails for it. The Django permissions are the pages' own
 (pipelines/permissions.py): a token never lets its owner do more than they could by clicking. Deciding on
 a change request needs no permission here: the stage's approval policy says who may (ChangeRequest).
-Reporting an external check result needs only the `checks:report` scope, no Django permission: a CI
-pipeline saying how a commit fared deploys nothing (a stage that requires passing checks still decides)."""
+Reporting an external check result needs `pipelines.report_checks` (CI service accounts): a check result
+opens a stage that requires passing checks, so it is not everyone's to give. Each permission is the one its
+scope needs at issue (api.models.SCOPE_PERMISSIONS), checked again on every request against the owner's
+permissions as they are then."""
 
 from dataclasses import dataclass
 
-from api.models import Scope
-from pipelines.permissions import DEPLOY
+from api.models import SCOPE_PERMISSIONS, Scope
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,9 @@ class Rule:
 
 PUBLIC = Rule(scope=None)
 READ = Rule(Scope.READ)
-DEPLOYER = Rule(Scope.DEPLOY, permission=DEPLOY)
+DEPLOYER = Rule(Scope.DEPLOY, permission=SCOPE_PERMISSIONS[Scope.DEPLOY])
 APPROVER = Rule(Scope.APPROVE)
-CHECK_REPORTER = Rule(Scope.CHECKS_REPORT)
+CHECK_REPORTER = Rule(Scope.CHECKS_REPORT, permission=SCOPE_PERMISSIONS[Scope.CHECKS_REPORT])
 
 RULES = {
     # django-ninja's own: the root (answers 404; there to reverse URLs from), the schema and its docs page.

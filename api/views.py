@@ -1,5 +1,6 @@
 """The signed-in person's own API tokens: issue one (shown once), see when each was last used, revoke one.
 
+A scope beyond what the person may do is refused (ApiTokenQuerySet.issue) and shown with the reason beside it.
 Tokens of service accounts are an admin's: `manage.py issuetoken --service`, revoked in the admin."""
 
 from datetime import timedelta
@@ -10,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from api.models import ApiToken, Scope
+from api.models import ApiToken, Scope, scope_refusal
 
 EXPIRY_DAYS = (7, 30, 90, 365)
 
@@ -41,7 +42,8 @@ def tokens(request):
                 issued = (token, plaintext)
     context = {
         "tokens": ApiToken.objects.filter(user=request.user),
-        "scopes": Scope.choices,
+        # (value, label, why the person may not have it or ""): the page says so rather than hiding the scope.
+        "scopes": [(value, label, scope_refusal(request.user, value)) for value, label in Scope.choices],
         "expiry_days": EXPIRY_DAYS,
         "issued": issued,
         "errors": errors,

@@ -256,7 +256,8 @@ def check():
 @json_option
 @click.pass_obj
 def check_report(obj, repository, sha, name, state, target_url, description, as_json):
-    """Report the check NAME of commit SHA of REPOSITORY (a later report of the same NAME replaces it).
+    """Report the check NAME of commit SHA of REPOSITORY (a later report of the same NAME by the same token's
+    owner replaces it; another reporter's result of that NAME stays). The owner needs pipelines.report_checks.
 
     A stage that requires passing checks takes a release only when every check of its commit passed."""
     result = call(obj.api.post, f"/repositories/{repository}/commits/{sha}/checks",

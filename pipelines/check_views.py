@@ -18,7 +18,7 @@ BRANCHES_ON_REPOSITORY_PAGE = 50
 class BranchRow:
     ref: CheckRef
     check: Check | None  # of its head commit; None when none ran (no `checks:` section)
-    external_checks: list  # reported through the API for its head commit, by name
+    external_checks: list  # reported through the API for its head commit, by name and reporter
 
 
 def branches_context(repository):
@@ -29,7 +29,9 @@ def branches_context(repository):
     checks, external = {}, {}
     for check in Check.objects.filter(repository=repository, commit_sha__in=heads).order_by("id"):
         checks[(check.ref_name, check.commit_sha)] = check  # the last one of each pair wins
-    for reported in ExternalCheck.objects.filter(repository=repository, commit_sha__in=heads).order_by("name"):
+    reported_for_heads = (ExternalCheck.objects.filter(repository=repository, commit_sha__in=heads)
+                          .select_related("reported_by").order_by("name", "reported_by__username"))
+    for reported in reported_for_heads:
         external.setdefault(reported.commit_sha, []).append(reported)
     return {"branch_rows": [BranchRow(ref=ref, check=checks.get((ref.name, ref.head_sha)),
                                       external_checks=external.get(ref.head_sha, [])) for ref in refs]}

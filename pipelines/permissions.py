@@ -1,6 +1,7 @@
 """Who may do what, in one place for the pages and the API (api/permissions.py maps each endpoint to these).
 
 Signed in: read everything but artifacts. Deployer (`pipelines.deploy`): promote, retry, roll back, cancel, pause, block.
+Check reporter (`pipelines.report_checks`, given to CI service accounts): report an external check result.
 Artifacts: a build's and a preview's (a saved plan holds secrets in clear) are for deployers; a preview's
 also for the approvers of its stage (asked of the upper layer through pipelines/hooks.py).
 Deciding on a change request is not a permission: the approval policy of its stage says who may
@@ -11,6 +12,7 @@ from django.contrib.auth.decorators import permission_required
 from pipelines import hooks
 
 DEPLOY = "pipelines.deploy"
+REPORT_CHECKS = "pipelines.report_checks"
 
 deployer_required = permission_required(DEPLOY, raise_exception=True)
 

@@ -64,8 +64,9 @@ def test_the_approval_policy_applies_unchanged_through_the_api(client, make_held
     assert own.status_code == 403
     assert own.json() == {"error": "refused", "detail": "You requested this change, so someone else has to approve it. "
                                                         "Nothing was changed."}
-    ServiceAccount.objects.create(user=bob)
-    robot = post(client, f"/api/v1/change-requests/{change_request.pk}/approve", make_token(bob, Scope.APPROVE))
+    bobs = make_token(bob, Scope.APPROVE)
+    ServiceAccount.objects.create(user=bob)  # made one after the token was issued: refused on the request
+    robot = post(client, f"/api/v1/change-requests/{change_request.pk}/approve", bobs)
     assert robot.status_code == 403 and robot.json()["error"] == "service_account"
     assert ChangeRequest.objects.get(pk=change_request.pk).status == ChangeRequest.Status.PENDING
 

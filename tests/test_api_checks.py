@@ -1,5 +1,5 @@
 """External check results reported through the API count for a stage that requires passing checks like the
-portal's own, are one result per (commit, name), show on the release page and the Branches tab, are never
+portal's own, are one result per (commit, name, reporter), show on the release page and the Branches tab, are never
 reported back to the git host; releases carry their checks; /api/v1/insights gives the page's figures."""
 
 from datetime import timedelta
@@ -49,11 +49,11 @@ def test_an_external_failure_keeps_a_release_out_and_its_later_success_lets_it_i
     assert refused.status_code == 409
     assert refused.json()["error"] == "refused"
     assert "staging requires passing checks" in refused.json()["detail"]
-    assert "ci/tests reported failure: 3 tests failed" in refused.json()["detail"]
+    assert "ci/tests (by alice) reported failure: 3 tests failed" in refused.json()["detail"]
     assert not Deployment.objects.exists()
 
     passed = report(client, ci, repository, release.commit_sha, state="success", url="https://ci.example/jobs/42")
-    assert passed.status_code == 200  # the same (commit, name): an update, not a second result
+    assert passed.status_code == 200  # the same (commit, name, reporter): an update, not a second result
     assert ExternalCheck.objects.get().target_url == "https://ci.example/jobs/42"
     promoted = promote(client, deployer, release, "staging")
     assert promoted.status_code == 201, promoted.content
@@ -73,7 +73,7 @@ def test_every_named_check_must_pass_the_portals_own_and_each_external_one(
     report(client, ci, repository, release.commit_sha, name="ci/lint", state="pending")
 
     pending = promote(client, deployer, release, "staging")
-    assert pending.status_code == 409 and "ci/lint is pending, not passed yet" in pending.json()["detail"]
+    assert pending.status_code == 409 and "ci/lint (by alice) is pending, not passed yet" in pending.json()["detail"]
     report(client, ci, repository, release.commit_sha, name="ci/lint", state="success")
     finished_check(repository, release.commit_sha, "failed", ref_name="feature/later")
     own_failed = promote(client, deployer, release, "staging")

@@ -6,6 +6,7 @@ a rule left behind for an endpoint that is gone fails too."""
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
@@ -77,8 +78,10 @@ def fill(route, objects):
 
 
 @pytest.fixture
-def callers(alice, make_token):
-    """Every kind of caller, each a token of alice (who may do everything) unless it has none."""
+def callers(alice, production, approvers, make_token):
+    """Every kind of caller, each a token of alice (who may do everything, and approve production) unless it has
+    none."""
+    alice.groups.add(approvers)
     expired = make_token(alice, *Scope.values, name="expired")
     ApiToken.objects.filter(name="expired").update(expires_at=timezone.now() - timedelta(seconds=1))
     revoked = make_token(alice, *Scope.values, name="revoked")
@@ -130,8 +133,11 @@ def test_every_endpoint_answers_every_caller_as_its_rule_says(client, objects, c
     assert seen >= 8 * 25
 
 
-def test_a_deploy_token_does_not_give_its_owner_the_deploy_permission(client, objects, charlie, make_token):
+def test_a_deploy_token_does_not_outlast_its_owners_deploy_permission(client, objects, charlie, make_token):
+    deploy = Permission.objects.get(codename="deploy", content_type__app_label="pipelines")
+    charlie.user_permissions.add(deploy)
     token = make_token(charlie, Scope.READ, Scope.DEPLOY)
+    charlie.user_permissions.remove(deploy)
     read = client.get(f"/api/v1/deployments/{objects['deployments/']}", **bearer(token))
     assert read.status_code == 200
     cancel = client.post(f"/api/v1/deployments/{objects['deployments/']}/cancel", **bearer(token))
@@ -139,13 +145,14 @@ def test_a_deploy_token_does_not_give_its_owner_the_deploy_permission(client, ob
     assert cancel.json() == {"error": "missing_permission", "detail": "charlie does not have the permission 'pipelines.deploy'."}
 
 
-def test_an_endpoint_without_a_rule_is_refused_to_everyone(rf, alice, make_token):
+def test_an_endpoint_without_a_rule_is_refused_to_everyone(rf, alice, production, approvers, make_token):
     """Fail closed: the check refuses what the table does not name, before it looks at the token."""
     from django.urls import ResolverMatch
 
     from api.auth import TokenAuth
     from api.errors import ApiError
 
+    alice.groups.add(approvers)
     request = rf.get("/api/v1/new-thing", HTTP_AUTHORIZATION=f"Bearer {make_token(alice, *Scope.values)}")
     request.resolver_match = ResolverMatch(lambda r: None, (), {}, url_name="api_new_thing")
     with pytest.raises(ApiError) as refused:

@@ -1,15 +1,19 @@
 """API tokens: stored hashed, shown once, scoped, expiring, revocable at once, rate limited, and audited as
 their owner "via token <name>"."""
 
+import re
+import shlex
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 import time_machine
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from api.models import ApiToken, Scope, ServiceAccount
 from pipelines.models import AuditEvent
-from tests.conftest import bearer
+from tests.conftest import bearer, set_stage
 
 
 def test_it_stores_only_a_hash_and_the_hash_is_not_a_token(client, alice, make_token):
@@ -76,7 +80,8 @@ def test_it_answers_429_with_retry_after_past_the_rate_limit(client, alice, make
 
 
 def test_issuetoken_prints_the_token_once_and_makes_a_service_account(client, alice, capsys):
-    call_command("issuetoken", "ci", "pipeline", "--scope", "read", "--scope", "deploy", "--service", "--by", "alice")
+    call_command("issuetoken", "ci", "pipeline", "--scope", "read", "--scope", "deploy", "--service", "--grant",
+                 "--by", "alice")
     plaintext = capsys.readouterr().out.strip()
     token = ApiToken.objects.get(name="pipeline")
     assert ServiceAccount.objects.filter(user=token.user, created_by=alice).exists()
@@ -85,3 +90,64 @@ def test_issuetoken_prints_the_token_once_and_makes_a_service_account(client, al
     assert client.get("/api/v1/status", **bearer(plaintext)).status_code == 200
     issued = AuditEvent.objects.get(action="api_token.issued")
     assert plaintext not in str(issued.details) and issued.actor == alice
+
+
+def test_issuetoken_refuses_a_scope_its_holder_lacks_and_issues_nothing(charlie):
+    with pytest.raises(CommandError) as refused:
+        call_command("issuetoken", "charlie", "laptop", "--scope", "read", "--scope", "deploy")
+    assert str(refused.value) == ("charlie may not hold the scope 'deploy': it needs the permission "
+                                  "'pipelines.deploy' (given to deployers). Grant it in the admin, or pass --grant "
+                                  "for a service account.")
+    with pytest.raises(CommandError, match="--grant gives permissions to service accounts only"):
+        call_command("issuetoken", "charlie", "laptop", "--scope", "deploy", "--grant")
+    assert not ApiToken.objects.exists() and not charlie.user_permissions.exists()
+
+
+def test_the_readmes_ci_recipe_makes_a_service_account_that_can_report_and_promote(client, capsys, repository,
+                                                                                 staging, make_release):
+    """One command: the service account, the permissions its scopes need, and the token (README, "Tokens")."""
+    set_stage(staging, requires_passing_checks=True, auto_deploy=False)
+    release = make_release(repository, "v1.0.0")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [recipe] = re.findall(r"`python manage.py (issuetoken ci pipeline [^`]*)`", readme)
+    call_command(*shlex.split(recipe))
+    plaintext = capsys.readouterr().out.strip()
+    ci = ApiToken.objects.get(name="pipeline").user
+    assert ci.has_perm("pipelines.deploy") and ci.has_perm("pipelines.report_checks")
+    reported = client.post(f"/api/v1/repositories/shop/commits/{release.commit_sha}/checks",
+                           {"name": "ci/tests", "state": "success"}, content_type="application/json", **bearer(plaintext))
+    assert reported.status_code == 201, reported.content
+    promoted = client.post(f"/api/v1/releases/{release.pk}/promote", {"environment": "staging"},
+                           content_type="application/json", **bearer(plaintext))
+    assert promoted.status_code == 201, promoted.content
+    granted = AuditEvent.objects.get(action="user.permissions_granted")
+    assert granted.details == {"user": "ci", "permissions": ["pipelines.deploy", "pipelines.report_checks"],
+                               "why": "the scopes of the token 'pipeline'"}
+
+
+def test_a_service_account_cannot_get_the_approve_scope_even_with_grant(django_user_model):
+    with pytest.raises(CommandError) as refused:
+        call_command("issuetoken", "robot", "approver", "--service", "--grant", "--scope", "approve")
+    assert str(refused.value) == ("robot may not hold the scope 'approve': it is a service account, and a service "
+                                  "account never decides on a change.")
+    assert not ApiToken.objects.exists()
+    assert not django_user_model.objects.filter(username="robot").exists()  # nothing half made
+
+
+def test_the_approve_scope_needs_an_approver_group_of_some_stage(production, approvers, charlie, make_token):
+    with pytest.raises(ValueError, match="charlie may not hold the scope 'approve': charlie is in no stage's approver"):
+        make_token(charlie, Scope.APPROVE)
+    charlie.groups.add(approvers)
+    assert make_token(charlie, Scope.APPROVE).startswith("gpt_")
+
+
+def test_a_deploy_token_loses_its_power_when_its_holder_loses_the_permission(client, repository, staging, bob,
+                                                                              make_release, make_token):
+    release = make_release(repository, "v1.0.0")
+    plaintext = make_token(bob, Scope.DEPLOY, Scope.READ)
+    bob.user_permissions.clear()
+    refused = client.post(f"/api/v1/releases/{release.pk}/promote", {"environment": "staging"},
+                          content_type="application/json", **bearer(plaintext))
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "missing_permission", "detail": "bob does not have the permission 'pipelines.deploy'."}
+    assert client.get("/api/v1/status", **bearer(plaintext)).status_code == 200  # reading needs no permission

@@ -40,3 +40,19 @@ def test_revoking_on_the_page_refuses_the_next_request(client, bob, charlie, mak
 def test_the_navigation_links_the_tokens_page(client, charlie):
     client.force_login(charlie)
     assert reverse("api_tokens") in client.get(reverse("dashboard")).content.decode()
+
+
+def test_it_refuses_a_scope_beyond_what_the_person_may_do_and_says_which(client, charlie):
+    client.force_login(charlie)
+    page = client.post(reverse("api_tokens"), {"name": "ci", "scopes": ["read", "checks:report"], "days": "30"})
+    assert page.status_code == 400
+    assert ("charlie may not hold the scope &#x27;checks:report&#x27;: it needs the permission "
+            "&#x27;pipelines.report_checks&#x27; (given to CI service accounts).") in page.content.decode()
+    assert not ApiToken.objects.exists()
+
+
+def test_the_page_says_which_scopes_the_person_cannot_have(client, charlie):
+    client.force_login(charlie)
+    html = client.get(reverse("api_tokens")).content.decode()
+    assert 'value="read">' in html
+    assert 'value="checks:report" disabled>' in html and "needs the permission" in html

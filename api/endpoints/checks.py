@@ -1,8 +1,10 @@
 """The checks of a commit: read them, and report an external one (a GitHub Actions or GitLab CI job) so that
 it counts for a stage that requires passing checks like the portal's own.
 
-Reporting needs the `checks:report` scope and no Django permission: a CI pipeline saying how a commit fared
-deploys nothing. The commit need not be fetched yet (CI often finishes before the next poll)."""
+Reporting needs the `checks:report` scope and its owner's `pipelines.report_checks` permission (a CI service
+account's): a result opens a stage that requires passing checks. It is the reporter's own result: it replaces
+only that reporter's earlier one of the same name (ExternalCheck.objects.report). The commit need not be
+fetched yet (CI often finishes before the next poll)."""
 
 import re
 
@@ -34,7 +36,7 @@ def commit_checks(request, name: str, sha: str):
 
 @router.post("/repositories/{name}/commits/{sha}/checks", response={200: schemas.CheckResult, 201: schemas.CheckResult},
              url_name="api_commit_checks_report",
-             summary="Report an external check result for a commit (201 new, 200 an update of the same name)")
+             summary="Report an external check result for a commit (201 new, 200 an update of your own of that name)")
 def commit_check_report(request, name: str, sha: str, body: schemas.CheckReportIn):
     repository = _repository(name)
     sha = _sha(sha)

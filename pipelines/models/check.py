@@ -116,8 +116,9 @@ class CheckQuerySet(models.QuerySet):
         """Why `release` may not go to a stage that requires passing checks, in words, or "".
 
         Every named check of its commit counts: the portal's own (its latest run that was not cancelled, on
-        any branch or pull request) and each external one reported through the API (its latest report). All
-        must have passed, and at least one must exist."""
+        any branch or pull request) and each external result reported through the API (the latest report of
+        each reporter: when two reporters report the same name, both results must pass, so nobody's green
+        hides CI's red). All must have passed, and at least one must exist."""
         from .external_check import ExternalCheck
 
         sha = release.commit_sha[:10]

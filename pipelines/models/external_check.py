@@ -1,14 +1,19 @@
 """Check results reported from outside the portal (GitHub Actions, GitLab CI…) through the API.
 
-One row per (repository, commit, name): a later report of the same name replaces the state (a CI job goes
-pending, then success). Nothing runs here, so this is not a FencedRun, and nothing is reported back to the
+Only holders of `pipelines.report_checks` (CI service accounts) report, and each result is its reporter's:
+one row per (repository, commit, name, reporter). A later report by the same reporter replaces its state (a CI
+job goes pending, then success); another reporter's report of the same name is a result of its own, which
+leaves the first untouched, and a stage counts both. Nothing runs here, so this is not a FencedRun, and nothing is reported back to the
 git host: the result came from CI or the host itself, and the portal's own status context
 (`Check.HOST_CONTEXT`) stays the portal's. A stage that requires passing checks counts them like the
 portal's own (`CheckQuerySet.refusal_for`)."""
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 from django.utils import timezone
+
+from pipelines.permissions import REPORT_CHECKS
 
 from .audit import AuditEvent
 
@@ -21,16 +26,26 @@ class ExternalCheckState(models.TextChoices):
     ERROR = "error", "Error"
 
 
+class ReportRefused(PermissionDenied):
+    """This user may not report check results; the message says why."""
+
+
 class ExternalCheckQuerySet(models.QuerySet):
-    def report(self, repository, *, commit_sha, name, state, target_url="", description="", by=None):
-        """Record `state` for the check `name` of `commit_sha` (a new one, or a change of the existing one) with
-        its audit event; returns (check, created). A report saying exactly what is recorded changes nothing."""
+    def report(self, repository, *, commit_sha, name, state, by, target_url="", description=""):
+        """Record `by`'s result `state` for the check `name` of `commit_sha` (a new one, or a change of `by`'s own
+        earlier result of that name) with its audit event; returns (check, created). Another reporter's result
+        of the same name is never touched. A report saying exactly what is recorded changes nothing."""
+        if by is None or not by.has_perm(REPORT_CHECKS):
+            who = by.get_username() if by is not None else "Nobody"
+            raise ReportRefused(f"{who} does not have the permission {REPORT_CHECKS!r}: only CI service accounts "
+                                f"given it report check results.")
         if state not in ExternalCheckState.values:
             raise ValueError(f"Unknown state {state!r}: one of {', '.join(ExternalCheckState.values)}.")
         now = timezone.now()
         finished_at = None if state == ExternalCheckState.PENDING else now
         with transaction.atomic():
-            check = self.select_for_update().filter(repository=repository, commit_sha=commit_sha, name=name).first()
+            same_name = self.filter(repository=repository, commit_sha=commit_sha, name=name)
+            check = same_name.select_for_update().filter(reported_by=by).first()
             created = check is None
             if created:
                 check = self.create(repository=repository, commit_sha=commit_sha, name=name, state=state,
@@ -41,18 +56,23 @@ class ExternalCheckQuerySet(models.QuerySet):
             else:
                 previous = check.state
                 check.state, check.target_url, check.description = state, target_url, description
-                check.reported_by, check.updated_at, check.finished_at = by, now, finished_at
-                check.save(update_fields=["state", "target_url", "description", "reported_by", "updated_at",
-                                          "finished_at"])
-            details = {"commit": commit_sha, "name": name, "state": state, "url": target_url}
+                check.updated_at, check.finished_at = now, finished_at
+                check.save(update_fields=["state", "target_url", "description", "updated_at", "finished_at"])
+            details = {"commit": commit_sha, "name": name, "state": state, "url": target_url,
+                       "reporter": by.get_username()}
             if not created:
                 details["previous_state"] = previous
+            # Who else reported this name: their results stay and count too, which the log makes plain.
+            others = same_name.exclude(pk=check.pk).select_related("reported_by")
+            if others := sorted(other.reporter_name for other in others):
+                details["other_reporters"] = others
             AuditEvent.objects.record(action="check.external_reported", actor=by, obj=check, repository=repository,
                                       details=details)
         return check, created
 
     def for_commit(self, repository, commit_sha):
-        return self.filter(repository=repository, commit_sha=commit_sha).order_by("name")
+        return (self.filter(repository=repository, commit_sha=commit_sha).select_related("reported_by")
+                .order_by("name", "reported_by__username"))
 
 
 class ExternalCheck(models.Model):
@@ -93,11 +113,16 @@ class ExternalCheck(models.Model):
     def passed(self):
         return self.state == ExternalCheckState.SUCCESS
 
+    @property
+    def reporter_name(self):
+        # None only for results whose reporter's account was deleted since (the row stays, and still counts).
+        return self.reported_by.get_username() if self.reported_by is not None else "a deleted user"
+
     def refusal(self):
-        """Why this result does not pass, in words, or ""."""
+        """Why this result does not pass, in words, or "". It names the reporter: a name may have several."""
         if self.passed:
             return ""
         said = f": {self.description}" if self.description else ""
         if self.state == ExternalCheckState.PENDING:
-            return f"{self.name} is pending, not passed yet{said}"
-        return f"{self.name} reported {self.state}{said}"
+            return f"{self.name} (by {self.reporter_name}) is pending, not passed yet{said}"
+        return f"{self.name} (by {self.reporter_name}) reported {self.state}{said}"

@@ -59,6 +59,8 @@ class Stage(Schema):
     position: int
     auto_deploy: bool
     requires_approval: bool
+    take_prereleases: bool  # promoted here automatically (a person may still deploy one)
+    version_constraint: str  # PEP 440; "" takes every version
     required_approvals: int | None
     approver_group: str | None
     allow_api_approval: bool

@@ -535,13 +535,15 @@ def _save_secrets(request, form, formset):
 
 class StageFormSet(forms.BaseInlineFormSet):
     # Every field of a stage decides where releases go without a person: all of it goes on record.
-    audited_fields = ["environment", "position", "auto_deploy", "requires_approval", "requires_passing_checks"]
+    audited_fields = ["environment", "position", "auto_deploy", "requires_approval", "requires_passing_checks",
+                      "take_prereleases", "version_constraint"]
 
 
 class StageInline(admin.TabularInline):
     model = Stage
     formset = StageFormSet
-    fields = ["position", "environment", "auto_deploy", "requires_approval", "requires_passing_checks"]
+    fields = ["position", "environment", "auto_deploy", "requires_approval", "requires_passing_checks",
+              "take_prereleases", "version_constraint"]
     ordering = ["position"]
     extra = 1
 
@@ -561,12 +563,16 @@ class LifecycleAdmin(AuditedAdmin):
     @admin.display(description="stages")
     def stage_names(self, lifecycle):
         stages = sorted(lifecycle.stages.all(), key=lambda stage: stage.position)
-        return " → ".join(stage.environment.name + (" (approval)" if stage.requires_approval else "")
+        return " → ".join(stage.environment.name + "".join(f" ({note})" for note in _stage_notes(stage))
                           for stage in stages) or "—"
 
     @admin.display(description="repositories")
     def repository_count(self, lifecycle):
         return len(lifecycle.repositories.all())
+
+
+def _stage_notes(stage):
+    return (["approval"] if stage.requires_approval else []) + ([stage.version_rule] if stage.version_rule else [])
 
 
 # --- what the portal recorded: read-only -------------------------------------------------------------

@@ -154,8 +154,8 @@ def retry(deployment, *, by):
 
 
 def _promote_automatically(release, stage, since=None):
-    """Promote `release` to the environment of `stage` if the stage deploys automatically and that is not
-    paused there.
+    """Promote `release` to the environment of `stage` if the stage deploys automatically, takes that
+    version (Stage.version_refusal) and is not paused there; a skip is recorded with its reason.
 
     `since` makes it idempotent for follow-ups, which may run twice: a deployment of this release to
     this environment created at or after `since` is the one a previous attempt made."""
@@ -166,6 +166,14 @@ def _promote_automatically(release, stage, since=None):
         earlier = Deployment.objects.filter(release=release, environment=environment, created_at__gte=since).first()
         if earlier is not None:
             return earlier
+    refusal = stage.version_refusal(release)
+    if refusal:
+        # Only automatic promotion obeys the rule: a person may still deploy the release by hand (warned).
+        AuditEvent.objects.record(
+            action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
+            details={"release": release.version, "reason": refusal},
+        )
+        return None
     target = Target.objects.for_pair(release.repository, environment)
     if target.auto_deploy_paused:
         AuditEvent.objects.record(
@@ -193,7 +201,8 @@ def on_release_recorded(release, since=None):
 def next_stage(deployment):
     """Where a success of `deployment` may promote its release automatically, or None: the next stage of
     the lifecycle that its file names, if that one deploys automatically; never after a rollback, which
-    stays put."""
+    stays put. Whether that stage takes the release's version is decided when promoting, so that a
+    refusal is recorded with its reason (_promote_automatically)."""
     if deployment.trigger == Deployment.Trigger.ROLLBACK:
         return None
     stages = stages_for(deployment.release)

@@ -4,7 +4,8 @@
 Built from rows the view loads once (the release's deployments, the repository's targets), so the page
 makes the same number of queries however many stages and deployments there are.
 
-Why a poll did not promote a release is derived, not stored: a newer version was recorded before it."""
+Why a release was not promoted automatically is derived from the rules, not stored: each stage's version
+rule (Stage.version_refusal), and the order a poll promotes by (a newer version recorded before it)."""
 
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ class StageStep:
     deployment: Deployment | None  # this release's latest deployment there
     current_release: object  # the Release running there now, or None
     runs_here: bool  # this release is what runs there now
+    version_refusal: str = ""  # why the stage does not take this release automatically, or ""
 
     @property
     def environment(self):
@@ -77,7 +79,8 @@ def stage_steps(release, stages, deployments, targets):
         target = by_environment.get(stage.environment_id)
         current = target.current_release if target is not None else None
         steps.append(StageStep(stage=stage, deployment=latest.get(stage.environment_id), current_release=current,
-                               runs_here=current is not None and current.pk == release.pk))
+                               runs_here=current is not None and current.pk == release.pk,
+                               version_refusal=stage.version_refusal(release)))
     return steps
 
 

@@ -155,9 +155,10 @@ def test_a_lifecycles_stages_are_edited_inline_and_each_change_is_on_record(clie
         "name": "default", "description": "",
         "stages-TOTAL_FORMS": 2, "stages-INITIAL_FORMS": 2, "stages-MIN_NUM_FORMS": 0, "stages-MAX_NUM_FORMS": 1000,
         "stages-0-id": first.pk, "stages-0-lifecycle": lifecycle.pk, "stages-0-position": 10,
-        "stages-0-environment": staging.pk,
+        "stages-0-environment": staging.pk, "stages-0-take_prereleases": "on",
         "stages-1-id": second.pk, "stages-1-lifecycle": lifecycle.pk, "stages-1-position": 20,
         "stages-1-environment": production.pk, "stages-1-auto_deploy": "on", "stages-1-requires_approval": "on",
+        "stages-1-take_prereleases": "on",
         "_save": "Save",
     })
     assert response.status_code == 302, response.content.decode()[:3000]
@@ -165,6 +166,48 @@ def test_a_lifecycles_stages_are_edited_inline_and_each_change_is_on_record(clie
     assert first.auto_deploy is False
     event = AuditEvent.objects.get(action="admin.change", object_type="pipelines.stage")
     assert event.details == {"of": "default", "values": {"auto_deploy": [True, False]}}
+
+
+def stage_rows(lifecycle, **production_fields):
+    """The inline's POST for the two stages of `lifecycle` (staging, production), as a browser sends it."""
+    first, second = lifecycle.stages.order_by("position")
+    rows = {
+        "stages-TOTAL_FORMS": 2, "stages-INITIAL_FORMS": 2, "stages-MIN_NUM_FORMS": 0, "stages-MAX_NUM_FORMS": 1000,
+        "stages-0-id": first.pk, "stages-0-lifecycle": lifecycle.pk, "stages-0-position": 10,
+        "stages-0-environment": first.environment_id, "stages-0-auto_deploy": "on", "stages-0-take_prereleases": "on",
+        "stages-1-id": second.pk, "stages-1-lifecycle": lifecycle.pk, "stages-1-position": 20,
+        "stages-1-environment": second.environment_id, "stages-1-auto_deploy": "on", "stages-1-requires_approval": "on",
+    }
+    rows.update({f"stages-1-{name}": value for name, value in production_fields.items()})
+    return rows
+
+
+def test_a_stages_version_rules_are_set_inline_checked_and_on_record(client, alice, environments):
+    from pipelines.models import Lifecycle, Stage
+
+    lifecycle = Lifecycle.objects.get(name="default")
+    client.force_login(alice)
+    url = reverse("admin:pipelines_lifecycle_change", args=[lifecycle.pk])
+
+    refused = client.post(url, {"name": "default", "description": "", "_save": "Save",
+                                **stage_rows(lifecycle, version_constraint="2.x")})
+
+    assert refused.status_code == 200
+    assert ("&#x27;2.x&#x27; is not a version constraint: write PEP 440 specifiers separated by commas, such as "
+            "&gt;=2,&lt;3 or ~=1.4.") in refused.content.decode()
+    assert not AuditEvent.objects.filter(action="admin.change").exists()
+
+    saved = client.post(url, {"name": "default", "description": "", "_save": "Save",
+                              **stage_rows(lifecycle, version_constraint=" >=2,<3 ")})
+
+    assert saved.status_code == 302, saved.content.decode()[:3000]
+    production = Stage.objects.get(lifecycle=lifecycle, environment__name="production")
+    assert (production.take_prereleases, production.version_constraint) == (False, ">=2,<3")
+    event = AuditEvent.objects.get(action="admin.change", object_type="pipelines.stage")
+    assert event.details == {"of": "default", "values": {"take_prereleases": [True, False],
+                                                         "version_constraint": ["", ">=2,<3"]}}
+    listed = client.get(reverse("admin:pipelines_lifecycle_changelist")).content.decode()
+    assert "staging → production (approval) (no pre-releases · &gt;=2,&lt;3)" in listed
 
 
 # --- poll now --------------------------------------------------------------------------------------

@@ -217,6 +217,7 @@ def lifecycles(request):
         by_lifecycle.setdefault(stage.lifecycle_id, []).append({
             "environment": stage.environment.name, "position": stage.position, "auto_deploy": stage.auto_deploy,
             "requires_approval": stage.requires_approval,
+            "take_prereleases": stage.take_prereleases, "version_constraint": stage.version_constraint,
             "required_approvals": policy.required_approvals if policy else None,
             "approver_group": policy.approver_group.name if policy else None,
             "allow_api_approval": bool(policy and policy.allow_api_approval),

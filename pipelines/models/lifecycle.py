@@ -3,9 +3,13 @@
 An Environment is a real place (freeze windows belong to it) and is shared; a Stage puts one environment
 into one lifecycle with that lifecycle's rules, so a small team's automatic production and a regulated
 service's two-approver production coexist. `pipelines` knows only whether a stage holds its deployments
-for approval; who may approve, and how many, is the upper layer's part of the stage (approvals.StagePolicy)."""
+for approval; who may approve, and how many, is the upper layer's part of the stage (approvals.StagePolicy).
+Which versions a stage takes is about promotion, so it is the stage's own (pipelines/versions.py reads them)."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
+
+from pipelines import versions
 
 DEFAULT_LIFECYCLE = "default"
 
@@ -46,6 +50,14 @@ class Stage(models.Model):
         default=False, help_text="Deployments here wait for approval (the approval policy says by whom).")
     requires_passing_checks = models.BooleanField(
         default=False, help_text="Only releases whose commit passed its checks (the `checks:` steps) are promoted here.")
+    # True by default, and for the stages an upgrade finds: a new rule must not stop what deployed before.
+    take_prereleases = models.BooleanField(
+        default=True, help_text="Promote pre-releases (2.0.0rc1, 2.0.0b1, 2.0.0.dev3) here automatically. "
+                                "A person may still deploy one by hand.")
+    version_constraint = models.CharField(
+        max_length=200, blank=True,
+        help_text="Promote here automatically only versions that meet this PEP 440 constraint, e.g. >=2,<3 "
+                  "(a tag that is no version never does). Empty: every version.")
 
     objects = StageQuerySet.as_manager()
 
@@ -58,3 +70,23 @@ class Stage(models.Model):
 
     def __str__(self):
         return f"{self.lifecycle} / {self.environment}"
+
+    def clean(self):
+        self.version_constraint = self.version_constraint.strip()
+        error = versions.constraint_error(self.version_constraint)
+        if error:
+            raise ValidationError({"version_constraint": error})
+
+    @property
+    def version_rule(self):
+        """Which versions the stage takes, for its heading ("no pre-releases · >=2,<3"); "" when all."""
+        parts = [] if self.take_prereleases else ["no pre-releases"]
+        if self.version_constraint:
+            parts.append(self.version_constraint)
+        return " · ".join(parts)
+
+    def version_refusal(self, release):
+        """Why this stage does not take `release` automatically ("not taken by production: pre-release"), or ""."""
+        reason = versions.rule_refusal(release, take_prereleases=self.take_prereleases,
+                                       constraint=self.version_constraint)
+        return f"not taken by {self.environment}: {reason}" if reason else ""

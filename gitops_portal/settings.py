@@ -38,6 +38,13 @@ GITOPS_WORK_DIR = Path(os.environ.get("GITOPS_WORK_DIR", GITOPS_DATA_DIR / "work
 # An unprivileged account for deploy steps (workers then run as root): a step cannot read the worker's
 # environment or the portal's files. Empty: steps run as the worker's own user.
 GITOPS_STEP_USER = os.environ.get("GITOPS_STEP_USER", "")
+# What seals every step away from the portal's keys, database and Redis password (pipelines/sandbox.py):
+# auto (bubblewrap where it works, else Landlock), bubblewrap, landlock, or none. Where no seal works, steps
+# are refused unless GITOPS_ALLOW_UNSEALED_STEPS=1 (a throwaway demo only: every page then says so).
+GITOPS_STEP_SANDBOX = os.environ.get("GITOPS_STEP_SANDBOX", "auto").strip().lower()
+if GITOPS_STEP_SANDBOX not in {"auto", "bubblewrap", "landlock", "none"}:
+    raise ImproperlyConfigured(f"GITOPS_STEP_SANDBOX must be auto, bubblewrap, landlock or none, not {GITOPS_STEP_SANDBOX!r}.")
+GITOPS_ALLOW_UNSEALED_STEPS = envbool("GITOPS_ALLOW_UNSEALED_STEPS", False)
 # A running deployment beats this often; one whose heartbeat is older than WORKER_LOST_AFTER is lost.
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from pipelines import artifacts, followups, git, masking, runner
+from pipelines import artifacts, followups, git, masking, runner, sandbox
 from pipelines.models import Build, StaleStatus
 from pipelines.models.deployment import this_host
 
@@ -56,6 +56,9 @@ def run_claimed(run, log, execute):
         except Exception:
             logger.exception("could not record that %s %s was stopped", noun, run.pk)
         raise
+    except sandbox.StepsUnsealed as exc:  # not a crash: said in the log already, and the reason is the error
+        log.close()
+        runner._record(run, "failure", lambda: run.fail(str(exc)))
     except Exception as exc:
         logger.exception("%s %s crashed in the portal", noun, run.pk)
         try:

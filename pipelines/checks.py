@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
 from django.core.checks import Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 
 
 def _password_of(url):
@@ -85,5 +86,20 @@ def check_artifact_storage(app_configs, **kwargs):
             hint='Add it, e.g. {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": '
             '"/var/lib/gitops/artifacts"}}, or any django-storages backend shared by all workers.',
             id="pipelines.E004",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_unsealed_steps_are_not_allowed(app_configs, **kwargs):
+    """GITOPS_ALLOW_UNSEALED_STEPS is a throwaway demo's setting (pipelines/sandbox.py): `check --deploy` says so."""
+    if not settings.GITOPS_ALLOW_UNSEALED_STEPS:
+        return []
+    return [
+        CheckWarning(
+            "GITOPS_ALLOW_UNSEALED_STEPS is on: where no sandbox works, any step can read the portal's keys, its "
+            "database and every environment's secrets.",
+            hint="Unset it, and install bubblewrap on the workers or run them on a kernel with Landlock.",
+            id="pipelines.W001",
         )
     ]

@@ -102,6 +102,9 @@ def run_deployment(deployment_id):
         except Exception:
             logger.exception("could not record that deployment %s was stopped", deployment.pk)
         raise
+    except sandbox.StepsUnsealed as exc:  # not a crash: said in the log already, and the reason is the error
+        log.close()
+        _record(deployment, "failure", lambda: deployment.fail(str(exc)))
     except Exception as exc:
         logger.exception("deployment %s crashed in the portal", deployment.pk)
         try:
@@ -563,18 +566,27 @@ def run_step(deployment, step, workdir, environment, heartbeat, log, account=Non
     `deployment`: anything with `record_step()` (a Build too); `shared`: folders besides `workdir` the step
     may use (see sandbox.wrap)."""
     as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
-    process = subprocess.Popen(
-        sandbox.wrap(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir,
-                     timeout=step.timeout, shared=shared),
-        cwd=workdir,
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,  # on its own pipe, so its lines are marked in the log
-        start_new_session=True,  # its own process group, killed as a whole
-        preexec_fn=_die_with_the_runner,
-        **as_account,
-    )
+    refusal = sandbox.refusal(account)
+    if refusal is not None:  # no seal works here: the step does not start (the run fails with the reason)
+        log.write(f"==> {refusal}\n")
+        raise sandbox.StepsUnsealed(refusal)
+    with sandbox.sealed(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir,
+                        timeout=step.timeout, shared=shared, environment=environment,
+                        preexec=_die_with_the_runner) as (command, preexec, seal):
+        if seal is None:
+            log.write("==> UNSEALED: no sandbox works here and GITOPS_ALLOW_UNSEALED_STEPS=1 lets this step run "
+                      "anyway; it can read the portal's keys, its database and every environment's secrets\n")
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,  # on its own pipe, so its lines are marked in the log
+            start_new_session=True,  # its own process group, killed as a whole
+            preexec_fn=preexec,
+            **as_account,
+        )
     heartbeat.step_pgid = process.pid
     try:
         _record_step(deployment, process.pid)

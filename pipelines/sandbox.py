@@ -1,4 +1,4 @@
-"""How a deploy step's command line is wrapped before it starts (see pipelines/runner.py).
+"""How a step's command line is wrapped and sealed before it starts (see pipelines/runner.py).
 
 Two layers, outermost first:
 
@@ -6,14 +6,28 @@ Two layers, outermost first:
    with a parent-death signal (SIGTERM when the runner dies: the worker, or its work-horse), so whatever happens to the runner
    the supervisor forwards SIGTERM to the step's whole process group and SIGKILLs it 5 s later; and it
    enforces the step's `timeout` on its own, even when no runner is left to do it.
-2. Where bubblewrap works (probed once per account, then cached), a private PID namespace and a private
-   view of the portal's directories: `/proc` shows only the step's own processes (not the worker's
-   `/proc/<pid>/environ`, which holds SECRET_KEY, DATABASE_URL and REDIS_URL), the data, work and mirror
-   directories are empty tmpfs except the deployment's own checkout, and when the namespace's first
-   process dies the kernel kills every process the step started, even one that left its process group.
-   Where bubblewrap is missing or fails its probe, steps run without it; that is logged once.
+2. A seal, which keeps the portal's keys, database and Redis password out of the step's reach in every mode,
+   the default one (no step account) included. settings.GITOPS_STEP_SANDBOX chooses it: `auto` (the first
+   that works here, in this order), `bubblewrap`, `landlock` or `none`.
+   - bubblewrap, where it works (probed once per account, then cached): a private PID namespace and a
+     private view of the portal's directories: `/proc` shows only the step's own processes (not the
+     worker's `/proc/<pid>/environ`, which holds SECRET_KEY, DATABASE_URL and REDIS_URL), the data, work,
+     mirror and artifact directories are empty tmpfs except the run's own folders, and when the
+     namespace's first process dies the kernel kills every process the step started, even one that left
+     its process group.
+   - Landlock (pipelines/landlock.py), where bubblewrap is missing: the kernel's unprivileged file-system
+     sandbox, applied in the step's child before exec and inherited by all it starts. The step may read
+     and run the system (/usr, /etc, /proc …) and write its own folders, /tmp and its HOME, and nothing of
+     the portal's (see `_landlock_ruleset`); it may not ptrace or read /proc/<pid>/environ of any process
+     outside its sandbox, nor signal one (ABI 6). Where the worker is root, the step loses the powers
+     that get around a path-based sandbox (`_ROOT_POWERS_DROPPED`).
+   With neither, steps are refused (StepsUnsealed, which says why and what to do) unless the admin set
+   GITOPS_ALLOW_UNSEALED_STEPS=1, for a throwaway demo; then each step's log and every page say so.
 """
 
+import contextlib
+import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -23,6 +37,8 @@ import threading
 
 from django.conf import settings
 
+from pipelines import landlock
+
 logger = logging.getLogger(__name__)
 
 KILL_AFTER_SECONDS = 5
@@ -31,18 +47,90 @@ KILL_AFTER_SECONDS = 5
 # environment of a non-dumpable worker).
 _ROOT_CAPS_DROPPED = ("CAP_SYS_ADMIN", "CAP_SYS_PTRACE")
 
+BUBBLEWRAP, LANDLOCK = "bubblewrap", "landlock"
+
 _probed = {}
+_bubblewrap_problems = {}
+_landlock_probed = []  # [(abi or None, problem)] once probed
+_announced = set()
 _probe_lock = threading.Lock()
+
+
+class StepsUnsealed(RuntimeError):
+    """No seal works for steps here and unsealed steps are not allowed: the run fails with this reason."""
+
+
+def seal_for(account=None):
+    """The seal of steps run as `account` (None: as the worker) on this machine: BUBBLEWRAP, LANDLOCK, or
+    None where none works or the admin chose none (settings.GITOPS_STEP_SANDBOX). Said once in the log."""
+    choice = settings.GITOPS_STEP_SANDBOX
+    seal = None
+    if choice in ("auto", BUBBLEWRAP) and bubblewrap_for(account) is not None:
+        seal = BUBBLEWRAP
+    elif choice in ("auto", LANDLOCK) and landlock_abi() is not None:
+        seal = LANDLOCK
+    _announce(account, choice, seal)
+    return seal
+
+
+def refusal(account=None):
+    """Why steps run as `account` may not start here, or None when they may: sealed, or unsealed steps allowed."""
+    if seal_for(account) is not None or settings.GITOPS_ALLOW_UNSEALED_STEPS:
+        return None
+    choice = settings.GITOPS_STEP_SANDBOX
+    if choice == "none":
+        why = "GITOPS_STEP_SANDBOX=none turns the step sandbox off"
+    else:
+        uid = account.pw_uid if account is not None else os.geteuid()
+        reasons = []
+        if choice in ("auto", BUBBLEWRAP):
+            reasons.append(f"bubblewrap does not work here ({_bubblewrap_problems.get(uid, 'not probed')})")
+        if choice in ("auto", LANDLOCK):
+            reasons.append(f"Landlock is unavailable ({_landlock_probed[0][1] if _landlock_probed else 'not probed'})")
+        why = " and ".join(reasons)
+    return (f"Steps are not run unsealed: {why}, and an unsealed step could read the portal's keys, its database "
+            f"and every environment's secrets. Install bubblewrap or run the worker on a kernel with Landlock; "
+            f"only for a throwaway demo, set GITOPS_ALLOW_UNSEALED_STEPS=1.")
+
+
+@contextlib.contextmanager
+def sealed(argv, *, account=None, workdir=None, timeout=None, shared=(), environment=None, preexec=None):
+    """Yields (command, preexec_fn, seal) that start `argv` as a sealed step (see wrap for the arguments):
+    bubblewrap is in the command, a Landlock ruleset is built here, applied by the preexec_fn in the child
+    after `preexec`, and closed when the block ends (once the step has started). `environment`: the step's,
+    whose HOME it may write and whose PATH it may run. Raises StepsUnsealed where steps may not start."""
+    reason = refusal(account)
+    if reason is not None:
+        raise StepsUnsealed(reason)
+    seal = seal_for(account)
+    command = wrap(argv, account=account, workdir=workdir, timeout=timeout, shared=shared)
+    if seal != LANDLOCK:
+        yield command, preexec, seal
+        return
+    ruleset = _landlock_ruleset(workdir, shared, environment or {})
+    as_root = (account.pw_uid if account is not None else os.geteuid()) == 0
+
+    def seal_the_child():
+        if preexec is not None:
+            preexec()
+        if as_root:
+            _drop_root_powers()
+        ruleset.restrict_self()
+
+    try:
+        yield command, seal_the_child, seal
+    finally:
+        ruleset.close()
 
 
 def wrap(argv, *, account=None, workdir=None, timeout=None, shared=()):
     """The command that runs `argv` as a step: under the supervisor when a `timeout` is given, inside
-    bubblewrap where it works. `shared`: further folders of this run the step uses besides its checkout
-    (a build's $GITOPS_ARTIFACTS/, say), bound back in like the checkout."""
+    bubblewrap where that is the seal (a Landlock seal is applied by `sealed`, in the child). `shared`:
+    further folders of this run the step uses besides its checkout (a build's $GITOPS_ARTIFACTS/, say),
+    bound back in like the checkout."""
     command = list(argv)
-    bwrap = bubblewrap_for(account)
-    if bwrap is not None:
-        command = [*bwrap, *_hidden_directories(workdir, account, shared), "--", *command]
+    if seal_for(account) == BUBBLEWRAP:
+        command = [*bubblewrap_for(account), *_hidden_directories(workdir, account, shared), "--", *command]
     if timeout is not None:
         supervisor = shutil.which("timeout") or "timeout"
         command = [supervisor, f"--kill-after={KILL_AFTER_SECONDS}", f"{int(timeout)}s", *command]
@@ -70,8 +158,9 @@ def _base_command(binary, uid):
 def _probe(account, uid):
     binary = shutil.which("bwrap")
     if binary is None:
-        logger.warning("bubblewrap (bwrap) is not installed: deploy steps run without a private PID namespace "
-                       "and can see the worker's processes and the data directory (file permissions still apply).")
+        _bubblewrap_problems[uid] = "bwrap is not installed"
+        logger.warning("bubblewrap (bwrap) is not installed: steps run without a private PID namespace; they are "
+                       "sealed by Landlock instead where the kernel offers it.")
         return None
     command = _base_command(binary, uid)
     as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
@@ -84,9 +173,9 @@ def _probe(account, uid):
         if result.returncode == 0:
             return command
         problem = result.stderr.strip() or f"exit status {result.returncode}"
-    logger.warning("bubblewrap does not work here for uid %s (%s): deploy steps run without a private PID "
-                   "namespace and can see the worker's processes and the data directory (file permissions "
-                   "still apply).", uid, problem)
+    _bubblewrap_problems[uid] = problem
+    logger.warning("bubblewrap does not work here for uid %s (%s): steps run without a private PID namespace; "
+                   "they are sealed by Landlock instead where the kernel offers it.", uid, problem)
     return None
 
 
@@ -94,7 +183,7 @@ def _hidden_directories(workdir, account=None, shared=()):
     """tmpfs over the portal's directories, then the deployment's own checkout bound back in. A directory
     the step's account cannot even reach is closed already (and bwrap, unprivileged, could not mount there)."""
     hidden = []
-    for directory in (settings.GITOPS_DATA_DIR, settings.GITOPS_WORK_DIR, settings.GITOPS_MIRROR_DIR):
+    for directory in _portal_directories():
         path = os.path.realpath(directory)
         if not os.path.isdir(path) or path == os.sep or not _reachable(path, account):
             continue
@@ -131,3 +220,163 @@ def _reachable(path, account):
             return False
         current = os.path.join(current, part)
     return True
+
+
+def _portal_directories():
+    """The portal's own folders, which no step may see beyond its own run's: the data directory (keys,
+    the embedded database, Redis and its password), the work directory (other runs' checkouts), the git
+    mirrors and the stored artifacts. The last three may lie elsewhere."""
+    return (settings.GITOPS_DATA_DIR, settings.GITOPS_WORK_DIR, settings.GITOPS_MIRROR_DIR,
+            settings.GITOPS_ARTIFACT_DIR)
+
+
+# --- Landlock -----------------------------------------------------------------------------------------------
+
+# Read and run: the system. Write: the scratch places every tool expects. A few devices: /dev as a whole
+# would let a root step read the disks beneath any rule.
+_SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/proc", "/sys",
+                "/run", "/var", "/nix", "/snap")
+_SYSTEM_WRITE = ("/tmp", "/var/tmp", "/dev/shm")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts")
+# Where the worker is root, the step's root loses what gets around a path-based sandbox: reading by file
+# handle (CAP_DAC_READ_SEARCH), raw memory and /proc/kcore (CAP_SYS_RAWIO), kernel modules, BPF and perf,
+# device nodes, mounts and ptrace. As for bubblewrap's root steps, its other powers stay.
+_ROOT_POWERS_DROPPED = {"CAP_DAC_READ_SEARCH": 2, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_PTRACE": 19,
+                        "CAP_SYS_ADMIN": 21, "CAP_MKNOD": 27, "CAP_PERFMON": 38, "CAP_BPF": 39}
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+# Loaded now: a child between fork and exec must not load a library (the loader's lock may be held by a
+# thread that did not follow it).
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def landlock_abi():
+    """The Landlock ABI version steps are sealed with here, or None where the kernel offers none or it
+    does not work (probed once per process: a ruleset applied to `true` in a child)."""
+    with _probe_lock:
+        if not _landlock_probed:
+            _landlock_probed.append(_probe_landlock())
+        return _landlock_probed[0][0]
+
+
+def _probe_landlock():
+    try:
+        abi = landlock.abi_version()
+        ruleset = landlock.Ruleset(abi)
+        try:
+            ruleset.allow("/", landlock.READ)
+            result = subprocess.run([shutil.which("true") or "/bin/true"], preexec_fn=ruleset.restrict_self,
+                                    capture_output=True, timeout=15, env={"PATH": "/usr/bin:/bin"})
+        finally:
+            ruleset.close()
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("Landlock is unavailable here (%s)", exc)
+        return None, str(exc)
+    if result.returncode != 0:
+        return None, f"a sealed `true` exited with status {result.returncode}"
+    return abi, ""
+
+
+def _announce(account, choice, seal):
+    """Say once per account and choice which seal steps run under (the fallbacks' reasons are logged by the probes)."""
+    key = (account.pw_uid if account is not None else None, choice, seal, settings.GITOPS_ALLOW_UNSEALED_STEPS)
+    if key in _announced:
+        return
+    _announced.add(key)
+    who = f"as {account.pw_name}" if account is not None else "as the worker's own user"
+    if seal == LANDLOCK:
+        logger.info("steps run %s, sealed by Landlock (ABI %s)", who, landlock_abi())
+    elif seal == BUBBLEWRAP:
+        logger.info("steps run %s, sealed by bubblewrap", who)
+    elif settings.GITOPS_ALLOW_UNSEALED_STEPS:
+        logger.warning("steps run %s UNSEALED (GITOPS_ALLOW_UNSEALED_STEPS=1): any step can read the portal's "
+                       "keys, its database and every environment's secrets", who)
+    else:
+        logger.error("no sandbox works for steps here (GITOPS_STEP_SANDBOX=%s): steps are refused", choice)
+
+
+def _landlock_ruleset(workdir, shared, environment):
+    """The Landlock rules of one step: the system to read and run, scratch places and its HOME to write,
+    its own folders (checkout, `shared`) to write, and none of the portal's (`_denied`), even where one lies
+    inside an allowed directory (its siblings are allowed instead, one by one)."""
+    ruleset = landlock.Ruleset(landlock_abi())
+    try:
+        denied = _denied()
+        grant = lambda path, rights: _grant(ruleset, os.path.realpath(path), rights, denied)  # noqa: E731
+        for path in _SYSTEM_READ:
+            grant(path, landlock.READ)
+        for directory in environment.get("PATH", "").split(os.pathsep):
+            if os.path.isabs(directory):
+                grant(directory, landlock.READ)
+        home = os.path.realpath(environment.get("HOME") or os.sep)
+        for path in (*_SYSTEM_WRITE, *([home] if home != os.sep else [])):  # HOME=/ would open everything
+            grant(path, landlock.WRITE)
+        grant("/dev", landlock.READ_DIR)
+        for path in _DEVICES:
+            grant(path, landlock.READ_FILE | landlock.WRITE_FILE | landlock.TRUNCATE | landlock.IOCTL_DEV)
+        # The run's own folders lie in the work directory, which is denied: granted by name, the only way in.
+        for path in (workdir, *shared):
+            if path is not None:
+                ruleset.allow(os.path.realpath(path), landlock.WRITE)
+    except BaseException:
+        ruleset.close()
+        raise
+    return ruleset
+
+
+def _denied():
+    """What no step may reach: the portal's folders, and a SQLite database wherever it lies (with its journals)."""
+    denied = [os.path.realpath(directory) for directory in _portal_directories()]
+    for database in settings.DATABASES.values():
+        if database["ENGINE"].endswith("sqlite3") and str(database["NAME"]) != ":memory:":
+            name = os.path.realpath(database["NAME"])
+            denied += [name, f"{name}-wal", f"{name}-shm", f"{name}-journal"]
+    return denied
+
+
+def _within(path, directory):
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _grant(ruleset, path, rights, denied):
+    """Allow `path` with `rights`, unless it is denied; where a denied path lies beneath it, allow its
+    entries instead (recursively), so the denied one is the only one left out. A symbolic link is skipped:
+    its target is judged where it lies."""
+    if any(_within(path, d) for d in denied) or not os.path.lexists(path):
+        return
+    if not any(_within(d, path) for d in denied):
+        try:
+            ruleset.allow(path, rights)
+        except OSError:
+            pass  # unreadable or gone: it stays out of reach
+        return
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.is_symlink():
+            _grant(ruleset, entry.path, rights, denied)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_root_powers():
+    """In the child of a root worker, before exec: the capabilities of _ROOT_POWERS_DROPPED leave the bounding,
+    ambient and inheritable sets, so the step's root (recomputed at exec) does not have them."""
+    for number in _ROOT_POWERS_DROPPED.values():
+        if _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(number), 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")  # EINVAL: unknown to this kernel
+    _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if _libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for number in _ROOT_POWERS_DROPPED.values():
+        data[number // 32].inheritable &= ~(1 << (number % 32))
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")

@@ -123,8 +123,9 @@ class _RqHeartbeats:
 
 
 def _probe_the_step_sandbox():
-    """Probe bubblewrap once, before any work-horse is forked: each inherits the answer, instead of
-    probing again (and warning again where it does not work) for every deployment. And import what the
+    """Probe the step sandbox once (bubblewrap, else Landlock: pipelines/sandbox.py) and say which seal is in
+    force, before any work-horse is forked: each inherits the answer, instead of probing again (and warning
+    again where one does not work) for every deployment. And import what the
     jobs need, for the same reason: what is not imported here, every work-horse imports again."""
     from django.conf import settings
     from django.db import connections
@@ -136,7 +137,7 @@ def _probe_the_step_sandbox():
     for path in [*settings.GITOPS_DEPLOY_GUARDS, *settings.GITOPS_FOLLOW_UP_HANDLERS.values()]:
         import_string(path)
     try:
-        sandbox.bubblewrap_for(runner.step_account())
+        sandbox.seal_for(runner.step_account())
     except Exception:
         logger.exception("could not probe the step sandbox here; each run will probe it itself")
     connections.close_all()  # a work-horse must never share a database connection with its parent

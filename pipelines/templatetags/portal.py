@@ -2,7 +2,7 @@
 
 from django import template
 from django.conf import settings
-from django.template.loader import select_template
+from django.template.loader import render_to_string, select_template
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
@@ -104,3 +104,12 @@ def slot(context, name, **values):
         with context.push(**values):
             rendered.append(select_template([template_name]).template.render(context))
     return mark_safe("".join(rendered))
+
+
+@register.simple_tag
+def unsealed_steps_banner():
+    """The warning every page shows while steps may run unsealed (settings.GITOPS_ALLOW_UNSEALED_STEPS, a
+    throwaway demo's setting: pipelines/sandbox.py); nothing otherwise."""
+    if not settings.GITOPS_ALLOW_UNSEALED_STEPS:
+        return ""
+    return render_to_string("pipelines/_unsealed_steps.html")

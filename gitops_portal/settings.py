@@ -64,6 +64,8 @@ GITOPS_GIT_IDLE_TIMEOUT = envint("GITOPS_GIT_IDLE_TIMEOUT", 15)
 GITOPS_POLL_CONCURRENCY = envint("GITOPS_POLL_CONCURRENCY", 4)
 # Seconds to wait for the git host's API when reporting a commit status (a failure is retried with back-off).
 GITOPS_GIT_HOST_TIMEOUT = envint("GITOPS_GIT_HOST_TIMEOUT", 10)
+# A pipeline file larger than this makes its release invalid, saying so; its text is not stored.
+GITOPS_PIPELINE_FILE_MAX_BYTES = envint("GITOPS_PIPELINE_FILE_MAX_BYTES", 1024 * 1024)
 # How approvals take part in the engine without pipelines importing it (see pipelines/hooks.py).
 GITOPS_RECONCILE_HOOKS = ["approvals.reconcile.reconcile"]
 GITOPS_DEPLOY_GUARDS = ["approvals.freeze.hold_reasons"]

@@ -131,15 +131,57 @@ def _parse_refs(output):
     return {name: peeled.get(name, sha) for name, sha in refs.items()}
 
 
-def sync_mirror(repository):
-    """Bring the mirror's branches, tags and pull/merge request heads up to date with the remote (force, prune)."""
+def sync_mirror(repository, refs=None):
+    """Bring the mirror's branches, tags and pull/merge request heads up to date with the remote (force, prune).
+
+    A ref whose name the mirror's file system cannot hold (see `unstorable_refs`) is left out: otherwise git
+    fails the whole fetch on it, every time, and the repository is stuck. `refs` is what `ls_remote` answered
+    just before; without it the remote is asked first. Returns the refs left out, {ref: reason}."""
     url = _checked_url(repository)
     mirror = _ensure_mirror(repository)
+    unstorable = unstorable_refs(repository, ls_remote(repository) if refs is None else refs)
+    # Negative refspecs leave those refs out; --no-tags, or git's tag following would fetch them all the same.
+    left_out = [f"^{ref}" for ref in sorted(unstorable)]
     with _locked(mirror):
-        _run(mirror, [*_network_options(url), "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", "--", url,
-                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
-                      "+refs/pull/*/head:refs/pull/*/head", "+refs/merge-requests/*/head:refs/merge-requests/*/head"],
+        _run(mirror, [*_network_options(url), "fetch", "--quiet", "--no-tags", "--prune", "--force", "--no-write-fetch-head",
+                      "--", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+                      "+refs/pull/*/head:refs/pull/*/head", "+refs/merge-requests/*/head:refs/merge-requests/*/head",
+                      *left_out],
              timeout=FETCH_TIMEOUT, failure=f"Cannot fetch from repository {display_url(url)}", url=url)
+    return unstorable
+
+
+_LOCK_SUFFIX = len(b".lock")  # git writes a ref through "<name>.lock" beside it
+
+
+def unstorable_refs(repository, refs):
+    """{ref: reason} of the refs whose names the mirror's file system cannot hold as files: a part of the name
+    longer than its NAME_MAX (255 bytes almost everywhere; the last part less git's ".lock"), or the whole path
+    longer than PATH_MAX. Such a ref is valid to git and may exist on a host that stores refs otherwise."""
+    mirror = mirror_path(repository)
+    probe = mirror if mirror.is_dir() else mirror.parent
+    name_max, path_max = _fs_limit(probe, "PC_NAME_MAX", 255), _fs_limit(probe, "PC_PATH_MAX", 4096)
+    prefix = len(os.fsencode(mirror)) + 1
+    unstorable = {}
+    for ref in refs:
+        encoded = ref.encode()
+        *parents, last = encoded.split(b"/")
+        longest = max(len(part) for part in parents) if parents else 0
+        if longest > name_max or len(last) + _LOCK_SUFFIX > name_max:
+            size = max(longest, len(last) + _LOCK_SUFFIX)
+            unstorable[ref] = (f"its name cannot be stored as a file: a part of it takes {size} bytes (with git's "
+                               f"'.lock'), more than the {name_max} bytes a file name may have here")
+        elif prefix + len(encoded) + _LOCK_SUFFIX >= path_max:
+            unstorable[ref] = (f"its name cannot be stored as a file: the path to it would be longer than the "
+                               f"{path_max} bytes a path may have here")
+    return unstorable
+
+
+def _fs_limit(path, name, default):
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
 
 
 def keep_commits(repository, shas):

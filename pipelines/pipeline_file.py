@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 import yaml
+from django.conf import settings
 
 DEFAULT_STEP_TIMEOUT = 1800
 MAX_STEP_TIMEOUT = 24 * 3600
@@ -36,6 +37,20 @@ RESERVED_VARIABLES = {"PATH", "HOME", "LANG"}
 # A real pipeline file is a handful of levels deep; the YAML composer recurses once per level, so a file
 # nested thousands deep would exhaust Python's stack. It is refused with a message instead.
 MAX_NESTING = 50
+
+
+def size_problem(text):
+    """Why `text` is too large to be a pipeline file ("is 20,971,520 bytes, more than …"), or "".
+
+    A real pipeline file is a few KiB; a huge one would be stored with every release and parsed and shown on
+    its pages (20 MB: a 17 s release page). Over GITOPS_PIPELINE_FILE_MAX_BYTES it is refused: neither parsed nor stored."""
+    limit = settings.GITOPS_PIPELINE_FILE_MAX_BYTES
+    if len(text) <= limit // 4:  # at most 4 bytes a character: surely small enough, without encoding it
+        return ""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return ""
+    return f"is {size:,} bytes, more than the {limit:,} bytes a pipeline file may have (GITOPS_PIPELINE_FILE_MAX_BYTES)"
 
 
 class PipelineFileError(ValueError):
@@ -172,6 +187,8 @@ def parse_pipeline(text, *, known_environments=None):
     """Return a PipelineSpec, or raise PipelineFileError with the line of the problem.
 
     With `known_environments`, an environment the portal does not have is an error too."""
+    if problem := size_problem(text):
+        raise PipelineFileError(f"the file {problem}")
     try:
         root = yaml.compose(text, Loader=_DepthLimitedLoader)
     except yaml.YAMLError as exc:

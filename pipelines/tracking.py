@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from pipelines import followups, git, jobs
 from pipelines.models import AuditEvent, Build, Check, CheckRef, Environment, FollowUp, Release, Repository
-from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.pipeline_file import PipelineFileError, parse_pipeline, size_problem
 from pipelines.redaction import redact_text
 from pipelines.versions import (NEWEST_FIRST, UNREADABLE, late_tag_refusal, newest_first_key, sortable_version,
                                 tags_in_version_order)
@@ -58,8 +58,9 @@ def poll_repository(repository, *, unchanged=None):
     now = timezone.now()
     try:
         refs = git.ls_remote(repository)
-        tracked = _tracked_refs(repository, refs)
-        checked = _checked_refs(repository, refs)
+        unstorable = git.unstorable_refs(repository, refs)  # left out of the mirror: see git.sync_mirror
+        tracked = _tracked_refs(repository, refs, unstorable)
+        checked = _checked_refs(repository, {ref: sha for ref, sha in refs.items() if ref not in unstorable})
         fingerprint = _fingerprint(repository, tracked, checked)
         if fingerprint == repository.refs_fingerprint:
             if unchanged is not None and _nothing_to_clear(repository):
@@ -67,9 +68,9 @@ def poll_repository(repository, *, unchanged=None):
             else:
                 _record_success(repository, now)
             return []
-        git.sync_mirror(repository)
+        git.sync_mirror(repository, refs)
         if repository.release_from == Repository.ReleaseFrom.TAGS:
-            candidates, moved, skipped = _tag_candidates(repository, tracked)
+            candidates, moved, skipped = _tag_candidates(repository, tracked, unstorable)
             if moved:  # their commits may now hang on no ref: keep them deployable
                 git.keep_commits(repository, repository.releases.filter(version__in=list(moved))
                                  .values_list("commit_sha", flat=True))
@@ -205,15 +206,17 @@ def _in_threads(function, items, concurrency):
 # --- which refs matter -------------------------------------------------------------------------------
 
 
-def _tracked_refs(repository, refs):
+def _tracked_refs(repository, refs, unstorable):
     """{tag name: sha} of the matching tags, or {branch ref: sha} in commits mode."""
     if repository.release_from == Repository.ReleaseFrom.TAGS:
         tags = {name.removeprefix("refs/tags/"): sha for name, sha in refs.items() if name.startswith("refs/tags/")}
         return {tag: sha for tag, sha in tags.items() if fnmatchcase(tag, repository.tag_pattern)}
     ref = f"refs/heads/{repository.branch}"
+    url = git.display_url(repository.url)
     if ref not in refs:
-        url = git.display_url(repository.url)
         raise git.GitError(f"Branch {repository.branch!r} does not exist in repository {url}.")
+    if ref in unstorable:
+        raise git.GitError(f"Branch {repository.branch!r} of repository {url} cannot be fetched: {unstorable[ref]}.")
     return {ref: refs[ref]}
 
 
@@ -290,9 +293,10 @@ def _fingerprint(repository, tracked, checked=None):
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _tag_candidates(repository, tags):
+def _tag_candidates(repository, tags, unstorable):
     """New tags in version order, recorded tags that are not where the last poll saw them ({version: sha
-    now, or None when deleted}), and the tags that can never be releases ([{"tag", "reason"}]).
+    now, or None when deleted}), and the tags that can never be releases ([{"tag", "reason"}]), among them
+    those the mirror cannot hold (`unstorable`: {ref: reason}, left out of the fetch).
 
     Only releases whose version matches the tag pattern are watched: after the pattern changes, the
     releases it no longer covers are not reported as deleted (nor are a former commits mode's versions)."""
@@ -306,8 +310,10 @@ def _tag_candidates(repository, tags):
     for tag in tags_in_version_order(tags):
         if tag in recorded:
             continue
+        elif f"refs/tags/{tag}" in unstorable:
+            skipped.append({"tag": _shortened(tag), "reason": unstorable[f"refs/tags/{tag}"]})
         elif len(tag) > _VERSION_MAX_LENGTH:
-            skipped.append({"tag": tag[:80] + "…", "reason": f"the name is longer than {_VERSION_MAX_LENGTH} characters"})
+            skipped.append({"tag": _shortened(tag), "reason": f"the name is longer than {_VERSION_MAX_LENGTH} characters"})
         else:
             new.append(tag)
     if not new:
@@ -330,6 +336,10 @@ def _tag_candidates(repository, tags):
         else:
             skipped.append({"tag": tag, "reason": f"its commit {sha[:10]} could not be read"})
     return candidates, moved, skipped
+
+
+def _shortened(tag):
+    return tag if len(tag) <= 80 else tag[:80] + "…"
 
 
 def _commit_candidates(repository, tracked):
@@ -372,6 +382,8 @@ def _prepare(repository, candidate, text, environments, errors):
         text, error = "", f"{path} not found at commit {commit.sha[:10]}"
     elif "\0" in text:
         text, error = "", f"{path} at commit {commit.sha[:10]} is not a text file"
+    elif problem := size_problem(text):
+        text, error = "", f"{path} {problem}"  # nothing of it is stored: see size_problem
     else:
         if text not in errors:
             errors[text] = _pipeline_error(path, text, environments)

@@ -9,9 +9,15 @@ The summary, as the pages read it:
     from              {version, sha} of what runs now, or None (a first deployment)
     to                {version, sha} of the candidate
     first_deployment  True when nothing runs there yet: "commits" is then the candidate's latest history
-    is_rollback       True when the candidate is an ancestor of what runs now: "commits" are those it removes
+    direction         by git ancestry, not by version: "first" (nothing runs there yet), "forward" (what runs
+                      is in the candidate's history), "rollback" (the candidate is in the history of what
+                      runs) or "diverged" (neither: a backport released over a newer line, say)
+    is_rollback       True when commits leave the environment ("rollback" or "diverged"): "commits" are then
+                      those that leave, as readers from before "direction" expect
     commits           [{sha, short_sha, subject, author_name, author_email, committed_at, url}], newest first
     commit_count      how many commits there are in all ("commits" stops at MAX_COMMITS)
+    added_commits     "diverged" only: the commits the candidate brings that what runs lacks (else [])
+    added_count       how many ("added_commits" stops at MAX_COMMITS)
     files             [{path, old_path, added, removed}] from what runs now to the candidate; counts are
                       None for a binary file, old_path is set on a rename
     totals            {files, added, removed} over all files ("files" stops at MAX_FILES)
@@ -61,9 +67,12 @@ def inspect(deployment, now=None):
         "from": {"version": base.version, "sha": base.commit_sha} if base else None,
         "to": {"version": release.version, "sha": release.commit_sha},
         "first_deployment": base is None,
+        "direction": "first" if base is None else "forward",
         "is_rollback": False,
         "commits": [],
         "commit_count": 0,
+        "added_commits": [],
+        "added_count": 0,
         "files": [],
         "totals": {"files": 0, "added": 0, "removed": 0},
         "pipeline_path": deployment.repository.pipeline_path,
@@ -77,8 +86,8 @@ def inspect(deployment, now=None):
         authors = _compare(deployment.repository, base, release, summary)
     except git.GitError as exc:
         logger.warning("cannot summarise deployment #%s: %s", deployment.pk, exc)
-        summary.update(is_rollback=False, commits=[], commit_count=0, files=[], pipeline_diff="", truncated=False,
-                       totals={"files": 0, "added": 0, "removed": 0}, error=str(exc))
+        summary.update(is_rollback=False, commits=[], commit_count=0, added_commits=[], added_count=0, files=[],
+                       pipeline_diff="", truncated=False, totals={"files": 0, "added": 0, "removed": 0}, error=str(exc))
         # Git cannot say who wrote the change; the candidate commit's author at least is known. (The
         # commit-author rule then refuses everyone anyway: see ChangeRequest.refusal_reason.)
         authors = [release.author_email.lower()] if release.author_email else []
@@ -153,23 +162,32 @@ def _compare(repository, base, release, summary):
     from_sha = base.commit_sha if base else None
     git.ensure_commits(repository, *([from_sha, to_sha] if from_sha else [to_sha]))
 
+    truncated = False
     if from_sha is None:
         # A first deployment: the candidate's own latest history stands for the change.
         listed = (None, to_sha)
         commits = git.log_range(repository, *listed, MAX_HISTORY)
         authors = git.commit_emails(repository, *listed, MAX_HISTORY)
     else:
-        if from_sha != to_sha and git.is_ancestor(repository, to_sha, from_sha):
+        summary["direction"] = _direction(repository, from_sha, to_sha)
+        if summary["direction"] in ("rollback", "diverged"):
             summary["is_rollback"] = True
             listed = (to_sha, from_sha)  # the commits that leave the environment
         else:
             listed = (from_sha, to_sha)
         commits = git.log_range(repository, *listed, MAX_COMMITS)
         authors = git.commit_emails(repository, *listed)
+        if summary["direction"] == "diverged":
+            # Both sides: what leaves (above) and what the candidate brings; whoever wrote either had a hand in it.
+            added = git.log_range(repository, from_sha, to_sha, MAX_COMMITS)
+            summary["added_commits"] = [_commit(repository, commit) for commit in added]
+            summary["added_count"] = git.count_commits(repository, from_sha, to_sha)
+            truncated = summary["added_count"] > len(added)
+            authors = sorted({*authors, *git.commit_emails(repository, from_sha, to_sha)})
     count = git.count_commits(repository, *listed)
     summary["commits"] = [_commit(repository, commit) for commit in commits]
     summary["commit_count"] = count
-    truncated = count > len(commits)
+    truncated = truncated or count > len(commits)
 
     # Files and the pipeline file go from what runs now to the candidate, whichever way that is.
     files = git.numstat(repository, from_sha, to_sha)
@@ -191,6 +209,16 @@ def _compare(repository, base, release, summary):
         summary["pipeline_diff"] = diff
     summary["truncated"] = truncated
     return authors
+
+
+def _direction(repository, from_sha, to_sha):
+    """Which way the change goes from what runs (`from_sha`) to the candidate, by ancestry (see the module
+    docstring): versions can lie (8.5.3 released after 8.6.1), the history cannot."""
+    if git.is_ancestor(repository, from_sha, to_sha):
+        return "forward"  # the same commit too: nothing leaves
+    if git.is_ancestor(repository, to_sha, from_sha):
+        return "rollback"
+    return "diverged"
 
 
 def _commit(repository, commit):

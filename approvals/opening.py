@@ -80,8 +80,11 @@ def open_change_request(deployment):
                 "lifecycle": stage.lifecycle.name,
                 "required_approvals": change_request.required_approvals,
                 "expires_at": change_request.expires_at.isoformat() if change_request.expires_at else None,
+                # Which way it goes, by git ancestry: "rollback" or "diverged" take commit_count commits out.
+                "direction": change.summary["direction"],
                 "is_rollback": change.summary["is_rollback"],
                 "commit_count": change.summary["commit_count"],
+                "added_count": change.summary["added_count"],
             },
         )
         close_orphans(

@@ -6,7 +6,6 @@ Reading pages make a fixed number of queries; the change itself is JSON on the r
 views are short: guard, model method, message, redirect. Anything refused leaves nothing changed."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
@@ -17,13 +16,13 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from approvals import freeze
 from approvals.gate import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
+from approvals.presentation import Change
 from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
 from pipelines.permissions import artifacts_refusal, deployer_required
 from pipelines.promotion import PromotionError, rollback, stages_for
@@ -33,151 +32,6 @@ RECENTLY_DECIDED = 50
 # Rows per inbox section unless ?all=1: two hundred rows take longer to render than anyone reads them.
 INBOX_ROWS = 50
 freeze_overrider_required = permission_required("approvals.deploy_during_freeze", raise_exception=True)
-
-
-# --- what a change contains, from the summary stored on the request ------------------------------------
-
-
-@dataclass
-class Commit:
-    sha: str
-    short_sha: str
-    subject: str
-    author_name: str
-    author_email: str
-    committed_at: datetime | None
-    url: str
-
-
-@dataclass
-class FileChange:
-    path: str
-    old_path: str  # set on a rename
-    added: int | None  # None for a binary file
-    removed: int | None
-
-
-@dataclass
-class EarlierResult:
-    environment: str
-    deployment_id: int | None
-    status: str
-    finished_at: datetime | None
-    ran: timedelta | None
-    running_for: timedelta | None  # until the summary was computed, or until replaced_by replaced it
-    replaced_by: str
-
-    @property
-    def succeeded(self):
-        return self.status == Deployment.Status.SUCCEEDED
-
-    @property
-    def status_label(self):
-        return Deployment.Status(self.status).label if self.status in Deployment.Status.values else self.status
-
-
-@dataclass
-class Change:
-    """The summary JSON (see approvals/changes.py) made ready for the page."""
-
-    recorded: bool
-    commits: list
-    commit_count: int
-    first_deployment: bool
-    files: list
-    file_count: int
-    lines_added: int
-    lines_removed: int
-    pipeline_path: str
-    pipeline_diff: list  # (kind, line) with kind in meta, hunk, add, del, context
-    is_rollback: bool
-    from_release: dict | None  # {"version", "sha"}
-    to_release: dict | None
-    earlier_results: list
-    computed_at: datetime | None
-    truncated: bool
-    error: str
-
-    @classmethod
-    def from_summary(cls, summary):
-        summary = summary or {}
-        commits = [_commit(item) for item in summary.get("commits") or []]
-        files = [
-            FileChange(item.get("path", ""), item.get("old_path") or "", item.get("added"), item.get("removed"))
-            for item in summary.get("files") or []
-        ]
-        totals = summary.get("totals") or {}
-        return cls(
-            recorded=bool(summary),
-            commits=commits,
-            commit_count=summary.get("commit_count") or len(commits),
-            first_deployment=bool(summary.get("first_deployment")),
-            files=files,
-            file_count=totals.get("files", len(files)),
-            lines_added=totals.get("added", sum(f.added or 0 for f in files)),
-            lines_removed=totals.get("removed", sum(f.removed or 0 for f in files)),
-            pipeline_path=summary.get("pipeline_path") or "",
-            pipeline_diff=_diff_lines(summary.get("pipeline_diff") or ""),
-            is_rollback=bool(summary.get("is_rollback")),
-            from_release=summary.get("from"),
-            to_release=summary.get("to"),
-            earlier_results=[_earlier_result(item) for item in summary.get("earlier_results") or []],
-            computed_at=_datetime(summary.get("computed_at")),
-            truncated=bool(summary.get("truncated")),
-            error=summary.get("error") or "",
-        )
-
-
-def _datetime(value):
-    return parse_datetime(value) if isinstance(value, str) else None
-
-
-def _seconds(value):
-    return timedelta(seconds=value) if isinstance(value, (int, float)) else None
-
-
-def _commit(item):
-    url = item.get("url") or ""
-    sha = item.get("sha", "")
-    return Commit(
-        sha=sha,
-        short_sha=item.get("short_sha") or sha[:10],
-        subject=item.get("subject", ""),
-        author_name=item.get("author_name", ""),
-        author_email=item.get("author_email", ""),
-        committed_at=_datetime(item.get("committed_at")),
-        # Only web links: the summary is data, not markup.
-        url=url if url.startswith(("https://", "http://")) else "",
-    )
-
-
-def _earlier_result(item):
-    return EarlierResult(
-        environment=item.get("environment", ""),
-        deployment_id=item.get("deployment_id"),
-        status=item.get("status") or Deployment.Status.SUCCEEDED,
-        finished_at=_datetime(item.get("finished_at")),
-        ran=_seconds(item.get("duration_seconds")),
-        running_for=_seconds(item.get("running_for_seconds")),
-        replaced_by=item.get("replaced_by") or "",
-    )
-
-
-def _diff_lines(diff):
-    lines = []
-    for line in diff.splitlines():
-        if line.startswith(("+++", "---", "diff ", "index ")):
-            kind = "meta"
-        elif line.startswith("@@"):
-            kind = "hunk"
-        elif line.startswith("+"):
-            kind = "add"
-        elif line.startswith("-"):
-            kind = "del"
-        else:
-            kind = "context"
-        lines.append((kind, line))
-    return lines
 
 
 # --- reading -----------------------------------------------------------------------------------------

@@ -255,3 +255,58 @@ def test_a_git_failure_gives_an_error_and_empty_lists_instead_of_raising(reposit
 def test_a_pipeline_path_outside_the_repository_is_refused_before_git_runs(repository, origin):
     with pytest.raises(git.GitError, match="^Refusing to compare '../etc/passwd'"):
         git.file_diff(repository, None, origin.head(), "../etc/passwd")
+
+
+def backport_over_newer(origin, repository, make_release):
+    """v8.6.1: ten commits on main after a branch point; v8.5.3: one backport on a branch from that point.
+    Returns (v8.6.1, v8.5.3, the ten shas newest first, the backport's sha, the branch point's sha)."""
+    from tests.conftest import git as run_git
+
+    origin.write("app.py", "version = '8.5'\n")
+    branch_point = origin.commit("Release 8.5")
+    ten = []
+    for n in range(1, 11):
+        origin.write(f"features/feature_{n}.py", f"feature = {n}\n")
+        ten.insert(0, origin.commit(f"Feature {n}", author_email=f"dev{n}@example.com"))
+    origin.tag("v8.6.1")
+    newer = make_release(repository, "v8.6.1", commit_sha=ten[0])
+    run_git(origin.path, "checkout", "-q", "-b", "release-8.5", branch_point)
+    origin.write("app.py", "version = '8.5'\nfixed = True\n")
+    backport = origin.commit("Backport fix", author_email="erin@example.com")
+    origin.tag("v8.5.3")
+    older = make_release(repository, "v8.5.3", commit_sha=backport)
+    return newer, older, ten, backport, branch_point
+
+
+def test_a_backport_over_a_newer_release_lists_the_commits_it_rolls_back_and_the_one_it_adds(
+    repository, origin, production, make_release, alice
+):
+    newer, older, ten, backport, _ = backport_over_newer(origin, repository, make_release)
+    now_running(repository, production, newer)
+
+    change = changes.inspect(promotion.promote(older, production, by=alice))
+
+    summary = change.summary
+    assert summary["direction"] == "diverged" and summary["is_rollback"] is True
+    assert [c["sha"] for c in summary["commits"]] == ten and summary["commit_count"] == 10
+    assert [c["subject"] for c in summary["added_commits"]] == ["Backport fix"] and summary["added_count"] == 1
+    assert summary["added_commits"][0]["sha"] == backport
+    # From what runs now to the candidate: the ten features go, the fix comes.
+    files = {f["path"]: (f["added"], f["removed"]) for f in summary["files"]}
+    assert files == {**{f"features/feature_{n}.py": (0, 1) for n in range(1, 11)}, "app.py": (1, 0)}
+    # Whoever wrote a commit on either side had a hand in the change.
+    assert change.author_emails == sorted({"dana@example.com", "erin@example.com",
+                                           *(f"dev{n}@example.com" for n in range(1, 11))})
+
+
+def test_each_summary_says_which_way_it_goes(repository, origin, production, make_release, alice):
+    newer, older, _, _, branch_point = backport_over_newer(origin, repository, make_release)
+    base = make_release(repository, "v8.5.0", commit_sha=branch_point)
+
+    assert changes.summarise(promotion.promote(newer, production, by=alice))["direction"] == "first"
+    now_running(repository, production, newer)
+    rollback = changes.summarise(promotion.promote(base, production, by=alice, trigger=Deployment.Trigger.ROLLBACK))
+    assert (rollback["direction"], rollback["is_rollback"], rollback["added_commits"]) == ("rollback", True, [])
+    now_running(repository, production, base)
+    forward = changes.summarise(promotion.promote(older, production, by=alice))
+    assert (forward["direction"], forward["is_rollback"], forward["commit_count"]) == ("forward", False, 1)

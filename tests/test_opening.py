@@ -166,3 +166,19 @@ def test_concurrent_openers_open_exactly_one_request(production, releases, alice
     assert len(opened) == openers and len(set(opened)) == 1
     assert ChangeRequest.objects.count() == 1
     assert AuditEvent.objects.filter(action="change_request.opened").count() == 1
+
+
+def test_a_request_for_a_backport_over_a_newer_release_records_that_it_rolls_back(
+    repository, origin, production, make_release, alice
+):
+    from tests.test_change_summary import backport_over_newer, now_running
+
+    newer, older, _, _, _ = backport_over_newer(origin, repository, make_release)
+    now_running(repository, production, newer)
+
+    change_request = open_change_request(promotion.promote(older, production, by=alice))
+
+    assert change_request.summary["direction"] == "diverged"
+    event = AuditEvent.objects.get(action="change_request.opened")
+    assert (event.details["from"], event.details["is_rollback"], event.details["direction"]) == ("v8.6.1", True, "diverged")
+    assert (event.details["commit_count"], event.details["added_count"]) == (10, 1)

@@ -339,9 +339,49 @@ def test_the_page_shows_the_release_the_request_and_what_changes(client, bob, ch
 
 
 def test_a_rollback_shows_the_commits_it_removes(client, bob, make_request):
+    # Stored before summaries said their direction: is_rollback alone means "commits" are those that leave.
     rollback = make_request(summary=summary(is_rollback=True))
     client.force_login(bob)
-    assert "This rollback removes these commits" in page(client, rollback)
+    html = page(client, rollback)
+    assert "This change rolls back 3 commits" in html and ">rolls back 3 commits</span>" in html
+    assert all(commit(n)["subject"] in section_of(html, "rolled-back") for n in range(3))
+    assert 'id="added"' not in html
+
+
+def section_of(html, section_id):
+    """The HTML of the page's section with this id."""
+    start = html.index(f'id="{section_id}"')
+    return html[start:html.index("</section>", start)]
+
+
+def test_a_backport_over_a_newer_release_says_what_it_rolls_back_what_it_adds_and_the_files_as_they_become(
+    client, bob, repository, origin, production, make_release, alice
+):
+    from approvals.opening import open_change_request
+    from pipelines import promotion
+    from tests.test_change_summary import backport_over_newer, now_running
+
+    newer, older, ten, backport, _ = backport_over_newer(origin, repository, make_release)
+    now_running(repository, production, newer)
+    change_request = open_change_request(promotion.promote(older, production, by=alice))
+    client.force_login(bob)
+
+    html = page(client, change_request)
+
+    assert ">rolls back 10 commits</span>" in html, "said in the title"
+    rolled_back = section_of(html, "rolled-back")
+    assert "This change rolls back 10 commits" in rolled_back
+    assert "v8.5.3 and v8.6.1 have diverged" in rolled_back
+    assert [sha[:10] for sha in ten] == re.findall(r"<code>([0-9a-f]{10})</code></td>", rolled_back)
+    assert all(f"Feature {n}<" in rolled_back for n in range(1, 11))
+    added = section_of(html, "added")
+    assert "It adds 1 commit that v8.6.1 does not have" in added and "Backport fix" in added
+    assert backport[:10] in added and "Feature 1<" not in added
+    files = section_of(html, "files")
+    assert "Files as they become with v8.5.3" in files and "from v8.6.1, which runs in production now" in files
+    row = re.search(r"<code>features/feature_7\.py</code></td>\s*<td class=\"num added\">\+(\d+)</td>\s*"
+                    r"<td class=\"num removed\">−(\d+)</td>", files)
+    assert row and row.groups() == ("0", "1"), "the feature goes"
 
 
 def test_a_commit_without_a_web_link_shows_its_sha_only(client, bob, make_request):

@@ -1,7 +1,7 @@
 """One shape for every refusal: `{"error": code, "detail": words}` with the HTTP status that fits."""
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 
@@ -19,6 +19,11 @@ def not_found(what):
 def conflict(detail):
     """The request is fine but the state of things refuses it (a closed gate, a finished deployment…)."""
     return ApiError(409, "refused", detail)
+
+
+def json_error(status, code, detail, **extra):
+    """The same shape outside a ninja view (the input guard answers before any view runs)."""
+    return JsonResponse({"error": code, "detail": detail, **extra}, status=status)
 
 
 def install(api):

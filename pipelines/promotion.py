@@ -217,3 +217,67 @@ def on_deployment_succeeded(deployment, since=None):
     """Success moves the release on to the next stage its file names; a rollback stays put."""
     stage = next_stage(deployment)
     return _promote_automatically(deployment.release, stage, since) if stage else None
+
+
+# How many of a repository's newest releases the re-evaluation looks at per stage: the candidate is the newest
+# one a stage may take, and anything further down is older than what such a stage already took.
+REEVALUATE_DEPTH = 50
+
+
+def reevaluate(repository, *, environment_ids=None, since=None):
+    """Make the automatic promotion decision again for the stages of `repository` (those of
+    `environment_ids` only, when given): each stage that deploys automatically takes the newest release it may
+    take now — valid, unblocked, named by its file, arrived there along its road (the first stage of that road,
+    or a success in the stage before) — if that release is newer than what the target runs and has not been
+    tried there (one that failed or was rejected there is left to a person; one cancelled, by a block say, was
+    never tried). Never goes back to an older release. Returns the deployments it created.
+
+    Called through the PROMOTE_REEVALUATE follow-up (resume, unblock, a passing check, a lifecycle edit);
+    `since` makes a repeated attempt return what the first one created (see _promote_automatically)."""
+    from pipelines.models import Release
+
+    created = []
+    releases = list(Release.objects.filter(repository=repository, error="", blocked=False)
+                    .order_by("-version_key", "-id")[:REEVALUATE_DEPTH])
+    for stage in Stage.objects.of(repository):
+        if not stage.auto_deploy or (environment_ids is not None and stage.environment_id not in environment_ids):
+            continue
+        candidate = _newest_arrived(releases, stage)
+        if candidate is None or not _newer_than_current(candidate, repository, stage.environment):
+            continue
+        # Cancelled ones do not count: a block, a supersession or an expiry stopped them, not their outcome.
+        tried = Deployment.objects.filter(release=candidate, environment=stage.environment).exclude(
+            status=Deployment.Status.CANCELLED)
+        if since is not None:
+            tried = tried.filter(created_at__lt=since)  # what an earlier attempt of this follow-up created is ours
+        if tried.exists():
+            continue
+        deployment = _promote_automatically(candidate, stage, since)
+        if deployment is not None:
+            created.append(deployment)
+    return created
+
+
+def _newest_arrived(releases, stage):
+    """The newest of `releases` (newest first) that has reached `stage` on its road, or None."""
+    for release in releases:
+        if stage.version_refusal(release):
+            continue  # the stage's version rule: an older release it takes may still be the one
+        road = stages_for(release)
+        here = next((n for n, s in enumerate(road) if s.pk == stage.pk), None)
+        if here is None:
+            continue
+        if here == 0:
+            return release
+        before = road[here - 1].environment
+        if Deployment.objects.filter(release=release, environment=before, status=Deployment.Status.SUCCEEDED).exclude(
+                trigger=Deployment.Trigger.ROLLBACK).exists():
+            return release
+    return None
+
+
+def _newer_than_current(release, repository, environment):
+    target = Target.objects.filter(repository=repository, environment=environment).select_related("current_release").first()
+    current = target.current_release if target is not None else None
+    return current is None or (release.version_key, release.pk) > (current.version_key, current.pk)
+

@@ -38,7 +38,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
 from pipelines import build_runner, followups, git, hooks, masking, preview_runner, run_log, sandbox
-from pipelines.models import Deployment, EnvironmentSecret, Preview, StaleStatus, TargetBusy
+from pipelines.models import Deployment, EnvironmentSecret, Preview, Release, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
 from pipelines.secrets import SecretUnreadable
 
@@ -396,6 +396,15 @@ def _execute(deployment, heartbeat, log):
         log.write(f"==> {reason}\n")
         log.close()
         _record(deployment, "failure", lambda: deployment.fail(reason))
+        return
+    # The last check before the first step: a release blocked since this deployment was queued never runs.
+    blocked = Release.objects.filter(pk=deployment.release_id, blocked=True).values_list("blocked_reason", flat=True).first()
+    if blocked is not None:
+        reason = f"Not run: {deployment.release.version} is blocked ({blocked})."
+        log.write(f"==> {reason}\n")
+        log.close()
+        _record(deployment, "cancellation", lambda: deployment.transition(
+            Deployment.Status.CANCELLED, error=reason, details={"reason": reason}))
         return
     replaced = sorted(set(secrets) & set(spec.variables))
     if replaced:  # said in the log, so a file variable that seems ignored is explained

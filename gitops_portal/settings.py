@@ -93,6 +93,7 @@ GITOPS_TEMPLATE_SLOTS = {
 }
 GITOPS_FOLLOW_UP_HANDLERS = {
     "deployment.held": "approvals.opening.on_deployment_held",
+    "deployments.stopped": "approvals.opening.on_deployments_stopped",
     "mail.change_request_opened": "approvals.notifications.on_change_request_opened",
     "mail.change_request_decided": "approvals.notifications.on_change_request_decided",
     "check.report": "pipelines.commit_status.report_follow_up",

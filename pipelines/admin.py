@@ -19,8 +19,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from pipelines import jobs, secrets
-from pipelines.models import (AuditEvent, Build, Check, Deployment, Environment, EnvironmentSecret, ExternalCheck, Lifecycle, Preview,
-                              Release, Repository, RepositorySecret, Stage, TagMove, Target)
+from pipelines.models import (AuditEvent, Build, Check, Deployment, Environment, EnvironmentSecret, ExternalCheck, FollowUp,
+                              Lifecycle, Preview, Release, Repository, RepositorySecret, Stage, TagMove, Target)
+from pipelines.models.followup import PROMOTE_REEVALUATE
 from pipelines.redaction import display_url, redact, redact_text
 
 logger = logging.getLogger(__name__)
@@ -569,6 +570,15 @@ class LifecycleAdmin(AuditedAdmin):
     @admin.display(description="repositories")
     def repository_count(self, lifecycle):
         return len(lifecycle.repositories.all())
+
+    def save_related(self, request, form, formsets, change):
+        """Once the stages are saved, promotion decides again for each repository that follows the lifecycle: a
+        stage that now deploys automatically, or takes versions it refused, takes the newest it may."""
+        super().save_related(request, form, formsets, change)
+        if change and any(f.has_changed() for formset in formsets for f in formset.forms):
+            for repository in form.instance.repositories.filter(enabled=True, archived_at__isnull=True):
+                FollowUp.objects.schedule(PROMOTE_REEVALUATE, repository=repository,
+                                          payload={"because": f"the lifecycle {form.instance} was edited"})
 
 
 def _stage_notes(stage):

@@ -253,3 +253,55 @@ def test_reevaluation_moves_a_release_on_only_after_it_succeeded_in_the_stage_be
     run_workers()
     assert ran_in(ran, "staging") == ["v7.0.0"]
     assert ran_in(ran, "production") == ["v7.0.0"]
+
+
+def test_a_passing_external_check_promotes_what_the_stage_held_back_for_it(
+        release_of, repository, staging, alice, django_user_model, ran, run_workers, run_follow_ups):
+    from django.contrib.auth.models import Permission
+
+    from pipelines.models import ExternalCheck
+
+    set_stage(staging, requires_passing_checks=True)
+    release = release_of("v8.0.0")
+    assert promotion.on_release_recorded(release) is None  # refused: no check has passed yet
+    ci = django_user_model.objects.create_user("ci", "ci@example.com", "password")
+    ci.user_permissions.add(Permission.objects.get(codename="report_checks"))
+    ci = type(ci).objects.get(pk=ci.pk)
+
+    ExternalCheck.objects.report(repository, commit_sha=release.commit_sha, name="ci/tests", state="failure", by=ci)
+    run_follow_ups()
+    run_workers()
+    assert ran_in(ran, "staging") == []
+
+    ExternalCheck.objects.report(repository, commit_sha=release.commit_sha, name="ci/tests", state="success", by=ci)
+    run_follow_ups()
+    run_workers()
+    assert ran_in(ran, "staging") == ["v8.0.0"], "CI had to call promote itself"
+
+
+def test_editing_a_lifecycle_promotes_what_a_stage_now_takes(
+        release_of, repository, staging, production, alice, client, ran, run_workers, run_follow_ups):
+    from django.urls import reverse
+
+    from pipelines.models import Lifecycle
+
+    set_stage(staging, auto_deploy=False)
+    promotion.on_release_recorded(release_of("v9.0.0"))
+    run_workers()
+    assert ran_in(ran, "staging") == []
+    lifecycle = Lifecycle.objects.get(name="default")
+    first, second = lifecycle.stages.order_by("position")
+    client.force_login(alice)
+    response = client.post(reverse("admin:pipelines_lifecycle_change", args=[lifecycle.pk]), {
+        "name": "default", "description": "", "_save": "Save",
+        "stages-TOTAL_FORMS": 2, "stages-INITIAL_FORMS": 2, "stages-MIN_NUM_FORMS": 0, "stages-MAX_NUM_FORMS": 1000,
+        "stages-0-id": first.pk, "stages-0-lifecycle": lifecycle.pk, "stages-0-position": 10,
+        "stages-0-environment": staging.pk, "stages-0-auto_deploy": "on", "stages-0-take_prereleases": "on",
+        "stages-1-id": second.pk, "stages-1-lifecycle": lifecycle.pk, "stages-1-position": 20,
+        "stages-1-environment": production.pk, "stages-1-requires_approval": "on", "stages-1-take_prereleases": "on",
+    })
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    run_follow_ups()
+    run_workers()
+    assert ran_in(ran, "staging") == ["v9.0.0"]

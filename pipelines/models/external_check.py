@@ -16,6 +16,7 @@ from django.utils import timezone
 from pipelines.permissions import REPORT_CHECKS
 
 from .audit import AuditEvent
+from .followup import PROMOTE_REEVALUATE, FollowUp
 
 
 class ExternalCheckState(models.TextChoices):
@@ -68,6 +69,10 @@ class ExternalCheckQuerySet(models.QuerySet):
                 details["other_reporters"] = others
             AuditEvent.objects.record(action="check.external_reported", actor=by, obj=check, repository=repository,
                                       details=details)
+            if state == ExternalCheckState.SUCCESS:
+                # A stage that requires passing checks may take the commit's release now, without CI promoting it.
+                FollowUp.objects.schedule(PROMOTE_REEVALUATE, repository=repository,
+                                          payload={"because": f"the check {name} of {commit_sha[:12]} passed"})
         return check, created
 
     def for_commit(self, repository, commit_sha):

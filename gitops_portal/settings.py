@@ -45,6 +45,9 @@ GITOPS_STEP_SANDBOX = os.environ.get("GITOPS_STEP_SANDBOX", "auto").strip().lowe
 if GITOPS_STEP_SANDBOX not in {"auto", "bubblewrap", "landlock", "none"}:
     raise ImproperlyConfigured(f"GITOPS_STEP_SANDBOX must be auto, bubblewrap, landlock or none, not {GITOPS_STEP_SANDBOX!r}.")
 GITOPS_ALLOW_UNSEALED_STEPS = envbool("GITOPS_ALLOW_UNSEALED_STEPS", False)
+# A pull request from a fork (or one no webhook said is from the repository itself) runs its checks without
+# check secrets and sealed; with this on, only once a deployer presses "Run checks" (pipelines/models/check.py).
+GITOPS_FORK_CHECKS_WAIT = envbool("GITOPS_FORK_CHECKS_WAIT", True)
 # A running deployment beats this often; one whose heartbeat is older than WORKER_LOST_AFTER is lost.
 GITOPS_HEARTBEAT_SECONDS = envint("GITOPS_HEARTBEAT_SECONDS", 5)
 GITOPS_WORKER_LOST_AFTER = envint("GITOPS_WORKER_LOST_AFTER", 60)

@@ -8,6 +8,8 @@ LogWriter and Heartbeat). What differs:
 - A check step gets PATH, HOME, LANG, the checks section's own `variables`, the repository's check secrets
   (RepositorySecret, masked in the log) and GITOPS_REPOSITORY, GITOPS_COMMIT, GITOPS_REF, GITOPS_CHECK_ID;
   never an environment's variables or secrets (it runs code anyone with a branch could write).
+- A fork's pull request (Check.from_fork) gets no check secrets either, and runs only sealed: where no
+  sandbox works it fails, even where unsealed steps are allowed (pipelines/sandbox.py).
 - Its commit may have come by webhook before any poll fetched it: the mirror is brought up to date first.
 - A commit whose file has no `checks:` section has nothing to check: the check is cancelled, saying so.
 - Nothing is kept but the log: no outputs, no artifacts."""
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from pipelines import build_runner, git, masking, runner
+from pipelines import build_runner, git, masking, runner, sandbox
 from pipelines.models import Check, RepositorySecret, StaleStatus
 from pipelines.models.deployment import this_host
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
@@ -80,10 +82,18 @@ def _execute(check, heartbeat, log):
     if spec.checks is None:
         return _nothing_to_check(check, log, f"{repository.pipeline_path} has no 'checks' section at commit "
                                              f"{check.commit_sha[:10]}")
-    try:
-        secrets = RepositorySecret.objects.values_for(repository)  # once, before any output
-    except SecretUnreadable as exc:
-        return _fail(check, log, str(exc))
+    account = runner.step_account()
+    if check.from_fork:
+        if sandbox.seal_for(account) is None:
+            return _fail(check, log, "The checks of a pull request from a fork run only sealed, and no sandbox seals "
+                                     "steps on this worker (its log says why).")
+        log.write("==> a pull request from a fork: no check secrets, sealed\n")
+        secrets = {}
+    else:
+        try:
+            secrets = RepositorySecret.objects.values_for(repository)  # once, before any output
+        except SecretUnreadable as exc:
+            return _fail(check, log, str(exc))
     log.mask_also(secrets.values())
     log.mask_also(masking.declared_secrets(spec.checks.variables))
     Check.objects.filter(pk=check.pk).update(steps=[step.name for step in spec.checks.steps])
@@ -93,7 +103,6 @@ def _execute(check, heartbeat, log):
     checkout = run_dir / "checkout"
     try:
         checkout.mkdir()
-        account = runner.step_account()
         git.materialise(repository, check.commit_sha, checkout)
         if account is not None:
             runner._hand_over(run_dir, account)

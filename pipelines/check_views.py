@@ -4,11 +4,15 @@ commit on its page, and one check with its log. Plain functions; the pages in pi
 
 from dataclasses import dataclass
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
-from pipelines.models import Check, CheckRef, ExternalCheck, Stage
+from pipelines.models import Check, CheckRef, ExternalCheck, Stage, StaleStatus
 from pipelines.models.check import CheckStatus
+from pipelines.models.deployment import InvalidTransition
+from pipelines.permissions import can_deploy, deployer_required
 from pipelines.promotion import checks_refusal
 
 BRANCHES_ON_REPOSITORY_PAGE = 50
@@ -61,5 +65,26 @@ def check_detail(request, pk):
         "log": check.log_since(0)[0],
         "commit_url": check.repository.commit_url(check.commit_sha),
         "polling": check.status in (CheckStatus.QUEUED, CheckStatus.RUNNING),
+        "can_deploy": can_deploy(request.user),
     }
     return render(request, "pipelines/check_detail.html", context)
+
+
+@require_POST
+@login_required
+@deployer_required
+def check_run(request, pk):
+    """"Run checks" of a fork's pull request that waits for a deployer: it runs, sealed and without secrets."""
+    from pipelines.views import warn_if_queue_was_unreachable  # views imports this module
+
+    check = get_object_or_404(Check.objects.select_related("repository"), pk=pk)
+    try:
+        check.allow_to_run(by=request.user)
+    except (StaleStatus, InvalidTransition):
+        check.refresh_from_db(fields=["status"])
+        messages.error(request, f"Check #{check.pk} is {check.get_status_display().lower()}, not waiting for a deployer; "
+                                f"nothing was started.")
+    else:
+        messages.success(request, f"Check #{check.pk} is queued: it runs sealed, without the repository's check secrets.")
+        warn_if_queue_was_unreachable(request)
+    return redirect(check)

@@ -274,12 +274,15 @@ def _has_checks(text):
 
 def _record_check_refs(repository, checked, moved_heads):
     """Record the moved heads and queue the checks of their commits; branches gone from the remote are closed.
-    Polling knows no pull request's title, author or state: a webhook's stay as they were."""
+    Polling knows no pull request's title, author, state or origin: a webhook's stay as they were. A pull
+    request no webhook said is from this repository is checked as a fork's (no check secrets, waiting for a
+    deployer): GitHub publishes forks' pull requests under refs/pull/<n>/head like any other."""
     for head, has_checks in moved_heads:
-        CheckRef.objects.record(repository, kind=head.kind, name=head.name, head_sha=head.sha, number=head.number,
-                                is_open=True if head.kind == CheckRef.Kind.BRANCH else None)
+        ref = CheckRef.objects.record(repository, kind=head.kind, name=head.name, head_sha=head.sha, number=head.number,
+                                      is_open=True if head.kind == CheckRef.Kind.BRANCH else None)
         if has_checks:
-            Check.objects.queue_for(repository, commit_sha=head.sha, ref_name=head.name, by=ACTOR)
+            Check.objects.queue_for(repository, commit_sha=head.sha, ref_name=head.name, by=ACTOR,
+                                    from_fork=ref.treated_as_fork)
     branches = [head.name for head in checked.values() if head.kind == CheckRef.Kind.BRANCH]
     (CheckRef.objects.filter(repository=repository, kind=CheckRef.Kind.BRANCH, is_open=True)
      .exclude(name__in=branches).update(is_open=False, updated_at=timezone.now()))

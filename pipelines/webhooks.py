@@ -11,7 +11,10 @@ whether or not the queue answered: the request is stored on the repository and t
 
 A pull request (GitHub `pull_request`) or merge request (GitLab `Merge Request Hook`) event says more than git
 can: its number, title, author and state are recorded (pipelines.models.CheckRef), and the check of its head
-commit is queued at once; the worker fetches the commit (the poll that follows would find it too).
+commit is queued at once; the worker fetches the commit (the poll that follows would find it too). It also
+says whether the head comes from another repository (a fork: GitHub's `pull_request.head.repo.full_name`
+against `base.repo.full_name`, GitLab's `source_project_id` against `target_project_id`; a payload that does
+not say counts as a fork): a fork's check gets no check secrets and waits for a deployer (pipelines/models/check.py).
 """
 
 import hashlib
@@ -93,6 +96,7 @@ class ReviewEvent:
     author: str
     head_sha: str
     is_open: bool
+    from_fork: bool
 
 
 def _review_event(request, body):
@@ -107,16 +111,20 @@ def _review_event(request, body):
         if github:
             pull = payload["pull_request"]
             number, state, sha = int(payload.get("number") or pull["number"]), pull["state"], pull["head"]["sha"]
+            # A fork deleted since has no head repository: a fork all the same.
+            head_repo = (pull["head"].get("repo") or {}).get("full_name")
+            base_repo = ((pull.get("base") or {}).get("repo") or {}).get("full_name")
             event = ReviewEvent(name=f"pull/{number}", number=number, title=str(pull.get("title") or ""),
                                 author=str((pull.get("user") or {}).get("login") or ""), head_sha=str(sha),
-                                is_open=state == "open")
+                                is_open=state == "open", from_fork=not head_repo or head_repo != base_repo)
         else:
             attributes = payload["object_attributes"]
             number, state = int(attributes["iid"]), attributes["state"]
+            source, target = attributes.get("source_project_id"), attributes.get("target_project_id")
             event = ReviewEvent(name=f"merge-requests/{number}", number=number, title=str(attributes.get("title") or ""),
                                 author=str((payload.get("user") or {}).get("username") or ""),
                                 head_sha=str((attributes.get("last_commit") or {}).get("id") or ""),
-                                is_open=state == "opened")
+                                is_open=state == "opened", from_fork=source is None or source != target)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return event if _SHA.match(event.head_sha) and event.number > 0 else None
@@ -124,9 +132,15 @@ def _review_event(request, body):
 
 def _record_review(repository, review):
     CheckRef.objects.record(repository, kind=CheckRef.Kind.PULL_REQUEST, name=review.name, number=review.number,
-                            title=review.title, author=review.author, head_sha=review.head_sha, is_open=review.is_open)
-    if review.is_open:
-        Check.objects.queue_for(repository, commit_sha=review.head_sha, ref_name=review.name, by="webhook")
+                            title=review.title, author=review.author, head_sha=review.head_sha, is_open=review.is_open,
+                            from_fork=review.from_fork)
+    if not review.is_open:
+        return
+    check = Check.objects.queue_for(repository, commit_sha=review.head_sha, ref_name=review.name, by="webhook",
+                                    from_fork=review.from_fork)
+    if check.status == Check.Status.WAITING and not review.from_fork:
+        # A poll saw the pull request first and could not tell: the host now says it is from this repository.
+        check.allow_to_run(by="webhook", from_this_repository=True)
 
 
 def _verified_source(request, body, secret):

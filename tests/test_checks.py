@@ -107,13 +107,15 @@ def test_it_checks_a_branch_and_a_pull_request_on_the_checks_queue_and_deploys_n
     assert set(refs) == {"feature/x", "pull/7"}  # main is the release branch: its commits are no check's
     assert refs["pull/7"].kind == "pull_request" and refs["pull/7"].number == 7 and refs["pull/7"].head_sha == pull
     checks = {check.ref_name: check for check in Check.objects.all()}
+    # Polling cannot tell a fork's pull request: it waits for a deployer (tests/test_checks_from_forks.py).
     assert {name: (c.commit_sha, c.status) for name, c in checks.items()} == {
-        "feature/x": (feature, "queued"), "pull/7": (pull, "queued")}
-    assert checks_queue_length() == 2
+        "feature/x": (feature, "queued"), "pull/7": (pull, "waiting")}
+    assert checks_queue_length() == 1
 
     run_workers()  # the git and deploy queues: no check runs there
-    assert set(Check.objects.values_list("status", flat=True)) == {"queued"}
+    assert set(Check.objects.values_list("status", flat=True)) == {"queued", "waiting"}
 
+    checks["pull/7"].allow_to_run(by="a deployer")
     run_check_workers()
     for check in Check.objects.all():
         assert check.status == "succeeded", (check.ref_name, check.error, check_log(check))
@@ -175,8 +177,10 @@ SECRET = "correct horse battery staple"
 
 
 def deliver_pull_request(client, repository, *, number, title, login, sha, state="open", delivery="gh-pr-1"):
+    """A pull request from the repository itself (its head and base repository are the same)."""
     body = json.dumps({"action": "opened" if state == "open" else "closed", "number": number, "pull_request": {
-        "number": number, "title": title, "state": state, "user": {"login": login}, "head": {"sha": sha}}}).encode()
+        "number": number, "title": title, "state": state, "user": {"login": login},
+        "head": {"sha": sha, "repo": {"full_name": "acme/shop"}}, "base": {"repo": {"full_name": "acme/shop"}}}}).encode()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     return client.post(reverse("webhook", args=[repository.name]), data=body, content_type="application/json",
                        headers={"X-Hub-Signature-256": signature, "X-GitHub-Delivery": delivery,
@@ -259,6 +263,7 @@ def test_a_pull_requests_image_check_shows_on_mains_release_after_the_merge(
                             keep_branch=False)
     open_pull_request(origin, 12, pull)
     poll(repository)
+    Check.objects.get(ref_name="pull/12").allow_to_run(by=alice)  # found by polling: it waits for a deployer
     run_check_workers()
     check = Check.objects.get(ref_name="pull/12")
     assert check.status == "succeeded", check_log(check)
@@ -283,7 +288,8 @@ def test_a_gitlab_merge_request_event_queues_the_check_of_its_head(checked_origi
     head = commit_on_branch(checked_origin, "mr-work", "merge request work", keep_branch=False)
     git(checked_origin.path, "update-ref", "refs/merge-requests/5/head", head)  # as GitLab publishes it
     body = json.dumps({"object_kind": "merge_request", "user": {"username": "gina"}, "object_attributes": {
-        "iid": 5, "title": "Tune the image", "state": "opened", "last_commit": {"id": head}}}).encode()
+        "iid": 5, "title": "Tune the image", "state": "opened", "last_commit": {"id": head},
+        "source_project_id": 7, "target_project_id": 7}}).encode()  # from the project itself
 
     response = Client(enforce_csrf_checks=True).post(
         reverse("webhook", args=[repository.name]), data=body, content_type="application/json",

@@ -6,8 +6,16 @@ queue, with the checks' own variables and the repository's check secrets only. A
 see on the Branches tab: a branch, or a pull request with its number, title and author, and its head.
 
 Results belong to the commit: the release of the same commit (after a merge on `main`) shows them, and a
-stage that requires passing checks looks them up by the release's commit sha (`CheckQuerySet.refusal_for`)."""
+stage that requires passing checks looks them up by the release's commit sha (`CheckQuerySet.refusal_for`).
 
+Pull requests from forks: their code is anyone's, so their checks get no check secrets, run only sealed
+(pipelines/check_runner.py) and, unless settings.GITOPS_FORK_CHECKS_WAIT is off, wait (`waiting`) until a
+deployer presses "Run checks" (`Check.allow_to_run`), as GitHub asks before running a first-time
+contributor's workflows. Only a webhook can tell a fork: its payload names the head's repository. A pull
+request seen by polling alone (GitHub publishes every one, forks' included, under refs/pull/<n>/head) is
+treated as from a fork until a webhook says it is from the repository itself (`CheckRef.from_fork`)."""
+
+from django.conf import settings
 from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -23,12 +31,15 @@ class CheckRefKind(models.TextChoices):
 
 
 class CheckRefQuerySet(models.QuerySet):
-    def record(self, repository, *, kind, name, head_sha, number=None, title=None, author=None, is_open=None):
-        """Create (open) or update the ref as git or the git host shows it now; a title, author or state not
-        given (polling does not know a pull request's) keeps what a webhook said."""
+    def record(self, repository, *, kind, name, head_sha, number=None, title=None, author=None, is_open=None,
+               from_fork=None):
+        """Create (open) or update the ref as git or the git host shows it now; a title, author, state or
+        origin not given (polling does not know a pull request's) keeps what a webhook said."""
         defaults = {"head_sha": head_sha, "number": number, "updated_at": timezone.now()}
         if is_open is not None:
             defaults["is_open"] = is_open
+        if from_fork is not None:
+            defaults["from_fork"] = from_fork
         if title is not None:
             defaults["title"] = title[:500]
         if author is not None:
@@ -57,6 +68,9 @@ class CheckRef(models.Model):
     author = models.CharField(max_length=200, blank=True)
     head_sha = models.CharField(max_length=40)
     is_open = models.BooleanField(default=True)
+    # A pull request's origin as a webhook said it: True, its head is in another repository (a fork); False,
+    # in this one; None, no webhook has said (polling cannot tell): treated as a fork.
+    from_fork = models.BooleanField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
 
     objects = CheckRefQuerySet.as_manager()
@@ -67,8 +81,15 @@ class CheckRef(models.Model):
     def __str__(self):
         return f"#{self.number} {self.title}".strip() if self.kind == CheckRefKind.PULL_REQUEST else self.name
 
+    @property
+    def treated_as_fork(self):
+        """Whether its checks run as a fork's: a pull request that no webhook said is from this repository."""
+        return self.kind == CheckRefKind.PULL_REQUEST and self.from_fork is not False
+
 
 class CheckStatus(models.TextChoices):
+    # A fork's pull request: it runs once a deployer allows it (Check.allow_to_run).
+    WAITING = "waiting", "Waiting for a deployer"
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
@@ -78,6 +99,7 @@ class CheckStatus(models.TextChoices):
 
 
 CHECK_TRANSITIONS = {
+    CheckStatus.WAITING: {CheckStatus.QUEUED, CheckStatus.CANCELLED},
     CheckStatus.QUEUED: {CheckStatus.RUNNING, CheckStatus.FAILED, CheckStatus.CANCELLED},
     CheckStatus.RUNNING: {CheckStatus.SUCCEEDED, CheckStatus.FAILED, CheckStatus.CANCELLED},
     CheckStatus.SUCCEEDED: set(),
@@ -87,10 +109,11 @@ CHECK_TRANSITIONS = {
 
 
 class CheckQuerySet(models.QuerySet):
-    def queue_for(self, repository, *, commit_sha, ref_name, by=None):
-        """Record the check of `commit_sha` on `ref_name` and wake a worker on the checks queue on commit.
-        The same commit on the same ref runs once; a check still queued for an older commit of that ref is
-        cancelled: only the newest commit of a branch is worth the wait."""
+    def queue_for(self, repository, *, commit_sha, ref_name, by=None, from_fork=False):
+        """Record the check of `commit_sha` on `ref_name` and wake a worker on the checks queue on commit; the
+        check of a fork's pull request (`from_fork`) waits for a deployer instead, unless
+        settings.GITOPS_FORK_CHECKS_WAIT is off. The same commit on the same ref runs once; a check still
+        queued or waiting for an older commit of that ref is cancelled: only the newest commit is worth the wait."""
         from pipelines import jobs
 
         with transaction.atomic():
@@ -98,15 +121,18 @@ class CheckQuerySet(models.QuerySet):
             if existing is not None:
                 return existing
             waiting = list(self.select_for_update().filter(repository=repository, ref_name=ref_name,
-                                                           status=CheckStatus.QUEUED))
-            check = self.create(repository=repository, commit_sha=commit_sha, ref_name=ref_name, status=CheckStatus.QUEUED)
+                                                           status__in=(CheckStatus.QUEUED, CheckStatus.WAITING)))
+            status = CheckStatus.WAITING if from_fork and settings.GITOPS_FORK_CHECKS_WAIT else CheckStatus.QUEUED
+            check = self.create(repository=repository, commit_sha=commit_sha, ref_name=ref_name, status=status,
+                                from_fork=from_fork)
             for older in waiting:
                 older.transition(CheckStatus.CANCELLED, by=by, error=f"A newer commit ({commit_sha[:10]}) on {ref_name} "
                                                                      f"replaced it before it started.")
-            AuditEvent.objects.record(action="check.queued", actor=by, obj=check, **check.audit_scope(),
+            AuditEvent.objects.record(action=f"check.{status}", actor=by, obj=check, **check.audit_scope(),
                                       details=check.audit_details())
             check.schedule_report()
-            jobs.enqueue_check(check)
+            if status == CheckStatus.QUEUED:
+                jobs.enqueue_check(check)
         return check
 
     def for_commit(self, repository, commit_sha):
@@ -147,6 +173,8 @@ class Check(FencedRun):
     status = models.CharField(max_length=20, choices=CheckStatus.choices, db_index=True)
     # The names of the `checks:` steps read at the commit, set when it starts: what the page lists.
     steps = models.JSONField(default=list, blank=True)
+    # Of a pull request from a fork (CheckRef.treated_as_fork when it was queued): no check secrets, sealed only.
+    from_fork = models.BooleanField(default=False)
 
     objects = CheckQuerySet.as_manager()
 
@@ -167,7 +195,7 @@ class Check(FencedRun):
         return {"repository": self.repository}
 
     def audit_details(self):
-        return {"commit": self.commit_sha, "ref": self.ref_name}
+        return {"commit": self.commit_sha, "ref": self.ref_name, "from_fork": self.from_fork}
 
     @property
     def duration(self):
@@ -177,6 +205,7 @@ class Check(FencedRun):
 
     # How each state reads on the git host (GitHub's states; pipelines/commit_status.py maps them for GitLab).
     HOST_STATES = {
+        CheckStatus.WAITING: ("pending", "Waiting for a deployer to run it (a pull request from a fork)"),
         CheckStatus.QUEUED: ("pending", "Queued in the portal"),
         CheckStatus.RUNNING: ("pending", "Running in the portal"),
         CheckStatus.SUCCEEDED: ("success", "Passed"),
@@ -206,6 +235,20 @@ class Check(FencedRun):
 
     def succeed(self):
         return self.transition(CheckStatus.SUCCEEDED, exit_code=0)
+
+    def allow_to_run(self, *, by, from_this_repository=False):
+        """A deployer's "Run checks" of a waiting check (a fork's pull request): queued, audited with who allowed
+        it, and a worker woken. It still runs sealed and without check secrets (pipelines/check_runner.py),
+        unless `from_this_repository`: the git host said (a webhook after a poll) that the pull request is not
+        from a fork after all. StaleStatus or InvalidTransition when it no longer waits (allowed by someone
+        else, or replaced by a newer commit)."""
+        from pipelines import jobs
+
+        fields = {"from_fork": False} if from_this_repository else {}
+        with transaction.atomic():
+            self.transition(CheckStatus.QUEUED, by=by, details={"from_this_repository": from_this_repository}, **fields)
+            jobs.enqueue_check(self)
+        return self
 
 
 class CheckLogChunk(models.Model):

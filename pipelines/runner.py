@@ -38,7 +38,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
 
 from pipelines import build_runner, followups, git, hooks, masking, preview_runner, run_log, sandbox
-from pipelines.models import Deployment, EnvironmentSecret, Preview, Release, StaleStatus, TargetBusy
+from pipelines.models import Check, Deployment, EnvironmentSecret, Preview, Release, Stage, StaleStatus, TargetBusy
 from pipelines.models.deployment import this_host
 from pipelines.secrets import SecretUnreadable
 
@@ -397,10 +397,10 @@ def _execute(deployment, heartbeat, log):
         log.close()
         _record(deployment, "failure", lambda: deployment.fail(reason))
         return
-    # The last check before the first step: a release blocked since this deployment was queued never runs.
-    blocked = Release.objects.filter(pk=deployment.release_id, blocked=True).values_list("blocked_reason", flat=True).first()
-    if blocked is not None:
-        reason = f"Not run: {deployment.release.version} is blocked ({blocked})."
+    # The last check before the first step: a release blocked, or whose required checks stopped passing, since
+    # this deployment was let through never runs.
+    reason = _refusal_to_start(deployment)
+    if reason:
         log.write(f"==> {reason}\n")
         log.close()
         _record(deployment, "cancellation", lambda: deployment.transition(
@@ -440,6 +440,20 @@ def _execute(deployment, heartbeat, log):
             followups.carry_out(recorded["follow_up"].pk, before_due=True)
         except Exception:
             logger.exception("the promotion after deployment %s failed; the reconciler retries it", deployment.pk)
+
+
+def _refusal_to_start(deployment):
+    """Why the deployment must not start now, in words, or "": its release is blocked, or its stage requires
+    passing checks and they no longer pass (CI reported a failure after the promotion)."""
+    blocked = Release.objects.filter(pk=deployment.release_id, blocked=True).values_list("blocked_reason", flat=True).first()
+    if blocked is not None:
+        return f"Not run: {deployment.release.version} is blocked ({blocked})."
+    stage = Stage.objects.for_target(deployment.repository, deployment.environment)
+    if stage is not None and stage.requires_passing_checks:
+        refusal = Check.objects.refusal_for(deployment.release)
+        if refusal:
+            return f"Not run: {deployment.environment} requires passing checks and {refusal}."
+    return ""
 
 
 def _cancel_requested(deployment):

@@ -305,3 +305,26 @@ def test_editing_a_lifecycle_promotes_what_a_stage_now_takes(
     run_follow_ups()
     run_workers()
     assert ran_in(ran, "staging") == ["v9.0.0"]
+
+
+def test_a_deployment_whose_required_checks_failed_after_it_was_let_through_does_not_start(
+        release_of, repository, staging, django_user_model, ran, run_workers):
+    from django.contrib.auth.models import Permission
+
+    from pipelines.models import ExternalCheck
+
+    set_stage(staging, requires_passing_checks=True)
+    ci = django_user_model.objects.create_user("ci", "ci@example.com", "password")
+    ci.user_permissions.add(Permission.objects.get(codename="report_checks"))
+    ci = type(ci).objects.get(pk=ci.pk)
+    release = release_of("v10.0.0")
+    ExternalCheck.objects.report(repository, commit_sha=release.commit_sha, name="ci/tests", state="success", by=ci)
+    deployment = promotion.promote(release, staging, by=None)
+
+    ExternalCheck.objects.report(repository, commit_sha=release.commit_sha, name="ci/tests", state="failure", by=ci)
+    run_workers()
+
+    deployment.refresh_from_db()
+    assert deployment.status == "cancelled"
+    assert deployment.error.startswith("Not run: staging requires passing checks and the external checks of its commit")
+    assert ran_in(ran, "staging") == []

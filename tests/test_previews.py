@@ -203,22 +203,25 @@ def test_approvals_given_before_a_rerun_do_not_count(held, bob, django_user_mode
         ("bob", 1), ("bob", 2), ("carol", 2)]
 
 
-def test_the_runner_refuses_an_apply_whose_preview_is_stale(held, bob, production):
+def test_the_runner_refuses_an_apply_whose_preview_is_stale(held, bob, production, repository, make_release):
+    """Defence in depth: a newer approval supersedes an approved deployment that still waits, so through the
+    portal's own paths nothing runs on the target between the approval and the apply. Whatever else put a run
+    there (here: a deployment made outside promotion) still keeps the old plan from being applied."""
     approved = held(steps="echo APPLIED-THE-OLD-PLAN")
     run_latest_preview(approved)
     approved.approve(bob)
-    other = held()  # held while the first is queued; approved and run first
-    run_latest_preview(other)
-    other.approve(bob)
-    runner.run_deployment(other.deployment_id)
-    assert Deployment.objects.get(pk=other.deployment_id).status == "succeeded"
+    other = Deployment.objects.create(release=make_release(repository, "v1.2.0"), environment=production,
+                                      repository=repository, status="queued", trigger="manual")
+    other.claim(worker_name="elsewhere")
+    other.record_step(4242)
+    other.succeed()
 
     runner.run_deployment(approved.deployment_id)
 
     deployment = Deployment.objects.get(pk=approved.deployment_id)
     log = deployment.log_since(0)[0]
     assert deployment.status == "failed"
-    assert deployment.error == (f"Not applied: Preview #1 is stale: v1.2.0 (deployment #{other.deployment_id}) "
+    assert deployment.error == (f"Not applied: Preview #1 is stale: v1.2.0 (deployment #{other.pk}) "
                                 f"ran a step and succeeded on production after it started; a new preview has to show "
                                 f"the change again.")
     assert "APPLIED-THE-OLD-PLAN" not in log and deployment.error in log

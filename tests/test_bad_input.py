@@ -93,6 +93,24 @@ def test_a_nul_in_a_json_key_is_named_with_it_escaped(client, alice, make_token,
     assert NUL not in response.content.decode()
 
 
+def test_an_api_time_with_an_offset_postgresql_refuses_is_compared_in_utc(client, alice, make_token, repository):
+    # Python reads offsets up to ±23:59, PostgreSQL only up to ±15:59: the fuzz found this 500.
+    token = make_token(alice, "read")
+
+    response = client.get("/api/v1/audit-events", {"since": "2000-01-01T03:22:51+20:55"}, **bearer(token))
+
+    assert response.status_code == 200
+
+
+def test_an_api_time_that_leaves_the_calendar_in_utc_answers_422(client, alice, make_token):
+    token = make_token(alice, "read")
+
+    response = client.get("/api/v1/audit-events", {"since": "0001-01-01T00:00:00+05:00"}, **bearer(token))
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid" and "since" in response.json()["detail"]
+
+
 # --- pages -----------------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
 """The audit log, read-only, newest first (by seq; the cursor pages through the chain)."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ninja import Router
 
 from api import schemas
+from api.errors import ApiError
 from api.pagination import Page, paginate
 from pipelines.models import AuditEvent
 
@@ -32,5 +33,15 @@ def audit_events(request, action: str | None = None, actor: str | None = None, r
     if environment:
         queryset = queryset.filter(environment__name=environment)
     if since:
-        queryset = queryset.filter(created_at__gte=since)
+        queryset = queryset.filter(created_at__gte=_in_utc(since))
     return paginate(queryset, cursor=cursor, limit=limit, serialize=event_out)
+
+
+def _in_utc(moment):
+    """`moment` in UTC: ISO 8601 (and Python) allow offsets up to ±23:59, PostgreSQL only up to ±15:59."""
+    if moment.tzinfo is None:
+        return moment  # in the portal's time zone, as Django reads a naive time
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, "invalid", f"since: {moment.isoformat()} is outside the years 1 to 9999 once in UTC.") from None

@@ -16,11 +16,12 @@ TEST_DATA_DIR := $(abspath $(or $(GITOPS_DATA_DIR),var/test))
 PYTHON_CANDIDATES := $(PYTHON) python3.12 $(sort $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /root/.pyenv/versions/3.12*/bin/python3.12)) \
 	python3.13 $(sort $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13)) python3
 
-.PHONY: help venv run test bench lint lock clean
+.PHONY: help venv run test fuzz bench lint lock clean
 
 help:
 	@echo "make run     start the portal (web, workers, scheduler, embedded SQLite and Redis) at http://127.0.0.1:8000/"
 	@echo "make test    run the whole test suite"
+	@echo "make fuzz    run the change-control model with many more examples (FUZZ_EXAMPLES, FUZZ_STEPS)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make lint    Django system checks and a check for missing migrations"
 	@echo "make lock    recompile $(LOCK) from pyproject.toml"
@@ -78,6 +79,14 @@ test: venv
 	@GITOPS_DATA_DIR="$(TEST_DATA_DIR)" $(VENV)/bin/pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure." >&2; fi; \
 	exit $$status
+
+# The change-control model (tests/test_change_control_model.py) with many more examples than `make test` runs.
+FUZZ_EXAMPLES ?= 300
+FUZZ_STEPS ?= 50
+fuzz: venv
+	@mkdir -p "$(TEST_DATA_DIR)"
+	GITOPS_DATA_DIR="$(TEST_DATA_DIR)" GITOPS_MODEL_EXAMPLES=$(FUZZ_EXAMPLES) GITOPS_MODEL_STEPS=$(FUZZ_STEPS) \
+		$(VENV)/bin/pytest tests/test_change_control_model.py $(PYTEST_ARGS)
 
 bench: venv
 	@set -e; shopt -s nullglob; benches=(bench/[!_]*.py); \

@@ -232,6 +232,17 @@ def charlie(django_user_model):
     return django_user_model.objects.create_user("charlie", "charlie@example.com", "password")
 
 
+def ci_reporter(django_user_model, username="ci"):
+    """A CI service account with the permission to report checks, as an admin makes one (fresh from the
+    database, so its permissions are read anew)."""
+    from api.models import ServiceAccount
+
+    user = django_user_model.objects.create_user(username)
+    ServiceAccount.objects.create(user=user)
+    user.user_permissions.add(Permission.objects.get(codename="report_checks", content_type__app_label="pipelines"))
+    return django_user_model.objects.get(pk=user.pk)
+
+
 @pytest.fixture
 def run_workers(redis_server):
     """Drain the git and deploy queues with a real rq worker in burst mode, in this process."""

@@ -3,33 +3,15 @@ its reporter's own. A report replaces only the same reporter's earlier result of
 result stays, and a stage that requires passing checks needs every reporter's result of a name to pass."""
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
 
-from api.models import ApiToken, Scope, ServiceAccount
+from api.models import ApiToken, Scope
 from pipelines.models import AuditEvent, Deployment, ExternalCheck
 from tests.conftest import bearer, set_stage
-
-
-def report(client, token, repository, sha, **body):
-    return client.post(f"/api/v1/repositories/{repository.name}/commits/{sha}/checks",
-                       {"name": "ci/tests", "state": "success", **body}, content_type="application/json",
-                       **bearer(token))
-
-
-def promote(client, token, release, environment):
-    return client.post(f"/api/v1/releases/{release.pk}/promote", {"environment": environment},
-                       content_type="application/json", **bearer(token))
-
-
-def reporter(django_user_model, username):
-    """A CI service account with the permission to report checks, as an admin makes one."""
-    user = django_user_model.objects.create_user(username)
-    ServiceAccount.objects.create(user=user)
-    user.user_permissions.add(Permission.objects.get(codename="report_checks", content_type__app_label="pipelines"))
-    return user
+from tests.conftest import ci_reporter as reporter
+from tests.test_api_checks import promote, report
 
 
 @pytest.fixture

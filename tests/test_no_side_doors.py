@@ -3,7 +3,7 @@
 Each test drives the real models, the real approval gate and a real rq worker whose steps append the version they
 deployed to a file, so "what ran, in which order" is read from what the steps did."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.core import mail
@@ -12,30 +12,10 @@ from approvals.models import ChangeRequest, DecisionRefused, FreezeWindow
 from pipelines import promotion, reconciler
 from pipelines.models import AuditEvent, Deployment, FollowUp, Preview, Target
 from pipelines.models.followup import PROMOTE_REEVALUATE
-from tests.conftest import set_stage
+from tests.conftest import ci_reporter, set_stage
+from tests.test_freeze import DURING, FREEZE_ENDS, FREEZE_STARTS, PIPELINE, ran  # noqa: F401 (ran: a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FREEZE_STARTS = datetime(2026, 11, 30, 0, 0, tzinfo=UTC)
-FREEZE_ENDS = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
-DURING = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-
-PIPELINE = """\
-environments:
-  staging:
-    steps:
-      - run: echo "$GITOPS_VERSION" >> {ran}/staging
-  production:
-    steps:
-      - run: echo "$GITOPS_VERSION" >> {ran}/production
-"""
-
-
-@pytest.fixture
-def ran(tmp_path):
-    path = tmp_path / "ran"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -257,16 +237,12 @@ def test_reevaluation_moves_a_release_on_only_after_it_succeeded_in_the_stage_be
 
 def test_a_passing_external_check_promotes_what_the_stage_held_back_for_it(
         release_of, repository, staging, alice, django_user_model, ran, run_workers, run_follow_ups):
-    from django.contrib.auth.models import Permission
-
     from pipelines.models import ExternalCheck
 
     set_stage(staging, requires_passing_checks=True)
     release = release_of("v8.0.0")
     assert promotion.on_release_recorded(release) is None  # refused: no check has passed yet
-    ci = django_user_model.objects.create_user("ci", "ci@example.com", "password")
-    ci.user_permissions.add(Permission.objects.get(codename="report_checks"))
-    ci = type(ci).objects.get(pk=ci.pk)
+    ci = ci_reporter(django_user_model)
 
     ExternalCheck.objects.report(repository, commit_sha=release.commit_sha, name="ci/tests", state="failure", by=ci)
     run_follow_ups()
@@ -309,14 +285,10 @@ def test_editing_a_lifecycle_promotes_what_a_stage_now_takes(
 
 def test_a_deployment_whose_required_checks_failed_after_it_was_let_through_does_not_start(
         release_of, repository, staging, django_user_model, ran, run_workers):
-    from django.contrib.auth.models import Permission
-
     from pipelines.models import ExternalCheck
 
     set_stage(staging, requires_passing_checks=True)
-    ci = django_user_model.objects.create_user("ci", "ci@example.com", "password")
-    ci.user_permissions.add(Permission.objects.get(codename="report_checks"))
-    ci = type(ci).objects.get(pk=ci.pk)
+    ci = ci_reporter(django_user_model)
     release = release_of("v10.0.0")
     ExternalCheck.objects.report(repository, commit_sha=release.commit_sha, name="ci/tests", state="success", by=ci)
     deployment = promotion.promote(release, staging, by=None)

@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from approvals.models import FreezeOverride, FreezeWindow
 from pipelines import jobs
-from pipelines.models import AuditEvent, Deployment
+from pipelines.models import AuditEvent, Deployment, FollowUp, Repository, Target
+from pipelines.models.followup import PROMOTE_REEVALUATE
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,59 @@ def active_freezes(now=None):
         if frozen:
             freezes.append(Freeze(environment, *frozen))
     return sorted(freezes, key=lambda freeze: (freeze.environment.position, freeze.environment.name))
+
+
+# --- when a window ends --------------------------------------------------------------------------------
+
+# How far back the reconciler looks for windows that ended: a reconciler that was down longer than this lets a
+# freeze's end pass unnoticed, which costs nothing but the re-evaluation (what waited is woken all the same).
+ENDED_LOOKBACK = timedelta(days=1)
+
+
+def last_end(window, now):
+    """When the latest occurrence of `window` that is over ended (at or before `now`), or None."""
+    if not window.enabled:
+        return None
+    if not window.is_recurring:
+        return window.ends_at if window.ends_at and window.ends_at <= now else None
+    if not window.duration or window.duration <= timedelta(0):
+        return None
+    try:
+        zone = ZoneInfo(window.time_zone)
+        starts = croniter(window.cron, now.astimezone(zone) + _JUST_AFTER)
+        for _ in range(3):  # the occurrence under way now, if any, has not ended: look at the one before
+            ends = starts.get_prev(datetime).astimezone(UTC) + window.duration
+            if ends <= now:
+                return ends
+    except (ValueError, ZoneInfoNotFoundError):
+        return None  # reported where the window is evaluated for the guard
+    return None
+
+
+def reevaluate_after_freezes(now):
+    """The reconciler's hook for freezes that ended: once per ended occurrence (within ENDED_LOOKBACK), promotion
+    decides again for every repository that deploys to the window's environments (a PROMOTE_REEVALUATE follow-up
+    each, keyed by the window and its end so that the next ticks schedule nothing more). What the freeze held is
+    woken by the reconciler anyway, newest approval last; this is for what promotion would take now."""
+    since = now - ENDED_LOOKBACK
+    windows = (FreezeWindow.objects.filter(enabled=True)
+               .filter(~Q(cron="") | Q(ends_at__gt=since, ends_at__lte=now)).prefetch_related("environments"))
+    scheduled = 0
+    for window in windows:
+        ended = last_end(window, now)
+        if ended is None or ended <= since:
+            continue
+        key = f"{window.pk}:{ended.isoformat()}"
+        if FollowUp.objects.filter(kind=PROMOTE_REEVALUATE, payload__freeze_end=key).exists():
+            continue
+        pairs = (Target.objects.filter(environment__in=window.environments.all())
+                 .values_list("repository_id", "environment_id").distinct())
+        with transaction.atomic():
+            for repository_id, environment_id in pairs:
+                FollowUp.objects.schedule(PROMOTE_REEVALUATE, repository=Repository(pk=repository_id), payload={
+                    "environment": environment_id, "freeze_end": key, "because": f"the freeze {window} ended"})
+                scheduled += 1
+    return scheduled
 
 
 # --- the guard and the way through -------------------------------------------------------------------

@@ -6,12 +6,13 @@ Each tick:
 - a held deployment without a change request gets one (a missed or failed signal loses nothing);
 - a pending request past its `expires_at` expires, which cancels its deployment;
 - a pending request whose change could not be read from git is read again (until then nobody may
-  approve it where the commit-author rule applies: see ChangeRequest.refusal_reason).
+  approve it where the commit-author rule applies: see ChangeRequest.refusal_reason);
+- a freeze window that ended makes promotion decide again for the targets of its environments, once.
 Each step is one query for the rows that need work; one row's failure never stops the others."""
 
 import logging
 
-from approvals import changes
+from approvals import changes, freeze
 from approvals.models import ChangeRequest
 from approvals.opening import close_orphans, open_change_request
 from pipelines.models import Deployment, DeploymentStateError
@@ -24,6 +25,7 @@ def reconcile(now):
     report["opened"] = open_missing()
     report["expired"] = expire_overdue(now)
     report["summaries_retried"] = retry_failed_summaries()
+    report["freeze_ends"] = freeze.reevaluate_after_freezes(now)
     return report
 
 

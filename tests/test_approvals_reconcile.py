@@ -40,7 +40,8 @@ def test_it_opens_a_request_for_a_held_deployment_whose_follow_up_was_lost(produ
 
     report = reconciler.reconcile()  # the scheduler's tick, which runs the approvals hook
 
-    assert report["approvals.reconcile.reconcile"] == {"opened": 1, "superseded": 0, "withdrawn": 0, "expired": 0, "summaries_retried": 0}
+    assert report["approvals.reconcile.reconcile"] == {"opened": 1, "superseded": 0, "withdrawn": 0, "expired": 0, "summaries_retried": 0,
+                                                         "freeze_ends": 0}
     change_request = ChangeRequest.objects.get(deployment=deployment)
     assert change_request.status == "pending" and change_request.requested_by == alice
     assert [c["subject"] for c in change_request.summary["commits"]] == ["Add the app"]
@@ -86,7 +87,8 @@ def test_it_supersedes_a_pending_request_whose_deployment_a_newer_candidate_repl
 
     report = approvals_reconcile.reconcile(timezone.now())
 
-    assert report == {"superseded": 1, "withdrawn": 0, "opened": 1, "expired": 0, "summaries_retried": 0}
+    assert report == {"superseded": 1, "withdrawn": 0, "opened": 1, "expired": 0, "summaries_retried": 0,
+                      "freeze_ends": 0}
     older_request.refresh_from_db()
     assert older_request.status == "superseded"
     assert older_request.status_reason == f"Superseded by v1.2.0 (deployment #{newer.pk})."
@@ -106,7 +108,7 @@ def test_it_withdraws_a_pending_request_whose_deployment_was_cancelled_for_anoth
     assert AuditEvent.objects.filter(action="change_request.withdrawn", object_id=str(change_request.pk)).exists()
 
 
-def test_a_tick_with_nothing_to_do_makes_three_queries_however_many_requests_are_pending(
+def test_a_tick_with_nothing_to_do_makes_five_queries_however_many_requests_are_pending(
     repository, production, make_release, origin, alice, django_assert_num_queries
 ):
     for number in range(5):
@@ -116,6 +118,7 @@ def test_a_tick_with_nothing_to_do_makes_three_queries_however_many_requests_are
             status=Deployment.Status.AWAITING_APPROVAL, trigger=Deployment.Trigger.MANUAL, triggered_by=alice,
         )
         open_change_request(deployment)
-    with django_assert_num_queries(4):  # orphans, held without a request, overdue, unread changes
+    with django_assert_num_queries(5):  # orphans, held without a request, overdue, unread changes, ended freezes
         report = approvals_reconcile.reconcile(timezone.now())
-    assert report == {"superseded": 0, "withdrawn": 0, "opened": 0, "expired": 0, "summaries_retried": 0}
+    assert report == {"superseded": 0, "withdrawn": 0, "opened": 0, "expired": 0, "summaries_retried": 0,
+                      "freeze_ends": 0}

@@ -300,3 +300,22 @@ def test_a_deployment_whose_required_checks_failed_after_it_was_let_through_does
     assert deployment.status == "cancelled"
     assert deployment.error.startswith("Not run: staging requires passing checks and the external checks of its commit")
     assert ran_in(ran, "staging") == []
+
+
+def test_a_freeze_that_ends_makes_promotion_decide_again_once(
+        release_of, repository, staging, ran, run_workers, run_follow_ups, time_machine):
+    window = FreezeWindow.objects.create(name="Year-end", reason="Close.", starts_at=FREEZE_STARTS, ends_at=FREEZE_ENDS)
+    window.environments.set([staging])
+    time_machine.move_to(DURING)
+    set_stage(staging, auto_deploy=False)
+    promotion.on_release_recorded(release_of("v11.0.0"))  # not taken: the stage did not deploy automatically then
+    set_stage(staging, auto_deploy=True)  # changed behind the admin's back: nothing decided again yet
+    Target.objects.for_pair(repository, staging)
+    assert reconciler.reconcile()["approvals.reconcile.reconcile"]["freeze_ends"] == 0, "not over yet"
+
+    time_machine.move_to(FREEZE_ENDS + timedelta(minutes=1))
+    assert reconciler.reconcile()["approvals.reconcile.reconcile"]["freeze_ends"] == 1
+    assert reconciler.reconcile()["approvals.reconcile.reconcile"]["freeze_ends"] == 0, "once per end"
+    run_follow_ups()
+    run_workers()
+    assert ran_in(ran, "staging") == ["v11.0.0"]

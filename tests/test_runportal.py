@@ -55,13 +55,13 @@ def free_port():
 class Portal:
     """A running `manage.py runportal`, its output in a file, and every process it was seen to start."""
 
-    def __init__(self, env, data_dir, port):
+    def __init__(self, env, data_dir, port, *args):
         self.data_dir, self.port = data_dir, port
         self.url = f"http://127.0.0.1:{port}/"
         self.log = data_dir.parent / "runportal.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "runportal", "--port", str(port)],
+                [sys.executable, "manage.py", "runportal", "--port", str(port), *args],
                 cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             )
         self.seen = {}
@@ -150,8 +150,8 @@ def portal_dirs(tmp_path):
 def start_portal():
     portals = []
 
-    def start(env, data_dir):
-        portal = Portal(env, data_dir, free_port())
+    def start(env, data_dir, *args):
+        portal = Portal(env, data_dir, free_port(), *args)
         portals.append(portal)
         return portal
 
@@ -267,7 +267,9 @@ def test_make_run_starts_the_portal_deploys_the_demo_to_staging_and_stops_cleanl
     assert (data_dir / "redis" / "redis.rdb").stat().st_size > 0  # the embedded Redis saved its data on the way out
 
 
-def test_when_a_child_dies_the_portal_stops_the_others_and_fails(portal_dirs, start_portal):
+def test_when_the_web_server_dies_the_portal_stops_the_others_and_fails(portal_dirs, start_portal):
+    """A dead worker is started again (tests/faults/test_supervision.py); without its web server the portal
+    is no portal, so that one stops everything."""
     data_dir = portal_dirs
     # With REDIS_URL set, the portal uses that Redis (here the test suite's own) and starts none of its own.
     env = portal_env(data_dir, REDIS_URL=django_settings.REDIS_URL)
@@ -275,19 +277,19 @@ def test_when_a_child_dies_the_portal_stops_the_others_and_fails(portal_dirs, st
     portal = start_portal(env, data_dir)
     portal.wait_for("web server", lambda: get(urllib.request.build_opener(), portal.url + "healthz")[0] == 200)
 
-    def workers():
+    def web_server():
         return [process for process, command in portal.seen.values()
-                if "rqworker" in command and process.ppid() == portal.process.pid]  # not a work-horse
+                if "gunicorn" in command and process.ppid() == portal.process.pid]  # the arbiter, not its worker
 
-    worker = portal.wait_for("rq worker", lambda: workers())[0]
-    worker.kill()
+    portal.wait_for("rq worker", lambda: any("rqworker" in command for command in portal.seen_commands()))
+    web_server()[0].kill()
     try:
         returncode = portal.process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"runportal did not stop after its worker died:\n{portal.output()}")
+        pytest.fail(f"runportal did not stop after its web server died:\n{portal.output()}")
 
     assert returncode == 1
-    assert re.search(r"The worker-\d process \(pid \d+\) exited unexpectedly", portal.output())
+    assert re.search(r"The web process \(pid \d+\) exited unexpectedly with signal 9 \(SIGKILL\)", portal.output())
     assert portal.leftovers() == []
     assert not (data_dir / "redis" / "redis.sock").exists()
     assert not any("redis-server" in command for command in portal.seen_commands())

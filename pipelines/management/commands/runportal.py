@@ -5,9 +5,15 @@
 Without REDIS_URL in the environment the embedded Redis is started first, on the socket that the default
 REDIS_URL names (in a 0700 directory, with a generated password: see pipelines/embedded.py), and held until
 the end. Each child runs in its own process group (so Ctrl-C reaches only
-this command, which then stops the children in order). If a child dies, the others are stopped and the
-command exits with status 1: a half-running portal would only hide the failure."""
+this command, which then stops the children in order).
 
+A worker or the scheduler that dies is started again, after a delay that doubles with each death within
+CRASH_LOOP_SECONDS; the web server goes on serving meanwhile. The runs a dead worker held are failed with how
+it died ("signal 11 (SIGSEGV)"), once their steps are gone (pipelines/dead_workers.py). A child that crash-loops
+(more than CRASH_LOOP_RESTARTS restarts within CRASH_LOOP_SECONDS), or a web server that dies, stops the
+portal with status 1: restarting would only hide the failure."""
+
+import collections
 import ctypes
 import fcntl
 import os
@@ -22,13 +28,22 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connections
+from django.utils import timezone
 
-from pipelines import embedded
+from pipelines import dead_workers, embedded
 
 # How long children get to finish after SIGTERM before they and everything they started are killed.
 GRACE_SECONDS = 10
 READY_TIMEOUT_SECONDS = 60
 POLL_SECONDS = 0.2
+# Restarts of a dead worker or scheduler: the first after RESTART_FIRST_DELAY, doubling with each death of
+# the same child within CRASH_LOOP_SECONDS; more than CRASH_LOOP_RESTARTS of them in that time is a crash loop.
+RESTART_FIRST_DELAY = 0.25
+RESTART_MAX_DELAY = 30
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_SECONDS = 60
+# How long this command tries to fail a dead worker's runs itself; after that the reconciler does (its lease).
+DEAD_RUNS_SECONDS = 60
 
 
 def _die_with_parent():
@@ -40,10 +55,16 @@ def _die_with_parent():
 
 
 class Child:
-    def __init__(self, name, args, label):
+    def __init__(self, name, args, label, *, restarts=True):
         self.name, self.args, self.label, self.process = name, args, label, None
+        self.restarts = restarts  # False: its death stops the portal
+        self.deaths = collections.deque()  # monotonic times, within CRASH_LOOP_SECONDS
+        self.restart_at = None  # monotonic time of the next start of a dead child
+        self.started_at = None  # when it started, to match the runs it claimed
 
     def start(self, env):
+        self.restart_at = None
+        self.started_at = timezone.now()
         self.process = subprocess.Popen(
             self.args,
             cwd=settings.BASE_DIR,
@@ -95,9 +116,11 @@ class Command(BaseCommand):
         self._check_port_free(host, port)
         redis_server = self._start_embedded_redis() if not os.environ.get("REDIS_URL") else None
         children = self._children(host, port, workers, threads)
+        self.dead_runners = []  # (pid, start time, return code, monotonic deadline) of dead workers
+        self.dead_runner_errors = set()
         failure = None
         try:
-            env = self._child_environment(self._served_url(host, port))
+            env = self.env = self._child_environment(self._served_url(host, port))
             for child in children:
                 if not self.stop_requested:
                     child.start(env)
@@ -124,7 +147,7 @@ class Command(BaseCommand):
             "--graceful-timeout", "5", "--timeout", "60", "--error-logfile", "-", "--no-control-socket",
         ]
         return [
-            Child("web", web, f"gunicorn on {host}:{port}"),
+            Child("web", web, f"gunicorn on {host}:{port}", restarts=False),
             # -v 0: rq logs only warnings and failed jobs; progress is on the portal's pages.
             *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "checks", "-v", "0"],
                     "manage.py rqworker git deploy checks")
@@ -221,11 +244,57 @@ class Command(BaseCommand):
         self.stop_requested += 1
 
     def _dead_child(self, children):
+        """Reap and restart (when due) the children that died; the reason to stop the portal, or None."""
+        now = time.monotonic()
         for child in children:
-            code = child.process.poll() if child.process is not None else None
-            if code is not None:
-                return f"The {child.name} process (pid {child.pid}) exited unexpectedly with status {code}."
+            if child.process is None:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at and not self.stop_requested:
+                    child.start(self.env)
+                    self.stdout.write(f"Restarted {child.name} (pid {child.pid}): {child.label}")
+                    self.stdout.flush()
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            how = dead_workers.how_it_ended(code)
+            if child.name.startswith("worker-"):
+                self.dead_runners.append((child.pid, child.started_at, code, now + DEAD_RUNS_SECONDS))
+            if not child.restarts:
+                return f"The {child.name} process (pid {child.pid}) exited unexpectedly with {how}."
+            child.deaths.append(now)
+            while child.deaths and child.deaths[0] < now - CRASH_LOOP_SECONDS:
+                child.deaths.popleft()
+            if len(child.deaths) > CRASH_LOOP_RESTARTS:
+                return (f"The {child.name} process crash-looped: it died {len(child.deaths)} times within "
+                        f"{CRASH_LOOP_SECONDS} s, the last time (pid {child.pid}) with {how}.")
+            delay = min(RESTART_MAX_DELAY, RESTART_FIRST_DELAY * 2 ** (len(child.deaths) - 1))
+            child.restart_at = now + delay
+            self.stderr.write(f"The {child.name} process (pid {child.pid}) died with {how}; restarting it in "
+                              f"{delay:g} s (death {len(child.deaths)} within {CRASH_LOOP_SECONDS} s).")
+            self.stderr.flush()
         return None
+
+    def _fail_runs_of_dead_workers(self):
+        """Fail the runs that dead workers held, saying how each died, once their steps are gone."""
+        if not self.dead_runners:
+            return
+        left = []
+        for pid, started_at, code, deadline in self.dead_runners:
+            try:
+                done = dead_workers.fail_runs_of(pid, started_at=started_at, returncode=code)
+            except Exception as exc:  # the database away: try again, the reconciler is the fallback
+                if pid not in self.dead_runner_errors:  # said once, not at every poll
+                    self.dead_runner_errors.add(pid)
+                    self.stderr.write(f"Could not fail the runs of the dead worker {pid} yet ({exc}); retrying.")
+                connections.close_all()
+                done = False
+            if not done and time.monotonic() < deadline:
+                left.append((pid, started_at, code, deadline))
+        self.dead_runners = left
+        if not left:
+            connections.close_all()  # no connection held while nothing is to be done
 
     def _supervise(self, children):
         while not self.stop_requested:
@@ -233,6 +302,7 @@ class Command(BaseCommand):
             if failure:
                 self.stderr.write(failure)
                 return failure
+            self._fail_runs_of_dead_workers()
             time.sleep(POLL_SECONDS)
         return None
 

@@ -1,0 +1,50 @@
+"""The runs of a worker that died, failed with how it died, by the process that saw it die (runportal).
+
+Only the parent of a worker learns its exit status (a signal such as SIGSEGV, or the OOM killer's SIGKILL);
+the reconciler, which finds the runner gone later, can only say "killed or crashed". The fence is the
+reconciler's own: a run is failed only once its step's process group is gone too (the step's supervisor
+outlives its runner by at most its kill-after grace), so the next run of its target starts only after that."""
+
+import signal
+from datetime import timedelta
+
+from pipelines.models import Build, Check, Deployment, Preview, StaleStatus
+from pipelines.models.deployment import this_host
+from pipelines.reconciler import _process_group_alive
+from pipelines.runner import wake_next_in_line
+
+RUN_MODELS = (Deployment, Build, Preview, Check)
+
+
+def how_it_ended(returncode):
+    """A Popen return code in words: "signal 11 (SIGSEGV)" for a negative one, "status 3" otherwise."""
+    if returncode >= 0:
+        return f"status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+    return f"signal {-returncode} ({name})"
+
+
+def fail_runs_of(pid, *, started_at, returncode):
+    """Fail the running runs of the dead worker `pid` (on this host, claimed since `started_at`, when that
+    process started) whose step is gone. True when none of its runs is left running; False while a step
+    still runs (ask again)."""
+    host = this_host()
+    reason = f"Worker lost: the worker process {pid} on {host} died: {how_it_ended(returncode)}."
+    waiting = False
+    for model in RUN_MODELS:
+        runs = model.objects.filter(status="running", runner_host=host, runner_pid=pid,
+                                    started_at__gte=started_at - timedelta(seconds=1))
+        for run in runs:
+            if _process_group_alive(run.step_pgid):
+                waiting = True
+                continue
+            try:
+                run.fail(reason)
+            except StaleStatus:
+                continue  # the reconciler got there first
+            if model is Deployment:
+                wake_next_in_line(run)
+    return not waiting

@@ -1,6 +1,12 @@
 """The approval part of each stage's policy: what every environment that required approval had becomes
 the policy of its stage in the `default` lifecycle (pipelines/0006), and each change request points at
-that stage. Runs before pipelines/0007, which removes those fields from the environments."""
+that stage. Runs before pipelines/0007, which removes those fields from the environments.
+
+An environment that did not require approval keeps its settings too when it has an approver group or a
+pending change request: before lifecycles anyone in the environment's group could decide on a request there
+(an admin may have switched approval off while it was pending), and a request whose stage had no policy could
+never be decided. Without a group, the policy gets an empty one named after the environment, as
+pipelines/0005 does, so an admin sees whom to add."""
 
 import django.core.validators
 import django.db.models.deletion
@@ -11,15 +17,21 @@ def copy_the_policies_to_the_default_stages(apps, schema_editor):
     Stage = apps.get_model("pipelines", "Stage")
     StagePolicy = apps.get_model("approvals", "StagePolicy")
     ChangeRequest = apps.get_model("approvals", "ChangeRequest")
+    Group = apps.get_model("auth", "Group")
     stages = {stage.environment_id: stage for stage in Stage.objects.filter(lifecycle__name="default").select_related("environment")}
+    pending = set(ChangeRequest.objects.filter(status="pending").values_list("environment_id", flat=True))
     for stage in stages.values():
         environment = stage.environment
-        if environment.requires_approval and environment.approver_group_id is not None:
-            StagePolicy.objects.create(
-                stage=stage, required_approvals=environment.required_approvals,
-                approver_group_id=environment.approver_group_id, allow_self_approval=environment.allow_self_approval,
-                block_commit_authors=environment.block_commit_authors, approval_timeout=environment.approval_timeout,
-            )
+        if not (environment.requires_approval or environment.approver_group_id or environment.pk in pending):
+            continue
+        group_id = environment.approver_group_id
+        if group_id is None:
+            group_id = Group.objects.get_or_create(name=f"{environment.name}-approvers")[0].pk
+        StagePolicy.objects.create(
+            stage=stage, required_approvals=environment.required_approvals,
+            approver_group_id=group_id, allow_self_approval=environment.allow_self_approval,
+            block_commit_authors=environment.block_commit_authors, approval_timeout=environment.approval_timeout,
+        )
     for environment_id, stage in stages.items():
         ChangeRequest.objects.filter(environment_id=environment_id).update(stage=stage)
     if schema_editor.connection.vendor == "postgresql":
@@ -28,6 +40,8 @@ def copy_the_policies_to_the_default_stages(apps, schema_editor):
 
 
 def copy_the_policies_back(apps, schema_editor):
+    """The `default` lifecycle's policies become the environments' settings again. Dropped: the policies of
+    other lifecycles' stages (their change requests keep their environment, whose settings then apply)."""
     StagePolicy = apps.get_model("approvals", "StagePolicy")
     Environment = apps.get_model("pipelines", "Environment")
     for policy in StagePolicy.objects.filter(stage__lifecycle__name="default").select_related("stage"):

@@ -4,6 +4,19 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def keep_each_persons_latest_decision(apps, schema_editor):
+    """Backwards only. The schema before this one holds one decision per person and change request: of a
+    person's decisions on several previews, the latest stays. Dropped: their decisions on earlier previews
+    (the audit log still has them)."""
+    Decision = apps.get_model("approvals", "Decision")
+    seen = set()
+    for decision in Decision.objects.order_by("-preview_number", "-decided_at", "-pk"):
+        key = (decision.change_request_id, decision.user_id)
+        if key in seen:
+            decision.delete()
+        seen.add(key)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -21,6 +34,9 @@ class Migration(migrations.Migration):
             name='preview_number',
             field=models.PositiveIntegerField(default=0),
         ),
+        # Reversed with preview_number still there: after the per-preview constraint is gone, before the
+        # per-person one comes back.
+        migrations.RunPython(migrations.RunPython.noop, keep_each_persons_latest_decision),
         migrations.AddConstraint(
             model_name='decision',
             constraint=models.UniqueConstraint(fields=('change_request', 'user', 'preview_number'), name='one_decision_per_person_per_preview'),

@@ -13,6 +13,9 @@ def give_held_environments_a_group(apps, schema_editor):
     for environment in Environment.objects.filter(requires_approval=True, approver_group__isnull=True):
         group, _ = Group.objects.get_or_create(name=f"{environment.name}-approvers")
         Environment.objects.filter(pk=environment.pk).update(approver_group=group)
+    if schema_editor.connection.vendor == "postgresql":
+        # Check the new foreign keys now: PostgreSQL refuses the ALTER TABLE below while checks are pending.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):

@@ -27,11 +27,21 @@ def make_the_default_lifecycle(apps, schema_editor):
 
 
 def copy_the_default_stages_back(apps, schema_editor):
+    """The `default` lifecycle's stages become the environments' flags again. Dropped: every other lifecycle
+    (its repositories follow the environments, as all did before). A default stage that holds deployments
+    without an approval policy gets an empty approver group named after its environment, as 0005 does: the
+    older schema refuses approval without a group, and an admin sees whom to add."""
     Stage = apps.get_model("pipelines", "Stage")
     Environment = apps.get_model("pipelines", "Environment")
-    for stage in Stage.objects.filter(lifecycle__name="default"):
-        Environment.objects.filter(pk=stage.environment_id).update(
-            auto_deploy=stage.auto_deploy, requires_approval=stage.requires_approval)
+    Group = apps.get_model("auth", "Group")
+    for stage in Stage.objects.filter(lifecycle__name="default").select_related("environment"):
+        fields = {"auto_deploy": stage.auto_deploy, "requires_approval": stage.requires_approval}
+        if stage.requires_approval and stage.environment.approver_group_id is None:
+            fields["approver_group"] = Group.objects.get_or_create(name=f"{stage.environment.name}-approvers")[0]
+        Environment.objects.filter(pk=stage.environment_id).update(**fields)
+    if schema_editor.connection.vendor == "postgresql":
+        # Check the foreign keys now: PostgreSQL refuses to alter a table while checks on it are pending.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):

@@ -4,6 +4,19 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def keep_one_report_per_name(apps, schema_editor):
+    """Backwards only. The schema before this one holds one result per (repository, commit, name): of the
+    reports several reporters made under one name, the last updated stays. Dropped: the other reporters'
+    results for that name."""
+    ExternalCheck = apps.get_model("pipelines", "ExternalCheck")
+    seen = set()
+    for check in ExternalCheck.objects.order_by("-updated_at", "-pk"):
+        key = (check.repository_id, check.commit_sha, check.name)
+        if key in seen:
+            check.delete()
+        seen.add(key)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -20,6 +33,8 @@ class Migration(migrations.Migration):
             model_name='externalcheck',
             name='one_external_check_per_name',
         ),
+        # Reversed after the per-reporter constraint is gone and before the per-name one comes back.
+        migrations.RunPython(migrations.RunPython.noop, keep_one_report_per_name),
         migrations.AddConstraint(
             model_name='externalcheck',
             constraint=models.UniqueConstraint(fields=('repository', 'commit_sha', 'name', 'reported_by'), name='one_external_check_per_name_and_reporter'),

@@ -3,6 +3,15 @@
 from django.db import migrations, models
 
 
+def cancel_the_waiting_checks(apps, schema_editor):
+    """Backwards only. The schema before this one has no `waiting`: a fork's check that waits for a deployer
+    becomes cancelled, with the reason, and nothing runs code nobody allowed. Dropped: that it was waiting
+    (a push to its pull request checks it again)."""
+    Check = apps.get_model("pipelines", "Check")
+    Check.objects.filter(status="waiting").update(
+        status="cancelled", error="Cancelled when the portal was downgraded: it was waiting for a deployer to run it.")
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -14,6 +23,8 @@ class Migration(migrations.Migration):
             model_name='check',
             name='check_status_is_known',
         ),
+        # Reversed after the constraint that allows `waiting` is gone and before the older one comes back.
+        migrations.RunPython(migrations.RunPython.noop, cancel_the_waiting_checks),
         migrations.AddField(
             model_name='check',
             name='from_fork',

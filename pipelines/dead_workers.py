@@ -3,11 +3,14 @@
 Only the parent of a worker learns its exit status (a signal such as SIGSEGV, or the OOM killer's SIGKILL);
 the reconciler, which finds the runner gone later, can only say "killed or crashed". The fence is the
 reconciler's own: a run is failed only once its step's process group is gone too (the step's supervisor
-outlives its runner by at most its kill-after grace), so the next run of its target starts only after that."""
+outlives its runner by at most its kill-after grace), so the next run of its target starts only after that.
+Where steps run in a cgroup of their run (pipelines/sandbox.py), it is killed first, at once: with it every
+process of the step, even a daemon that left the step's process group."""
 
 import signal
 from datetime import timedelta
 
+from pipelines import sandbox
 from pipelines.models import Build, Check, Deployment, Preview, StaleStatus
 from pipelines.models.deployment import this_host
 from pipelines.reconciler import _process_group_alive
@@ -38,6 +41,10 @@ def fail_runs_of(pid, *, started_at, returncode):
         runs = model.objects.filter(status="running", runner_host=host, runner_pid=pid,
                                     started_at__gte=started_at - timedelta(seconds=1))
         for run in runs:
+            cgroup = sandbox.run_cgroup(run, runner_pid=pid)
+            if cgroup is not None and not cgroup.kill(timeout=0.5):
+                waiting = True
+                continue
             if _process_group_alive(run.step_pgid):
                 waiting = True
                 continue

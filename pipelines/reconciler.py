@@ -128,6 +128,10 @@ def _lost_reason(run, now, lost_after, here):
     """Why a running deployment or build is lost, in words; None while it may still be running."""
     runner_died = run.runner_host == here and not _process_alive(run.runner_pid, run.started_at)
     expired = run.heartbeat_at < now - lost_after
+    # What its steps left outside their process group (a `setsid` daemon) goes with its dead runner.
+    cgroup = sandbox.run_cgroup(run, runner_pid=run.runner_pid) if runner_died else None
+    if cgroup is not None and not cgroup.kill(timeout=1) and not expired:
+        return None  # not fenced while anything of it lives on
     if not expired and not (runner_died and not _process_group_alive(run.step_pgid)):
         return None
     if runner_died:

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.utils import InterfaceError, OperationalError
@@ -53,6 +54,7 @@ DATABASE_BLIP = (OperationalError, InterfaceError)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 if sys.platform.startswith("linux"):
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
     _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -588,37 +590,104 @@ def run_step(deployment, step, workdir, environment, heartbeat, log, account=Non
 
     `deployment`: anything with `record_step()` (a Build too); `shared`: folders besides `workdir` the step
     may use (see sandbox.wrap)."""
-    as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
     refusal = sandbox.refusal(account)
     if refusal is not None:  # no seal works here: the step does not start (the run fails with the reason)
         log.write(f"==> {refusal}\n")
         raise sandbox.StepsUnsealed(refusal)
+    # What leaves the step's process group and session (`setsid`, a double fork) is still caught: in the
+    # run's cgroup where this machine gives one, else as an orphan of this process (its child subreaper).
+    cgroup = sandbox.run_cgroup(deployment)
+    if cgroup is not None:
+        cgroup.create()
+    else:
+        _become_subreaper()
+    children_before = _children()
     with sandbox.sealed(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir,
                         timeout=step.timeout, shared=shared, environment=environment,
-                        preexec=_die_with_the_runner) as (command, preexec, seal):
+                        preexec=_seal_step_child(cgroup, account)) as (command, preexec, seal):
         if seal is None:
             log.write("==> UNSEALED: no sandbox works here and GITOPS_ALLOW_UNSEALED_STEPS=1 lets this step run "
                       "anyway; it can read the portal's keys, its database and every environment's secrets\n")
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,  # on its own pipe, so its lines are marked in the log
-            start_new_session=True,  # its own process group, killed as a whole
-            preexec_fn=preexec,
-            **as_account,
-        )
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=workdir,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,  # on its own pipe, so its lines are marked in the log
+                start_new_session=True,  # its own process group, killed as a whole
+                preexec_fn=preexec,
+            )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.kill()
+            raise
     heartbeat.step_pgid = process.pid
     try:
         _record_step(deployment, process.pid)
         return _follow(step, process, heartbeat, log)
     finally:
         _kill_group(process)  # whatever the step left behind in its group goes with it
+        _kill_leftovers(cgroup, children_before)  # and what it left outside its group
         heartbeat.step_pgid = None
         process.stdout.close()
         process.stderr.close()
+
+
+def _seal_step_child(cgroup, account):
+    """The preexec_fn of the step's supervisor: into the run's cgroup while it may still move itself, then
+    to the step's account, then the parent-death signal (a change of user would clear it)."""
+    def seal():
+        if cgroup is not None:
+            cgroup.join()
+        if account is not None:
+            os.setgroups([])
+            os.setregid(account.pw_gid, account.pw_gid)
+            os.setreuid(account.pw_uid, account.pw_uid)
+        _die_with_the_runner()
+    return seal
+
+
+def _become_subreaper():
+    """Processes a step orphans (a daemon of `setsid` and a double fork) become this process's children
+    rather than init's, so `_kill_leftovers` finds them. Set once, for the life of the process."""
+    if _prctl is not None:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children():
+    """This process's children now, by (pid, start time): a pid alone could be reused."""
+    found = set()
+    for child in psutil.Process().children():
+        try:
+            found.add((child.pid, child.create_time()))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _kill_leftovers(cgroup, children_before):
+    """After the step's group: kill what the step left elsewhere. With a cgroup, everything in it; without,
+    the orphans this process adopted during the step (its new children) and all they started, stopped first
+    so none forks away while the others die, then reaped."""
+    if cgroup is not None:
+        cgroup.kill()
+        return
+    adopted = []
+    for child in psutil.Process().children():
+        try:
+            if (child.pid, child.create_time()) not in children_before:
+                adopted += [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for action in (psutil.Process.suspend, psutil.Process.kill):
+        for process in adopted:
+            try:
+                action(process)
+            except psutil.NoSuchProcess:
+                pass
+    psutil.wait_procs(adopted, timeout=KILL_GRACE_SECONDS)
 
 
 def _record_step(deployment, pgid):

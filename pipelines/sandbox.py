@@ -23,6 +23,13 @@ Two layers, outermost first:
      that get around a path-based sandbox (`_ROOT_POWERS_DROPPED`).
    With neither, steps are refused (StepsUnsealed, which says why and what to do) unless the admin set
    GITOPS_ALLOW_UNSEALED_STEPS=1, for a throwaway demo; then each step's log and every page say so.
+
+Every process a step starts dies with its run, even one that left its process group and session (`setsid`
+and a double fork), which bubblewrap's PID namespace alone catches: where the machine gives this process a
+cgroup v2 it may write (`run_cgroup`), each run's steps run in a cgroup of its own, emptied with
+`cgroup.kill` when the step ends, and by runportal at once when the worker dies (pipelines/dead_workers.py);
+elsewhere the runner is the child subreaper of what its steps leave behind and kills it
+(pipelines/runner.py, `_kill_leftovers`).
 """
 
 import contextlib
@@ -34,6 +41,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 
 from django.conf import settings
 
@@ -380,3 +388,134 @@ def _drop_root_powers():
         data[number // 32].inheritable &= ~(1 << (number % 32))
     if _libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capset failed")
+
+
+# --- the run's cgroup ---------------------------------------------------------------------------------------
+
+CGROUP_PREFIX = "gitops-run-"
+_cgroup_probed = []  # [the cgroup v2 directory runs' cgroups are made in, or None] once probed
+
+
+class RunCgroup:
+    """The cgroup v2 of one run's steps: every process a step starts is in it, wherever it moves its process
+    group or session, and `kill()` ends them all at once (cgroup.kill)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def create(self):
+        _remove_empty_cgroups_of_dead_runners(os.path.dirname(self.path))
+        os.makedirs(self.path, exist_ok=True)
+        return self
+
+    def join(self):
+        """In the step's child before exec (while it may still move itself: before it drops to the step's
+        account): the child and all it will start belong to this cgroup."""
+        fd = os.open(os.path.join(self.path, "cgroup.procs"), os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+
+    def populated(self):
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as procs:
+                return bool(procs.read().strip())
+        except FileNotFoundError:
+            return False
+
+    def kill(self, timeout=5.0):
+        """SIGKILL every process in the cgroup and remove it once empty; True when it is gone."""
+        if not os.path.isdir(self.path):
+            return True
+        try:
+            with open(os.path.join(self.path, "cgroup.kill"), "w") as kill:
+                kill.write("1")
+        except FileNotFoundError:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.rmdir(self.path)  # refused while a process is still in it (EBUSY)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    logger.warning("could not remove the step cgroup %s (%s)", self.path, exc)
+                    return False
+            time.sleep(0.02)
+
+
+def _remove_empty_cgroups_of_dead_runners(base):
+    """A runner killed while its step ran leaves its run's cgroup behind (emptied by its step's supervisor
+    or by runportal); the kernel refuses to remove one that still holds a process."""
+    try:
+        names = [name for name in os.listdir(base) if name.startswith(CGROUP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(CGROUP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.rmdir(os.path.join(base, name))
+            except OSError:
+                pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_cgroup(run, runner_pid=None):
+    """The cgroup of the steps of `run` (a Deployment, a Build …), run by the runner `runner_pid` (by default
+    this process), or None where this machine gives us no cgroup v2 to write."""
+    base = cgroup_base()
+    if base is None:
+        return None
+    name = f"{CGROUP_PREFIX}{runner_pid or os.getpid()}-{run._meta.model_name}-{run.pk}"
+    return RunCgroup(os.path.join(base, name))
+
+
+def cgroup_base():
+    """The cgroup v2 directory of this process, where it may make cgroups for steps, or None (probed once)."""
+    with _probe_lock:
+        if not _cgroup_probed:
+            _cgroup_probed.append(_probe_cgroup())
+        return _cgroup_probed[0]
+
+
+def _probe_cgroup():
+    """Found from /proc/mounts and /proc/self/cgroup, never assumed: writable, with cgroup.kill (Linux 5.14),
+    and a child really moved into a cgroup made there."""
+    try:
+        with open("/proc/mounts") as mounts:
+            mount = next((fields[1] for fields in map(str.split, mounts) if len(fields) > 2 and fields[2] == "cgroup2"),
+                         None)
+        with open("/proc/self/cgroup") as groups:
+            own = next((line.strip()[3:] for line in groups if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if mount is None or own is None:
+        logger.info("no cgroup v2 here: what steps leave behind is found as the runner's orphans instead")
+        return None
+    base = os.path.join(mount, own.lstrip("/"))
+    probe = RunCgroup(os.path.join(base, f"{CGROUP_PREFIX}probe-{os.getpid()}"))
+    try:
+        probe.create()
+        if not os.path.exists(os.path.join(probe.path, "cgroup.kill")):
+            raise OSError("it has no cgroup.kill (Linux before 5.14)")
+        subprocess.run(["true"], preexec_fn=probe.join, check=True, timeout=15, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.info("steps get no cgroup of their own (%s: %s); what they leave behind is found as the runner's "
+                    "orphans instead", base, exc)
+        return None
+    finally:
+        probe.kill()
+    return base

@@ -109,7 +109,7 @@ def test_a_worker_that_dies_mid_step_is_restarted_its_run_says_why_and_the_web_k
     running.wait_for("the run to be failed", lambda: status(first) == "failed")
     first.refresh_from_db()
     assert first.error == (f"Worker lost: the worker process {worker_pid} on {first.runner_host} died: "
-                           f"signal {sig.value} ({sig.name}).")
+                           f"signal {sig.value} ({sig.name})."), running.output()
     running.wait_for("the next deployment to run on the restarted worker", lambda: status(following) == "succeeded")
     assert_no_overlap(markers / "v1", markers / "v2", gone_at)
     new_worker = Deployment.objects.get(pk=following.pk).runner_pid

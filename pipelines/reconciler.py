@@ -28,6 +28,7 @@ from rq.job import Job, JobStatus
 from pipelines import followups, hooks, jobs, sandbox
 from pipelines.models import AuditEvent, Build, Check, Deployment, Preview, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
+from pipelines.models.clock import database_now
 from pipelines.models.deployment import this_host
 from pipelines.runner import wake_next_in_line
 
@@ -37,10 +38,14 @@ _LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, J
 
 
 def reconcile(now=None):
+    """One tick. `now` moves time (tests); by default the lost runs are told on the database's clock, the
+    one their heartbeats are written on (a worker's or this host's may be minutes off), and the rest on this
+    host's, like the times it compares with (follow-ups due, freeze windows)."""
+    runs_now = now or database_now()
     now = now or timezone.now()
-    report = {"worker_lost": fail_lost_workers(now), "builds_lost": fail_lost_builds(now),
-              "previews_lost": fail_lost_previews(now),
-              "checks_lost": _fail_lost_runs(Check.objects.select_related("repository"), now)}
+    report = {"worker_lost": fail_lost_workers(runs_now), "builds_lost": fail_lost_builds(runs_now),
+              "previews_lost": fail_lost_previews(runs_now),
+              "checks_lost": _fail_lost_runs(Check.objects.select_related("repository"), runs_now)}
     try:
         report["requeued"] = requeue_lost_jobs(now)
         report["builds_requeued"] = requeue_lost_builds()
@@ -96,7 +101,8 @@ def requeue_lost_jobs(now):
 
 
 def fail_lost_workers(now):
-    """Fail running deployments whose runner is lost, with the true reason, and wake what waited.
+    """Fail running deployments whose runner is lost, with the true reason, and wake what waited. `now` is
+    the database's (see reconcile).
 
     Only once the run is fenced: its lease expired (no heartbeat for GITOPS_WORKER_LOST_AFTER, and the
     runner stops its own step after half of that), or, on the runner's own host, its runner process and its

@@ -1,16 +1,17 @@
 import os
 import socket
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q, Sum
+from django.db.models.functions import Now
 from django.urls import reverse
 from django.utils import timezone
 
 from pipelines import run_log
 
 from .audit import AuditEvent
+from .clock import now_plus, set_written
 from .followup import DEPLOYMENTS_STOPPED
 
 
@@ -167,7 +168,7 @@ class Deployment(models.Model):
             fields.setdefault("queued_at", now)
         elif new_status == Status.RUNNING:
             fields.setdefault("started_at", now)
-            fields.setdefault("heartbeat_at", now)
+            fields.setdefault("heartbeat_at", Now())  # on the database's clock: see pipelines/models/clock.py
         elif new_status in FINISHED:
             fields.setdefault("finished_at", now)
         held = []
@@ -201,8 +202,7 @@ class Deployment(models.Model):
             if new_status == Status.RUNNING:
                 raise TargetBusy(f"Another deployment of {self.repository} is running in {self.environment}.") from exc
             raise
-        for name, value in fields.items():
-            setattr(self, name, value)
+        set_written(self, fields)
         return self
 
     # --- named steps of the lifecycle ---------------------------------------------------------------
@@ -265,12 +265,12 @@ class Deployment(models.Model):
         so the next run of a target starts only once the old one is fenced. Raises TargetBusy otherwise."""
         from pipelines.models import Target
 
-        now = timezone.now()
         with transaction.atomic():
             target = self.lock_target()
-            free = Q(lease_holder__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_holder=self.pk)
+            # The lease's end is on the database's clock, whatever this host's says (see clock.py).
+            free = Q(lease_holder__isnull=True) | Q(lease_expires_at__lt=Now()) | Q(lease_holder=self.pk)
             taken = Target.objects.filter(free, pk=target.pk).update(
-                lease_holder=self.pk, lease_expires_at=self._lease_end(now)
+                lease_holder=self.pk, lease_expires_at=self._lease_end()
             )
             if taken != 1:
                 raise TargetBusy(
@@ -278,7 +278,7 @@ class Deployment(models.Model):
                     f"until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
                 )
             self.transition(
-                Status.RUNNING, worker_name=worker_name, heartbeat_at=now,
+                Status.RUNNING, worker_name=worker_name, heartbeat_at=Now(),
                 runner_host=runner_host if runner_host is not None else this_host(),
                 runner_pid=runner_pid if runner_pid is not None else os.getpid(),
                 step_pgid=None,
@@ -332,14 +332,13 @@ class Deployment(models.Model):
         part in a deadlock with a transition (which locks the Target first)."""
         from pipelines.models import Target
 
-        now = timezone.now()
-        alive = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING).update(heartbeat_at=now)
+        alive = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING).update(heartbeat_at=Now())
         if alive != 1:
             return True
         # Renewed while a cancel is carried out too: the run still owns its target until its step is gone.
         renewed = Target.objects.filter(repository=self.repository_id, environment=self.environment_id).filter(
             Q(lease_holder=self.pk) | Q(lease_holder__isnull=True)
-        ).update(lease_holder=self.pk, lease_expires_at=self._lease_end(now))
+        ).update(lease_holder=self.pk, lease_expires_at=self._lease_end())
         if renewed != 1:
             return True
         return Deployment.objects.filter(pk=self.pk, cancel_requested_at__isnull=False).exists()
@@ -370,8 +369,8 @@ class Deployment(models.Model):
         Target.objects.filter(lease_holder=self.pk).update(lease_holder=None, lease_expires_at=None)
 
     @staticmethod
-    def _lease_end(now):
-        return now + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
+    def _lease_end():
+        return now_plus(settings.GITOPS_WORKER_LOST_AFTER)
 
     # --- log -----------------------------------------------------------------------------------------
 

@@ -1,19 +1,22 @@
 """What a build and a preview have in common: a fenced run of steps outside a deployment, with its own row.
 
-The row's heartbeat is the run's lease (the runner stops its step when it cannot renew it, see
-pipelines/runner.Heartbeat); the reconciler fails a run whose heartbeat stopped and wakes a queued one whose
-job was lost. Its log is stored in numbered chunks; what its steps left in $GITOPS_ARTIFACTS/ is one tar.gz
-in the storage `gitops_artifacts` (pipelines/artifacts.py). Subclasses name their statuses and transitions
-(`TRANSITIONS`), and say which repository and environment their audit events belong to (`audit_scope`)."""
+The row's heartbeat is the run's lease, on the database's clock (see clock.py; the runner stops its step
+when it cannot renew it, see pipelines/runner.Heartbeat); the reconciler fails a run whose heartbeat stopped
+and wakes a queued one whose job was lost. Its log is stored in numbered chunks; what its steps left in
+$GITOPS_ARTIFACTS/ is one tar.gz in the storage `gitops_artifacts` (pipelines/artifacts.py). Subclasses name
+their statuses and transitions (`TRANSITIONS`), and say which repository and environment their audit events
+belong to (`audit_scope`)."""
 
 import os
 
 from django.db import models, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from pipelines import run_log
 
 from .audit import AuditEvent
+from .clock import set_written
 from .deployment import InvalidTransition, StaleStatus, this_host
 
 RUNNING = "running"
@@ -72,7 +75,7 @@ class FencedRun(models.Model):
         fields["status"] = new_status
         if new_status == RUNNING:
             fields.setdefault("started_at", now)
-            fields.setdefault("heartbeat_at", now)
+            fields.setdefault("heartbeat_at", Now())  # on the database's clock: see clock.py
         elif not self.TRANSITIONS[new_status]:
             fields.setdefault("finished_at", now)
         model = type(self)
@@ -84,8 +87,7 @@ class FencedRun(models.Model):
                 action=f"{self._meta.model_name}.{new_status}", actor=by, obj=self, **self.audit_scope(),
                 details={"from": old_status, "to": new_status, **self.audit_details(), **(details or {})},
             )
-        for name, value in fields.items():
-            setattr(self, name, value)
+        set_written(self, fields)
         return self
 
     def claim(self, *, worker_name, runner_host=None, runner_pid=None, **fields):
@@ -102,7 +104,7 @@ class FencedRun(models.Model):
     def beat(self):
         """Record that the runner is alive. True means stop: the run is no longer running (the reconciler
         gave it up as lost), so its step must not go on. Raises on a database error (retried next beat)."""
-        return type(self).objects.filter(pk=self.pk, status=RUNNING).update(heartbeat_at=timezone.now()) != 1
+        return type(self).objects.filter(pk=self.pk, status=RUNNING).update(heartbeat_at=Now()) != 1
 
     def record_step(self, pgid):
         type(self).objects.filter(pk=self.pk).update(step_pgid=pgid)

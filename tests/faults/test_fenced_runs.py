@@ -52,12 +52,13 @@ class Workers:
         self.data_dir = data_dir
         self.processes = []
 
-    def start(self, **extra_env):
+    def start(self, *, wrapper=(), **extra_env):
+        """`wrapper`: a command the worker runs under, such as faketime's."""
         env = child_env(self.data_dir, **{"GITOPS_WORKER_LOST_AFTER": LOST_AFTER, "GITOPS_HEARTBEAT_SECONDS": HEARTBEAT,
                                           **extra_env})
         log = open(self.data_dir.parent / f"worker-{len(self.processes)}.log", "w")
-        process = subprocess.Popen([sys.executable, "manage.py", "rqworker", "deploy"], cwd=BASE_DIR, env=env,
-                                   start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*wrapper, sys.executable, "manage.py", "rqworker", "deploy"], cwd=BASE_DIR,
+                                   env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
 

@@ -2,6 +2,7 @@
 
 Users follow one cast: alice (admin and deployer), bob (a teammate, approver), charlie (signed in, no rights)."""
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -243,28 +244,81 @@ def ci_reporter(django_user_model, username="ci"):
     return django_user_model.objects.get(pk=user.pk)
 
 
+def burst_portal_worker(queue_names):
+    """Drain `queue_names` once with the worker production runs (`PortalWorker`, settings.RQ["WORKER_CLASS"]), in
+    burst mode, in this process: deployments, builds, previews and checks run here, and every other job (polls,
+    follow-ups, audit verification) in a forked work-horse with its own database connection. So a test that
+    drains queues meets what production meets: a forked job sees only committed rows (such a test is
+    transactional), and what it changes in its own memory dies with it. Only its mail is brought back, as a
+    mail server would have received it (_mail_from_work_horses).
+
+    `PortalWorker.work()` runs whole, its process-level steps included: it closes this process's database
+    connections (the next query opens a new one), marks this process undumpable (PR_SET_DUMPABLE=0: a process
+    still reads its own /proc, and exec resets it in every subprocess) and freezes the garbage
+    collector (gc.freeze, so that each work-horse shares its parent's pages). The freeze alone is undone
+    afterwards: a worker freezes once and then only forks, but this process goes on to run other tests, and
+    what every drain froze would never be collected (nor its files and sockets closed) for the session."""
+    import gc
+
+    from pipelines.worker import PortalWorker
+
+    queues = [django_rq.get_queue(name) for name in queue_names]
+    try:
+        with _mail_from_work_horses():
+            return PortalWorker(queues, connection=queues[0].connection).work(burst=True, logging_level="WARNING")
+    finally:
+        gc.unfreeze()
+
+
+class _SpoolingOutbox(list):
+    """mail.outbox during a drain. The test mailer (locmem) appends what it sends to mail.outbox; in a forked
+    work-horse that list dies with the horse, so there each message is also written to a spool, which the
+    drain reads back in the order sent, as an SMTP server would have received them."""
+
+    def __init__(self, messages, spool):
+        super().__init__(messages)
+        self.pid, self.spool = os.getpid(), spool
+
+    def append(self, message):
+        if os.getpid() != self.pid:
+            import pickle
+            import time
+
+            (self.spool / f"{time.time_ns():020d}-{os.getpid()}.pickle").write_bytes(pickle.dumps(message))
+        super().append(message)
+
+
+@contextlib.contextmanager
+def _mail_from_work_horses():
+    """Mail sent by the jobs of a drain, in this process or in a work-horse, ends in this process's
+    mail.outbox (the same list object: a test may hold it)."""
+    import pickle
+    import tempfile
+
+    from django.core import mail
+
+    outbox = getattr(mail, "outbox", None)
+    if outbox is None:
+        outbox = mail.outbox = []
+    with tempfile.TemporaryDirectory(prefix="gitops-outbox-") as spool:
+        spooling = mail.outbox = _SpoolingOutbox(outbox, Path(spool))
+        try:
+            yield
+        finally:
+            mail.outbox = outbox
+            outbox[:] = [*spooling, *(pickle.loads(path.read_bytes()) for path in sorted(Path(spool).iterdir()))]
+
+
 @pytest.fixture
 def run_workers(redis_server):
-    """Drain the git and deploy queues with a real rq worker in burst mode, in this process."""
-    from rq import SimpleWorker
-
-    def run():
-        queues = [django_rq.get_queue(name) for name in ("git", "deploy")]
-        SimpleWorker(queues, connection=queues[0].connection).work(burst=True, logging_level="WARNING")
-
-    return run
+    """Drain the git and deploy queues with the real `PortalWorker` in burst mode (see burst_portal_worker)."""
+    return lambda: burst_portal_worker(("git", "deploy"))
 
 
 @pytest.fixture
 def run_check_workers(redis_server):
-    """Drain the checks queue (only it) with a real rq worker in burst mode, in this process."""
-    from rq import SimpleWorker
-
-    def run():
-        queue = django_rq.get_queue("checks")
-        SimpleWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
-
-    return run
+    """Drain the checks queue (only it) with the real `PortalWorker` in burst mode (see burst_portal_worker)."""
+    return lambda: burst_portal_worker(("checks",))
 
 
 def finished_check(repository, commit_sha, status, ref_name="feature/x", error="Check step 'test' exited with status 1."):

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.usefixtures("environments")
 
 
 @pytest.fixture
-def poll_and_promote(django_capture_on_commit_callbacks, run_workers):
-    """Poll, then let a worker carry out what the poll left for it (the automatic promotion is a follow-up)."""
+def poll_and_promote(transactional_db, run_workers):
+    """Poll, then let a worker carry out what the poll left for it (the automatic promotion is a follow-up).
+    Transactional, as production is: the follow-up runs in a forked work-horse, which sees only committed rows."""
 
     def poll(repository):
-        with django_capture_on_commit_callbacks(execute=True):
-            recorded = tracking.poll_repository(repository)
+        recorded = tracking.poll_repository(repository)
         run_workers()
         return recorded
 

@@ -56,6 +56,7 @@ def tokened_repository(client, alice, caplog):
     return repository
 
 
+@pytest.mark.django_db(transaction=True)  # the poll runs in a forked work-horse, which sees only committed rows
 def test_poll_now_in_the_admin_reports_the_failure_without_the_token(client, tokened_repository, run_workers):
     response = client.post(reverse("admin:pipelines_repository_changelist"), {
         "action": "poll_now", ACTION_CHECKBOX_NAME: [tokened_repository.pk],

@@ -40,8 +40,7 @@ from pipelines import jobs, promotion, reconciler
 from pipelines.models import AuditEvent, Deployment, ExternalCheck, FollowUp, Release, Repository, Target
 from pipelines.models.external_check import ReportRefused
 from pipelines.versions import rule_refusal
-from pipelines.worker import PortalWorker
-from tests.conftest import git, set_policy, set_stage
+from tests.conftest import burst_portal_worker, git, set_policy, set_stage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -247,8 +246,7 @@ class ChangeControl(RuleBasedStateMachine):
     def work(self):
         """What the scheduler and the workers do: a reconciler tick, then burst workers on every queue."""
         reconciler.reconcile()
-        queues = [django_rq.get_queue(name) for name in (jobs.GIT_QUEUE, jobs.DEPLOY_QUEUE)]
-        PortalWorker(queues, connection=queues[0].connection).work(burst=True, logging_level="WARNING")
+        burst_portal_worker((jobs.GIT_QUEUE, jobs.DEPLOY_QUEUE))
 
     @precondition(lambda self: not self.frozen)
     @rule()

@@ -60,6 +60,8 @@ GITOPS_SCHEDULER_TICK = envint("GITOPS_SCHEDULER_TICK", 5)
 # are larger than GITOPS_ARTIFACT_MAX_BYTES fails, saying so. Outputs ($GITOPS_OUTPUTS) are capped at 64 KiB.
 GITOPS_ARTIFACT_DIR = Path(os.environ.get("GITOPS_ARTIFACT_DIR", GITOPS_DATA_DIR / "artifacts")).resolve()
 GITOPS_ARTIFACT_MAX_BYTES = envint("GITOPS_ARTIFACT_MAX_BYTES", 512 * 1024 * 1024)
+# And by count: files and folders packed or unpacked (millions of empty files are small but not cheap).
+GITOPS_ARTIFACT_MAX_MEMBERS = envint("GITOPS_ARTIFACT_MAX_MEMBERS", 100_000)
 # A git host that does not answer is given up on: ls-remote after GITOPS_GIT_TIMEOUT s in all, any transfer
 # that moves (almost) nothing for GITOPS_GIT_IDLE_TIMEOUT s. A one-shot `pollrepos` polls this many at once.
 GITOPS_GIT_TIMEOUT = envint("GITOPS_GIT_TIMEOUT", 30)

@@ -102,7 +102,7 @@ def pack_and_store(directory, *, prefix):
     if directory.is_symlink() or not directory.is_dir():
         raise ArtifactError("$GITOPS_ARTIFACTS is not a folder any more; artifacts must be left inside it.")
     limit = settings.GITOPS_ARTIFACT_MAX_BYTES
-    members, total = _members_to_pack(directory)
+    members, total = _members_to_pack(directory, settings.GITOPS_ARTIFACT_MAX_MEMBERS)
     if not members:
         return None
     if total > limit:
@@ -122,7 +122,10 @@ def pack_and_store(directory, *, prefix):
     return StoredArtifact(name=name, size=size, sha256=digest)
 
 
-def _members_to_pack(directory):
+def _members_to_pack(directory, most):
+    """The paths to pack and their size in bytes. Capped by count as well as by bytes: millions of empty files
+    are small but cost the worker (and, unpacked, the next run) memory and time in proportion to their number;
+    the walk stops at the first one over the cap."""
     members, total = [], 0
     root = os.path.realpath(directory)
     for current, subdirectories, files in os.walk(directory):
@@ -140,6 +143,9 @@ def _members_to_pack(directory):
             elif path.is_file():
                 total += path.stat().st_size
             members.append(path)
+            if len(members) > most:
+                raise ArtifactError(f"$GITOPS_ARTIFACTS holds more than {most} files and folders; the limit "
+                                    f"(GITOPS_ARTIFACT_MAX_MEMBERS) is {most}.")
     return members, total
 
 
@@ -170,10 +176,22 @@ def unpack(name, destination, *, sha256):
                                 f"they were altered and are not used.")
         local.seek(0)
         with tarfile.open(fileobj=local, mode="r:gz") as tar:
-            members = tar.getmembers()
+            members = _read_members(tar, settings.GITOPS_ARTIFACT_MAX_MEMBERS)
             check_members(members)
             # The "data" filter refuses the same again (and strips modes that do not belong in a checkout).
             tar.extractall(destination, members=members, filter="data")
+
+
+def _read_members(tar, most):
+    """The archive's members, read one header at a time, so that an archive of millions stops at the cap
+    instead of being listed whole in memory first."""
+    members = []
+    for member in tar:
+        members.append(member)
+        if len(members) > most:
+            raise ArtifactError(f"The artifact archive holds more than {most} members; the limit "
+                                f"(GITOPS_ARTIFACT_MAX_MEMBERS) is {most}. Nothing was unpacked.")
+    return members
 
 
 def check_members(members):

@@ -287,6 +287,26 @@ def test_unsafe_archive_members_are_refused_and_nothing_is_unpacked(tmp_path, me
     assert not (tmp_path / "evil").exists() and not (tmp_path / "outside").exists()
 
 
+def test_artifacts_over_the_member_count_fail_the_build_however_small_they_are(queued_build, settings):
+    settings.GITOPS_ARTIFACT_MAX_MEMBERS = 50
+    build = built(queued_build(pipeline_building('for i in $(seq 60); do : > "$GITOPS_ARTIFACTS/empty-$i"; done')))
+
+    assert build.status == "failed"
+    assert "$GITOPS_ARTIFACTS holds more than 50 files and folders" in build.error
+    assert build.artifact_name == ""
+
+
+def test_an_archive_with_more_members_than_the_cap_is_not_unpacked(tmp_path, settings):
+    settings.GITOPS_ARTIFACT_MAX_MEMBERS = 5
+    name, sha256 = _stored_archive([(tarfile.TarInfo(f"empty-{n}"), b"") for n in range(6)])
+    destination = tmp_path / "unpacked"
+    destination.mkdir()
+
+    with pytest.raises(artifacts.ArtifactError, match="holds more than 5 members"):
+        artifacts.unpack(name, destination, sha256=sha256)
+    assert list(destination.iterdir()) == []
+
+
 def test_links_between_artifacts_are_kept(tmp_path):
     name, sha256 = _stored_archive([(tarfile.TarInfo("docs/notes.txt"), b"notes"), _link("latest", "docs/notes.txt")])
     destination = tmp_path / "unpacked"

@@ -23,7 +23,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make fuzz    run the change-control model with many more examples (FUZZ_EXAMPLES, FUZZ_STEPS)"
 	@echo "make bench   run the benchmarks in bench/"
-	@echo "make lint    Django system checks and a check for missing migrations"
+	@echo "make lint    Django system checks, a check for missing migrations, and the import contracts (lint-imports)"
 	@echo "make lock    recompile $(LOCK) from pyproject.toml"
 
 venv: $(STAMP)
@@ -93,9 +93,12 @@ bench: venv
 	if [ $${#benches[@]} -eq 0 ]; then echo "No benchmarks in bench/ yet."; exit 0; fi; \
 	for bench in "$${benches[@]}"; do echo "== $$bench"; GITOPS_DATA_DIR="$(TEST_DATA_DIR)" $(PY) "$$bench"; done
 
+# lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]; docs/architecture.md, "Layers").
+# Its cache lives in the venv, which git ignores.
 lint: venv
 	$(PY) manage.py check --settings gitops_portal.test_settings
 	$(PY) manage.py makemigrations --check --dry-run --settings gitops_portal.test_settings
+	$(VENV)/bin/lint-imports --cache-dir $(VENV)/import-linter-cache
 
 # Resolves the newest versions that pyproject.toml allows (with uv, installed into the venv if missing).
 lock: venv

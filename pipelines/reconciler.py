@@ -32,6 +32,9 @@ from pipelines.models.clock import database_now
 from pipelines.models.deployment import this_host
 from pipelines.runner import wake_next_in_line
 
+# Set by `runportal` in its children's environment: its own pid (see _supervised_by_a_live_runportal).
+SUPERVISOR_ENV = "GITOPS_SUPERVISOR_PID"
+
 logger = logging.getLogger(__name__)
 
 _LIVE_JOB_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
@@ -130,10 +133,20 @@ def fail_lost_workers(now):
     return failed
 
 
+def _supervised_by_a_live_runportal():
+    """Whether this reconciler runs under a live `runportal` (its scheduler child): then the workers that die on
+    this host are that process's children, and it fails their runs itself, with how they died (a signal the
+    reconciler cannot know). The lease stays the backstop should it fail to."""
+    pid = os.environ.get(SUPERVISOR_ENV, "")
+    return pid.isdigit() and _process_alive(int(pid), None)
+
+
 def _lost_reason(run, now, lost_after, here):
     """Why a running deployment or build is lost, in words; None while it may still be running."""
     runner_died = run.runner_host == here and not _process_alive(run.runner_pid, run.started_at)
     expired = run.heartbeat_at < now - lost_after
+    if runner_died and not expired and _supervised_by_a_live_runportal():
+        return None  # runportal reaped it and says how it died (pipelines/dead_workers.py)
     # What its steps left outside their process group (a `setsid` daemon) goes with its dead runner.
     cgroup = sandbox.run_cgroup(run, runner_pid=run.runner_pid) if runner_died else None
     if cgroup is not None and not cgroup.kill(timeout=1) and not expired:

@@ -31,6 +31,7 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from pipelines import dead_workers, embedded
+from pipelines.reconciler import SUPERVISOR_ENV
 
 # How long children get to finish after SIGTERM before they and everything they started are killed.
 GRACE_SECONDS = 10
@@ -198,6 +199,8 @@ class Command(BaseCommand):
             env["GITOPS_BASE_URL"] = served_url.rstrip("/")
         # The children must agree with this process even when it was started with --settings or another cwd.
         env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
+        # The scheduler's reconciler leaves a dead worker's runs to this process, which learns how it died.
+        env[SUPERVISOR_ENV] = str(os.getpid())
         env["GITOPS_DATA_DIR"] = str(settings.GITOPS_DATA_DIR)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

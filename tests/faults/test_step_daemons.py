@@ -66,7 +66,23 @@ def catching(request, monkeypatch):
         pytest.skip("this machine gives the portal no cgroup v2 to write")
     if request.param == "subreaper":  # a machine that delegates no cgroup
         monkeypatch.setattr(sandbox, "_cgroup_probed", [None])
-    return request.param
+    yield request.param
+    if request.param == "subreaper":
+        # The run made this (pytest) process a child subreaper. Left so, every process orphaned later in the
+        # session (the steps of a worker another test kills) would become an unreaped zombie of pytest's, and
+        # look alive to whoever waits for a step's process group to be gone.
+        runner._prctl(runner.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        reap_zombie_children()
+
+
+def reap_zombie_children():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 @pytest.mark.parametrize("catching", ["cgroup", "subreaper"], indirect=True)

@@ -129,9 +129,9 @@ def test_the_runner_refuses_to_start_a_release_blocked_after_it_was_queued(relea
     assert ran_in(ran, "staging") == []
 
 
-@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
-def test_a_held_preview_goes_stale_when_a_run_on_its_target_fails_or_is_cancelled_after_a_step(
-        origin, repository, make_release, production, alice, run_workers, tmp_path, outcome):
+@pytest.fixture
+def held_with_a_preview(origin, repository, make_release, production, alice, run_workers):
+    """(an older release, a newer one's deployment held in production whose preview succeeded, that preview)."""
     pipeline = ("environments:\n  production:\n    preview:\n      - run: echo plan\n"
                 "    steps:\n      - run: echo applied-half; exit 3\n")
     origin.write(".gitops.yml", pipeline)
@@ -142,11 +142,21 @@ def test_a_held_preview_goes_stale_when_a_run_on_its_target_fails_or_is_cancelle
     run_workers()
     preview = Preview.objects.latest_for(waiting)
     assert preview.status == "succeeded" and preview.stale_reason() == ""
+    return first, waiting, preview
 
-    # Another deployment of the same target runs a step after the preview started, and does not succeed.
-    other = Deployment.objects.create(release=first, environment=production, repository=repository, status="queued",
-                                      trigger="manual")
-    other.claim(worker_name="test")
+
+def another_run_on(target_of, release):
+    """A deployment of the same target claimed outside promotion (as another portal or an admin would)."""
+    other = Deployment.objects.create(release=release, environment=target_of.environment,
+                                      repository=target_of.repository, status="queued", trigger="manual")
+    return other.claim(worker_name="test")
+
+
+@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+def test_a_held_preview_goes_stale_when_a_run_on_its_target_fails_or_is_cancelled_after_a_step(
+        held_with_a_preview, outcome):
+    first, waiting, preview = held_with_a_preview
+    other = another_run_on(waiting, first)
     other.record_step(4242)
     assert "is running a step on production" in Preview.objects.latest_for(waiting).stale_reason()
     if outcome == "failed":
@@ -160,19 +170,9 @@ def test_a_held_preview_goes_stale_when_a_run_on_its_target_fails_or_is_cancelle
     assert latest.number == 2 and latest.status == "queued", "the held deployment's preview was not run again"
 
 
-def test_a_run_that_stopped_before_its_first_step_leaves_the_preview_current(
-        origin, repository, make_release, production, alice, run_workers):
-    pipeline = "environments:\n  production:\n    preview:\n      - run: echo plan\n    steps:\n      - run: echo x\n"
-    origin.write(".gitops.yml", pipeline)
-    first = make_release(repository, "v1.0.0", commit_sha=origin.commit("one"), pipeline=pipeline)
-    origin.write("x", "2")
-    second = make_release(repository, "v1.1.0", commit_sha=origin.commit("two"), pipeline=pipeline)
-    waiting = promotion.promote(second, production, by=alice)
-    run_workers()
-    other = Deployment.objects.create(release=first, environment=production, repository=repository, status="queued",
-                                      trigger="manual")
-    other.claim(worker_name="test")
-    other.fail("The checkout failed.")
+def test_a_run_that_stopped_before_its_first_step_leaves_the_preview_current(held_with_a_preview):
+    first, waiting, _ = held_with_a_preview
+    another_run_on(waiting, first).fail("The checkout failed.")
     assert Preview.objects.latest_for(waiting).stale_reason() == ""
 
 

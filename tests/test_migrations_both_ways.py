@@ -12,19 +12,11 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
+from tests.conftest import PIPELINE
+
 # The schema of commit 9035ca1, the last before lifecycles.
 BEFORE_LIFECYCLES = [("pipelines", "0004_deployment_superseded_by"), ("approvals", "0001_initial")]
 ZERO = [("api", None), ("approvals", None), ("pipelines", None)]
-
-PIPELINE = """\
-environments:
-  staging:
-    steps:
-      - run: ./deploy.sh
-  production:
-    steps:
-      - run: ./deploy.sh
-"""
 
 
 def migrate(targets):

@@ -36,6 +36,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import Subquery
 from django.db.utils import InterfaceError, OperationalError
 
 from pipelines import build_runner, followups, git, hooks, masking, preview_runner, run_log, sandbox
@@ -447,11 +448,14 @@ def _execute(deployment, heartbeat, log):
 def _refusal_to_start(deployment):
     """Why the deployment must not start now, in words, or "": its release is blocked, or its stage requires
     passing checks and they no longer pass (CI reported a failure after the promotion)."""
-    blocked = Release.objects.filter(pk=deployment.release_id, blocked=True).values_list("blocked_reason", flat=True).first()
-    if blocked is not None:
-        return f"Not run: {deployment.release.version} is blocked ({blocked})."
-    stage = Stage.objects.for_target(deployment.repository, deployment.environment)
-    if stage is not None and stage.requires_passing_checks:
+    # One query on the path every deployment takes: the release's block, read afresh, and its stage's rule.
+    stage = Stage.objects.filter(lifecycle_id=deployment.repository.lifecycle_id, environment_id=deployment.environment_id)
+    blocked, reason, checks_required = Release.objects.filter(pk=deployment.release_id).annotate(
+        checks_required=Subquery(stage.values("requires_passing_checks")[:1])
+    ).values_list("blocked", "blocked_reason", "checks_required").get()
+    if blocked:
+        return f"Not run: {deployment.release.version} is blocked ({reason})."
+    if checks_required:
         refusal = Check.objects.refusal_for(deployment.release)
         if refusal:
             return f"Not run: {deployment.environment} requires passing checks and {refusal}."

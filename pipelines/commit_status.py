@@ -1,6 +1,8 @@
 """Reporting checks to the git host as commit statuses (GitHub's statuses API, GitLab's commit status API).
 
-How a check reports its state (the one line the checks code needs), inside the transaction that records it:
+How a check reports its state, inside the transaction that records it: the model asks for it
+(`Check.schedule_report`: `wakeups.ask("schedule_check_report", check)`, installed by `install_wakeups`), and
+`schedule_check_report` turns the check's state into
 
     commit_status.schedule_report(repository, sha=…, state="pending" | "success" | "failure" | "error",
                                   context="gitops/checks", description="3 of 4 steps passed",
@@ -23,7 +25,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import transaction
@@ -49,26 +51,6 @@ def portal_url(path):
     return settings.GITOPS_BASE_URL.rstrip("/") + path
 
 
-def host_and_path(url):
-    """(host name, project path without .git) of a git URL in its https, ssh:// or scp-like (git@host:path)
-    form; ("", "") for a local path."""
-    url = (url or "").strip()
-    if "://" in url:
-        parts = urlsplit(url)
-        if parts.scheme == "file":
-            return "", ""
-        host, path = (parts.hostname or "").lower(), parts.path
-    elif ":" in url and "/" not in url.split(":", 1)[0]:  # scp-like: [user@]host:path
-        host, path = url.split(":", 1)
-        host = host.rsplit("@", 1)[-1].lower()
-    else:
-        return "", ""
-    path = path.strip("/")
-    if path.endswith(".git"):
-        path = path[:-4]
-    return host, path
-
-
 def schedule_report(repository, *, sha, state, context, description, target_url):
     """Record the follow-up that reports this state (call inside the transaction that causes it). Returns
     it, or None when the repository reports no commit statuses."""
@@ -79,6 +61,24 @@ def schedule_report(repository, *, sha, state, context, description, target_url)
         return None
     payload = {"sha": sha, "state": state, "context": context, "description": description, "target_url": target_url}
     return FollowUp.objects.schedule(CHECK_REPORT, repository=repository, payload=payload)
+
+
+def schedule_check_report(check):
+    """Record the report of a check's state (Check.HOST_STATES; a failure says its error) to the git host, inside
+    the transaction that records the state. The model asks for it through `wakeups` (installed below)."""
+    state, description = check.HOST_STATES[check.status]
+    if check.status == check.Status.FAILED and check.error:
+        description = check.error
+    return schedule_report(check.repository, sha=check.commit_sha, state=state, context=check.HOST_CONTEXT,
+                           description=description[:DESCRIPTION_LENGTH],
+                           target_url=portal_url(check.get_absolute_url()))
+
+
+def install_wakeups():
+    """Carry out the models' requests for commit statuses (pipelines/models/wakeups.py); PipelinesConfig.ready."""
+    from pipelines.models import wakeups
+
+    wakeups.install("schedule_check_report", schedule_check_report)
 
 
 def report_follow_up(follow_up):

@@ -196,3 +196,13 @@ def verify_audit_chain(verification_id=None):
     from pipelines.models.audit import run_verification
 
     run_verification(verification_id)
+
+
+def install_wakeups():
+    """Carry out the models' requests to wake a worker (pipelines/models/wakeups.py); PipelinesConfig.ready.
+    Each enqueues once the current transaction commits, as the models expect."""
+    from pipelines.models import wakeups
+
+    wakeups.install("enqueue_poll", enqueue_poll)
+    wakeups.install("enqueue_follow_up", enqueue_follow_up)
+    wakeups.install("enqueue_audit_verification", enqueue_audit_verification)

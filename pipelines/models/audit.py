@@ -30,6 +30,8 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 from pipelines.redaction import redact, redact_text
 
+from . import wakeups
+
 GENESIS_HASH = "0" * 64
 GENESIS_ACTION = "audit.genesis"
 KEYED_ACTION = "audit.keyed"
@@ -351,10 +353,8 @@ def run_verification(verification_id=None):
 
 def queue_verification(now=None):
     """Record a pending verification and wake a worker for it once the current transaction commits."""
-    from pipelines import jobs
-
     verification = AuditVerification.objects.create(started_at=now or timezone.now(), message="Waiting for a worker.")
-    jobs.enqueue_audit_verification(verification.pk)
+    wakeups.ask("enqueue_audit_verification", verification.pk)
     return verification
 
 

@@ -20,6 +20,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from . import wakeups
 from .audit import AuditEvent
 from .run import FencedRun
 
@@ -217,14 +218,7 @@ class Check(FencedRun):
     def schedule_report(self):
         """Record the report of this state to the git host (a follow-up; nothing when the repository reports
         no commit statuses). Called inside the transaction that records the state."""
-        from pipelines import commit_status
-
-        state, description = self.HOST_STATES[self.status]
-        if self.status == CheckStatus.FAILED and self.error:
-            description = self.error
-        commit_status.schedule_report(self.repository, sha=self.commit_sha, state=state, context=self.HOST_CONTEXT,
-                                      description=description[:140],
-                                      target_url=commit_status.portal_url(self.get_absolute_url()))
+        wakeups.ask("schedule_check_report", self)
 
     def transition(self, new_status, *, by=None, details=None, **fields):
         """As FencedRun.transition, with the report to the git host recorded in the same transaction."""

@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from . import wakeups
+
 # Kinds that models schedule themselves (pipelines/followups.py carries them out; models import nothing above).
 # Deployments stopped before they ran, for a reason their requesters must hear of (a blocked release, a newer
 # approval): payload {"deployments": [ids], "reason": ...}. The upper layer closes their change requests and mails.
@@ -30,14 +32,12 @@ class FollowUpQuerySet(models.QuerySet):
 
         With `enqueue=False` the caller carries it out itself right after the commit (no job, no fork),
         and the reconciler re-drives it once `delay` has passed if that attempt never happened."""
-        from pipelines import jobs
-
         follow_up = self.create(
             kind=kind, deployment=deployment, release=release, repository=repository, payload=payload or {},
             due_at=timezone.now() + timedelta(seconds=delay),
         )
         if enqueue:
-            jobs.enqueue_follow_up(follow_up.pk)
+            wakeups.ask("enqueue_follow_up", follow_up.pk)
         return follow_up
 
     def pending(self):

@@ -6,6 +6,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from pipelines import secrets
+from pipelines.git_urls import host_and_path
+from pipelines.models import wakeups
 from pipelines.models.lifecycle import default_lifecycle_id
 from pipelines.validators import validate_branch_patterns, validate_git_ref_name, validate_relative_path, validate_repository_url, validate_tag_pattern
 
@@ -131,13 +133,12 @@ class Repository(models.Model):
     def request_poll(self, *, by):
         """Ask for a poll now: recorded first (the sweep serves it if the queue is away), then a worker is
         woken on commit. Git runs in the worker, never in the web request."""
-        from pipelines import jobs
         from pipelines.models import AuditEvent
 
         with transaction.atomic():
             Repository.objects.filter(pk=self.pk).update(poll_requested_at=timezone.now())
             AuditEvent.objects.record(action="repository.poll_requested", actor=by, obj=self, repository=self)
-            jobs.enqueue_poll(self.pk)
+            wakeups.ask("enqueue_poll", self.pk)
 
     def poll_delay(self):
         """Seconds between polls: the interval, doubled per consecutive failure up to MAX_POLL_BACKOFF."""
@@ -183,8 +184,6 @@ class Repository(models.Model):
     @property
     def git_host_address(self):
         """(host name, path without .git) of the URL, or ("", "") for a local path."""
-        from pipelines.commit_status import host_and_path
-
         return host_and_path(self.url)
 
     @property

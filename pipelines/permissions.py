@@ -10,9 +10,9 @@ Deciding on a change request is not a permission: the approval policy of its sta
 from django.contrib.auth.decorators import permission_required
 
 from pipelines import hooks
+from pipelines.models.external_check import REPORT_CHECKS  # noqa: F401  (declared by its model; named here too)
 
 DEPLOY = "pipelines.deploy"
-REPORT_CHECKS = "pipelines.report_checks"
 
 deployer_required = permission_required(DEPLOY, raise_exception=True)
 

@@ -13,10 +13,12 @@ from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 from django.utils import timezone
 
-from pipelines.permissions import REPORT_CHECKS
-
 from .audit import AuditEvent
 from .followup import PROMOTE_REEVALUATE, FollowUp
+
+
+# The permission to report (ExternalCheck.Meta.permissions); pipelines/permissions.py names it for pages and API.
+REPORT_CHECKS = "pipelines.report_checks"
 
 
 class ExternalCheckState(models.TextChoices):

@@ -145,6 +145,53 @@ def _rq_keys_cleared(url):
         client.close()
 
 
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(url):
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+        return response.status == 200
+    return False
+
+
+class RunningPortal:
+    """The processes under a `manage.py runportal`, by role (psutil.Process)."""
+
+    def __init__(self, process):
+        self.workers, self.scheduler, self.others = [], None, []
+        for child in psutil.Process(process.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                command = child.cmdline()
+                if "rqworker" in command:
+                    self.workers.append(child)
+                elif "pollrepos" in command:
+                    self.scheduler = child
+                else:
+                    self.others.append(child)
+
+
+def cpu_seconds(processes):
+    """(own, children) CPU seconds, user + system, of `processes`: own is the Python of the process itself,
+    children what it started and reaped (steps and their supervisors, git, tar, rq's work-horses)."""
+    own = children = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        own += times.user + times.system
+        children += times.children_user + times.children_system
+    return own, children
+
+
+def children_cpu_seconds():
+    """CPU seconds, user + system, of the reaped children of this process (the floors' git, tar and bash)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _die_with_parent():
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -171,23 +218,38 @@ class Portal:
 
     def start_web(self, threads=4):
         """gunicorn with one worker on a free port; returns (base URL, master Popen)."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = _free_port()
         process = self.spawn("web", [sys.executable, "-m", "gunicorn", "gitops_portal.wsgi", "--bind", f"127.0.0.1:{port}",
                                      "--workers", "1", "--threads", str(threads), "--error-logfile", "-",
                                      "--no-control-socket"])
         url = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            self.check_alive(process)
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                    return response.status == 200
-            return False
-
-        wait_for(healthy, 60, "gunicorn answering /healthz", interval=0.1)
+        wait_for(lambda: self.check_alive(process) or _healthy(url), 60, "gunicorn answering /healthz", interval=0.1)
         return url, process
+
+    def start_runportal(self, workers=2):
+        """The portal as production runs it: `manage.py runportal`, which starts gunicorn, `workers` ×
+        `manage.py rqworker git deploy checks` (PortalWorker) and the scheduler (`manage.py pollrepos --loop`,
+        which runs the reconciler every tick). Returned once the web answers and every worker is registered
+        in Redis: (base URL, RunningPortal)."""
+        import django_rq
+        from rq import Worker
+
+        port = _free_port()
+        process = self.spawn("runportal", [*MANAGE, "runportal", "--port", str(port), "--workers", str(workers)])
+        url = f"http://127.0.0.1:{port}"
+        connection = django_rq.get_connection("deploy")
+
+        def ready():
+            self.check_alive(process)
+            running = RunningPortal(process)
+            registered = {worker.pid for worker in Worker.all(connection=connection)}
+            if len(running.workers) != workers or running.scheduler is None:
+                return None
+            if not {worker.pid for worker in running.workers} <= registered or not _healthy(url):
+                return None
+            return running
+
+        return url, wait_for(ready, 90, "runportal's web, workers and scheduler", interval=0.1)
 
     def start_worker(self, *queues):
         """One real `manage.py rqworker <queues>`, returned once it is registered in Redis."""

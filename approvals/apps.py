@@ -8,4 +8,4 @@ class ApprovalsConfig(AppConfig):
     # GITOPS_RECONCILE_HOOKS, GITOPS_FOLLOW_UP_HANDLERS: see pipelines/hooks.py and pipelines/followups.py).
 
     def ready(self):
-        from approvals import checks  # noqa: F401  (registers the system checks)
+        from approvals import system_checks  # noqa: F401  (registers the system checks)

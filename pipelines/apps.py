@@ -6,7 +6,7 @@ class PipelinesConfig(AppConfig):
     verbose_name = "Pipelines"
 
     def ready(self):
-        from pipelines import checks  # noqa: F401  (registers the system checks)
+        from pipelines import system_checks  # noqa: F401  (registers the system checks)
         from pipelines import commit_status, forks, jobs
 
         forks.install()

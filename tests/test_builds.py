@@ -445,7 +445,7 @@ def test_a_build_whose_worker_was_killed_fails_saying_so_and_its_release_deploys
 
 
 def test_settings_without_the_artifact_storage_fail_the_system_checks(settings):
-    from pipelines.checks import check_artifact_storage
+    from pipelines.system_checks import check_artifact_storage
 
     assert check_artifact_storage(None) == []
     settings.STORAGES = {name: config for name, config in settings.STORAGES.items() if name != "gitops_artifacts"}

@@ -157,7 +157,7 @@ else:
     assert result.stdout.strip() == "RAISED ConnectionRefusedError"
 
 
-# --- the system check for sealed steps (pipelines/checks.py) -------------------------------------------
+# --- the system check for sealed steps (pipelines/system_checks.py) ------------------------------------
 
 
 @pytest.mark.parametrize(("step_user", "redis_url", "refused"), [
@@ -169,7 +169,7 @@ else:
     ("", "redis://redis.internal:6379/0", False),  # steps not sealed: they could read the URL anyway
 ])
 def test_a_redis_without_a_password_is_refused_while_steps_are_sealed(settings, step_user, redis_url, refused):
-    from pipelines.checks import check_redis_password_when_steps_are_sealed
+    from pipelines.system_checks import check_redis_password_when_steps_are_sealed
 
     settings.GITOPS_STEP_USER, settings.REDIS_URL = step_user, redis_url
     errors = check_redis_password_when_steps_are_sealed(None)
@@ -181,7 +181,7 @@ def test_a_redis_without_a_password_is_refused_while_steps_are_sealed(settings, 
 def test_the_embedded_redis_passes_the_check_before_its_password_exists(settings, tmp_path):
     """runportal's own Redis always requires the password it generates; the check must not stop runportal
     from starting it."""
-    from pipelines.checks import check_redis_password_when_steps_are_sealed
+    from pipelines.system_checks import check_redis_password_when_steps_are_sealed
 
     settings.GITOPS_STEP_USER, settings.GITOPS_DATA_DIR = "gitops-step", tmp_path
     settings.REDIS_URL = f"unix://{tmp_path / 'redis' / 'redis.sock'}"

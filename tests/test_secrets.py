@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from pipelines import checks, secrets
+from pipelines import secrets, system_checks
 from pipelines.models import AuditEvent, EnvironmentSecret
 from tests.conftest import new_secrets_key
 
@@ -115,17 +115,17 @@ def test_rotation_names_a_secret_no_key_opens_and_rotates_the_others(staging, pr
 
 def test_no_key_is_fine_while_no_secret_is_stored(settings):
     settings.GITOPS_SECRETS_KEYS = []
-    assert checks.check_secrets_keys(None) == []
+    assert system_checks.check_secrets_keys(None) == []
 
 
 def test_no_key_is_an_error_once_secrets_are_stored(staging, make_secret, settings):
     make_secret(staging, "DB_PASSWORD", VALUE)
     settings.GITOPS_SECRETS_KEYS = []
-    assert [error.id for error in checks.check_secrets_keys(None)] == ["pipelines.E003"]
+    assert [error.id for error in system_checks.check_secrets_keys(None)] == ["pipelines.E003"]
 
 
 def test_a_key_that_is_not_a_fernet_key_is_an_error_that_does_not_show_it(settings):
     settings.GITOPS_SECRETS_KEYS = [new_secrets_key(), "not-a-fernet-key-42"]
-    errors = checks.check_secrets_keys(None)
+    errors = system_checks.check_secrets_keys(None)
     assert [error.id for error in errors] == ["pipelines.E002"]
     assert "number 2" in errors[0].msg and "not-a-fernet-key-42" not in errors[0].msg

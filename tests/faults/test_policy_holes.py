@@ -138,7 +138,7 @@ def test_the_admin_form_says_an_approver_group_is_needed(client, alice, environm
 
 @pytest.mark.django_db
 def test_a_stage_that_holds_deployments_without_a_policy_is_reported(environments):
-    from approvals.checks import stages_without_an_approval_policy
+    from approvals.system_checks import stages_without_an_approval_policy
     from tests.conftest import add_stage
 
     assert stages_without_an_approval_policy() == []

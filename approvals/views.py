@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from approvals import freeze
-from approvals.gate import gate_reason, promote_through_gate
+from approvals.gate_override import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
 from approvals.presentation import Change
 from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target

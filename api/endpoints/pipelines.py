@@ -10,7 +10,7 @@ from ninja.responses import NinjaJSONEncoder
 from api import schemas
 from api.errors import ApiError, conflict, not_found
 from api.pagination import Page, paginate, paginate_releases
-from pipelines import commit_status, gate, jobs
+from pipelines import commit_status, jobs, stage_gate
 from pipelines.models import Build, Check, Deployment, DeploymentStateError, Environment, ExternalCheck, Lifecycle, Release, Repository, Stage, Target
 from pipelines.promotion import PromotionError, retry, stages_for
 
@@ -297,7 +297,7 @@ def deployment_cancel(request, pk: int):
 def deployment_retry(request, pk: int):
     deployment = _deployment(pk)
     try:
-        gate.check(deployment.release, deployment.environment)
+        stage_gate.check(deployment.release, deployment.environment)
         retried = retry(deployment, by=request.user)
     except PromotionError as exc:
         raise conflict(str(exc)) from None

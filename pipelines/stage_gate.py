@@ -3,7 +3,7 @@
 
 Every manual deployment passes it (Deploy, Retry, and approvals' Promote); automatic promotion needs no
 gate, since it follows a success. Skipping it takes the `approvals.override_gate` permission and a written
-reason, which approvals audits (approvals/gate.py): pipelines only says why the gate is closed."""
+reason, which approvals audits (approvals/gate_override.py): pipelines only says why the gate is closed."""
 
 from django.db.models import F
 

@@ -1,11 +1,11 @@
-"""Promote through the pre-production gate (pipelines/gate.py), or past it.
+"""Promote through the pre-production gate (pipelines/stage_gate.py), or past it.
 
 A person with `approvals.override_gate` may skip the gate with a written reason, which is audited together
 with the deployment it let through."""
 
 from django.db import transaction
 
-from pipelines.gate import GateClosed, environment_before, gate_reason
+from pipelines.stage_gate import GateClosed, environment_before, gate_reason
 from pipelines.models import AuditEvent, Deployment
 from pipelines.promotion import promote
 

@@ -184,6 +184,31 @@ def cpu_seconds(processes):
     return own, children
 
 
+def database_backends():
+    """The PostgreSQL server processes serving the benchmark's database (none on SQLite), by pid: their CPU is
+    part of what a deployment costs the machine (the server's shared processes and other databases' are left out)."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        return {}
+    name = urlsplit(url).path.lstrip("/")
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if command.startswith("postgres: ") and f" {name} " in command:
+            found[process.pid] = process
+    return found
+
+
+def backends_cpu_seconds(backends):
+    """User + system CPU seconds of `backends` ({pid: process}) by pid, for those still there."""
+    seconds = {}
+    for pid, process in backends.items():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = process.cpu_times()
+            seconds[pid] = times.user + times.system
+    return seconds
+
+
 def children_cpu_seconds():
     """CPU seconds, user + system, of the reaped children of this process (the floors' git, tar and bash)."""
     import resource

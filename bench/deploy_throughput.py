@@ -35,8 +35,10 @@ import threading
 import time
 
 from _common import (
+    backends_cpu_seconds,
     children_cpu_seconds,
     cpu_seconds,
+    database_backends,
     environment,
     git,
     make_origin,
@@ -119,6 +121,7 @@ def measure_portal(the_portal, running, releases, environments):
     wait_for(portal_idle, 60, "the polls' follow-ups", interval=0.02)
     cpu_before = cpu_seconds(running.workers)
     scheduler_before = cpu_seconds([running.scheduler])[0]
+    backends_before = backends_cpu_seconds(database_backends())
     enqueued_at = []
     with transaction.atomic():
         # on_commit callbacks run in the order they were registered: this one first, then the 200 enqueues.
@@ -141,6 +144,9 @@ def measure_portal(the_portal, running, releases, environments):
 
     own, children = (after - before for after, before in zip(cpu_seconds(running.workers), cpu_before))
     scheduler = cpu_seconds([running.scheduler])[0] - scheduler_before
+    # A backend that started during the round counts whole; one that ended during it (a work-horse's) is missed.
+    backends_after = backends_cpu_seconds(database_backends())
+    database = sum(seconds - backends_before.get(pid, 0.0) for pid, seconds in backends_after.items())
     rows = list(Deployment.objects.filter(pk__in=ids))
     succeeded = [d for d in rows if d.status == Deployment.Status.SUCCEEDED]
     statuses = {}
@@ -152,7 +158,7 @@ def measure_portal(the_portal, running, releases, environments):
         "rate": len(succeeded) / wall, "wall": wall, "lost": N - len(succeeded), "statuses": statuses,
         "deployments_only": N / (succeeded_at - enqueued_at[0]) if succeeded_at else None,
         "follow_ups_pending": FollowUp.objects.pending().count(),
-        "own": own / N, "children": children / N, "scheduler": scheduler / N,
+        "own": own / N, "children": children / N, "scheduler": scheduler / N, "database": database / N,
         "split": job_split(succeeded),
     }
 
@@ -258,6 +264,8 @@ def print_report(rounds, *, work_dir_note, work_dir, load):
             (f"round {number} portal: rate ÷ floor rate of the round", f"{measured['rate'] / floor['rate']:.2f}", None, None),
             (f"round {number} portal: worker time per deployment − floor alone",
              ms(WORKERS * measured["wall"] / N - floor["one"]), None, None),
+            (f"round {number} portal: PostgreSQL backends' CPU per deployment (this database's)",
+             f"{measured['database'] * 1000:.1f} ms", None, None),
             (f"round {number} portal: scheduler CPU per deployment", f"{measured['scheduler'] * 1000:.1f} ms", None, None),
         ]
     split = [s for _, measured in rounds for s in measured["split"][0]]

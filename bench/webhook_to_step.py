@@ -38,6 +38,10 @@ ROUNDS = 2
 TARGET_RATIO = 3.0
 TARGET_ISSUE_6 = 0.250
 SECRET = "bench-webhook-secret"
+# The way from the push to the step, each stamp in seconds after the push (rq's stamps for the jobs).
+STAGES = ["webhook answered (202)", "poll job started (forked work-horse)", "release recorded",
+          "poll job ended (promotion carried out in it)", "deployment job enqueued", "deployment job started",
+          "deployment claimed", "step started"]
 STEP = 'date +%s.%N > "$MARKER_DIR/$GITOPS_VERSION.started"'
 
 
@@ -89,7 +93,10 @@ class Floor:
 
 def main():
     with portal("webhook") as the_portal, contextlib.ExitStack() as cleanup:
+        import django_rq
         from django.contrib.auth.models import Group
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
 
         from pipelines import tracking
         from pipelines.models import Deployment, Repository
@@ -119,8 +126,17 @@ def main():
         floor = Floor(the_portal.data_dir, origin, markers)
         floor.sample("v0.9.0")  # warms the floor's page cache and git, as v1.0.0 warmed the portal
 
+        def stamps(job_id):
+            """(enqueued, started, ended) of an rq job as unix times, or NaNs when it is gone."""
+            try:
+                job = Job.fetch(job_id, connection=django_rq.get_connection("deploy"))
+            except NoSuchJobError:
+                return (float("nan"),) * 3
+            return tuple(t.timestamp() if t else float("nan") for t in (job.enqueued_at, job.started_at, job.ended_at))
+
         def portal_sample(tag):
-            """(POST answered, release recorded, deployment claimed, step started), seconds after the push."""
+            """(POST answered, poll job started, release recorded, poll job ended, deployment job enqueued, its job
+            started, deployment claimed, step started), seconds after the push."""
             git(origin, "commit", "-q", "--allow-empty", "-m", f"change {tag}")
             git(origin, "tag", tag)
             marker = markers / f"{tag}.started"
@@ -133,12 +149,14 @@ def main():
             deployment = Deployment.objects.select_related("release").get(release__version=tag, environment=staging)
             recorded = deployment.release.detected_at.timestamp() - t0
             claimed = (deployment.started_at.timestamp() - t0) if deployment.started_at else float("nan")
+            _, poll_started, poll_ended = (t - t0 for t in stamps(f"poll-{repository.pk}"))
+            job_enqueued, job_started, _ = (t - t0 for t in stamps(deployment.job_id))
             # Let the portal go idle before the next push: one deployment at a time is what is measured.
             wait_for(lambda: staging_done(tag), 30, f"the staging deployment of {tag}")
             # And for what it caused (the production deployment held, its change request opened with git work):
             # on a worker still busy with that, the next push would wait in the queue.
             wait_for(portal_idle, 60, f"the follow-ups of {tag}", interval=0.02)
-            return answered, recorded, claimed, step_started
+            return answered, poll_started, recorded, poll_ended, job_enqueued, job_started, claimed, step_started
 
         rounds = []  # (floor latencies, portal rows)
         for number in range(1, ROUNDS + 1):
@@ -154,18 +172,18 @@ def print_report(rounds):
 
     all_floors = [v for floors, _ in rounds for v in floors]
     all_rows = [row for _, rows in rounds for row in rows]
-    latencies = [row[3] for row in all_rows]
+    latencies = [row[-1] for row in all_rows]
     floor, median = p50(all_floors), p50(latencies)
     table = []
     for number, (floors, rows) in enumerate(rounds, start=1):
-        portal_p50 = p50([row[3] for row in rows])
+        portal_p50 = p50([row[-1] for row in rows])
         table += [
             (f"round {number} floor: median (p90)", f"{ms(p50(floors))} ({ms(percentile(floors, 0.9))})", None, None),
             (f"round {number} portal: latency median (p90)",
-             f"{ms(portal_p50)} ({ms(percentile([row[3] for row in rows], 0.9))})",
+             f"{ms(portal_p50)} ({ms(percentile([row[-1] for row in rows], 0.9))})",
              f"≤ {TARGET_RATIO:g} × {ms(p50(floors))}", portal_p50 <= TARGET_RATIO * p50(floors)),
         ]
-    breakdown = [p50([row[k] for row in all_rows]) for k in range(4)]
+    breakdown = [p50([row[k] for row in all_rows]) for k in range(len(STAGES))]
     table += [
         ("all rounds: floor median", ms(floor), None, None),
         ("all rounds: latency median", ms(median), f"≤ {TARGET_RATIO:g} × floor = {ms(TARGET_RATIO * floor)}",
@@ -175,16 +193,13 @@ def print_report(rounds):
         ("all rounds: latency median (issue 6)", ms(median), f"≤ {ms(TARGET_ISSUE_6)}", median <= TARGET_ISSUE_6),
         ("all rounds: latency median − floor median (the portal's own share)", ms(median - floor), None, None),
         ("all rounds: latency p90 / max", f"{ms(percentile(latencies, 0.9))} / {ms(max(latencies))}", None, None),
-        ("  median: webhook answered (202)", ms(breakdown[0]), None, None),
-        ("  median: release recorded", ms(breakdown[1]), None, None),
-        ("  median: deployment claimed", ms(breakdown[2]), None, None),
-        ("  median: step started", ms(breakdown[3]), None, None),
+        *[(f"  median: {stage}", ms(value), None, None) for stage, value in zip(STAGES, breakdown)],
     ]
     notes = [(f"rounds in the order floor, portal, floor, portal …, {N} samples each; the portal is `manage.py "
               "runportal --workers 2` (rqworker git deploy checks ×2, pollrepos --loop, gunicorn)")]
     for number, (floors, rows) in enumerate(rounds, start=1):
         notes.append(f"round {number} floor: " + " ".join(f"{v * 1000:.0f}" for v in floors) + " ms")
-        notes.append(f"round {number} portal: " + " ".join(f"{row[3] * 1000:.0f}" for row in rows) + " ms")
+        notes.append(f"round {number} portal: " + " ".join(f"{row[-1] * 1000:.0f}" for row in rows) + " ms")
     notes.append(f"load average (1 min) {os.getloadavg()[0]:.1f}: on a shared machine, other work slows both")
     report(f"webhook push → staging step started ({ROUNDS} rounds of {N})", table, notes=notes)
 

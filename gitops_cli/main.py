@@ -241,8 +241,49 @@ def reject(obj, change_request, comment, as_json):
 
 
 @cli.group()
+def deployment():
+    """Deployments: cancel one (promote, logs and the top-level commands do the rest)."""
+
+
+@cli.group()
+def build():
+    """Builds of releases: cancel one."""
+
+
+@cli.group()
+def preview():
+    """Previews of deployments held for approval: cancel one."""
+
+
+@cli.group()
 def check():
-    """Checks of commits: report CI's results so that they count like the portal's own."""
+    """Checks of commits: report CI's results so that they count like the portal's own; cancel the portal's."""
+
+
+def add_cancel(group, kind):
+    """`gitops <kind> cancel ID`, for every kind of run alike (`POST /<kind>s/{id}/cancel`)."""
+
+    @group.command("cancel", help=f"Cancel {kind} ID: one not started yet is cancelled; a running one's runner is "
+                                  f"asked to stop its step (it stops within seconds). Exit 3 when it has finished "
+                                  f"or a cancel was asked for already. Needs a token with the deploy scope.")
+    @click.argument("run_id", metavar="ID", type=int)
+    @json_option
+    @click.pass_obj
+    def cancel(obj, run_id, as_json):
+        run = call(obj.api.post, f"/{kind}s/{run_id}/cancel")
+        if as_json:
+            return emit_json(run)
+        if run["status"] == "cancelled":
+            click.echo(f"{kind.capitalize()} #{run_id} is {colour('cancelled')}.")
+        else:
+            click.echo(f"Asked the runner to stop {kind} #{run_id}; it is {colour(run['status'])} until its step has "
+                       f"stopped.")
+
+    return cancel
+
+
+for _group in (deployment, build, preview, check):
+    add_cancel(_group, _group.name)
 
 
 @check.command("report")

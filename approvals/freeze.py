@@ -25,7 +25,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from approvals.models import FreezeOverride, FreezeWindow
-from pipelines import jobs
 from pipelines.models import AuditEvent, Deployment, FollowUp, Repository, Target
 from pipelines.models.followup import PROMOTE_REEVALUATE
 
@@ -253,5 +252,5 @@ def override_freeze(deployment, *, by, reason):
             },
         )
         if status == Deployment.Status.QUEUED:
-            jobs.enqueue_deployment(deployment)  # held by the guard until now: wake it
+            deployment.wake()  # held by the guard until now: wake it
     return override

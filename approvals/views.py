@@ -25,7 +25,7 @@ from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePoli
 from approvals.presentation import Change
 from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
 from pipelines.permissions import artifacts_refusal, deployer_required
-from pipelines.promotion import PromotionError, rollback, stages_for
+from pipelines.promotion import PromotionError, rollback
 from pipelines.views import redirect_after_promotion, warn_if_queue_was_unreachable
 
 RECENTLY_DECIDED = 50
@@ -271,7 +271,7 @@ def release_actions(request, pk):
     Promote here), and a rollback wherever this release succeeded before and is not what runs there now.
     The stages are those of the repository's lifecycle."""
     release = _get_release_or_404(pk)
-    stages = stages_for(release)
+    stages = release.stages()
     policies = {policy.stage_id: policy for policy in StagePolicy.objects.filter(stage__in=stages)}
     environments = [stage.environment for stage in stages]
     held = {stage.environment_id for stage in stages if stage.requires_approval}

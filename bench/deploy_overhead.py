@@ -47,12 +47,12 @@ def diagnostics(repository, release, work_dir):
                    check=True)
     materialise = best_of_three(lambda d: git.materialise(repository, release.commit_sha, d))
     tar_alone = best_of_three(lambda d: subprocess.run(["tar", "-x", "-f", str(archive), "-C", d], check=True))
-    code = ("import time, django; django.setup(); t = time.perf_counter(); import pipelines.runner; "
+    code = ("import time, django; django.setup(); t = time.perf_counter(); import pipelines.runs.kernel; "
             "print(time.perf_counter() - t)")
     imports = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     return [f"in-process, best of 3, into GITOPS_WORK_DIR ({settings.GITOPS_WORK_DIR}):",
             f"  git.materialise {ms(materialise)}, tar -x of the same archive alone {ms(tar_alone)} (this disk's floor)",
-            f"  import pipelines.runner after django.setup(): {ms(imports)} (paid once per worker: PortalWorker imports it "
+            f"  import pipelines.runs.kernel after django.setup(): {ms(imports)} (paid once per worker: PortalWorker imports it "
             "at start and runs deployments in its own process)"]
 
 

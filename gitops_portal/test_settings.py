@@ -11,3 +11,5 @@ from gitops_portal.settings import *  # noqa: E402,F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+# A kind of run that only tests know (tests/probe_kind): the kernel runs it with no change of its own.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.probe_kind"]  # noqa: F405

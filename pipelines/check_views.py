@@ -9,9 +9,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from pipelines.models import Check, CheckRef, ExternalCheck, Stage, StaleStatus
+from pipelines.models import Check, CheckRef, ExternalCheck, InvalidTransition, Stage, StaleStatus
 from pipelines.models.check import CheckStatus
-from pipelines.models.deployment import InvalidTransition
 from pipelines.permissions import can_deploy, deployer_required
 from pipelines.promotion import checks_refusal
 

@@ -11,12 +11,10 @@ import signal
 from datetime import timedelta
 
 from pipelines import sandbox
-from pipelines.models import Build, Check, Deployment, Preview, StaleStatus
-from pipelines.models.deployment import this_host
+from pipelines.models import StaleStatus
+from pipelines.models.run import this_host
 from pipelines.reconciler import _process_group_alive
-from pipelines.runner import wake_next_in_line
-
-RUN_MODELS = (Deployment, Build, Preview, Check)
+from pipelines.runs import registry
 
 
 def how_it_ended(returncode):
@@ -37,9 +35,9 @@ def fail_runs_of(pid, *, started_at, returncode):
     host = this_host()
     reason = f"Worker lost: the worker process {pid} on {host} died: {how_it_ended(returncode)}."
     waiting = False
-    for model in RUN_MODELS:
-        runs = model.objects.filter(status="running", runner_host=host, runner_pid=pid,
-                                    started_at__gte=started_at - timedelta(seconds=1))
+    for kind in registry.kinds():
+        runs = kind.rows().filter(status="running", runner_host=host, runner_pid=pid,
+                                  started_at__gte=started_at - timedelta(seconds=1))
         for run in runs:
             cgroup = sandbox.run_cgroup(run, runner_pid=pid)
             if cgroup is not None and not cgroup.kill(timeout=0.5):
@@ -52,6 +50,5 @@ def fail_runs_of(pid, *, started_at, returncode):
                 run.fail(reason)
             except StaleStatus:
                 continue  # the reconciler got there first
-            if model is Deployment:
-                wake_next_in_line(run)
+            kind.after(run)
     return not waiting

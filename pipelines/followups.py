@@ -12,12 +12,15 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from pipelines.models import FollowUp
-from pipelines.models.followup import DEPLOYMENTS_STOPPED, PROMOTE_REEVALUATE  # noqa: F401 (kinds models schedule)
+from pipelines.models.followup import (  # noqa: F401 (kinds models schedule)
+    DEPLOYMENTS_STOPPED,
+    PROMOTE_AFTER_SUCCESS,
+    PROMOTE_NEW_RELEASE,
+    PROMOTE_REEVALUATE,
+)
 
 logger = logging.getLogger(__name__)
 
-PROMOTE_NEW_RELEASE = "promote.new_release"
-PROMOTE_AFTER_SUCCESS = "promote.after_success"
 DEPLOYMENT_HELD = "deployment.held"
 
 
@@ -90,3 +93,11 @@ def redrive(now=None, limit=500):
     for follow_up_id in due:
         jobs.enqueue_follow_up_now(follow_up_id)
     return len(due)
+
+
+def install_wakeups():
+    """A run's runner carries out the follow-up recorded with its success at once (pipelines/runs/kernel.py),
+    through this handler: the runs sit below the services and do not import them."""
+    from pipelines.models import wakeups
+
+    wakeups.install("carry_out_follow_up", lambda follow_up_id: carry_out(follow_up_id, before_due=True))

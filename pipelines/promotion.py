@@ -7,21 +7,12 @@ A transaction that locked a row after recording an event could wait on one that 
 
 from django.db import transaction
 
-from pipelines import followups, jobs
+from pipelines import followups
 from pipelines.models import AuditEvent, Build, Check, Deployment, FollowUp, Preview, Stage, Target
 
 
 class PromotionError(Exception):
     """A promotion that cannot happen; the message says why in words."""
-
-
-def stages_for(release):
-    """The stages of the repository's lifecycle whose environments the release's pipeline file names, in
-    the lifecycle's order: the road this release takes."""
-    if release.pipeline is None:
-        return []
-    names = set(release.pipeline.names())
-    return [stage for stage in Stage.objects.of(release.repository) if stage.environment.name in names]
 
 
 def stage_for(release, environment):
@@ -106,10 +97,10 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
             # that must not run inside this transaction or a web request.
             FollowUp.objects.schedule(followups.DEPLOYMENT_HELD, deployment=deployment)
             if release.pipeline.environments[environment.name].preview:
-                # What the approvers will look at: it runs while they wait (see pipelines/preview_runner.py).
+                # What the approvers will look at: it runs while they wait (see pipelines/runs/preview.py).
                 Preview.objects.queue_for(deployment, by=by, reason=f"{release.version} is held for approval in {environment}.")
         else:
-            jobs.enqueue_deployment(deployment)
+            deployment.wake()
     return deployment
 
 
@@ -194,28 +185,13 @@ def _promote_automatically(release, stage, since=None):
 
 def on_release_recorded(release, since=None):
     """A new release deploys to the first stage of its lifecycle that its pipeline file names."""
-    stages = stages_for(release)
+    stages = release.stages()
     return _promote_automatically(release, stages[0], since) if stages else None
-
-
-def next_stage(deployment):
-    """Where a success of `deployment` may promote its release automatically, or None: the next stage of
-    the lifecycle that its file names, if that one deploys automatically; never after a rollback, which
-    stays put. Whether that stage takes the release's version is decided when promoting, so that a
-    refusal is recorded with its reason (_promote_automatically)."""
-    if deployment.trigger == Deployment.Trigger.ROLLBACK:
-        return None
-    stages = stages_for(deployment.release)
-    here = next((n for n, stage in enumerate(stages) if stage.environment_id == deployment.environment_id), None)
-    if here is None or here + 1 >= len(stages):
-        return None
-    following = stages[here + 1]
-    return following if following.auto_deploy else None
 
 
 def on_deployment_succeeded(deployment, since=None):
     """Success moves the release on to the next stage its file names; a rollback stays put."""
-    stage = next_stage(deployment)
+    stage = deployment.next_stage()
     return _promote_automatically(deployment.release, stage, since) if stage else None
 
 
@@ -263,7 +239,7 @@ def _newest_arrived(releases, stage):
     for release in releases:
         if stage.version_refusal(release):
             continue  # the stage's version rule: an older release it takes may still be the one
-        road = stages_for(release)
+        road = release.stages()
         here = next((n for n, s in enumerate(road) if s.pk == stage.pk), None)
         if here is None:
             continue

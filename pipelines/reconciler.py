@@ -1,10 +1,9 @@
 """The periodic repair pass that keeps the database the source of truth.
 
-- `queued` deployments whose rq job is gone (Redis down or flushed) are enqueued again;
-- `running` deployments whose lease expired are failed with the reason their runner was lost;
-- builds the same way: `queued` ones whose job is gone are enqueued again, `running` ones whose runner is
-  lost are failed with the reason (their release then deploys nowhere, and says why); previews too (their
-  deployment then cannot be approved, and the change request says why);
+- for every kind of run (pipelines/runs/registry.py): `running` ones whose runner is lost are failed with the
+  reason (a build's release then deploys nowhere and says why; a preview's deployment cannot be approved),
+  and what follows them happens (the next deployment of the target is woken); `queued` ones whose rq job is
+  gone (Redis down or flushed) are enqueued again (a deployment unless a guard, a freeze, holds it);
 - follow-ups that are due (never enqueued, lost with Redis, or failed and backing off) are enqueued again;
 - the audit chain is verified by a job every GITOPS_AUDIT_VERIFY_EVERY seconds;
 - then the hooks of `settings.GITOPS_RECONCILE_HOOKS` run (see pipelines/hooks.py).
@@ -25,12 +24,13 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
-from pipelines import followups, hooks, jobs, sandbox
-from pipelines.models import AuditEvent, Build, Check, Deployment, Preview, StaleStatus
+from pipelines import followups, hooks, sandbox
+from pipelines.models import AuditEvent, Deployment, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
 from pipelines.models.clock import database_now
-from pipelines.models.deployment import this_host
-from pipelines.runner import wake_next_in_line
+from pipelines.models.run import this_host
+from pipelines.queues import DEPLOY_QUEUE
+from pipelines.runs import registry
 
 # Set by `runportal` in its children's environment: its own pid (see _supervised_by_a_live_runportal).
 SUPERVISOR_ENV = "GITOPS_SUPERVISOR_PID"
@@ -46,14 +46,11 @@ def reconcile(now=None):
     host's, like the times it compares with (follow-ups due, freeze windows)."""
     runs_now = now or database_now()
     now = now or timezone.now()
-    report = {"worker_lost": fail_lost_workers(runs_now), "builds_lost": fail_lost_builds(runs_now),
-              "previews_lost": fail_lost_previews(runs_now),
-              "checks_lost": _fail_lost_runs(Check.objects.select_related("repository"), runs_now)}
+    report = {f"{kind.name}s_lost": fail_lost_runs(kind, runs_now) for kind in registry.kinds()}
     try:
-        report["requeued"] = requeue_lost_jobs(now)
-        report["builds_requeued"] = requeue_lost_builds()
-        report["previews_requeued"] = requeue_lost_previews()
-        report["checks_requeued"] = _requeue_lost_runs(Check.objects.select_related("repository"), jobs.enqueue_check)
+        for kind in registry.kinds():
+            report[f"{kind.name}s_requeued"] = (requeue_lost_deployments(now) if kind.model is Deployment
+                                                 else requeue_lost_runs(kind))
         report["follow_ups"] = followups.redrive(now)
         report["audit_verification_queued"] = schedule_verification_if_due(now) is not None
     except RedisError as exc:
@@ -72,7 +69,7 @@ def _live_job_ids(connection, job_ids):
     return {job.id for job in found if job is not None and job.get_status(refresh=False) in _LIVE_JOB_STATUSES}
 
 
-def requeue_lost_jobs(now):
+def requeue_lost_deployments(now):
     """Wake queued deployments whose job is gone, unless a guard (a freeze) still holds them."""
     # A deployment queued behind a running one of its target is woken when that one ends, not here.
     busy = set(Deployment.objects.filter(status=Deployment.Status.RUNNING).values_list("repository_id", "environment_id"))
@@ -83,7 +80,7 @@ def requeue_lost_jobs(now):
     ]
     if not queued:
         return 0
-    live = _live_job_ids(django_rq.get_connection(jobs.DEPLOY_QUEUE), [deployment.job_id for deployment in queued])
+    live = _live_job_ids(django_rq.get_connection(DEPLOY_QUEUE), [deployment.job_id for deployment in queued])
     lost = [deployment for deployment in queued if deployment.job_id not in live]
     held = hooks.hold_reasons(lost, now) if lost else {}
     requeued = 0
@@ -98,38 +95,38 @@ def requeue_lost_jobs(now):
                 action="deployment.requeued", obj=deployment, repository=deployment.repository,
                 environment=deployment.environment, details={"reason": "it had no live queue job (Redis lost it, or what held it has ended)"},
             )
-            jobs.enqueue_deployment(deployment)
+            deployment.wake()
         requeued += 1
     return requeued
 
 
-def fail_lost_workers(now):
-    """Fail running deployments whose runner is lost, with the true reason, and wake what waited. `now` is
-    the database's (see reconcile).
+def fail_lost_runs(kind, now):
+    """Fail the running runs of `kind` whose runner is lost, with the true reason, and do what follows them
+    (wake the next deployment of the target). `now` is the database's (see reconcile).
 
     Only once the run is fenced: its lease expired (no heartbeat for GITOPS_WORKER_LOST_AFTER, and the
     runner stops its own step after half of that), or, on the runner's own host, its runner process and its
     step's process group are both gone, so nothing of it can still run (this makes the next run start
-    soon after a kill -9). One query, however many deployments run."""
+    soon after a kill -9). One query, however many run."""
     lost_after = timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
     # A step's supervisor outlives a killed runner by at most its kill-after grace; the runner died
     # at most one beat after its last one.
     settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
     here = this_host()
-    candidates = Deployment.objects.filter(status=Deployment.Status.RUNNING).filter(
+    candidates = kind.rows().filter(status="running").filter(
         Q(heartbeat_at__lt=now - lost_after) | Q(runner_host=here, heartbeat_at__lt=now - settled)
-    ).select_related("release", "repository", "environment")
+    )
     failed = 0
-    for deployment in candidates:
-        reason = _lost_reason(deployment, now, lost_after, here)
+    for run in candidates:
+        reason = _lost_reason(run, now, lost_after, here)
         if reason is None:
             continue
         try:
-            deployment.fail(reason)
+            run.fail(reason)
         except StaleStatus:
             continue  # it finished while we looked
         failed += 1
-        wake_next_in_line(deployment)
+        kind.after(run)
     return failed
 
 
@@ -142,7 +139,7 @@ def _supervised_by_a_live_runportal():
 
 
 def _lost_reason(run, now, lost_after, here):
-    """Why a running deployment or build is lost, in words; None while it may still be running."""
+    """Why a running run is lost, in words; None while it may still be running."""
     runner_died = run.runner_host == here and not _process_alive(run.runner_pid, run.started_at)
     expired = run.heartbeat_at < now - lost_after
     if runner_died and not expired and _supervised_by_a_live_runportal():
@@ -159,65 +156,22 @@ def _lost_reason(run, now, lost_after, here):
             f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}.")
 
 
-def fail_lost_builds(now):
-    """Fail running builds whose runner is lost, with the true reason: the same test as for deployments (a
-    build's heartbeat is its lease; its runner stops the step itself after half of GITOPS_WORKER_LOST_AFTER)."""
-    return _fail_lost_runs(Build.objects.select_related("release__repository"), now)
-
-
-def fail_lost_previews(now):
-    """Fail running previews whose runner is lost, as builds; approval then waits (the failure says why)."""
-    return _fail_lost_runs(Preview.objects.select_related("deployment__repository", "deployment__environment",
-                                                          "deployment__release"), now)
-
-
-def _fail_lost_runs(runs, now):
-    lost_after = timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER)
-    settled = timedelta(seconds=settings.GITOPS_HEARTBEAT_SECONDS + sandbox.KILL_AFTER_SECONDS + 1)
-    here = this_host()
-    candidates = runs.filter(status="running").filter(
-        Q(heartbeat_at__lt=now - lost_after) | Q(runner_host=here, heartbeat_at__lt=now - settled)
-    )
-    failed = 0
-    for run in candidates:
-        reason = _lost_reason(run, now, lost_after, here)
-        if reason is None:
-            continue
-        try:
-            run.fail(reason)
-        except StaleStatus:
-            continue
-        failed += 1
-    return failed
-
-
-def requeue_lost_builds():
-    """Wake queued builds whose job is gone (Redis lost it): one round trip to Redis, however many wait."""
-    return _requeue_lost_runs(Build.objects.select_related("release__repository"), jobs.enqueue_build)
-
-
-def requeue_lost_previews():
-    """Wake queued previews whose job is gone, as builds."""
-    return _requeue_lost_runs(Preview.objects.select_related("deployment__repository", "deployment__environment",
-                                                             "deployment__release"), jobs.enqueue_preview)
-
-
-def _requeue_lost_runs(runs, enqueue):
-    queued = list(runs.filter(status="queued"))
+def requeue_lost_runs(kind):
+    """Wake queued runs of `kind` whose job is gone (Redis lost it): one round trip to Redis, however many wait."""
+    queued = list(kind.rows().filter(status="queued"))
     if not queued:
         return 0
-    model = runs.model
-    live = _live_job_ids(django_rq.get_connection(jobs.DEPLOY_QUEUE), [run.job_id for run in queued])
+    live = _live_job_ids(django_rq.get_connection(kind.queue), [run.job_id for run in queued])
     requeued = 0
     for run in queued:
         if run.job_id in live:
             continue
         with transaction.atomic():
-            if not model.objects.select_for_update().filter(pk=run.pk, status="queued").exists():
+            if not kind.model.objects.select_for_update().filter(pk=run.pk, status="queued").exists():
                 continue
-            AuditEvent.objects.record(action=f"{model._meta.model_name}.requeued", obj=run, **run.audit_scope(),
+            AuditEvent.objects.record(action=f"{kind.name}.requeued", obj=run, **run.audit_scope(),
                                       details={"reason": "it had no live queue job (Redis lost it)"})
-            enqueue(run)
+            run.wake()
         requeued += 1
     return requeued
 

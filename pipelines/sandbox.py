@@ -1,4 +1,4 @@
-"""How a step's command line is wrapped and sealed before it starts (see pipelines/runner.py).
+"""How a step's command line is wrapped and sealed before it starts (see pipelines/runs/steps.py).
 
 Two layers, outermost first:
 
@@ -29,7 +29,7 @@ and a double fork), which bubblewrap's PID namespace alone catches: where the ma
 cgroup v2 it may write (`run_cgroup`), each run's steps run in a cgroup of its own, emptied with
 `cgroup.kill` when the step ends, and by runportal at once when the worker dies (pipelines/dead_workers.py);
 elsewhere the runner is the child subreaper of what its steps leave behind and kills it
-(pipelines/runner.py, `_kill_leftovers`).
+(pipelines/runs/steps.py, `_kill_leftovers`).
 """
 
 import contextlib

@@ -8,7 +8,7 @@ reason, which approvals audits (approvals/gate_override.py): pipelines only says
 from django.db.models import F
 
 from pipelines.models import Deployment
-from pipelines.promotion import PromotionError, stages_for
+from pipelines.promotion import PromotionError
 
 FINISHED = (Deployment.Status.SUCCEEDED, Deployment.Status.FAILED)
 
@@ -19,7 +19,7 @@ class GateClosed(PromotionError):
 
 def environment_before(release, environment):
     """The environment of the stage just before `environment` on the release's road, or None."""
-    stages = stages_for(release)
+    stages = release.stages()
     here = next((n for n, stage in enumerate(stages) if stage.environment_id == environment.pk), None)
     return stages[here - 1].environment if here else None
 

@@ -20,7 +20,7 @@ from pipelines.dashboard import Filters, dashboard_page
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Release, Repository, Stage,
                               Target)
 from pipelines.permissions import can_deploy, deployer_required
-from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for, stages_for
+from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for
 from pipelines.tag_history import tag_history
 from pipelines.versions import NEWEST_FIRST
 
@@ -131,7 +131,7 @@ def release_detail(request, name, version):
         "environment__position", "-created_at", "-id"
     ))
     targets = Target.objects.filter(repository=release.repository).select_related("current_release")
-    steps = release_page.stage_steps(release, stages_for(release), deployments, targets)
+    steps = release_page.stage_steps(release, release.stages(), deployments, targets)
     context = {
         "release": release,
         "repository": release.repository,

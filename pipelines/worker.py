@@ -1,11 +1,11 @@
 """The rq worker class of the portal (settings.RQ["WORKER_CLASS"]): a worker that outlives a Redis outage
-and runs deployments and builds in its own process.
+and runs every kind of run (deployments, builds, previews, checks) in its own process.
 
 rq's own loop quits on most errors that reach it, and one that meets Redis away as a job ends (its
 bookkeeping after the job, a maintenance task) exits for good. The database holds the truth and the
 reconciler re-enqueues what the queue lost, so the right response is to wait for Redis and go on.
 
-Deployments run in the worker's process, not in a forked work-horse. A work-horse costs each run a fork,
+Runs go in the worker's process, not in a forked work-horse. A work-horse costs each run a fork,
 a fresh database connection (a new PostgreSQL backend with cold caches) and its teardown: about 40 ms
 of a no-op deployment's 80. The run needs none of a work-horse's protection: it catches its own errors,
 its step runs in a sandbox under a supervisor that dies with this process, and its lease fences it if
@@ -29,9 +29,8 @@ from pipelines import forks
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 30
-# Jobs run in the worker's own process (see above).
-IN_PROCESS_JOBS = frozenset({"pipelines.jobs.run_deployment", "pipelines.jobs.run_build", "pipelines.jobs.run_preview",
-                             "pipelines.jobs.run_check"})
+# Jobs run in the worker's own process (see above): every kind of run (pipelines/runs/kernel.py).
+IN_PROCESS_JOBS = frozenset({"pipelines.runs.kernel.run"})
 
 
 class PortalWorker(Worker):
@@ -70,12 +69,15 @@ class PortalWorker(Worker):
         self.set_state(WorkerStatus.IDLE)
 
     def kill_horse(self, *args, **kwargs):
-        """rq's "stop job" command kills the work-horse's process group; with no work-horse (a deployment
-        running in this process) that group would be the worker's own. A deployment is stopped by the
-        portal's cancel instead (pipelines/rq_dashboard.py)."""
+        """rq's "stop job" command kills the work-horse's process group; with no work-horse (a run in this
+        process) that group would be the worker's own. The run is cancelled instead, as the portal's cancel
+        does it (recorded, audited, its step stopped at once: pipelines/runs/kernel.stop_job)."""
         if not self.horse_pid:
-            logger.warning("worker %s: asked to kill a work-horse while running a job itself; use the portal's "
-                           "cancel to stop a deployment", self.name)
+            from pipelines.runs import kernel
+
+            if not kernel.stop_job(self.get_current_job_id()):
+                logger.warning("worker %s: asked to stop job %s, which runs no run here", self.name,
+                               self.get_current_job_id())
             return
         super().kill_horse(*args, **kwargs)
 
@@ -131,13 +133,13 @@ def _probe_the_step_sandbox():
     from django.db import connections
     from django.utils.module_loading import import_string
 
-    from pipelines import (build_runner, check_runner, followups, preview_runner, promotion, runner, sandbox,  # noqa: F401
-                           tracking)
+    from pipelines import followups, promotion, sandbox, tracking  # noqa: F401
+    from pipelines.runs import kernel, steps  # noqa: F401
 
     for path in [*settings.GITOPS_DEPLOY_GUARDS, *settings.GITOPS_FOLLOW_UP_HANDLERS.values()]:
         import_string(path)
     try:
-        sandbox.seal_for(runner.step_account())
+        sandbox.seal_for(steps.step_account())
     except Exception:
         logger.exception("could not probe the step sandbox here; each run will probe it itself")
     connections.close_all()  # a work-horse must never share a database connection with its parent
@@ -149,7 +151,6 @@ def _probe_the_step_sandbox():
 def _hide_this_processs_environment():
     """PR_SET_DUMPABLE=0 on the worker itself (its work-horses do the same): /proc/<worker>/environ holds
     SECRET_KEY, DATABASE_URL and REDIS_URL, and a step running as the worker's own user could read it."""
-    from pipelines import runner
+    from pipelines.runs import process
 
-    if runner._prctl is not None:
-        runner._prctl(runner.PR_SET_DUMPABLE, 0, 0, 0, 0)
+    process.hide_environment()

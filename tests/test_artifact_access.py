@@ -16,9 +16,10 @@ from django.db import transaction
 from django.urls import get_resolver, reverse
 
 from approvals.opening import open_change_request
-from pipelines import build_runner, jobs, promotion
+from pipelines import promotion
 from pipelines.artifacts import artifact_storage
 from pipelines.models import Build, Preview
+from pipelines.runs import kernel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,11 +62,11 @@ def held(repository, production, origin, make_release, alice):
     release = make_release(repository, "v1.0.0", pipeline=PIPELINE, commit_sha=origin.commit("v1"))
     with transaction.atomic():
         build = Build.objects.queue_for(release)
-    build_runner.run_build(build.pk)
+    kernel.run("build", build.pk)
     build.refresh_from_db()
     change = open_change_request(promotion.promote(release, production, by=alice))
     preview = Preview.objects.latest_for(change.deployment)
-    jobs.run_preview(preview.pk)
+    kernel.run("preview", preview.pk)
     preview.refresh_from_db()
     assert build.artifact_name and preview.artifact_name, (build.error, preview.error)
     return change, build, preview

@@ -15,9 +15,10 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from pipelines import artifacts, build_runner, jobs, promotion, reconciler, runner
+from pipelines import artifacts, promotion, queues, reconciler
 from pipelines.models import AuditEvent, Build, Deployment, Release, Repository
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.runs import kernel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,7 +63,7 @@ def queued_build(repository, origin, make_release, environments):
 
 
 def built(build):
-    build_runner.run_build(build.pk)
+    kernel.run("build", build.pk)
     build.refresh_from_db()
     return build
 
@@ -130,11 +131,11 @@ def test_a_second_wake_up_of_a_build_does_nothing(queued_build, tmp_path, run_wo
     runs = tmp_path / "build-runs"
     build = queued_build(pipeline_building(f"echo ran >> {runs}"))
     # Two more wake-ups for the same build: a duplicate job, and the job run by hand after it finished.
-    jobs._enqueue(jobs.DEPLOY_QUEUE, "pipelines.jobs.run_build", build.pk, job_id="build-again")
+    queues.enqueue(queues.DEPLOY_QUEUE, kernel.JOB_FUNCTION, "build", build.pk, job_id="build-again")
 
     run_workers()
     chunks = build.log_chunks.count()
-    build_runner.run_build(build.pk)
+    kernel.run("build", build.pk)
 
     build.refresh_from_db()
     assert build.status == "succeeded"
@@ -404,7 +405,7 @@ def test_a_deployment_of_a_release_whose_build_did_not_succeed_fails_saying_why(
     deployment = Deployment.objects.create(release=build.release, environment=staging, repository=build.release.repository,
                                            status="queued", trigger="manual")
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     deployment.refresh_from_db()
     assert deployment.status == "failed"

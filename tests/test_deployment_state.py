@@ -127,7 +127,7 @@ def test_claiming_takes_the_lease_of_the_target_and_records_where_it_runs(reposi
     import socket
 
     from pipelines.models import Target
-    from pipelines.models.deployment import this_host
+    from pipelines.models.run import this_host
 
     deployment = make_deployment(make_release(repository, "v1"), staging)
     deployment.claim(worker_name="w1")

@@ -108,7 +108,7 @@ def test_a_one_off_window_holds_a_queued_deployment_until_it_ends_then_it_runs(
     assert not (ran / "staging").exists(), "the step ran during the freeze"
 
     time_machine.move_to(FREEZE_ENDS)  # the end itself is no longer frozen
-    assert reconciler.reconcile()["requeued"] == 1
+    assert reconciler.reconcile()["deployments_requeued"] == 1
     run_workers()
 
     deployment.refresh_from_db()
@@ -127,12 +127,12 @@ def test_the_reconciler_neither_requeues_nor_audits_a_held_deployment_while_froz
 
     for moment in (DURING, FREEZE_ENDS - timedelta(seconds=1)):
         time_machine.move_to(moment)
-        assert reconciler.reconcile()["requeued"] == 0
+        assert reconciler.reconcile()["deployments_requeued"] == 0
     assert django_rq.get_queue("deploy").count == 0
     assert not AuditEvent.objects.filter(action="deployment.requeued").exists()
 
     time_machine.move_to(FREEZE_ENDS)
-    assert reconciler.reconcile()["requeued"] == 1
+    assert reconciler.reconcile()["deployments_requeued"] == 1
     assert django_rq.get_queue("deploy").job_ids == [f"deployment-{deployment.pk}"]
     assert AuditEvent.objects.filter(action="deployment.requeued", object_id=str(deployment.pk)).count() == 1
 

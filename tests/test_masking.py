@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from pipelines import masking, promotion, runner
+from pipelines import masking, promotion
 from pipelines.models import Deployment
+from pipelines.runs import kernel
 from tests.conftest import new_secrets_key
 
 SECRET_KEY = "masking-test-secret-key-0123456789"
@@ -99,7 +100,7 @@ def test_a_step_that_prints_the_secret_key_has_it_masked_in_the_stored_log(porta
     release = make_release(repository, "v1", pipeline=pipeline, commit_sha=origin.commit("leaky"))
     deployment = promotion.promote(release, staging, by=None)
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     deployment.refresh_from_db()
     log = deployment.log_since(0)[0]

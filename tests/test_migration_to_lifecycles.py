@@ -183,11 +183,11 @@ def _check_the_behaviour_is_unchanged(ids, django_user_model):
     # Order and automation: a success in staging waits for a person before qa (qa never deployed
     # automatically); a success in qa moves on to production, which deploys automatically into its hold.
     on_staging = Deployment.objects.get(pk=ids["deployments"][("billing", "v1.1.0", "staging")])
-    assert promotion.next_stage(on_staging) is None
+    assert on_staging.next_stage() is None
     on_qa = Deployment.objects.filter(repository=billing, environment=qa).get()
-    assert promotion.next_stage(on_qa).environment == production
-    assert promotion.next_stage(Deployment.objects.get(pk=ids["deployments"][("billing", "v1.0.0", "production")])) is None
-    assert [stage.environment.name for stage in promotion.stages_for(on_staging.release)] == ["staging", "qa", "production"]
+    assert on_qa.next_stage().environment == production
+    assert Deployment.objects.get(pk=ids["deployments"][("billing", "v1.0.0", "production")]).next_stage() is None
+    assert [stage.environment.name for stage in on_staging.release.stages()] == ["staging", "qa", "production"]
 
     # A new release deploys to staging by itself and is queued; to production it is held for approval.
     v120 = Release.objects.create(repository=billing, version="v1.2.0", commit_sha="c" * 40, pipeline_text=PIPELINE)

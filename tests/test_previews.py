@@ -13,9 +13,10 @@ from django.utils.html import escape
 
 from approvals.models import DecisionRefused
 from approvals.opening import open_change_request
-from pipelines import jobs, promotion, reconciler, runner
+from pipelines import jobs, promotion, reconciler
 from pipelines.models import Deployment, Preview
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.runs import kernel
 from tests.conftest import set_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,7 +54,7 @@ def held(repository, production, origin, make_release, alice):
 
 def run_latest_preview(change):
     preview = Preview.objects.latest_for(change.deployment)
-    jobs.run_preview(preview.pk)
+    kernel.run("preview", preview.pk)
     preview.refresh_from_db()
     return preview
 
@@ -179,7 +180,7 @@ def test_approvals_given_before_a_rerun_do_not_count(held, bob, django_user_mode
     run_latest_preview(waiting)
     waiting.approve(bob)  # one of two, on preview #1
 
-    runner.run_deployment(first.deployment_id)  # something else changes the production target
+    kernel.run("deployment", first.deployment_id)  # something else changes the production target
     assert Deployment.objects.get(pk=first.deployment_id).status == "succeeded"
 
     previews = list(Preview.objects.filter(deployment=waiting.deployment).order_by("number"))
@@ -216,7 +217,7 @@ def test_the_runner_refuses_an_apply_whose_preview_is_stale(held, bob, productio
     other.record_step(4242)
     other.succeed()
 
-    runner.run_deployment(approved.deployment_id)
+    kernel.run("deployment", approved.deployment_id)
 
     deployment = Deployment.objects.get(pk=approved.deployment_id)
     log = deployment.log_since(0)[0]
@@ -232,7 +233,7 @@ def test_the_deploy_steps_get_the_artifacts_of_the_approved_preview(held, bob):
                   steps='echo "applying: $(cat "$GITOPS_ARTIFACTS/plan.txt")"; test -z "$GITOPS_PREVIEW"')
     run_latest_preview(change)
     change.approve(bob)
-    runner.run_deployment(change.deployment_id)
+    kernel.run("deployment", change.deployment_id)
     deployment = Deployment.objects.get(pk=change.deployment_id)
     assert deployment.status == "succeeded", deployment.log_since(0)[0]
     preview = Preview.objects.get(deployment=deployment)

@@ -26,8 +26,8 @@ def test_a_queued_deployment_whose_job_was_flushed_is_enqueued_again_and_runs(re
     deployment = promotion.promote(release, staging, by=None)
     django_rq.get_connection("deploy").flushdb()  # Redis lost everything
 
-    assert reconciler.reconcile()["requeued"] == 1
-    assert reconciler.reconcile()["requeued"] == 0, "a live job is not enqueued twice"
+    assert reconciler.reconcile()["deployments_requeued"] == 1
+    assert reconciler.reconcile()["deployments_requeued"] == 0, "a live job is not enqueued twice"
     run_workers()
 
     deployment.refresh_from_db()
@@ -39,9 +39,9 @@ def test_a_running_deployment_without_a_heartbeat_fails_as_worker_lost(repositor
     deployment = promotion.promote(make_release(repository, "v1.0.0"), staging, by=None)
     deployment.claim(worker_name="host-1:4242")
 
-    assert reconciler.reconcile()["worker_lost"] == 0, "a fresh heartbeat is left alone"
+    assert reconciler.reconcile()["deployments_lost"] == 0, "a fresh heartbeat is left alone"
     later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
-    assert reconciler.reconcile(now=later)["worker_lost"] == 1
+    assert reconciler.reconcile(now=later)["deployments_lost"] == 1
 
     deployment.refresh_from_db()
     assert deployment.status == "failed"
@@ -75,7 +75,7 @@ def test_a_killed_worker_is_detected_and_the_next_deployment_of_its_target_runs(
     assert Deployment.objects.get(pk=deployment.pk).status == "running"
 
     later = timezone.now() + timedelta(seconds=settings.GITOPS_WORKER_LOST_AFTER + 1)
-    assert reconciler.reconcile(now=later)["worker_lost"] == 1
+    assert reconciler.reconcile(now=later)["deployments_lost"] == 1
     run_workers()
 
     assert Deployment.objects.get(pk=deployment.pk).status == "failed"
@@ -97,5 +97,5 @@ def test_a_deployment_waiting_behind_a_running_one_is_not_requeued_every_tick(re
     waiting = promotion.promote(make_release(repository, "v1.1.0"), staging, by=None)
     django_rq.get_connection("deploy").flushdb()  # its job ran and ended on "target busy"
 
-    assert reconciler.reconcile()["requeued"] == 0
+    assert reconciler.reconcile()["deployments_requeued"] == 0
     assert not AuditEvent.objects.filter(action="deployment.requeued", object_id=str(waiting.pk)).exists()

@@ -9,8 +9,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from pipelines import promotion, run_log, runner
+from pipelines import promotion, run_log
 from pipelines.models import Deployment
+from pipelines.runs import kernel
 
 STEPS = """\
 environments:
@@ -34,7 +35,7 @@ def failed_run(db, repository, staging, origin, make_release):
     origin.write(".gitops.yml", STEPS)
     release = make_release(repository, "v1", pipeline=STEPS, commit_sha=origin.commit("steps"))
     deployment = promotion.promote(release, staging, by=None)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
     deployment.refresh_from_db()
     assert deployment.status == "failed", deployment.log_since(0)[0]
     return deployment
@@ -166,7 +167,7 @@ def test_a_secret_printed_on_stderr_is_masked_and_its_line_still_marked(
     origin.write(".gitops.yml", pipeline)
     release = make_release(repository, "v1", pipeline=pipeline, commit_sha=origin.commit("leak"))
     deployment = promotion.promote(release, staging, by=None)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     stored = "".join(text for _, text, _ in Deployment.objects.get(pk=deployment.pk).log_chunks_since(0))
     assert "tok-5f0c2a9e1d" not in stored and "5f0c2a9e1d" not in stored

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import promotion, runner
+from pipelines import promotion
 from pipelines.models import Deployment
+from pipelines.runs import kernel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,7 +61,7 @@ def test_it_runs_the_step_in_a_checkout_of_the_release_commit(release_of, stagin
     origin.commit("later change that must not be deployed")
     deployment = deploy_to_staging(release, staging)
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     deployment.refresh_from_db()
     assert deployment.status == "succeeded", log_of(deployment)
@@ -76,7 +77,7 @@ def test_the_step_sees_the_gitops_variables_and_none_of_the_portals_secrets(rele
     release = release_of(pipeline_with("env | sort", variables={"REGION": "eu-west-1"}))
     deployment = deploy_to_staging(release, staging)
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     deployment.refresh_from_db()
     log = log_of(deployment)
@@ -96,7 +97,7 @@ def test_a_failing_step_fails_the_deployment_with_its_log_and_stops_there(releas
     release = release_of(pipeline_with("echo about to fail; exit 3"))
     deployment = deploy_to_staging(release, staging)
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     deployment.refresh_from_db()
     assert deployment.status == "failed"
@@ -108,7 +109,7 @@ def test_a_failing_step_fails_the_deployment_with_its_log_and_stops_there(releas
 
 def test_pipefail_makes_a_failing_pipeline_fail_the_step(release_of, staging):
     deployment = deploy_to_staging(release_of(pipeline_with("false | cat")), staging)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
     deployment.refresh_from_db()
     assert deployment.status == "failed"
 
@@ -120,7 +121,7 @@ def test_success_promotes_to_the_next_environment_and_records_the_current_releas
     release = release_of(pipeline)
     deployment = deploy_to_staging(release, staging)
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     assert Target.objects.get(repository=release.repository, environment=staging).current_release == release
     # The promotion is a follow-up recorded with the success, and the runner carries it out at once.
@@ -134,7 +135,7 @@ def test_a_step_that_runs_too_long_is_killed_with_its_children(release_of, stagi
     release = release_of(pipeline_with("sleep 301.1 & wait", timeout=1))
     deployment = deploy_to_staging(release, staging)
 
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
 
     deployment.refresh_from_db()
     assert deployment.status == "failed"
@@ -180,8 +181,8 @@ def test_cancelling_a_running_deployment_kills_its_step(release_of, staging, set
 def test_a_duplicate_wake_up_does_not_run_a_deployment_twice(release_of, staging, tmp_path):
     counter = tmp_path / "runs"
     deployment = deploy_to_staging(release_of(pipeline_with(f"echo run >> {counter}")), staging)
-    runner.run_deployment(deployment.pk)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
+    kernel.run("deployment", deployment.pk)
     assert counter.read_text() == "run\n"
 
 
@@ -189,7 +190,7 @@ def test_a_queued_deployment_waits_for_the_running_one_of_its_target(release_of,
     first = deploy_to_staging(release_of(pipeline_with("echo one"), version="v1"), staging)
     first.claim(worker_name="elsewhere")
     second = promotion.promote(release_of(pipeline_with("echo two"), version="v2"), staging, by=alice)
-    runner.run_deployment(second.pk)
+    kernel.run("deployment", second.pk)
     assert Deployment.objects.get(pk=second.pk).status == "queued"
 
 
@@ -197,7 +198,7 @@ def _run_in_thread(deployment_id):
     from django.db import connection
 
     try:
-        runner.run_deployment(deployment_id)
+        kernel.run("deployment", deployment_id)
     finally:
         connection.close()
 
@@ -246,7 +247,7 @@ def test_a_step_stops_when_its_deployment_was_given_up_as_lost(release_of, stagi
 def test_output_with_nul_bytes_and_split_characters_is_kept_readable(release_of, staging):
     run = "printf 'before\\0after\\n'; printf 'é\\n%.0s' $(seq 40000)"
     deployment = deploy_to_staging(release_of(pipeline_with(run)), staging)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
     deployment.refresh_from_db()
     log = log_of(deployment)
     assert deployment.status == "succeeded", deployment.error
@@ -270,7 +271,7 @@ def test_the_heartbeat_goes_on_while_the_release_is_materialised(release_of, sta
         materialise(repository, sha, destination)
 
     monkeypatch.setattr(git, "materialise", slow_materialise)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
     assert beats and Deployment.objects.get(pk=deployment.pk).status == "succeeded"
 
 
@@ -285,7 +286,7 @@ def test_a_step_run_as_its_own_account_cannot_read_the_workers_environment(relea
     run = f"id -un; touch made-by-the-step; cat /proc/{os.getpid()}/environ >/dev/null 2>&1 && echo LEAK-ED || echo SEAL-ED"
     deployment = deploy_to_staging(release_of(pipeline_with(run)), staging)
     try:
-        runner.run_deployment(deployment.pk)
+        kernel.run("deployment", deployment.pk)
     finally:
         settings.GITOPS_WORK_DIR.rmdir()
     deployment.refresh_from_db()

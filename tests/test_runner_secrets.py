@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import promotion, runner
+from pipelines import promotion
 from pipelines.models import Deployment, Environment
+from pipelines.runs import kernel, steps
 from tests.conftest import add_stage, child_env, kill_tree, new_secrets_key, wait_for
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def promote_step(repository, environment, origin, make_release, run, *, variable
 def deploy(repository, environment, origin, make_release, run, *, variables=""):
     """Run that deployment in this process; the deployment as it ended."""
     deployment = promote_step(repository, environment, origin, make_release, run, variables=variables)
-    runner.run_deployment(deployment.pk)
+    kernel.run("deployment", deployment.pk)
     deployment.refresh_from_db()
     return deployment
 
@@ -121,7 +122,7 @@ def test_steps_outside_a_deployment_such_as_a_build_get_no_secret(staging, make_
     make_secret(staging, "DB_PASSWORD", VALUE)
 
     with django_assert_num_queries(0):
-        environment = runner.scrubbed_environment(tmp_path, variables={"REGION": "eu-west-1"},
+        environment = steps.scrubbed_environment(tmp_path, variables={"REGION": "eu-west-1"},
                                                   gitops={"GITOPS_COMMIT": "a" * 40})
 
     assert "DB_PASSWORD" not in environment and VALUE not in environment.values()

@@ -6,8 +6,9 @@ import pytest
 from django.db import transaction
 from django.urls import reverse
 
-from pipelines import build_runner, promotion
+from pipelines import promotion
 from pipelines.models import AuditEvent, Build
+from pipelines.runs import kernel
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,7 +36,7 @@ def release_built(repository, origin, make_release, environments):
         release = make_release(repository, version, pipeline=pipeline, commit_sha=origin.commit(version))
         with transaction.atomic():
             build = Build.objects.queue_for(release)
-        build_runner.run_build(build.pk)
+        kernel.run("build", build.pk)
         build.refresh_from_db()
         return release, build
 

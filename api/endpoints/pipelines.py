@@ -12,7 +12,7 @@ from api.errors import ApiError, conflict, not_found
 from api.pagination import Page, paginate, paginate_releases
 from pipelines import commit_status, jobs, stage_gate
 from pipelines.models import Build, Check, Deployment, DeploymentStateError, Environment, ExternalCheck, Lifecycle, Release, Repository, Stage, Target
-from pipelines.promotion import PromotionError, retry, stages_for
+from pipelines.promotion import PromotionError, retry
 
 router = Router(tags=["pipelines"])
 
@@ -37,7 +37,7 @@ def repository_out(repository):
 
 def release_out(release, environments=None):
     if environments is None:
-        environments = [stage.environment.name for stage in stages_for(release)]
+        environments = [stage.environment.name for stage in release.stages()]
     return {"id": release.pk, "repository": release.repository.name, "version": release.version,
             "commit_sha": release.commit_sha, "message": release.message, "author_name": release.author_name,
             "author_email": release.author_email, "committed_at": release.committed_at,

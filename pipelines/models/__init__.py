@@ -2,7 +2,8 @@ from .audit import AuditEvent, AuditHead, AuditVerification
 from .build import Build, BuildLogChunk
 from .check import Check, CheckLogChunk, CheckRef
 from .commit_status import ReportedCommitStatus
-from .deployment import Deployment, DeploymentLogChunk, DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
+from .deployment import Deployment, DeploymentLogChunk
+from .run import DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .external_check import ExternalCheck
 from .followup import FollowUp

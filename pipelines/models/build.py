@@ -6,7 +6,7 @@ one tar.gz) in the storage `gitops_artifacts` (see pipelines/artifacts.py). Ever
 both. A release whose build did not succeed deploys nowhere (pipelines.promotion.promote says why).
 
 Its run is fenced like a deployment's, without a target to lease: the row's heartbeat is the lease, and
-the runner stops its step when it cannot renew it (pipelines/runner.Heartbeat); the reconciler fails a
+the runner stops its step when it cannot renew it (pipelines/runs/heartbeat.py); the reconciler fails a
 build whose heartbeat stopped and re-enqueues a queued one whose job was lost."""
 
 from django.conf import settings
@@ -15,7 +15,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .audit import AuditEvent
-from .run import FencedRun
+from .followup import PROMOTE_NEW_RELEASE
+from .run import FencedRun, KeepsArtifacts
 
 
 class BuildStatus(models.TextChoices):
@@ -23,15 +24,17 @@ class BuildStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 BUILD_TRANSITIONS = {
-    BuildStatus.QUEUED: {BuildStatus.RUNNING, BuildStatus.FAILED},
-    BuildStatus.RUNNING: {BuildStatus.SUCCEEDED, BuildStatus.FAILED},
+    BuildStatus.QUEUED: {BuildStatus.RUNNING, BuildStatus.FAILED, BuildStatus.CANCELLED},
+    BuildStatus.RUNNING: {BuildStatus.SUCCEEDED, BuildStatus.FAILED, BuildStatus.CANCELLED},
     BuildStatus.SUCCEEDED: set(),
     BuildStatus.FAILED: set(),
+    BuildStatus.CANCELLED: set(),
 }
-BUILD_FINISHED = {BuildStatus.SUCCEEDED, BuildStatus.FAILED}
+BUILD_FINISHED = {BuildStatus.SUCCEEDED, BuildStatus.FAILED, BuildStatus.CANCELLED}
 
 
 class BuildQuerySet(models.QuerySet):
@@ -39,17 +42,15 @@ class BuildQuerySet(models.QuerySet):
         """Record the build of `release` and wake a worker on commit; call inside the transaction that
         records the release (or a deployer asks for it). Returns the existing build when there is one: a
         release builds once."""
-        from pipelines import jobs
-
         build, created = self.get_or_create(release=release, defaults={"status": BuildStatus.QUEUED})
         if created:
             AuditEvent.objects.record(action="build.queued", actor=by, obj=build, repository=release.repository,
                                       details={"release": release.version, "commit": release.commit_sha})
-            jobs.enqueue_build(build)
+            build.wake()
         return build
 
 
-class Build(FencedRun):
+class Build(KeepsArtifacts, FencedRun):
     Status = BuildStatus
     TRANSITIONS = BUILD_TRANSITIONS
 
@@ -85,6 +86,8 @@ class Build(FencedRun):
             return ""
         if self.status == BuildStatus.FAILED:
             return f"its build failed: {self.error}"
+        if self.status == BuildStatus.CANCELLED:
+            return f"its build was cancelled: {self.error}"
         return f"its build is {self.get_status_display().lower()}; it deploys once the build succeeded"
 
     def succeed(self, *, outputs, artifact=None):
@@ -94,7 +97,6 @@ class Build(FencedRun):
 
         A release recorded after this one and on its way (built, promoted, or deployed) is newer: this one is
         then not promoted, or it would replace that one. A late old tag, recorded and never promoted, is not."""
-        from pipelines import followups
         from pipelines.models import FollowUp, Release
 
         artifact_fields = self.artifact_fields(artifact)
@@ -104,10 +106,10 @@ class Build(FencedRun):
                             details={"outputs": sorted(outputs), "artifact_sha256": artifact_fields.get("artifact_sha256", "")})
             later = Release.objects.filter(repository=release.repository_id, pk__gt=release.pk)
             newer = (later.filter(Q(build__isnull=False) | Q(deployments__isnull=False)).exists()
-                     or FollowUp.objects.filter(kind=followups.PROMOTE_NEW_RELEASE, release__in=later).exists())
+                     or FollowUp.objects.filter(kind=PROMOTE_NEW_RELEASE, release__in=later).exists())
             if newer or release.blocked or release.error:
                 return None
-            return FollowUp.objects.schedule(followups.PROMOTE_NEW_RELEASE, release=release, enqueue=False,
+            return FollowUp.objects.schedule(PROMOTE_NEW_RELEASE, release=release, enqueue=False,
                                              delay=settings.GITOPS_WORKER_LOST_AFTER)
 
 

@@ -9,7 +9,7 @@ Results belong to the commit: the release of the same commit (after a merge on `
 stage that requires passing checks looks them up by the release's commit sha (`CheckQuerySet.refusal_for`).
 
 Pull requests from forks: their code is anyone's, so their checks get no check secrets, run only sealed
-(pipelines/check_runner.py) and, unless settings.GITOPS_FORK_CHECKS_WAIT is off, wait (`waiting`) until a
+(pipelines/runs/check.py) and, unless settings.GITOPS_FORK_CHECKS_WAIT is off, wait (`waiting`) until a
 deployer presses "Run checks" (`Check.allow_to_run`), as GitHub asks before running a first-time
 contributor's workflows. Only a webhook can tell a fork: its payload names the head's repository. A pull
 request seen by polling alone (GitHub publishes every one, forks' included, under refs/pull/<n>/head) is
@@ -115,8 +115,6 @@ class CheckQuerySet(models.QuerySet):
         check of a fork's pull request (`from_fork`) waits for a deployer instead, unless
         settings.GITOPS_FORK_CHECKS_WAIT is off. The same commit on the same ref runs once; a check still
         queued or waiting for an older commit of that ref is cancelled: only the newest commit is worth the wait."""
-        from pipelines import jobs
-
         with transaction.atomic():
             existing = self.filter(repository=repository, commit_sha=commit_sha, ref_name=ref_name).first()
             if existing is not None:
@@ -133,7 +131,7 @@ class CheckQuerySet(models.QuerySet):
                                       details=check.audit_details())
             check.schedule_report()
             if status == CheckStatus.QUEUED:
-                jobs.enqueue_check(check)
+                check.wake()
         return check
 
     def for_commit(self, repository, commit_sha):
@@ -232,16 +230,14 @@ class Check(FencedRun):
 
     def allow_to_run(self, *, by, from_this_repository=False):
         """A deployer's "Run checks" of a waiting check (a fork's pull request): queued, audited with who allowed
-        it, and a worker woken. It still runs sealed and without check secrets (pipelines/check_runner.py),
+        it, and a worker woken. It still runs sealed and without check secrets (pipelines/runs/check.py),
         unless `from_this_repository`: the git host said (a webhook after a poll) that the pull request is not
         from a fork after all. StaleStatus or InvalidTransition when it no longer waits (allowed by someone
         else, or replaced by a newer commit)."""
-        from pipelines import jobs
-
         fields = {"from_fork": False} if from_this_repository else {}
         with transaction.atomic():
             self.transition(CheckStatus.QUEUED, by=by, details={"from_this_repository": from_this_repository}, **fields)
-            jobs.enqueue_check(self)
+            self.wake()
         return self
 
 

@@ -1,6 +1,3 @@
-import os
-import socket
-
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q, Sum
@@ -10,36 +7,9 @@ from django.utils import timezone
 
 from pipelines import run_log
 
-from .audit import AuditEvent
 from .clock import now_plus, set_written
-from .followup import DEPLOYMENTS_STOPPED
-
-
-def this_host():
-    """Where a run happens, as recorded in `runner_host`: the host name and the PID namespace. Two
-    processes see each other's pids only when both agree, so a reconciler that finds the runner's pid
-    gone knows it died only then (containers on one host may share a host name, never a namespace)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()} {namespace}"
-
-
-class DeploymentStateError(Exception):
-    """A change of status that cannot happen; the message says why in words."""
-
-
-class InvalidTransition(DeploymentStateError):
-    pass
-
-
-class StaleStatus(DeploymentStateError):
-    """Another process changed the deployment first (a second click, a second worker)."""
-
-
-class TargetBusy(DeploymentStateError):
-    """Another deployment of the same repository is already running in this environment."""
+from .followup import DEPLOYMENTS_STOPPED, PROMOTE_AFTER_SUCCESS
+from .run import FencedRun, TargetBusy
 
 
 class Status(models.TextChoices):
@@ -72,8 +42,9 @@ class DeploymentQuerySet(models.QuerySet):
         return self.filter(repository=repository, environment=environment)
 
 
-class Deployment(models.Model):
+class Deployment(FencedRun):
     Status = Status
+    TRANSITIONS = ALLOWED_TRANSITIONS
 
     class Trigger(models.TextChoices):
         AUTO = "auto", "Automatic"
@@ -93,21 +64,7 @@ class Deployment(models.Model):
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     reason = models.TextField(blank=True)
 
-    created_at = models.DateTimeField(default=timezone.now)
     queued_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    cancel_requested_at = models.DateTimeField(null=True, blank=True)
-
-    exit_code = models.IntegerField(null=True, blank=True)
-    error = models.TextField(blank=True)
-    job_id = models.CharField(max_length=100, blank=True)
-    worker_name = models.CharField(max_length=200, blank=True)
-    # Where the run happens, so that a reconciler on the same host can tell a dead runner from a slow one.
-    runner_host = models.CharField(max_length=200, blank=True)
-    runner_pid = models.IntegerField(null=True, blank=True)
-    step_pgid = models.IntegerField(null=True, blank=True, help_text="Process group of the step running now.")
 
     objects = DeploymentQuerySet.as_manager()
 
@@ -142,39 +99,28 @@ class Deployment(models.Model):
     def get_absolute_url(self):
         return reverse("deployment_detail", args=[self.pk])
 
-    @property
-    def is_finished(self):
-        return self.status in FINISHED
+    def audit_scope(self):
+        return {"repository": self.repository, "environment": self.environment}
 
-    @property
-    def duration(self):
-        if self.started_at:
-            return (self.finished_at or timezone.now()) - self.started_at
-        return None
+    def audit_details(self):
+        return {"release": self.release.version}
 
     # --- the one way a status changes ------------------------------------------------------------
 
     def transition(self, new_status, *, by=None, details=None, **fields):
-        """Move to `new_status` if allowed, with a compare-and-swap on the current status, and audit it.
+        """FencedRun.transition, with the target: a deployment that stops running lets go of its target's
+        lease, and one that ran a step there makes the previews of the deployments held there stale.
 
         Raises InvalidTransition for a move the state machine forbids, StaleStatus when another process
         changed the row first, TargetBusy when the target already has a running deployment."""
-        old_status = self.status
-        if new_status not in ALLOWED_TRANSITIONS[old_status]:
-            raise InvalidTransition(f"Deployment #{self.pk} is {self.get_status_display().lower()} and cannot become {new_status}.")
-        now = timezone.now()
-        fields["status"] = new_status
+        self._check_transition(new_status)
         if new_status == Status.QUEUED:
-            fields.setdefault("queued_at", now)
-        elif new_status == Status.RUNNING:
-            fields.setdefault("started_at", now)
-            fields.setdefault("heartbeat_at", Now())  # on the database's clock: see pipelines/models/clock.py
-        elif new_status in FINISHED:
-            fields.setdefault("finished_at", now)
-        held = []
+            fields.setdefault("queued_at", timezone.now())
+        was_running = self.status == Status.RUNNING
         try:
             with transaction.atomic():
-                if old_status == Status.RUNNING:
+                held = []
+                if was_running:
                     # Row locks before the audit record (which takes the audit lock), Target first: the
                     # same order as promote(), so the two never deadlock.
                     self.lock_target()
@@ -183,26 +129,13 @@ class Deployment(models.Model):
                         # deployments held there showed is out of date (locked before the audit event).
                         held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
                                     .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
-                updated = Deployment.objects.filter(pk=self.pk, status=old_status).update(**fields)
-                if updated != 1:
-                    current = Deployment.objects.filter(pk=self.pk).values_list("status", flat=True).first()
-                    raise StaleStatus(f"Deployment #{self.pk} is already {current}; nothing was changed.")
-                if old_status == Status.RUNNING:
                     self._release_lease()
-                AuditEvent.objects.record(
-                    action=f"deployment.{new_status}",
-                    actor=by,
-                    obj=self,
-                    repository=self.repository,
-                    environment=self.environment,
-                    details={"from": old_status, "to": new_status, "release": self.release.version, **(details or {})},
-                )
+                self._change_status(new_status, by=by, details=details, fields=fields)
                 self._queue_stale_previews(held, new_status)
         except IntegrityError as exc:
             if new_status == Status.RUNNING:
                 raise TargetBusy(f"Another deployment of {self.repository} is running in {self.environment}.") from exc
             raise
-        set_written(self, fields)
         return self
 
     # --- named steps of the lifecycle ---------------------------------------------------------------
@@ -214,7 +147,6 @@ class Deployment(models.Model):
 
         Lock order: the Target row, then the deployments, then the audit chain (callers that decide under
         a lock take the target first too: see approvals' ChangeRequest._decide)."""
-        from pipelines import jobs
         from pipelines.models import FollowUp
 
         with transaction.atomic():
@@ -228,7 +160,7 @@ class Deployment(models.Model):
             if older:
                 FollowUp.objects.schedule(DEPLOYMENTS_STOPPED, release=self.release, repository=self.repository,
                                           payload={"deployments": [d.pk for d in older], "reason": older[0].error})
-            jobs.enqueue_deployment(self)
+            self.wake()
         return self
 
     def reject(self, *, by, reason=""):
@@ -240,28 +172,11 @@ class Deployment(models.Model):
         return self.transition(Status.CANCELLED, by=by, error=reason, superseded_by=newer,
                                details={"reason": reason, "superseded_by": newer.pk})
 
-    def cancel(self, *, by=None, reason=""):
-        """Cancel a deployment that has not run yet; ask the runner to stop one that is running."""
-        if self.status == Status.RUNNING:
-            with transaction.atomic():
-                asked = Deployment.objects.filter(pk=self.pk, status=Status.RUNNING, cancel_requested_at=None).update(
-                    cancel_requested_at=timezone.now()
-                )
-                if asked != 1:
-                    raise StaleStatus(f"Deployment #{self.pk} is no longer running, or a cancel was already requested.")
-                AuditEvent.objects.record(
-                    action="deployment.cancel_requested", actor=by, obj=self, repository=self.repository,
-                    environment=self.environment, details={"reason": reason},
-                )
-            self.refresh_from_db()
-            return self
-        return self.transition(Status.CANCELLED, by=by, error=reason, details={"reason": reason})
-
     def claim(self, *, worker_name, runner_host=None, runner_pid=None):
         """Start running: the deployment and the lease of its target, in one transaction.
 
         The lease is a compare-and-swap that succeeds only when the target has no holder or the holder's
-        lease expired, which is after that holder's runner stopped its step by itself (see runner.Heartbeat):
+        lease expired, which is after that holder's runner stopped its step by itself (see pipelines/runs/heartbeat.py):
         so the next run of a target starts only once the old one is fenced. Raises TargetBusy otherwise."""
         from pipelines.models import Target
 
@@ -277,12 +192,7 @@ class Deployment(models.Model):
                     f"Deployment #{target.lease_holder_id} of {self.repository} in {self.environment} holds the target "
                     f"until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
                 )
-            self.transition(
-                Status.RUNNING, worker_name=worker_name, heartbeat_at=Now(),
-                runner_host=runner_host if runner_host is not None else this_host(),
-                runner_pid=runner_pid if runner_pid is not None else os.getpid(),
-                step_pgid=None,
-            )
+            super().claim(worker_name=worker_name, runner_host=runner_host, runner_pid=runner_pid, step_pgid=None)
         return self
 
     def succeed(self):
@@ -292,10 +202,9 @@ class Deployment(models.Model):
         The follow-up is not enqueued: the runner carries it out right after this commits, in the same
         process, and the reconciler re-drives it after GITOPS_WORKER_LOST_AFTER if the runner died first.
         Lock order: the Target row first, then the transition (whose audit record takes the audit lock)."""
-        from pipelines import followups, promotion
         from pipelines.models import FollowUp, Target
 
-        follows = promotion.next_stage(self) is not None
+        follows = self.next_stage() is not None
         with transaction.atomic():
             self.lock_target()
             self.transition(Status.SUCCEEDED, exit_code=0)
@@ -303,8 +212,22 @@ class Deployment(models.Model):
                 current_release=self.release)
             if not follows:
                 return None
-            return FollowUp.objects.schedule(followups.PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,
+            return FollowUp.objects.schedule(PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,
                                              delay=settings.GITOPS_WORKER_LOST_AFTER)
+
+    def next_stage(self):
+        """Where a success of this deployment may promote its release automatically, or None: the next stage
+        of the lifecycle that its file names, if that one deploys automatically; never after a rollback,
+        which stays put. Whether that stage takes the release's version is decided when promoting, so that
+        a refusal is recorded with its reason (pipelines/promotion.py)."""
+        if self.trigger == self.Trigger.ROLLBACK:
+            return None
+        stages = self.release.stages()
+        here = next((n for n, stage in enumerate(stages) if stage.environment_id == self.environment_id), None)
+        if here is None or here + 1 >= len(stages):
+            return None
+        following = stages[here + 1]
+        return following if following.auto_deploy else None
 
     def _queue_stale_previews(self, held, outcome):
         """Run again the preview of each deployment in `held` whose latest one started before this run ended
@@ -318,9 +241,6 @@ class Deployment(models.Model):
             reason = (f"{self.release.version} (deployment #{self.pk}) {outcome} on {self.environment} after "
                       f"preview #{latest.number} started, having run a step there, so what it showed is out of date.")
             Preview.objects.queue_for(deployment, reason=reason)
-
-    def fail(self, error, *, exit_code=None, by=None):
-        return self.transition(Status.FAILED, by=by, error=error, exit_code=exit_code, details={"error": error[:500]})
 
     def beat(self):
         """Record that the runner is alive and renew the lease of its target. True means stop: a cancel was
@@ -342,12 +262,6 @@ class Deployment(models.Model):
         if renewed != 1:
             return True
         return Deployment.objects.filter(pk=self.pk, cancel_requested_at__isnull=False).exists()
-
-    def record_step(self, pgid):
-        """The process group of the step running now, so a reconciler on this host can tell whether
-        anything of this run can still be running."""
-        Deployment.objects.filter(pk=self.pk).update(step_pgid=pgid)
-        self.step_pgid = pgid
 
     # --- the target's lease ------------------------------------------------------------------------------
 
@@ -375,35 +289,16 @@ class Deployment(models.Model):
     # --- log -----------------------------------------------------------------------------------------
 
     def append_log(self, text, *, seq=None):
-        """Store a piece of the log, with known secret values masked (see pipelines/masking.py).
-
-        A writer that numbers its pieces (`seq`) may send one again after a lost answer: a piece already
-        stored is not stored twice. Returns the seq used."""
+        """FencedRun.append_log, with known secret values masked here too (pipelines/masking.py): whatever
+        writes a deployment's log, a secret of its environment never reaches the database."""
         from pipelines import masking
 
-        text = text.replace("\x00", "")  # PostgreSQL text cannot hold NUL; a step may print anything
-        if not text:
-            return seq
         if getattr(self, "_log_secrets", None) is None:
             self._log_secrets = masking.secrets_for(self)
-        text = masking.mask(text, self._log_secrets)
-        if seq is None:
-            seq = (self.log_chunks.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
-            DeploymentLogChunk.of(self, seq, text).save(force_insert=True)
-            return seq
-        DeploymentLogChunk.objects.bulk_create([DeploymentLogChunk.of(self, seq, text)], ignore_conflicts=True)
-        return seq
+        return super().append_log(masking.mask(text, self._log_secrets), seq=seq)
 
-    def log_since(self, seq):
-        """The log after chunk `seq` as plain text (pipelines/run_log.plain), and the last chunk's seq."""
-        chunks = self.log_chunks_since(seq)
-        if not chunks:
-            return "", seq
-        return run_log.plain("".join(text for _, text, _ in chunks)), chunks[-1][0]
-
-    def log_chunks_since(self, seq):
-        """The stored chunks after `seq`, marks included (pipelines/run_log.py): [(seq, text, stored at)]."""
-        return list(self.log_chunks.filter(seq__gt=seq).order_by("seq").values_list("seq", "text", "created_at"))
+    def _log_chunk(self, seq, text):
+        return DeploymentLogChunk.of(self, seq, text)
 
     def log_tail(self, limit):
         """What the deployment page shows of the log, read without reading all of a long one:

@@ -21,6 +21,10 @@ DEPLOYMENTS_STOPPED = "deployments.stopped"
 # Something that promotion decides on changed (auto-deploy resumed, a release unblocked, a check passed, a
 # lifecycle edited): make the decision again for the repository's stages (payload {"environment": id} for one).
 PROMOTE_REEVALUATE = "promote.reevaluate"
+# A deployment succeeded: promote its release to the next stage (payload none; the deployment is the row's).
+PROMOTE_AFTER_SUCCESS = "promote.after_success"
+# A build succeeded: promote its release into the first stage.
+PROMOTE_NEW_RELEASE = "promote.new_release"
 
 CLAIM_SECONDS = 300  # a handler that takes longer is taken for dead and may run again
 MAX_BACKOFF_SECONDS = 600

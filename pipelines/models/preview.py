@@ -8,15 +8,15 @@ that target runs a step after the preview started, whatever its outcome (a faile
 applied half its steps), that picture is stale: when that run ends, Deployment.transition queues the next
 preview (number + 1) of every deployment still held there, approvals given on the earlier one stop counting (approvals.Decision
 records the number it was given on), and the runner refuses to apply a deployment whose latest preview
-has not succeeded or is stale (pipelines/preview_runner.refusal_to_apply)."""
+has not succeeded or is stale (Preview.objects.refusal_for, asked by pipelines/runs/deploy.py)."""
 
 from django.db import models, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
 from .audit import AuditEvent
-from .deployment import InvalidTransition
-from .run import FencedRun
+from .run import InvalidTransition
+from .run import FencedRun, KeepsArtifacts
 
 
 class PreviewStatus(models.TextChoices):
@@ -24,13 +24,13 @@ class PreviewStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
-    # Never ran: the deployment stopped waiting, or a newer preview replaced it first.
+    # Never ran (the deployment stopped waiting, or a newer preview replaced it first), or was cancelled.
     CANCELLED = "cancelled", "Cancelled"
 
 
 PREVIEW_TRANSITIONS = {
     PreviewStatus.QUEUED: {PreviewStatus.RUNNING, PreviewStatus.FAILED, PreviewStatus.CANCELLED},
-    PreviewStatus.RUNNING: {PreviewStatus.SUCCEEDED, PreviewStatus.FAILED},
+    PreviewStatus.RUNNING: {PreviewStatus.SUCCEEDED, PreviewStatus.FAILED, PreviewStatus.CANCELLED},
     PreviewStatus.SUCCEEDED: set(),
     PreviewStatus.FAILED: set(),
     PreviewStatus.CANCELLED: set(),
@@ -42,8 +42,6 @@ class PreviewQuerySet(models.QuerySet):
         """Record the next preview of `deployment` (number 1, 2, …) and wake a worker on commit; an earlier
         one that has not started yet is cancelled, replaced by this one. Call inside the transaction that
         holds the deployment, or that made its latest preview stale, with the deployment's row locked."""
-        from pipelines import jobs
-
         with transaction.atomic():
             last = self.filter(deployment=deployment).aggregate(last=Max("number"))["last"] or 0
             for waiting in self.filter(deployment=deployment, status=PreviewStatus.QUEUED):
@@ -52,7 +50,7 @@ class PreviewQuerySet(models.QuerySet):
             preview = self.create(deployment=deployment, number=last + 1, status=PreviewStatus.QUEUED, reason=reason)
             AuditEvent.objects.record(action="preview.queued", actor=by, obj=preview, **preview.audit_scope(),
                                       details={**preview.audit_details(), "reason": reason})
-            jobs.enqueue_preview(preview)
+            preview.wake()
         return preview
 
     def run_again(self, deployment, *, by):
@@ -85,7 +83,7 @@ class PreviewQuerySet(models.QuerySet):
         return latest.refusal() or latest.stale_reason()
 
 
-class Preview(FencedRun):
+class Preview(KeepsArtifacts, FencedRun):
     Status = PreviewStatus
     TRANSITIONS = PREVIEW_TRANSITIONS
 

@@ -139,6 +139,16 @@ class Release(models.Model):
                                       payload={"because": f"{self.version} was unblocked"})
         self.blocked, self.blocked_reason = False, ""
 
+    def stages(self):
+        """The stages of the repository's lifecycle whose environments this release's pipeline file names, in
+        the lifecycle's order: the road this release takes."""
+        from .lifecycle import Stage
+
+        if self.pipeline is None:
+            return []
+        names = set(self.pipeline.names())
+        return [stage for stage in Stage.objects.of(self.repository) if stage.environment.name in names]
+
     @cached_property
     def pipeline(self):
         """The parsed pipeline file; None for an invalid release."""

@@ -86,7 +86,7 @@ def test_a_worker_whose_clock_is_slow_keeps_its_live_run(
     assert_leased_on_the_database_clock(deployment)
 
     def left_alone_until_done():
-        assert reconciler.reconcile()["worker_lost"] == 0, Deployment.objects.get(pk=deployment.pk).error
+        assert reconciler.reconcile()["deployments_lost"] == 0, Deployment.objects.get(pk=deployment.pk).error
         return status(deployment) != "running"
 
     wait_for(left_alone_until_done, "the run to finish", timeout=LOST_AFTER + 30, interval=0.5)
@@ -113,11 +113,11 @@ def test_a_killed_worker_whose_clock_is_fast_holds_its_target_no_longer_than_its
     Deployment.objects.filter(pk=first.pk).update(runner_host="another-host")
     os.kill(runner_pid, signal.SIGKILL)
     killed_at = time.time()
-    assert reconciler.reconcile()["worker_lost"] == 0, "the lease still holds"
+    assert reconciler.reconcile()["deployments_lost"] == 0, "the lease still holds"
     wait_for(lambda: not sleepers("70.5"), "the step to die with the worker", timeout=10)
     gone_at = time.time()
 
-    wait_for(lambda: reconciler.reconcile()["worker_lost"] == 1, "the reconciler to fail the lost run",
+    wait_for(lambda: reconciler.reconcile()["deployments_lost"] == 1, "the reconciler to fail the lost run",
              timeout=LOST_AFTER + 10, interval=0.5)
     assert time.time() - killed_at <= LOST_AFTER + HEARTBEAT + 3, "failed once the lease ran out, not minutes later"
     first.refresh_from_db()

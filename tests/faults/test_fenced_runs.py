@@ -20,8 +20,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from pipelines import promotion, reconciler, runner
+from pipelines import promotion, reconciler
 from pipelines.models import Deployment
+from pipelines.runs import kernel, registry
 from tests.conftest import child_env, database_url, kill_tree, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,7 +150,7 @@ def test_a_killed_worker_takes_its_step_along_and_the_next_run_starts_only_after
     worker = workers.start(**no_bubblewrap)
     wait_for(lambda: read_markers(markers / "v1").get("start"), "the slow step to start", timeout=60)
     following = promotion.promote(fast, staging, by=None)  # queued behind the running one
-    assert reconciler.reconcile()["worker_lost"] == 0, "a live run is left alone"
+    assert reconciler.reconcile()["deployments_lost"] == 0, "a live run is left alone"
 
     # The worker runs the deployment itself (no work-horse), so SIGKILL of the worker is SIGKILL of the run.
     assert Deployment.objects.get(pk=first.pk).runner_pid == worker.pid
@@ -164,7 +165,7 @@ def test_a_killed_worker_takes_its_step_along_and_the_next_run_starts_only_after
 
     # Fenced for certain (the runner and the step's group are gone on this host): failed early, well
     # before the lease runs out, with the true reason.
-    wait_for(lambda: reconciler.reconcile()["worker_lost"] == 1, "the reconciler to fail the run", timeout=30, interval=0.5)
+    wait_for(lambda: reconciler.reconcile()["deployments_lost"] == 1, "the reconciler to fail the run", timeout=30, interval=0.5)
     first.refresh_from_db()
     assert first.status == "failed"
     assert first.error == f"Worker lost: the worker process {worker.pid} on {first.runner_host} died (killed or crashed)."
@@ -195,9 +196,9 @@ def test_a_worker_killed_past_its_lease_is_failed_once_the_lease_expires(
     Deployment.objects.filter(pk=first.pk).update(runner_host="another-host")
 
     following = promotion.promote(fast, staging, by=None)
-    assert reconciler.reconcile()["worker_lost"] == 0, "another host's run is left alone while its lease holds"
+    assert reconciler.reconcile()["deployments_lost"] == 0, "another host's run is left alone while its lease holds"
     later = timezone.now() + timedelta(seconds=LOST_AFTER + 1)  # past the lease
-    assert reconciler.reconcile(now=later)["worker_lost"] == 1
+    assert reconciler.reconcile(now=later)["deployments_lost"] == 1
     first.refresh_from_db()
     assert first.error.startswith("Worker lost:"), first.error
 
@@ -403,7 +404,7 @@ def test_a_cancel_before_the_first_step_means_it_never_starts(
 
 def _run_and_close(deployment_id):
     try:
-        runner.run_deployment(deployment_id)
+        kernel.run("deployment", deployment_id)
     finally:
         connection.close()
 
@@ -417,19 +418,19 @@ def test_the_reconciler_fails_a_run_early_only_when_nothing_of_it_can_still_run(
     deployment.claim(worker_name="here")  # this process is its runner
     quiet_since = timezone.now() - timedelta(seconds=20)  # older than a beat + the kill grace; lease 60 s
     Deployment.objects.filter(pk=deployment.pk).update(heartbeat_at=quiet_since)
-    assert reconciler.fail_lost_workers(timezone.now()) == 0, "its runner is alive"
+    assert reconciler.fail_lost_runs(registry.get("deployment"), timezone.now()) == 0, "its runner is alive"
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     step = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         Deployment.objects.filter(pk=deployment.pk).update(runner_pid=dead.pid, step_pgid=step.pid)
-        assert reconciler.fail_lost_workers(timezone.now()) == 0, "its runner died but its step still runs"
+        assert reconciler.fail_lost_runs(registry.get("deployment"), timezone.now()) == 0, "its runner died but its step still runs"
     finally:
         step.kill()
         step.wait()
 
-    assert reconciler.fail_lost_workers(timezone.now()) == 1, "runner and step are gone: fenced for certain"
+    assert reconciler.fail_lost_runs(registry.get("deployment"), timezone.now()) == 1, "runner and step are gone: fenced for certain"
     deployment.refresh_from_db()
     assert deployment.error == f"Worker lost: the worker process {dead.pid} on {deployment.runner_host} died (killed or crashed)."
     assert Target.objects.get(repository=repository, environment=staging).lease_holder is None

@@ -67,7 +67,7 @@ def test_an_approval_while_redis_is_down_succeeds_and_its_deployment_runs_once_w
 
         redis_server.start()
         report = reconciler.reconcile()  # the scheduler's next tick
-        assert report["requeued"] == 1 and report["follow_ups"] >= 1
+        assert report["deployments_requeued"] == 1 and report["follow_ups"] >= 1
 
         wait_for(lambda: Deployment.objects.get(pk=held.pk).status == "succeeded", "production to deploy", timeout=90)
         decided_mail = FollowUp.objects.get(kind="mail.change_request_decided")

@@ -16,6 +16,7 @@ from rq import Queue
 
 from pipelines import promotion, sandbox
 from pipelines.models import Deployment
+from pipelines.runs import kernel
 from tests.conftest import PrivateRedis, child_env, kill_tree, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -62,7 +63,7 @@ def run_in_a_real_worker(repository, staging, origin, make_release, data_dir, sc
         deployment = promotion.promote(release, staging, by=None)
         if queue is not None:  # the wake-up call went to the shared Redis; this worker listens on its own
             connection = redis.Redis.from_url(queue.url)
-            Queue("deploy", connection=connection).enqueue("pipelines.jobs.run_deployment", deployment.pk,
+            Queue("deploy", connection=connection).enqueue("pipelines.runs.kernel.run", "deployment", deployment.pk,
                                                           job_id=deployment.job_id, job_timeout=-1)
         wait_for(lambda: Deployment.objects.get(pk=deployment.pk).is_finished, "the probe step to run", timeout=60)
     finally:

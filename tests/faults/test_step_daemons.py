@@ -13,8 +13,9 @@ import urllib.request
 import psutil
 import pytest
 
-from pipelines import promotion, runner, sandbox
+from pipelines import promotion, sandbox
 from pipelines.models import Deployment
+from pipelines.runs import kernel, process
 from tests.conftest import wait_for
 from tests.faults.test_fenced_runs import path_without_bubblewrap, release_with, status
 from tests.faults.test_supervision import markers, portal  # noqa: F401 (fixtures)
@@ -71,7 +72,7 @@ def catching(request, monkeypatch):
         # The run made this (pytest) process a child subreaper. Left so, every process orphaned later in the
         # session (the steps of a worker another test kills) would become an unreaped zombie of pytest's, and
         # look alive to whoever waits for a step's process group to be gone.
-        runner._prctl(runner.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        process._prctl(process.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         reap_zombie_children()
 
 
@@ -92,7 +93,7 @@ def test_a_daemon_a_step_leaves_dies_when_its_run_ends(
     release = release_with(origin, make_release, repository, "v1", daemon_step(ticks))
     deployment = promotion.promote(release, staging, by=None)
     try:
-        runner.run_deployment(deployment.pk)  # in this process: the runner is this test's
+        kernel.run("deployment", deployment.pk)  # in this process: the runner is this test's
         ended_at = time.monotonic()
         assert status(deployment) == "succeeded", Deployment.objects.get(pk=deployment.pk).error
         assert ticks.exists(), "the daemon ran"

@@ -1,10 +1,9 @@
-"""Run the preview of a held deployment: its environment's `preview:` steps (`terraform plan -out …`, say),
+"""The preview kind: the preview of a held deployment, its environment's `preview:` steps (`terraform plan -out …`, say),
 against that environment with its variables and secrets, while approvers wait for what it shows.
 
-The machinery is the build's (pipelines/build_runner.py: run_claimed, run_steps; the runner's sandbox,
-LogWriter and Heartbeat). What differs:
+What differs from a deployment:
 
-- A preview step gets what a deploy step of its deployment gets (runner.step_environment: the file's
+- A preview step gets what a deploy step of its deployment gets (steps.step_environment: the file's
   variables, the environment's secrets, masked in the log; the build's outputs and artifacts), and
   GITOPS_PREVIEW=1 with GITOPS_PREVIEW_NUMBER. $GITOPS_ARTIFACTS/ starts with the build's artifacts; what
   is in it after the last step (the saved plan) is packed and stored with the preview.
@@ -19,56 +18,43 @@ LogWriter and Heartbeat). What differs:
 
 `hand_to_deployment` gives the deploy steps the artifacts of the approved preview."""
 
-import logging
-import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 from django.conf import settings
 
-from pipelines import artifacts, build_runner, git, masking, runner
+from pipelines import artifacts, git, masking
 from pipelines.models import Deployment, EnvironmentSecret, Preview, StaleStatus
-from pipelines.models.deployment import this_host
+from pipelines.queues import DEPLOY_QUEUE
 from pipelines.secrets import SecretUnreadable
 
-logger = logging.getLogger(__name__)
+from . import build as build_kind
+from .registry import Kind
+from .steps import hand_over, step_account, step_environment
 
 
-def run_preview(preview_id):
-    preview = (Preview.objects.select_related("deployment__release__repository", "deployment__environment",
-                                              "deployment__repository", "deployment__previous_release")
-               .filter(pk=preview_id).first())
-    if preview is None or preview.status != Preview.Status.QUEUED:
-        return  # a duplicate wake-up: it ran, runs, or was replaced
+def may_start(preview):
+    """A preview runs only while its deployment waits for approval; otherwise it is cancelled, saying why."""
     deployment = preview.deployment
-    if deployment.status != Deployment.Status.AWAITING_APPROVAL:
-        try:
-            preview.transition(Preview.Status.CANCELLED, error=f"The deployment is no longer waiting for approval "
-                                                               f"(it is {deployment.get_status_display().lower()}).")
-        except StaleStatus:
-            pass
-        return
-    runner.seal_work_horse()
+    if deployment.status == Deployment.Status.AWAITING_APPROVAL:
+        return True
     try:
-        preview.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=this_host(), runner_pid=os.getpid())
+        preview.transition(Preview.Status.CANCELLED, error=f"The deployment is no longer waiting for approval "
+                                                           f"(it is {deployment.get_status_display().lower()}).")
     except StaleStatus:
-        return  # another worker claimed it first
-    build_runner.run_claimed(preview, runner.LogWriter(preview, secrets=masking.secrets_for(deployment)), _execute)
+        pass
+    return False
 
 
-def _execute(preview, heartbeat, log):
+def execute(context):
+    preview, log = context.run, context.log
     deployment = preview.deployment
     spec = deployment.release.pipeline.environments[deployment.environment.name]
-    try:
-        secrets = EnvironmentSecret.objects.values_for(deployment.environment)  # once, before any output
+    try:  # once, before any output
+        secrets = context.read("reading its secrets", lambda: EnvironmentSecret.objects.values_for(deployment.environment))
     except SecretUnreadable as exc:
-        reason = str(exc)  # names the secret, never its value
-        log.write(f"==> {reason}\n")
-        log.close()
-        runner._record(preview, "failure", lambda: preview.fail(reason))
-        return
+        return context.fail(str(exc))  # names the secret, never its value
     log.mask_also(secrets.values())
     base = preview.base_release.version if preview.base_release_id else "nothing yet"
     log.write(f"==> preview #{preview.number} of {deployment.release.version} in {deployment.environment} "
@@ -77,32 +63,27 @@ def _execute(preview, heartbeat, log):
     checkout = Path(tempfile.mkdtemp(prefix=f"preview-{preview.pk}-", dir=settings.GITOPS_WORK_DIR))
     folder = None
     try:
-        account = runner.step_account()
+        account = step_account()
         git.materialise(deployment.repository, deployment.release.commit_sha, checkout)
-        environment = runner.step_environment(deployment, spec.variables, checkout, account, secrets=secrets)
-        folder = build_runner.hand_to_deployment(deployment, environment) or _fresh_folder(f"preview-{preview.pk}-artifacts-")
+        environment = step_environment(deployment, spec.variables, checkout, account, secrets=secrets)
+        folder = (context.read("reading its build", lambda: build_kind.hand_to_deployment(deployment, environment))
+                  or _fresh_folder(f"preview-{preview.pk}-artifacts-"))
         environment.update(GITOPS_ARTIFACTS=str(folder), GITOPS_PREVIEW="1", GITOPS_PREVIEW_NUMBER=str(preview.number))
         if account is not None:
-            runner._hand_over(checkout, account)
-            runner._hand_over(folder, account)
-        if not build_runner.run_steps(preview, spec.preview, checkout, environment, heartbeat, log, account,
-                                      shared=(folder,), noun="Preview step"):
+            hand_over(checkout, account)
+            hand_over(folder, account)
+        if not context.steps(spec.preview, checkout, environment, account, shared=(folder,)):
             return
         try:
             stored = artifacts.pack_and_store(folder, prefix=f"previews/{preview.pk}")
         except artifacts.ArtifactError as exc:
-            error = str(exc)
-            log.write(f"==> {error}\n")
-            log.close()
-            runner._record(preview, "failure", lambda: preview.fail(error))
-            return
+            return context.fail(str(exc))
         log.write(f"==> artifacts: {stored.size} bytes, sha256 {stored.sha256}\n" if stored else "==> no artifacts\n")
     finally:
         shutil.rmtree(checkout, ignore_errors=True)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    log.close()
-    runner._record(preview, "success", lambda: preview.succeed(artifact=stored))
+    context.succeed(lambda: preview.succeed(artifact=stored))
 
 
 def _fresh_folder(prefix):
@@ -134,3 +115,11 @@ def hand_to_deployment(deployment, environment, folder, log):
     log.write(f"==> $GITOPS_ARTIFACTS/ holds what preview #{preview.number} left (sha256 {preview.artifact_sha256}), "
               f"as approved\n")
     return folder
+
+
+KIND = Kind(
+    name="preview", model=Preview, queue=DEPLOY_QUEUE, execute=execute,
+    related=("deployment__release__repository", "deployment__environment", "deployment__repository",
+             "deployment__previous_release"),
+    log_secrets=lambda preview: masking.secrets_for(preview.deployment), may_start=may_start, step_noun="Preview step",
+)

@@ -1,7 +1,6 @@
-"""Run a check: the `checks:` steps of the pipeline file as it is at the checked commit, in a checkout of it.
+"""The check kind: the `checks:` steps of the pipeline file as it is at the checked commit, in a checkout of it.
 
-The machinery is the build's (pipelines/build_runner.py: run_claimed, run_steps; the runner's sandbox,
-LogWriter and Heartbeat). What differs:
+What differs from a build:
 
 - The file is read here, at the commit, on the checks queue: a branch or pull request may change it, and
   whatever it says under `environments:` is ignored. A check deploys nothing and is never promoted.
@@ -14,37 +13,25 @@ LogWriter and Heartbeat). What differs:
 - A commit whose file has no `checks:` section has nothing to check: the check is cancelled, saying so.
 - Nothing is kept but the log: no outputs, no artifacts."""
 
-import logging
-import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 from django.conf import settings
 
-from pipelines import build_runner, git, masking, runner, sandbox
-from pipelines.models import Check, RepositorySecret, StaleStatus
-from pipelines.models.deployment import this_host
+from pipelines import git, masking, sandbox
+from pipelines.models import Check, RepositorySecret
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
+from pipelines.queues import CHECKS_QUEUE
 from pipelines.secrets import SecretUnreadable
 
-logger = logging.getLogger(__name__)
+from . import blips
+from .kernel import record
+from .registry import Kind
+from .steps import hand_over, scrubbed_environment, step_account
 
 
-def run_check(check_id):
-    check = Check.objects.select_related("repository").filter(pk=check_id).first()
-    if check is None or check.status != Check.Status.QUEUED:
-        return  # a duplicate wake-up: it ran, runs, or a newer commit replaced it
-    runner.seal_work_horse()
-    try:
-        check.claim(worker_name=f"{socket.gethostname()}:{os.getpid()}", runner_host=this_host(), runner_pid=os.getpid())
-    except StaleStatus:
-        return  # another worker claimed it first, or a newer commit cancelled it
-    build_runner.run_claimed(check, runner.LogWriter(check, secrets=secrets_for(check)), _execute)
-
-
-def secrets_for(check):
+def log_secrets(check):
     """What is masked in a check's log before its own secrets are read: the portal's secrets and the
     repository's credentials."""
     repository = check.repository
@@ -53,7 +40,7 @@ def secrets_for(check):
 
 def check_environment(check, variables, workdir, account, *, secrets):
     return {
-        **runner.scrubbed_environment(workdir, account, variables=variables, gitops={}),
+        **scrubbed_environment(workdir, account, variables=variables, gitops={}),
         **secrets,
         "GITOPS_REPOSITORY": check.repository.name,
         "GITOPS_COMMIT": check.commit_sha,
@@ -62,41 +49,37 @@ def check_environment(check, variables, workdir, account, *, secrets):
     }
 
 
-def _fail(check, log, error):
-    log.write(f"==> {error}\n")
-    log.close()
-    runner._record(check, "failure", lambda: check.fail(error))
-
-
-def _execute(check, heartbeat, log):
+def execute(context):
+    check, log = context.run, context.log
     repository = check.repository
     if not git.has_commit(repository, check.commit_sha):
         git.sync_mirror(repository)  # a webhook named a commit no poll has fetched yet
     text = git.read_file(repository, check.commit_sha, repository.pipeline_path)
     if text is None:
-        return _nothing_to_check(check, log, f"{repository.pipeline_path} not found at commit {check.commit_sha[:10]}")
+        return _nothing_to_check(context, f"{repository.pipeline_path} not found at commit {check.commit_sha[:10]}")
     try:
         spec = parse_pipeline(text)  # its environments do not matter here: a check deploys nowhere
     except PipelineFileError as exc:
-        return _fail(check, log, f"{repository.pipeline_path} {exc}")
+        return context.fail(f"{repository.pipeline_path} {exc}")
     if spec.checks is None:
-        return _nothing_to_check(check, log, f"{repository.pipeline_path} has no 'checks' section at commit "
+        return _nothing_to_check(context, f"{repository.pipeline_path} has no 'checks' section at commit "
                                              f"{check.commit_sha[:10]}")
-    account = runner.step_account()
+    account = step_account()
     if check.from_fork:
         if sandbox.seal_for(account) is None:
-            return _fail(check, log, "The checks of a pull request from a fork run only sealed, and no sandbox seals "
+            return context.fail("The checks of a pull request from a fork run only sealed, and no sandbox seals "
                                      "steps on this worker (its log says why).")
         log.write("==> a pull request from a fork: no check secrets, sealed\n")
         secrets = {}
     else:
         try:
-            secrets = RepositorySecret.objects.values_for(repository)  # once, before any output
+            secrets = context.read("reading its secrets", lambda: RepositorySecret.objects.values_for(repository))
         except SecretUnreadable as exc:
-            return _fail(check, log, str(exc))
+            return context.fail(str(exc))
     log.mask_also(secrets.values())
     log.mask_also(masking.declared_secrets(spec.checks.variables))
-    Check.objects.filter(pk=check.pk).update(steps=[step.name for step in spec.checks.steps])
+    names = [step.name for step in spec.checks.steps]
+    blips.retry("recording its steps", lambda: Check.objects.filter(pk=check.pk).update(steps=names), subject=check)
     log.write(f"==> checks of {check.commit_sha[:10]} on {check.ref_name}\n")
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"check-{check.pk}-", dir=settings.GITOPS_WORK_DIR))
@@ -105,19 +88,21 @@ def _execute(check, heartbeat, log):
         checkout.mkdir()
         git.materialise(repository, check.commit_sha, checkout)
         if account is not None:
-            runner._hand_over(run_dir, account)
+            hand_over(run_dir, account)
         environment = check_environment(check, spec.checks.variables, checkout, account, secrets=secrets)
-        if not build_runner.run_steps(check, spec.checks.steps, checkout, environment, heartbeat, log, account,
-                                      shared=(run_dir,), noun="Check step"):
+        if not context.steps(spec.checks.steps, checkout, environment, account, shared=(run_dir,)):
             return
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     log.write("==> all checks passed\n")
-    log.close()
-    runner._record(check, "success", check.succeed)
+    context.succeed()
 
 
-def _nothing_to_check(check, log, reason):
-    log.write(f"==> {reason}: nothing to check\n")
-    log.close()
-    runner._record(check, "cancellation", lambda: check.transition(Check.Status.CANCELLED, error=f"{reason}."))
+def _nothing_to_check(context, reason):
+    context.log.write(f"==> {reason}: nothing to check\n")
+    context.log.close()
+    record(context.run, "cancellation", lambda: context.run.transition(Check.Status.CANCELLED, error=f"{reason}."))
+
+
+KIND = Kind(name="check", model=Check, queue=CHECKS_QUEUE, execute=execute, related=("repository",),
+            log_secrets=log_secrets, step_noun="Check step")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pipelines import artifact_views, audit_views, check_views, insights_views, views, webhooks
+from pipelines import artifact_views, audit_views, cancelling, check_views, insights_views, views, webhooks
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -18,7 +18,6 @@ urlpatterns = [
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/log", views.deployment_log, name="deployment_log"),
     path("deployments/<int:pk>/log.txt", views.deployment_log_text, name="deployment_log_text"),
-    path("deployments/<int:pk>/cancel", views.deployment_cancel, name="deployment_cancel"),
     path("deployments/<int:pk>/retry", views.deployment_retry, name="deployment_retry"),
     path("checks/<int:pk>/", check_views.check_detail, name="check_detail"),
     path("checks/<int:pk>/run/", check_views.check_run, name="check_run"),
@@ -31,4 +30,7 @@ urlpatterns = [
     path("audit/verify", audit_views.audit_verify, name="audit_verify"),
     path("audit/export.csv", audit_views.audit_export_csv, name="audit_export_csv"),
     path("audit/export.json", audit_views.audit_export_json, name="audit_export_json"),
+    # Cancel, one view for every kind of run: deployments/<id>/cancel (deployment_cancel), builds/…, checks/…
+    *(path(f"{model._meta.verbose_name_plural}/<int:pk>/cancel", views.run_cancel, {"kind": kind}, name=f"{kind}_cancel")
+      for kind, model in cancelling.kinds().items()),
 ]

@@ -9,13 +9,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
-from django.http import HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from pipelines import check_views, commit_status, environment_page, jobs, release_page, run_log, stage_gate
+from pipelines import cancelling, check_views, commit_status, environment_page, jobs, release_page, run_log, stage_gate
 from pipelines.dashboard import Filters, dashboard_page
 from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Release, Repository, Stage,
                               Target)
@@ -333,18 +334,21 @@ def warn_if_queue_was_unreachable(request):
 @require_POST
 @login_required
 @deployer_required
-def deployment_cancel(request, pk):
-    deployment = _get_deployment_or_404(pk)
+def run_cancel(request, kind, pk):
+    """Cancel a run of any kind (pipelines/cancelling.py), then back to the page the button was on."""
+    run = cancelling.find_run(kind, pk)
+    if run is None:
+        raise Http404(f"No {kind} #{pk}.")
     try:
-        deployment.cancel(by=request.user, reason=f"Cancelled by {request.user.get_username()}.")
+        said = cancelling.cancel_run(run, by=request.user, reason=f"Cancelled by {request.user.get_username()}.")
     except DeploymentStateError as exc:
         messages.error(request, str(exc))
     else:
-        if deployment.status == Deployment.Status.RUNNING:
-            messages.success(request, f"Asked the runner to stop deployment #{deployment.pk}.")
-        else:
-            messages.success(request, f"Deployment #{deployment.pk} was cancelled.")
-    return redirect(deployment)
+        messages.success(request, said)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = cancelling.page_of(run)
+    return redirect(back)
 
 
 @require_POST

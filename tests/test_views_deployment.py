@@ -160,7 +160,7 @@ def test_a_deployer_cancels_a_queued_deployment_and_a_second_click_changes_nothi
     events = AuditEvent.objects.count()
 
     response = client.post(reverse("deployment_cancel", args=[queued.pk]), follow=True)
-    assert "cannot become cancelled" in response.content.decode()
+    assert f"Deployment #{queued.pk} has finished (cancelled); there is nothing to cancel." in response.content.decode()
     queued.refresh_from_db()
     assert queued.status == Deployment.Status.CANCELLED
     assert AuditEvent.objects.count() == events

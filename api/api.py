@@ -7,12 +7,13 @@ from ninja import NinjaAPI
 
 from api import errors
 from api.auth import TokenAuth
-from api.endpoints import audit, change_control, checks, insights, pipelines
+from api.endpoints import audit, change_control, checks, insights, pipelines, runs
 
 api = NinjaAPI(
     title="GitOps Portal API",
     version="1",
-    description="Repositories, releases, deployments, checks, change control and delivery insights. Authenticate with "
+    description="Repositories, releases, deployments, checks, change control and delivery insights; any run (a "
+                "deployment, build, preview or check) is cancelled at `POST /<kind>s/{id}/cancel`. Authenticate with "
                 "`Authorization: Bearer <token>`; each endpoint needs one token scope (read, deploy, approve, "
                 "checks:report). Lists page with an opaque `cursor`.",
     auth=TokenAuth(),
@@ -24,5 +25,6 @@ errors.install(api)
 api.add_router("", pipelines.router)
 api.add_router("", change_control.router)
 api.add_router("", checks.router)
+api.add_router("", runs.router)
 api.add_router("", insights.router)
 api.add_router("", audit.router)

@@ -13,6 +13,7 @@ permissions as they are then."""
 from dataclasses import dataclass
 
 from api.models import SCOPE_PERMISSIONS, Scope
+from pipelines import cancelling
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ RULES = {
     ("api_deployments", "GET"): READ,
     ("api_deployment", "GET"): READ,
     ("api_deployment_log", "GET"): READ,
-    ("api_deployment_cancel", "POST"): DEPLOYER,
     ("api_deployment_retry", "POST"): DEPLOYER,
     ("api_change_requests", "GET"): READ,
     ("api_change_request", "GET"): READ,
@@ -59,6 +59,8 @@ RULES = {
     ("api_commit_checks_report", "GET"): READ,
     ("api_commit_checks_report", "POST"): CHECK_REPORTER,
     ("api_insights", "GET"): READ,
+    # Cancelling a run of any kind is the deployer's, as on the pages: a check too (reporting one is CI's).
+    **{(f"api_{kind}_cancel", "POST"): DEPLOYER for kind in cancelling.kinds()},
 }
 
 

@@ -190,6 +190,7 @@ class Deployment(Schema):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested_at: datetime | None  # set while the runner stops a running one
     exit_code: int | None
     error: str
     is_finished: bool
@@ -198,6 +199,19 @@ class Deployment(Schema):
 
 class DeploymentDetail(Deployment):
     steps: list[Step]
+
+
+class Run(Schema):
+    """A run of any kind (a build, a preview, a check) as its cancel answers it."""
+    kind: str
+    id: int
+    status: str
+    is_finished: bool
+    cancel_requested_at: datetime | None  # set while the runner stops a running one
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 class LogChunk(Schema):

@@ -7,13 +7,16 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
 from api.models import ApiToken, Scope
 from api.permissions import RULES
 from pipelines import promotion
+from pipelines.models import Build, Check
 from tests.conftest import bearer
+from tests.probe_kind.models import Probe
 
 API_PREFIX = "api/v1/"
 # Codes that mean "the caller was refused": an allowed caller must never get one of these.
@@ -57,8 +60,13 @@ def objects(repository, staging, production, make_release, make_held_change, ali
     change_request, _ = make_held_change()
     release = make_release(repository, "v1.0.0")
     deployment = promotion.promote(release, staging, by=alice)
+    with transaction.atomic():
+        build = Build.objects.queue_for(make_release(repository, "v1.1.0"))
+    check = Check.objects.queue_for(repository, commit_sha=release.commit_sha, ref_name="main")
     return {"name": repository.name, "sha": release.commit_sha, "releases/": release.pk, "deployments/": deployment.pk,
-            "change-requests/": change_request.pk}
+            "change-requests/": change_request.pk, "builds/": build.pk, "checks/": check.pk,
+            "previews/": 999999,  # none held here: a missing one answers 404, which refuses no caller
+            "probes/": Probe.objects.create(status="queued", script="true").pk}  # tests/probe_kind
 
 
 def fill(route, objects):

@@ -10,7 +10,7 @@ from ninja.responses import NinjaJSONEncoder
 from api import schemas
 from api.errors import ApiError, conflict, not_found
 from api.pagination import Page, paginate, paginate_releases
-from pipelines import commit_status, jobs, stage_gate
+from pipelines import cancelling, commit_status, jobs, stage_gate
 from pipelines.models import Build, Check, Deployment, DeploymentStateError, Environment, ExternalCheck, Lifecycle, Release, Repository, Stage, Target
 from pipelines.promotion import PromotionError, retry
 
@@ -52,8 +52,8 @@ def deployment_out(deployment, change_request_id=None):
             "triggered_by": deployment.triggered_by.get_username() if deployment.triggered_by else None,
             "reason": deployment.reason, "created_at": deployment.created_at, "queued_at": deployment.queued_at,
             "started_at": deployment.started_at, "finished_at": deployment.finished_at,
-            "exit_code": deployment.exit_code, "error": deployment.error, "is_finished": deployment.is_finished,
-            "change_request_id": change_request_id}
+            "cancel_requested_at": deployment.cancel_requested_at, "exit_code": deployment.exit_code,
+            "error": deployment.error, "is_finished": deployment.is_finished, "change_request_id": change_request_id}
 
 
 def portal_check_out(check):
@@ -286,8 +286,9 @@ def deployment_log(request, pk: int, after: int = 0):
 @router.post("/deployments/{int:pk}/cancel", response=schemas.Deployment, url_name="api_deployment_cancel")
 def deployment_cancel(request, pk: int):
     deployment = _deployment(pk)
-    try:
-        deployment.cancel(by=request.user, reason=f"Cancelled by {request.user.get_username()} through the API.")
+    try:  # as every kind of run is cancelled (api/endpoints/runs.py), with the same refusals
+        cancelling.cancel_run(deployment, by=request.user,
+                              reason=f"Cancelled by {request.user.get_username()} through the API.")
     except DeploymentStateError as exc:
         raise conflict(str(exc)) from None
     return deployment_out(_deployment(pk))

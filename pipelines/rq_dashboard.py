@@ -4,15 +4,14 @@ django_rq lets any staff member stop a running job (which kills its work-horse, 
 deployment to fend for themselves), delete or requeue jobs and empty whole queues, none of it audited. Here:
 
 - every URL under /admin/django_rq/ (the API ones too) is for active superusers only: 403 for anyone else;
-- stopping or deleting a deployment's job (`deployment-<id>`) cancels the deployment through the portal
-  instead (`Deployment.cancel`, audited): the runner stops its step, the lease is let go, the page says so;
+- stopping or deleting the job of a run (`deployment-<id>`, `build-<id>`, `preview-<id>`, `check-<id>`: any
+  kind of the run kernel's) cancels the run through the portal instead (pipelines/cancelling.py, audited):
+  the runner stops its step, the lease is let go, the run's page says so;
 - requeueing or enqueueing jobs by hand, and emptying a queue, are refused: the database is the truth and
   the reconciler re-enqueues what should run (Retry is on the deployment page);
 - everything else (reading, clearing the failed-job registry) is django_rq's own view.
 
 gitops_portal/urls.py puts these patterns ahead of `admin.site.urls`."""
-
-import re
 
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
@@ -22,9 +21,9 @@ from django.shortcuts import redirect
 from django.urls import Resolver404, URLResolver, path, re_path, reverse
 from django.urls.resolvers import RegexPattern
 
-from pipelines.models import Deployment, DeploymentStateError
+from pipelines import cancelling
+from pipelines.models import DeploymentStateError
 
-DEPLOYMENT_JOB = re.compile(r"^deployment-(\d+)$")
 REFUSED_REQUEUE = (
     "Jobs are not requeued by hand here: the database says what should run, and the portal's reconciler "
     "enqueues it again. To run a deployment again, use Retry on its page."
@@ -51,40 +50,36 @@ def _jobs(queue_index):
     return redirect("admin:django_rq_jobs", queue_index)
 
 
-def _cancel_deployment_job(request, job_id, *, verb):
-    """Cancel the deployment behind `job_id` for the user and say what happened; return the deployment
-    (None for a job that is not a deployment's)."""
-    match = DEPLOYMENT_JOB.match(job_id)
-    if match is None:
+def _cancel_run_job(request, job_id, *, verb):
+    """Cancel the run behind `job_id` for the user and say what happened; return the page that shows the run
+    (None for a job that is not a run's: a poll, a follow-up)."""
+    found = cancelling.run_of_job(job_id)
+    if found is None:
         return None
-    related = ("release", "environment", "repository")
-    deployment = Deployment.objects.filter(pk=int(match.group(1))).select_related(*related).first()
-    if deployment is None:
-        raise Http404(f"Job {job_id} belongs to no deployment the portal knows; nothing was changed.")
+    run = cancelling.find_run(*found)
+    if run is None:
+        raise Http404(f"Job {job_id} belongs to no {found[0]} the portal knows; nothing was changed.")
     reason = f"{verb.capitalize()} from the rq dashboard by {request.user.get_username()}."
     try:
-        deployment.cancel(by=request.user, reason=reason)
+        said = cancelling.cancel_run(run, by=request.user, reason=reason)
     except DeploymentStateError as exc:
-        messages.error(request, f"Deployment #{deployment.pk}: {exc} Nothing was changed.")
+        messages.error(request, f"{exc} Nothing was changed.")
     else:
-        if deployment.status == Deployment.Status.RUNNING:
-            messages.success(request, f"Instead of killing job {job_id}, the portal asked the runner to stop "
-                                      f"deployment #{deployment.pk} (recorded in the audit log).")
-        else:
-            messages.success(request, f"Deployment #{deployment.pk} was cancelled (recorded in the audit log).")
-    return deployment
+        # Killing its work-horse would leave the step running and the run to the reconciler, unaudited.
+        messages.success(request, f"Job {job_id} was not killed: {said[:1].lower()}{said[1:]} Recorded in the audit log.")
+    return cancelling.page_of(run)
 
 
 def _refuse_other_job(request, job_id, verb):
-    messages.error(request, f"Only a deployment's job can be {verb} here, and only through the portal's cancel; "
-                            f"job {job_id} was left alone.")
+    messages.error(request, f"Only the job of a run (a deployment, build, preview or check) can be {verb} here, and "
+                            f"only through the portal's cancel; job {job_id} was left alone.")
 
 
 def stop_job(request, queue_index, job_id):
     if request.method != "POST":
         return _job_detail(queue_index, job_id)
-    if (deployment := _cancel_deployment_job(request, job_id, verb="stopped")) is not None:
-        return redirect(deployment)  # the portal's page shows the run stopping
+    if (page := _cancel_run_job(request, job_id, verb="stopped")) is not None:
+        return redirect(page)  # the portal's page shows the run stopping
     _refuse_other_job(request, job_id, "stopped")
     return _job_detail(queue_index, job_id)
 
@@ -92,8 +87,8 @@ def stop_job(request, queue_index, job_id):
 def delete_job(request, queue_index, job_id):
     if request.method != "POST":
         return _delegate(request)  # django_rq's confirmation page
-    if (deployment := _cancel_deployment_job(request, job_id, verb="deleted")) is not None:
-        return redirect(deployment)
+    if (page := _cancel_run_job(request, job_id, verb="deleted")) is not None:
+        return redirect(page)
     _refuse_other_job(request, job_id, "deleted")
     return _jobs(queue_index)
 
@@ -110,7 +105,7 @@ def requeue_all(request, queue_index):
 
 def empty_queue(request, queue_index):
     messages.error(request, "Emptying a queue is refused: it would drop work the portal promised without a trace. "
-                            "Cancel deployments on their pages; the reconciler re-enqueues what should run.")
+                            "Cancel runs on their pages; the reconciler re-enqueues what should run.")
     return _jobs(queue_index)
 
 
@@ -125,7 +120,7 @@ def bulk_actions(request, queue_index):
     elif action in ("stop", "delete"):
         verb = "stopped" if action == "stop" else "deleted"
         for job_id in job_ids:
-            if _cancel_deployment_job(request, job_id, verb=verb) is None:
+            if _cancel_run_job(request, job_id, verb=verb) is None:
                 _refuse_other_job(request, job_id, verb)
     else:
         messages.error(request, f"Unknown action {action!r}; nothing was changed.")

@@ -223,7 +223,7 @@ def test_emptying_a_queue_and_requeueing_are_refused(client, alice):
     response = client.post(f"/admin/django_rq/dashboard/queues/{index}/empty/", follow=True)
     assert "Emptying a queue is refused" in response.content.decode()
     response = client.post(f"/admin/django_rq/dashboard/queues/{index}/poll-999/stop/", follow=True)
-    assert "Only a deployment&#x27;s job can be stopped here" in response.content.decode()
+    assert "Only the job of a run (a deployment, build, preview or check) can be stopped here" in response.content.decode()
     response = client.post(f"/admin/django_rq/dashboard/queues/{index}/poll-999/requeue/", follow=True)
     assert "Jobs are not requeued by hand here" in response.content.decode()
     assert queue.job_ids == [job.id], "the job is still queued"

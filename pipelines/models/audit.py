@@ -76,10 +76,17 @@ def _sign(seq, hash_):
 
 
 class AuditEventQuerySet(models.QuerySet):
-    def record(self, *, action, actor=None, obj=None, repository=None, environment=None, details=None):
+    def record(self, *, action, actor=None, obj=None, repository=None, environment=None, details=None,
+               savepoint=True):
         """Append one event. Call inside the transaction that makes the change, so both land or neither.
 
-        Credentials in URLs are redacted before the event is hashed: what is recorded is what may be shown."""
+        Credentials in URLs are redacted before the event is hashed: what is recorded is what may be shown.
+        `savepoint=False` when the caller's own atomic block is the unit that a failure rolls back (a run's
+        change of status): one attempt, without the SAVEPOINT and RELEASE round trips. Nothing is lost: the
+        audit lock serialises writers, so the retry below only helps where the first head row is made."""
+        if not savepoint:
+            with transaction.atomic(savepoint=False):
+                return self._append(action, actor, obj, repository, environment, redact(details or {}))
         for attempt in range(5):
             try:
                 with transaction.atomic():

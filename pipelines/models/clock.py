@@ -29,10 +29,9 @@ def database_now():
 
 def set_written(instance, fields):
     """Copy onto `instance` the `fields` an UPDATE just wrote; values the database computed (its clock) are
-    read back, in one query."""
-    computed = [name for name, value in fields.items() if hasattr(value, "resolve_expression")]
+    left deferred: Django reads them, in one query, when first used (a run's claim never uses them)."""
     for name, value in fields.items():
-        if name not in computed:
+        if hasattr(value, "resolve_expression"):
+            instance.__dict__.pop(instance._meta.get_field(name).attname, None)
+        else:
             setattr(instance, name, value)
-    if computed:
-        instance.refresh_from_db(fields=computed)

@@ -128,19 +128,24 @@ class FencedRun(models.Model):
         if model.objects.filter(pk=self.pk, status=old_status).update(**fields) != 1:
             current = model.objects.filter(pk=self.pk).values_list("status", flat=True).first()
             raise StaleStatus(f"{self._noun} #{self.pk} is already {current}; nothing was changed.")
+        # No savepoint of its own: every caller runs this inside an atomic block of its own (transition, a
+        # kind's claim or success), which a failure rolls back whole.
         AuditEvent.objects.record(
             action=f"{self._meta.model_name}.{new_status}", actor=by, obj=self, **self.audit_scope(),
             details={"from": old_status, "to": new_status, **self.audit_details(), **(details or {})},
+            savepoint=False,
         )
         set_written(self, fields)
 
     def claim(self, *, worker_name, runner_host=None, runner_pid=None, **fields):
         """Start running; StaleStatus when another worker (a second wake-up) got there first."""
-        return self.transition(
-            RUNNING, worker_name=worker_name,
-            runner_host=runner_host if runner_host is not None else this_host(),
-            runner_pid=runner_pid if runner_pid is not None else os.getpid(), **fields,
-        )
+        return self.transition(RUNNING, **self._claim_fields(worker_name, runner_host, runner_pid, **fields))
+
+    @staticmethod
+    def _claim_fields(worker_name, runner_host, runner_pid, **fields):
+        """What a claim writes besides the status: who runs it, and where."""
+        return {"worker_name": worker_name, "runner_host": runner_host if runner_host is not None else this_host(),
+                "runner_pid": runner_pid if runner_pid is not None else os.getpid(), **fields}
 
     def fail(self, error, *, exit_code=None, by=None):
         return self.transition("failed", by=by, error=error, exit_code=exit_code, details={"error": error[:500]})

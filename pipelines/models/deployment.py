@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q, Sum
@@ -7,7 +9,7 @@ from django.utils import timezone
 
 from pipelines import run_log
 
-from .clock import now_plus, set_written
+from .clock import now_plus
 from .followup import DEPLOYMENTS_STOPPED, PROMOTE_AFTER_SUCCESS
 from .run import FencedRun, TargetBusy
 
@@ -114,29 +116,39 @@ class Deployment(FencedRun):
         Raises InvalidTransition for a move the state machine forbids, StaleStatus when another process
         changed the row first, TargetBusy when the target already has a running deployment."""
         self._check_transition(new_status)
+        with self._busy_target(new_status), transaction.atomic():
+            # Row locks before the audit record (which takes the audit lock), Target first: the same order as
+            # promote(), so the two never deadlock.
+            target = self.lock_target() if self.status == Status.RUNNING else None
+            self._change_status(new_status, by=by, details=details, fields=fields, target=target)
+        return self
+
+    def _change_status(self, new_status, *, by, details, fields, target=None, target_fields=None):
+        """FencedRun._change_status with the target, inside the caller's transaction. A running deployment's
+        caller has locked its `target` already (once: claim, succeed and transition each take it first);
+        `target_fields` are written to that row in the same UPDATE that lets go of the lease."""
         if new_status == Status.QUEUED:
             fields.setdefault("queued_at", timezone.now())
-        was_running = self.status == Status.RUNNING
+        held = []
+        if self.status == Status.RUNNING:
+            if self.step_pgid is not None:
+                # It ran a step on the target, whatever its outcome: what the previews of the deployments
+                # held there showed is out of date (locked before the audit event).
+                held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
+                            .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
+            self._release_lease(target, **(target_fields or {}))
+        super()._change_status(new_status, by=by, details=details, fields=fields)
+        self._queue_stale_previews(held, new_status)
+
+    @contextmanager
+    def _busy_target(self, new_status):
+        """The database's "one running per target" refusing a start, said as TargetBusy."""
         try:
-            with transaction.atomic():
-                held = []
-                if was_running:
-                    # Row locks before the audit record (which takes the audit lock), Target first: the
-                    # same order as promote(), so the two never deadlock.
-                    self.lock_target()
-                    if self.step_pgid is not None:
-                        # It ran a step on the target, whatever its outcome: what the previews of the
-                        # deployments held there showed is out of date (locked before the audit event).
-                        held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
-                                    .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
-                    self._release_lease()
-                self._change_status(new_status, by=by, details=details, fields=fields)
-                self._queue_stale_previews(held, new_status)
+            yield
         except IntegrityError as exc:
             if new_status == Status.RUNNING:
                 raise TargetBusy(f"Another deployment of {self.repository} is running in {self.environment}.") from exc
             raise
-        return self
 
     # --- named steps of the lifecycle ---------------------------------------------------------------
 
@@ -180,7 +192,9 @@ class Deployment(FencedRun):
         so the next run of a target starts only once the old one is fenced. Raises TargetBusy otherwise."""
         from pipelines.models import Target
 
-        with transaction.atomic():
+        self._check_transition(Status.RUNNING)
+        # One transaction, no savepoint inside: the Target row first, then the run, then the audit chain.
+        with self._busy_target(Status.RUNNING), transaction.atomic():
             target = self.lock_target()
             # The lease's end is on the database's clock, whatever this host's says (see clock.py).
             free = Q(lease_holder__isnull=True) | Q(lease_expires_at__lt=Now()) | Q(lease_holder=self.pk)
@@ -192,7 +206,8 @@ class Deployment(FencedRun):
                     f"Deployment #{target.lease_holder_id} of {self.repository} in {self.environment} holds the target "
                     f"until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
                 )
-            super().claim(worker_name=worker_name, runner_host=runner_host, runner_pid=runner_pid, step_pgid=None)
+            fields = self._claim_fields(worker_name, runner_host, runner_pid, step_pgid=None)
+            self._change_status(Status.RUNNING, by=None, details=None, fields=fields)
         return self
 
     def succeed(self):
@@ -201,15 +216,16 @@ class Deployment(FencedRun):
 
         The follow-up is not enqueued: the runner carries it out right after this commits, in the same
         process, and the reconciler re-drives it after GITOPS_WORKER_LOST_AFTER if the runner died first.
-        Lock order: the Target row first, then the transition (whose audit record takes the audit lock)."""
-        from pipelines.models import FollowUp, Target
+        Lock order: the Target row first, then the run, then the audit chain; one transaction, no savepoint."""
+        from pipelines.models import FollowUp
 
         follows = self.next_stage() is not None
+        self._check_transition(Status.SUCCEEDED)
         with transaction.atomic():
-            self.lock_target()
-            self.transition(Status.SUCCEEDED, exit_code=0)
-            Target.objects.filter(repository=self.repository_id, environment=self.environment_id).update(
-                current_release=self.release)
+            target = self.lock_target()
+            # What now runs there is written with the lease's release: one UPDATE of the Target row.
+            self._change_status(Status.SUCCEEDED, by=None, details=None, fields={"exit_code": 0}, target=target,
+                                target_fields={"current_release": self.release})
             if not follows:
                 return None
             return FollowUp.objects.schedule(PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,
@@ -277,10 +293,16 @@ class Deployment(FencedRun):
             target = mine.get()
         return target
 
-    def _release_lease(self):
+    def _release_lease(self, target, **also):
+        """Let go of the lease of `target` (locked by the caller, so what it says of the holder is current) if
+        this deployment holds it, writing `also` to the row in the same UPDATE. Only its own target is ever
+        leased to a deployment (claim, beat)."""
         from pipelines.models import Target
 
-        Target.objects.filter(lease_holder=self.pk).update(lease_holder=None, lease_expires_at=None)
+        if target.lease_holder_id == self.pk:
+            also.update(lease_holder=None, lease_expires_at=None)
+        if also:
+            Target.objects.filter(pk=target.pk).update(**also)
 
     @staticmethod
     def _lease_end():

@@ -195,17 +195,19 @@ class Deployment(FencedRun):
         self._check_transition(Status.RUNNING)
         # One transaction, no savepoint inside: the Target row first, then the run, then the audit chain.
         with self._busy_target(Status.RUNNING), transaction.atomic():
-            target = self.lock_target()
             # The lease's end is on the database's clock, whatever this host's says (see clock.py).
             free = Q(lease_holder__isnull=True) | Q(lease_expires_at__lt=Now()) | Q(lease_holder=self.pk)
-            taken = Target.objects.filter(free, pk=target.pk).update(
-                lease_holder=self.pk, lease_expires_at=self._lease_end()
-            )
-            if taken != 1:
-                raise TargetBusy(
-                    f"Deployment #{target.lease_holder_id} of {self.repository} in {self.environment} holds the target "
-                    f"until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
-                )
+            lease = {"lease_holder": self.pk, "lease_expires_at": self._lease_end()}
+            # The compare-and-swap is the first statement and locks the Target row itself; the row is read
+            # (made if missing) only when it fails, to try once more and to say who holds it.
+            mine = Target.objects.filter(repository=self.repository_id, environment=self.environment_id)
+            if mine.filter(free).update(**lease) != 1:
+                target = self.lock_target()
+                if Target.objects.filter(free, pk=target.pk).update(**lease) != 1:
+                    raise TargetBusy(
+                        f"Deployment #{target.lease_holder_id} of {self.repository} in {self.environment} holds the "
+                        f"target until {target.lease_expires_at:%Y-%m-%d %H:%M:%S %Z}; this one waits for it."
+                    )
             fields = self._claim_fields(worker_name, runner_host, runner_pid, step_pgid=None)
             self._change_status(Status.RUNNING, by=None, details=None, fields=fields)
         return self

@@ -300,8 +300,24 @@ def test_a_deployer_runs_a_failed_preview_again_from_the_change_request(held, bo
     assert change.refusal_reason(bob) is None
     again = client.post(reverse("change_request_preview_again", args=[change.pk]),
                         {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}, follow=True)
-    assert "only a failed preview is run again. Nothing was changed." in again.content.decode()
+    assert "only a failed or cancelled preview is run again. Nothing was changed." in again.content.decode()
     assert Preview.objects.filter(deployment=change.deployment).count() == 2
+
+
+def test_a_deployer_runs_a_cancelled_preview_again_and_approval_waits_for_it(held, bob):
+    change = held(preview=PLAN)
+    Preview.objects.latest_for(change.deployment).cancel(by=bob, reason="wrong workspace")
+    assert change.refusal_reason(bob) is not None, "a cancelled preview is no preview to approve"
+
+    client, html = page(bob, change)
+    assert "The preview was cancelled" in html and "Run the preview again" in html
+    client.post(reverse("change_request_preview_again", args=[change.pk]),
+                {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+
+    rerun = run_latest_preview(change)
+    assert (rerun.number, rerun.status) == (2, "succeeded"), rerun.log_since(0)[0]
+    assert rerun.reason == "bob ran it again after preview #1 cancelled."
+    assert change.refusal_reason(bob) is None
 
 
 def test_the_admin_lists_previews_read_only(held, client, alice):

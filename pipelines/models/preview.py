@@ -55,7 +55,7 @@ class PreviewQuerySet(models.QuerySet):
 
     def run_again(self, deployment, *, by):
         """Queue the next preview of a held deployment whose latest one failed (a cloud API that was down,
-        say); InvalidTransition saying why when there is nothing to run again."""
+        say) or was cancelled; InvalidTransition saying why when there is nothing to run again."""
         from pipelines.models import Deployment
 
         with transaction.atomic():
@@ -64,11 +64,11 @@ class PreviewQuerySet(models.QuerySet):
                 raise InvalidTransition(f"Deployment #{locked.pk} is {locked.get_status_display().lower()}; only "
                                         f"the preview of a held deployment is run again.")
             latest = self.latest_for(locked)
-            if latest is None or latest.status != PreviewStatus.FAILED:
+            if latest is None or latest.status not in (PreviewStatus.FAILED, PreviewStatus.CANCELLED):
                 status = latest.get_status_display().lower() if latest else "missing"
-                raise InvalidTransition(f"The preview of deployment #{locked.pk} is {status}; only a failed "
-                                        f"preview is run again.")
-            reason = f"{by.get_username()} ran it again after preview #{latest.number} failed."
+                raise InvalidTransition(f"The preview of deployment #{locked.pk} is {status}; only a failed or "
+                                        f"cancelled preview is run again.")
+            reason = f"{by.get_username()} ran it again after preview #{latest.number} {latest.status}."
             return self.queue_for(locked, by=by, reason=reason)
 
     def latest_for(self, deployment):

@@ -35,18 +35,32 @@ def forget_inherited_database_connections():
 
 def clean_database_connections():
     """Before and after each job that a worker runs in its own process: a connection is kept between jobs
-    (that is the point of running them in process), unless it no longer works (the server restarted, a
-    backend was terminated) or the job left it inside a transaction. Such a one is closed and replaced."""
+    (that is the point of running them in process), unless the job left it inside a transaction or it is
+    known broken. Such a one is closed and replaced.
+
+    Asked of the client library, without a round trip (a `SELECT 1` before and after every run would cost
+    two of a short run's few statements): a backend the server dropped meanwhile is found by the next query,
+    which the run kernel retries on a fresh connection (pipelines/runs/blips.py)."""
     for alias in connections.settings:
         wrapper = getattr(connections._connections, alias, None)
         if wrapper is None or wrapper.connection is None:
             continue
-        if wrapper.in_atomic_block or not wrapper.get_autocommit() or not wrapper.is_usable():
+        if wrapper.in_atomic_block or not wrapper.get_autocommit() or _left_unclean(wrapper.connection):
             try:
                 wrapper.close()
             except Exception:  # closing a broken connection may fail; it is dropped all the same
                 pass
             connections[alias] = connections.create_connection(alias)
+
+
+def _left_unclean(raw):
+    """Whether a driver connection is closed, broken or inside a transaction, as the driver knows it now."""
+    info = getattr(raw, "info", None)  # psycopg
+    if info is not None:
+        from psycopg import pq
+
+        return raw.closed or info.transaction_status != pq.TransactionStatus.IDLE
+    return bool(getattr(raw, "in_transaction", False))  # sqlite3
 
 
 def install():

@@ -56,7 +56,8 @@ def execute(context):
     except SecretUnreadable as exc:
         return context.fail(str(exc))  # names the secret, never its value
     log.mask_also(secrets.values())
-    base = preview.base_release.version if preview.base_release_id else "nothing yet"
+    base = context.read("reading what runs there",
+                        lambda: preview.base_release.version if preview.base_release_id else "nothing yet")
     log.write(f"==> preview #{preview.number} of {deployment.release.version} in {deployment.environment} "
               f"(running there now: {base})\n")
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)

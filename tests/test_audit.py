@@ -3,7 +3,8 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from pipelines.models import AuditEvent, AuditHead, AuditVerification
@@ -32,7 +33,18 @@ def test_the_first_event_ever_is_the_genesis_marker(alice):
         (1, GENESIS_ACTION), (2, "test.event"), (3, "test.event"), (4, "test.event"),
     ]
     head = AuditHead.objects.get()
-    assert (head.seq, head.hash) == (4, AuditEvent.objects.get(seq=4).hash)
+    last = AuditEvent.objects.get(seq=4)
+    assert (head.seq, head.hash, head.mac) == (4, last.hash, last.mac)
+
+
+def test_an_event_costs_two_statements_on_postgresql(alice):
+    """Lock the head and read the chain's end from it; INSERT the event and move the head in one statement."""
+    record_three(alice)
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        event = AuditEvent.objects.record(action="test.event", actor=alice, savepoint=False)
+    assert len(queries) == (2 if connection.vendor == "postgresql" else 3), [q["sql"] for q in queries]
+    assert AuditEvent.objects.get(pk=event.pk).seq == 5
+    assert AuditEvent.objects.first_broken() is None
 
 
 def test_a_fresh_install_is_intact():
@@ -78,6 +90,32 @@ def test_events_cut_off_the_end_are_reported(alice):
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM pipelines_auditevent WHERE seq >= 3")
     assert AuditEvent.objects.first_broken() == (3, "events 3 to 4 are missing from the end of the log")
+
+
+def test_events_cut_off_behind_the_head_stay_reported_after_later_events(alice):
+    """A writer goes on from the signed head, not from the last event stored: later events do not close the gap."""
+    record_three(alice)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pipelines_auditevent WHERE seq >= 3")
+    AuditEvent.objects.record(action="test.event", actor=alice)
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [1, 2, 5]
+    assert AuditEvent.objects.first_broken() == (3, "event 3 is missing (next stored is 5)")
+
+
+def test_an_older_signed_head_put_back_does_not_stop_the_log(alice):
+    """A replayed head points before events that are stored: the next event follows the stored chain instead of
+    failing on a seq that is taken (every audited change would fail with it), and the chain holds."""
+    record_three(alice)
+    old_head = AuditHead.objects.values("seq", "hash", "mac", "signature").get()
+    record_three(alice)
+    AuditHead.objects.update(**old_head)
+    with transaction.atomic():
+        AuditEvent.objects.record(action="test.event", actor=alice, savepoint=False)
+    AuditEvent.objects.record_many([dict(action="test.batch", details={"i": i}) for i in range(2)])
+    AuditHead.objects.update(**old_head)
+    AuditEvent.objects.record_many([dict(action="test.batch", details={"i": i}) for i in range(2)])
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, 13))
+    assert AuditEvent.objects.first_broken() is None
 
 
 def test_a_forged_head_is_reported(alice):

@@ -10,6 +10,11 @@ derived from SECRET_KEY), never in the database. The head of the chain (its last
 with the same key. Verification checks every MAC and anchors the walk on the signed head, so rewriting
 and re-hashing, appending, cutting events off the end and deleting everything are all reported.
 
+Writers queue on the head row: each locks it (SELECT … FOR UPDATE, the audit lock, always the last lock of
+an audited transaction), links its events after the head's seq and hash, and moves the head in the same
+statement as the INSERT. A signed head is trusted to be the chain's end, so a writer never reads the events:
+events cut off behind a signed head leave a gap that verification reports, even after later events.
+
 How the chain proves where it starts: the first event ever recorded is a keyed marker,
 `audit.genesis` at #1. A log recorded before events were keyed starts with events that have no MAC;
 they are accepted as "legacy, hash-chained only" only as an unbroken prefix closed by the keyed marker
@@ -35,8 +40,6 @@ from . import wakeups
 GENESIS_HASH = "0" * 64
 GENESIS_ACTION = "audit.genesis"
 KEYED_ACTION = "audit.keyed"
-# Any fixed number; PostgreSQL serialises audit writers on it for the length of their transaction.
-_AUDIT_LOCK_KEY = 0x617564697400
 _EVENT_SALT = "gitops.audit.event"
 _HEAD_SALT = "gitops.audit.head"
 
@@ -83,65 +86,60 @@ class AuditEventQuerySet(models.QuerySet):
         Credentials in URLs are redacted before the event is hashed: what is recorded is what may be shown.
         `savepoint=False` when the caller's own atomic block is the unit that a failure rolls back (a run's
         change of status): one attempt, without the SAVEPOINT and RELEASE round trips. Nothing is lost: the
-        audit lock serialises writers, so the retry below only helps where the first head row is made."""
+        head row's lock serialises writers; the retry below is for a batch after a replayed head (see _append_many)."""
+        entry = dict(action=action, actor=actor, obj=obj, repository=repository, environment=environment,
+                     details=redact(details or {}))
         if not savepoint:
             with transaction.atomic(savepoint=False):
-                return self._append(action, actor, obj, repository, environment, redact(details or {}))
-        for attempt in range(5):
-            try:
-                with transaction.atomic():
-                    return self._append(action, actor, obj, repository, environment, redact(details or {}))
-            except IntegrityError:
-                if attempt == 4:
-                    raise
+                return self._append_many([entry])[0]
+        return self._append_with_retries([entry])[0]
 
     def record_many(self, entries):
         """Append several events in one go: `entries` are dicts of record()'s keyword arguments, in order.
 
-        One audit lock, one read of the last event, one INSERT and one move of the head, however many
-        events: a first poll records thousands of releases."""
+        One lock of the head, one INSERT and one move of the head, however many events: a first poll
+        records thousands of releases."""
         if not entries:
             return []
         entries = [{**entry, "details": redact(entry.get("details") or {})} for entry in entries]
+        return self._append_with_retries(entries)
+
+    def _append_with_retries(self, entries):
         for attempt in range(5):
             try:
                 with transaction.atomic():
-                    return self._append_many(entries)
+                    # After a lost race, the chain's end is read from the events themselves (see _append_many).
+                    return self._append_many(entries, trust_head=attempt == 0)
             except IntegrityError:
                 if attempt == 4:
                     raise
 
-    def _append(self, action, actor, obj, repository, environment, details):
-        return self._append_many([dict(action=action, actor=actor, obj=obj, repository=repository,
-                                       environment=environment, details=details)])[0]
+    def _append_many(self, entries, *, trust_head=True):
+        """Link `entries` after the chain's end, INSERT them and move the head onto the last.
 
-    def _append_many(self, entries):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
-        last = self.order_by("-seq").only("seq", "hash", "mac").first()
+        The head row carries what the next event needs (the last seq, hash and MAC) and its lock, taken
+        here, is the audit lock: two statements per event, the locking read and the INSERT with the
+        move of the head. The head is trusted only when its signature holds and the chain is keyed;
+        otherwise (the first event of an installation, a legacy or altered head) the end is read from the
+        events, as it always was, and the keyed chain is started when it has not been."""
+        head = _locked_head()
+        trusted = trust_head and _is_signed_keyed_head(head)
+        last = head if trusted else self.order_by("-seq").only("seq", "hash", "mac").first()
+        events = []
         if last is None or not last.mac:
             # The keyed chain starts here: once per installation, so it costs nothing on later events.
-            last = self._append_event(_start_marker(last), after=last)
-        events = []
+            last = _link(_start_marker(last), after=last)
+            events.append(last)
         for entry in entries:
             last = _link(_new_event(**entry), after=last)
             events.append(last)
-        if len(events) == 1:
-            events[0].save(force_insert=True)
-        else:
-            AuditEvent.objects.bulk_create(events)
-        event = events[-1]
-        # One UPDATE (not update_or_create's savepoint, locking read and save): the audit lock already
-        # serialises writers, and a lost race on the very first head is retried by record().
-        head = {"seq": event.seq, "hash": event.hash, "signature": _sign(event.seq, event.hash)}
-        if not AuditHead.objects.filter(pk=AuditHead.SINGLETON).update(**head):
-            AuditHead.objects.create(pk=AuditHead.SINGLETON, **head)
-        return events
-
-    def _append_event(self, event, *, after):
-        _link(event, after=after).save(force_insert=True)
-        return event
+        if _store(events):
+            return events[-len(entries):]
+        if trusted:
+            # An event already holds the next seq: the head was put back behind the chain (an older signed
+            # head replayed). Go on after the events actually stored, as the chain itself says.
+            return self._append_many(entries, trust_head=False)
+        raise IntegrityError("audit event seq taken while the head was locked")
 
     # --- verifying -----------------------------------------------------------------------------------
 
@@ -212,6 +210,76 @@ def _start_marker(last):
         "note": f"Events #1 to #{last.seq} were recorded without a MAC: they are hash-chained only.",
     })
 
+
+def _locked_head():
+    """The head row, locked to the end of the transaction: every audit writer queues here, one at a time.
+
+    The row is made the first time (an installation's first event, or after the head was deleted); two
+    first writers both end up waiting on the one row (ON CONFLICT DO NOTHING waits for the other's commit)."""
+    table = connection.ops.quote_name(AuditHead._meta.db_table)
+    sql = f"SELECT seq, hash, mac, signature FROM {table} WHERE id = %s"
+    if connection.features.has_select_for_update:
+        sql += " FOR UPDATE"  # SQLite has no row locks: its IMMEDIATE transactions serialise every writer
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [AuditHead.SINGLETON])
+        row = cursor.fetchone()
+        if row is None:
+            AuditHead.objects.bulk_create([AuditHead(pk=AuditHead.SINGLETON, seq=0, hash=GENESIS_HASH)],
+                                          ignore_conflicts=True)
+            cursor.execute(sql, [AuditHead.SINGLETON])
+            row = cursor.fetchone()
+    seq, hash_, mac, signature = row
+    return AuditHead(pk=AuditHead.SINGLETON, seq=seq, hash=hash_, mac=mac, signature=signature)
+
+
+def _is_signed_keyed_head(head):
+    """Whether the next event may follow the head without reading the chain: it was signed with the audit key
+    (by a writer, never edited since) and it ends a keyed chain (it carries its last event's MAC)."""
+    return bool(head.seq and head.mac) and _matches_a_known_key(
+        f"{head.seq}:{head.hash}", _HEAD_SALT, head.signature, audit_keys())
+
+
+def _store(events):
+    """INSERT `events` (linked in order) and move the head onto the last, signed. False when the one event's seq
+    was already taken, and then nothing was written (a batch raises IntegrityError instead)."""
+    if len(events) == 1:
+        return _insert_and_move_head(events[0])
+    AuditEvent.objects.bulk_create(events)
+    with connection.cursor() as cursor:
+        cursor.execute(*_head_update(events[-1]))
+    return True
+
+
+def _insert_and_move_head(event):
+    """The hot path of every audited change, one statement on PostgreSQL: the INSERT in a CTE of the head's
+    UPDATE. SQLite cannot put an INSERT in a WITH clause: two statements there."""
+    fields = [field for field in AuditEvent._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    insert_sql = (f"INSERT INTO {quote(AuditEvent._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+                  f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING RETURNING id")
+    insert_params = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields]
+    head_sql, head_params = _head_update(event)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"WITH event AS ({insert_sql}) {head_sql} AND EXISTS (SELECT FROM event) "
+                           "RETURNING (SELECT id FROM event)", [*insert_params, *head_params])
+            row = cursor.fetchone()
+        else:
+            cursor.execute(insert_sql, insert_params)
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.execute(head_sql, head_params)
+    if row is None:
+        return False
+    event.pk, event._state.adding = row[0], False
+    return True
+
+
+def _head_update(event):
+    """The UPDATE that moves the head onto `event`, signed: (sql, params)."""
+    sql = (f"UPDATE {connection.ops.quote_name(AuditHead._meta.db_table)} "
+           "SET seq = %s, hash = %s, mac = %s, signature = %s WHERE id = %s")
+    return sql, [event.seq, event.hash, event.mac, _sign(event.seq, event.hash), AuditHead.SINGLETON]
 
 def _actor_name(actor):
     if actor is None:
@@ -424,11 +492,16 @@ class AuditEvent(models.Model):
 
 
 class AuditHead(models.Model):
-    """One row: where the chain ends, signed, so that removing its last events does not go unnoticed."""
+    """One row: where the chain ends, signed, so that removing its last events does not go unnoticed.
+
+    It is also what the next event needs (the last seq, hash and MAC) and the audit lock: writers lock this
+    row, last in their transaction, and the next seq is the head's plus one."""
 
     SINGLETON = 1
     seq = models.PositiveBigIntegerField()
     hash = models.CharField(max_length=64)
+    # The last event's MAC: empty while the chain ends in legacy events (the next writer starts the keyed chain).
+    mac = models.CharField(max_length=64, blank=True, default="")
     signature = models.CharField(max_length=64)
 
 

@@ -31,6 +31,8 @@ PIPELINE = """\
 environments:
   staging:
     variables: {GREETING: hello}
+    preview:
+      - run: echo "staging deploys without approval, so with no preview to apply"
     steps:
       - name: first
         run: echo "first says $GREETING"
@@ -45,20 +47,25 @@ FIRST, SECOND = "first says hello", f"second holds {len(SECRET)} characters of i
 
 @dataclass(frozen=True)
 class Phase:
-    """The `nth` statement of the run that is a `statement` (SELECT, INSERT, UPDATE) of `table` and holds `also`."""
+    """The `nth` statement of the run that is a `statement` (SELECT, INSERT, UPDATE) of `table` and holds `also`,
+    counted from the first statement that holds `after`."""
 
     statement: str
     table: str
     also: str = ""
     nth: int = 1
+    after: str = ""
     # False where the run does not ask again and needs no answer to go on (the cancel check before a step
     # says nothing when the database is away; the heartbeat goes on asking).
     asked_again: bool = True
 
     def matches(self, sql):
-        where = {"SELECT": f'FROM "{self.table}"', "INSERT": f'INSERT INTO "{self.table}"',
-                 "UPDATE": f'UPDATE "{self.table}"'}[self.statement]
-        return sql.startswith(self.statement) and where in sql and self.also in sql
+        if self.statement == "SELECT":  # of the table of its first column, or an exists() of the table
+            reads = sql.startswith((f'SELECT "{self.table}".', f'SELECT %s AS "a" FROM "{self.table}"'))
+            return reads and self.also in sql
+        # A write may sit in a CTE of another statement (the audit event's INSERT in its head's UPDATE).
+        write = {"INSERT": f'INSERT INTO "{self.table}"', "UPDATE": f'UPDATE "{self.table}"'}[self.statement]
+        return write in sql and self.also in sql
 
 
 DEPLOYMENT_PHASES = {
@@ -70,8 +77,9 @@ DEPLOYMENT_PHASES = {
     "reading-the-preview": Phase("SELECT", "pipelines_preview"),
     "reading-the-block": Phase("SELECT", "pipelines_release", also='"blocked"'),
     "writing-the-log": Phase("INSERT", "pipelines_deploymentlogchunk"),
-    "between-the-steps": Phase("SELECT", "pipelines_deployment", also='"cancel_requested_at" IS NULL', nth=2,
-                               asked_again=False),
+    # The cancel check before the second step: the first after the first step's process group was recorded.
+    "between-the-steps": Phase("SELECT", "pipelines_deployment", also='"cancel_requested_at" IS NULL',
+                               after='SET "step_pgid"', asked_again=False),
     "recording-the-success": Phase("UPDATE", "pipelines_deployment", also='"finished_at" = %s'),
     "auditing-the-success": Phase("INSERT", "pipelines_auditevent", nth=2),
     "carrying-out-the-follow-up": Phase("SELECT", "pipelines_followup"),
@@ -84,14 +92,15 @@ class Blip:
 
     def __init__(self, phase, admin, *, answer_lost=False):
         self.phase, self.admin, self.answer_lost = phase, admin, answer_lost
-        self.seen = 0
+        self.seen, self.counting = 0, not phase.after
         self.terminated_pid = None
         self.error = None  # what the statement right after the termination raised
         self.asked_again = False  # the statement of the phase succeeded after the failure
         self.pids_after = set()  # the backends of the queries that succeeded after it
 
     def __call__(self, execute, sql, params, many, context):
-        matches = self.phase.matches(sql)
+        self.counting = self.counting or self.phase.after in sql
+        matches = self.counting and self.phase.matches(sql)
         if matches:
             self.seen += 1
         if matches and self.seen == self.phase.nth:

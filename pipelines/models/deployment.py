@@ -2,7 +2,7 @@ from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q, Sum
+from django.db.models import Case, F, Q, Sum, When
 from django.db.models.functions import Now
 from django.urls import reverse
 from django.utils import timezone
@@ -111,34 +111,38 @@ class Deployment(FencedRun):
 
     def transition(self, new_status, *, by=None, details=None, **fields):
         """FencedRun.transition, with the target: a deployment that stops running lets go of its target's
-        lease, and one that ran a step there makes the previews of the deployments held there stale.
+        lease, makes the previews of the deployments held there stale if it ran a step there, and wakes the
+        deployment queued next for the target.
 
         Raises InvalidTransition for a move the state machine forbids, StaleStatus when another process
         changed the row first, TargetBusy when the target already has a running deployment."""
         self._check_transition(new_status)
         with self._busy_target(new_status), transaction.atomic():
-            # Row locks before the audit record (which takes the audit lock), Target first: the same order as
-            # promote(), so the two never deadlock.
-            target = self.lock_target() if self.status == Status.RUNNING else None
-            self._change_status(new_status, by=by, details=details, fields=fields, target=target)
+            self._change_status(new_status, by=by, details=details, fields=fields)
         return self
 
-    def _change_status(self, new_status, *, by, details, fields, target=None, target_fields=None):
-        """FencedRun._change_status with the target, inside the caller's transaction. A running deployment's
-        caller has locked its `target` already (once: claim, succeed and transition each take it first);
-        `target_fields` are written to that row in the same UPDATE that lets go of the lease."""
+    def _change_status(self, new_status, *, by, details, fields, target_fields=None):
+        """FencedRun._change_status with the target, inside the caller's transaction. A deployment that stops
+        running first writes its Target row (which locks it: row locks before the audit record, which takes
+        the audit chain's, Target first, the same order as promote(), so the two never deadlock), letting go
+        of the lease and writing `target_fields` in the same UPDATE; then it locks the deployments waiting for
+        the target: those held for approval, whose previews it makes stale, and the one queued next, woken
+        once this commits."""
         if new_status == Status.QUEUED:
             fields.setdefault("queued_at", timezone.now())
-        held = []
+        waiting = []
         if self.status == Status.RUNNING:
-            if self.step_pgid is not None:
-                # It ran a step on the target, whatever its outcome: what the previews of the deployments
-                # held there showed is out of date (locked before the audit event).
-                held = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
-                            .filter(status=Status.AWAITING_APPROVAL).select_for_update().order_by("id"))
-            self._release_lease(target, **(target_fields or {}))
+            self._let_go_of_target(**(target_fields or {}))
+            waiting = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
+                           .filter(status__in=(Status.AWAITING_APPROVAL, Status.QUEUED))
+                           .select_for_update().order_by("created_at", "id"))
         super()._change_status(new_status, by=by, details=details, fields=fields)
-        self._queue_stale_previews(held, new_status)
+        if self.step_pgid is not None:
+            # It ran a step on the target, whatever its outcome: what the previews showed is out of date.
+            self._queue_stale_previews([d for d in waiting if d.status == Status.AWAITING_APPROVAL], new_status)
+        following = next((d for d in waiting if d.status == Status.QUEUED), None)
+        if following is not None:
+            following.wake()  # it waited for this one
 
     @contextmanager
     def _busy_target(self, new_status):
@@ -212,21 +216,22 @@ class Deployment(FencedRun):
             self._change_status(Status.RUNNING, by=None, details=None, fields=fields)
         return self
 
-    def succeed(self):
+    def succeed(self, *, follows=None):
         """Record success, what now runs on the target, and the automatic promotion as a follow-up; returns
         that follow-up (None when the release goes nowhere next), for the runner to carry out at once.
+        `follows`: whether a next stage deploys automatically, when the caller knows (else it is looked up);
+        the follow-up decides again what to promote, so only its being recorded depends on it.
 
         The follow-up is not enqueued: the runner carries it out right after this commits, in the same
         process, and the reconciler re-drives it after GITOPS_WORKER_LOST_AFTER if the runner died first.
         Lock order: the Target row first, then the run, then the audit chain; one transaction, no savepoint."""
         from pipelines.models import FollowUp
 
-        follows = self.next_stage() is not None
+        follows = self.next_stage() is not None if follows is None else follows
         self._check_transition(Status.SUCCEEDED)
         with transaction.atomic():
-            target = self.lock_target()
             # What now runs there is written with the lease's release: one UPDATE of the Target row.
-            self._change_status(Status.SUCCEEDED, by=None, details=None, fields={"exit_code": 0}, target=target,
+            self._change_status(Status.SUCCEEDED, by=None, details=None, fields={"exit_code": 0},
                                 target_fields={"current_release": self.release})
             if not follows:
                 return None
@@ -295,16 +300,19 @@ class Deployment(FencedRun):
             target = mine.get()
         return target
 
-    def _release_lease(self, target, **also):
-        """Let go of the lease of `target` (locked by the caller, so what it says of the holder is current) if
-        this deployment holds it, writing `also` to the row in the same UPDATE. Only its own target is ever
-        leased to a deployment (claim, beat)."""
+    def _let_go_of_target(self, **also):
+        """One UPDATE of this deployment's Target row, which takes the row's lock: the lease is let go of if
+        this deployment holds it (only its own target is ever leased to a deployment: claim, beat), and
+        `also` is written."""
         from pipelines.models import Target
 
-        if target.lease_holder_id == self.pk:
-            also.update(lease_holder=None, lease_expires_at=None)
-        if also:
-            Target.objects.filter(pk=target.pk).update(**also)
+        mine = Q(lease_holder=self.pk)
+        updated = Target.objects.filter(repository=self.repository_id, environment=self.environment_id).update(
+            lease_holder=Case(When(mine, then=None), default=F("lease_holder")),
+            lease_expires_at=Case(When(mine, then=None), default=F("lease_expires_at")), **also)
+        if not updated:  # no row yet (a run started without a claim, as tests do): made, then written
+            self.lock_target()
+            self._let_go_of_target(**also)
 
     @staticmethod
     def _lease_end():

@@ -77,10 +77,14 @@ class PreviewQuerySet(models.QuerySet):
     def refusal_for(self, deployment):
         """Why `deployment` may not be approved or applied because of its preview, in words; "" when it may
         (its latest preview succeeded on the target as it still is, or it has no preview)."""
+        return self.to_apply(deployment)[1]
+
+    def to_apply(self, deployment):
+        """(the latest preview of `deployment` or None, why it may not be applied in words or "")."""
         latest = self.select_related("base_deployment__release").filter(deployment=deployment).order_by("-number").first()
         if latest is None:
-            return ""
-        return latest.refusal() or latest.stale_reason()
+            return None, ""
+        return latest, latest.refusal() or latest.stale_reason()
 
 
 class Preview(KeepsArtifacts, FencedRun):

@@ -2,16 +2,17 @@
 variables and secrets, holding its target's lease (Deployment.claim) so no two runs of a target overlap.
 
 Before the first step it refuses, in words, what must not run: a preview that is not what was approved
-(Preview.objects.refusal_for), a release blocked since it was let through, a stage whose required checks no
-longer pass. After it, whatever the outcome, the next deployment queued for the target is woken."""
+(Preview.objects.to_apply), a release blocked since it was let through, a stage whose required checks no
+longer pass. When it stops running, whatever the outcome, the next deployment queued for the target is woken
+(Deployment.transition)."""
 
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Subquery
+from django.db.models import Exists, Subquery
 
 from pipelines import git, hooks, masking
 from pipelines.models import Check, Deployment, EnvironmentSecret, Preview, Release, Stage
@@ -32,20 +33,24 @@ def may_start(deployment):
 def execute(context):
     deployment, log = context.run, context.log
     spec = deployment.release.pipeline.environments[deployment.environment.name]
+    # Fail closed: what is applied must be what was approved (pipelines/models/preview.py). Only an environment
+    # with preview steps has previews.
+    preview = None
+    if spec.preview:
+        preview, refusal = context.read("reading its preview", lambda: Preview.objects.to_apply(deployment))
+        if refusal:
+            return context.fail(f"Not applied: {refusal}")
+    # The last check before the first step: a release blocked, or whose required checks stopped passing, since
+    # this deployment was let through never runs.
+    check = context.read("reading its release's block", lambda: start_check(deployment))
+    if check.refusal:
+        return context.cancel(check.refusal)
     try:  # once per run, before any output
-        secrets = context.read("reading its secrets", lambda: EnvironmentSecret.objects.values_for(deployment.environment))
+        secrets = context.read("reading its secrets",
+                               lambda: EnvironmentSecret.objects.values_for(deployment.environment)) if check.has_secrets else {}
     except SecretUnreadable as exc:
         return context.fail(str(exc))  # names the secret, never its value
     log.mask_also(secrets.values())
-    # Fail closed: what is applied must be what was approved (pipelines/models/preview.py).
-    refusal = context.read("reading its preview", lambda: Preview.objects.refusal_for(deployment))
-    if refusal:
-        return context.fail(f"Not applied: {refusal}")
-    # The last check before the first step: a release blocked, or whose required checks stopped passing, since
-    # this deployment was let through never runs.
-    reason = context.read("reading its release's block", lambda: refusal_to_start(deployment))
-    if reason:
-        return context.cancel(reason)
     replaced = sorted(set(secrets) & set(spec.variables))
     if replaced:  # said in the log, so a file variable that seems ignored is explained
         log.write(f"==> the environment's secrets replace the pipeline file's variables {', '.join(replaced)}\n")
@@ -59,8 +64,7 @@ def execute(context):
         # What the release's build left: its outputs as GITOPS_OUTPUT_*, its artifacts unpacked afresh.
         built = context.read("reading its build", lambda: build_kind.hand_to_deployment(deployment, environment))
         # What its approved preview left (a saved plan), on top: what was approved is what is applied.
-        built = context.read("reading its preview's artifacts",
-                             lambda: preview_kind.hand_to_deployment(deployment, environment, built, log))
+        built = preview_kind.hand_to_deployment(deployment, preview, environment, built, log)
         if account is not None:
             hand_over(workdir, account)
             if built is not None:
@@ -71,41 +75,43 @@ def execute(context):
         shutil.rmtree(workdir, ignore_errors=True)
         if built is not None:
             shutil.rmtree(built, ignore_errors=True)
-    context.succeed()
+    context.succeed(lambda: deployment.succeed(follows=check.promotes_next))
 
 
-def refusal_to_start(deployment):
-    """Why the deployment must not start now, in words, or "": its release is blocked, or its stage requires
-    passing checks and they no longer pass (CI reported a failure after the promotion)."""
-    # One query on the path every deployment takes: the release's block, read afresh, and its stage's rule.
-    stage = Stage.objects.filter(lifecycle_id=deployment.repository.lifecycle_id, environment_id=deployment.environment_id)
-    blocked, reason, checks_required = Release.objects.filter(pk=deployment.release_id).annotate(
-        checks_required=Subquery(stage.values("requires_passing_checks")[:1])
-    ).values_list("blocked", "blocked_reason", "checks_required").get()
+class StartCheck(NamedTuple):
+    refusal: str  # why the deployment must not start now, in words, or ""
+    has_secrets: bool  # whether its environment has secrets to read
+    promotes_next: bool  # whether the next stage of its road deploys automatically after a success
+
+
+def start_check(deployment):
+    """What the run must know before its first step, in one query on the path every deployment takes: the
+    release's block, read afresh; its stage's rule on required checks (they may have stopped passing since the
+    promotion: CI reported a failure); whether the environment has secrets; and whether a success would go on
+    to an automatic next stage (Deployment.next_stage, asked here rather than after the steps)."""
+    lifecycle, names = deployment.repository.lifecycle_id, deployment.release.pipeline.names()
+    stage = Stage.objects.filter(lifecycle_id=lifecycle, environment_id=deployment.environment_id)
+    following = Stage.objects.filter(lifecycle_id=lifecycle, environment__name__in=names,
+                                     position__gt=Subquery(stage.values("position")[:1])).order_by("position")
+    blocked, reason, checks_required, has_secrets, next_auto = Release.objects.filter(pk=deployment.release_id).annotate(
+        checks_required=Subquery(stage.values("requires_passing_checks")[:1]),
+        has_secrets=Exists(EnvironmentSecret.objects.filter(environment_id=deployment.environment_id)),
+        next_auto=Subquery(following.values("auto_deploy")[:1]),
+    ).values_list("blocked", "blocked_reason", "checks_required", "has_secrets", "next_auto").get()
+    promotes_next = bool(next_auto) and deployment.trigger != Deployment.Trigger.ROLLBACK \
+        and deployment.environment.name in names
     if blocked:
-        return f"Not run: {deployment.release.version} is blocked ({reason})."
+        return StartCheck(f"Not run: {deployment.release.version} is blocked ({reason}).", has_secrets, promotes_next)
     if checks_required:
         refusal = Check.objects.refusal_for(deployment.release)
         if refusal:
-            return f"Not run: {deployment.environment} requires passing checks and {refusal}."
-    return ""
-
-
-def wake_next_in_line(deployment):
-    """Queued deployments of the same target waited for this one; wake the oldest."""
-    following = (
-        Deployment.objects.for_target(deployment.repository_id, deployment.environment_id)
-        .filter(status=Deployment.Status.QUEUED)
-        .order_by("created_at", "id")
-        .first()
-    )
-    if following is not None:
-        with transaction.atomic():
-            following.wake()
+            return StartCheck(f"Not run: {deployment.environment} requires passing checks and {refusal}.",
+                              has_secrets, promotes_next)
+    return StartCheck("", has_secrets, promotes_next)
 
 
 KIND = Kind(
     name="deployment", model=Deployment, queue=DEPLOY_QUEUE, execute=execute,
     related=("release__repository", "environment", "repository", "previous_release"),
-    log_secrets=masking.secrets_for, may_start=may_start, after=wake_next_in_line,
+    log_secrets=masking.secrets_for, may_start=may_start,
 )

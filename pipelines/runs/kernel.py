@@ -56,8 +56,9 @@ def enqueue(run):
     transaction commits. No rq timeout: a run takes as long as its steps, and each step has its own."""
     kind = registry.of(run)
     job_id = kind.job_id(run.pk)
-    type(run).objects.filter(pk=run.pk).update(job_id=job_id)
-    run.job_id = job_id
+    if run.job_id != job_id:  # set once: a run woken again (next in line, requeued) keeps its job id
+        type(run).objects.filter(pk=run.pk).update(job_id=job_id)
+        run.job_id = job_id
     transaction.on_commit(lambda: queues.enqueue(kind.queue, JOB_FUNCTION, kind.name, run.pk, job_id=job_id,
                                                  job_timeout=-1, result_ttl=600, failure_ttl=86400))
 
@@ -264,8 +265,9 @@ class Context:
         record(self.run, "failure", lambda: self.run.fail(error, exit_code=exit_code))
 
     def _cancel_requested(self):
-        """Asked from the database before every step: the heartbeat alone could be a beat late. A database that
-        does not answer now says nothing; the heartbeat goes on asking."""
+        """Asked from the database before every step, the first included (a cancel asked while the checkout was
+        made means it never starts, with or without Redis to carry rq's stop-job): the heartbeat alone could be
+        a beat late. A database that does not answer now says nothing; the heartbeat goes on asking."""
         try:
             return not type(self.run).objects.filter(pk=self.run.pk, status="running", cancel_requested_at=None).exists()
         except blips.DATABASE_BLIP:

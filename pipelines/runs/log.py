@@ -68,11 +68,16 @@ class LogWriter:
         self._add("\n" if not self.at_line_start else "", self.last_stream)
         self.write(run_log.step_ended(number, total, status=status, exit_code=outcome.exit_code, seconds=seconds))
 
+    def end_streams(self):
+        """A step's output ended: what each masker held back (the start of what might have been a secret)
+        is written out."""
+        for stream, masker in self.maskers.items():
+            self._add(masker.finish(), stream)
+
     def flush(self, *, final=False):
         """Store what is pending; False when the database did not take it (it stays pending)."""
         if final:
-            for stream, masker in self.maskers.items():
-                self._add(masker.finish(), stream)
+            self.end_streams()
         if not self.pending:
             return True
         text = "".join(self.pending)

@@ -94,13 +94,12 @@ def _fresh_folder(prefix):
 # --- what the deploy steps get from the preview ------------------------------------------------------------
 
 
-def hand_to_deployment(deployment, environment, folder, log):
-    """Unpack the artifacts of the deployment's latest preview into its $GITOPS_ARTIFACTS/ (`folder`, which
-    holds the build's, or None: a fresh one is made and set in `environment`), and say so in the `log`.
-    Returns the folder (None when there was none and the preview left nothing). The runner checked
-    Preview.objects.refusal_for first: the latest preview is the one approved, it succeeded, and nothing
+def hand_to_deployment(deployment, preview, environment, folder, log):
+    """Unpack the artifacts of the deployment's latest `preview` (None: it has none) into its $GITOPS_ARTIFACTS/
+    (`folder`, which holds the build's, or None: a fresh one is made and set in `environment`), and say so in
+    the `log`. Returns the folder (None when there was none and the preview left nothing). The runner asked
+    Preview.objects.to_apply first: the latest preview is the one approved, it succeeded, and nothing
     changed the target since."""
-    preview = Preview.objects.latest_for(deployment)
     if preview is None or not preview.artifact_name:
         return folder
     made = folder is None

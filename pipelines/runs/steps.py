@@ -220,7 +220,9 @@ def _follow(step, process, heartbeat, log):
             log.write(run_log.without_marks(decoders[fd].decode(chunk, final=not chunk)), stream=streams[fd])
         eof = not open_fds
         now = time.monotonic()
-        if log.pending and (eof or now - last_flush >= LOG_FLUSH_SECONDS or log.pending_size() >= LOG_FLUSH_BYTES):
+        # Stored every LOG_FLUSH_SECONDS while the step runs; what a short step printed goes with what follows
+        # it (the step's end line, the next step's start), in one piece: one INSERT, not one per step.
+        if log.pending and (now - last_flush >= LOG_FLUSH_SECONDS or log.pending_size() >= LOG_FLUSH_BYTES):
             log.flush()  # a failure keeps the text pending for the next flush
             last_flush = now
         if outcome is None and heartbeat.stop.is_set():
@@ -235,7 +237,7 @@ def _follow(step, process, heartbeat, log):
             break  # exited; a background child may hold a pipe open, so do not wait for EOF
     for fd, decoder in decoders.items():
         log.write(run_log.without_marks(decoder.decode(b"", final=True)), stream=streams[fd])
-    log.flush(final=True)
+    log.end_streams()
     if outcome is None:
         exit_code = process.wait()
         # The supervisor (`timeout`) ended it: exit status 124, or 137 after its SIGKILL.

@@ -1,4 +1,4 @@
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from django.db import models, transaction
 from django.urls import reverse
@@ -154,7 +154,14 @@ class Release(models.Model):
         """The parsed pipeline file; None for an invalid release."""
         if self.error:
             return None
-        try:
-            return parse_pipeline(self.pipeline_text)
-        except PipelineFileError:
-            return None
+        return _parsed(self.pipeline_text)
+
+
+@lru_cache(maxsize=256)
+def _parsed(text):
+    """A release's file never changes once recorded: a worker parses each text once, not once per run (the
+    spec is frozen dataclasses, safe to share). None for a text that does not parse."""
+    try:
+        return parse_pipeline(text)
+    except PipelineFileError:
+        return None

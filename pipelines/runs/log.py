@@ -75,25 +75,28 @@ class LogWriter:
             self._add(masker.finish(), stream)
 
     def flush(self, *, final=False):
-        """Store what is pending; False when the database did not take it (it stays pending)."""
+        """Store what is pending; False when the database did not take it (it stays pending).
+
+        A piece whose answer was lost may have been stored: it is sent again alone, under its own number (the
+        database keeps the first copy), and what was written since goes in the next piece. Sent together
+        under the old number, the newer text would be dropped with the duplicate."""
         if final:
             self.end_streams()
-        if not self.pending:
-            return True
-        text = "".join(self.pending)
-        try:
-            # Numbered: a piece sent again after a lost answer is not stored twice.
-            self.run.append_log(text, seq=self.seq + 1)
-        except DATABASE_BLIP as exc:
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
-                logger.warning("could not store the log of %s (%s); keeping it to retry",
-                               self.run, exc)
-            reset_connection()
-            return False
-        self.seq += 1
-        self.pending = []
-        self.failing_since = None
+        while self.pending:
+            retrying = self.failing_since is not None
+            text = self.pending[0] if retrying else "".join(self.pending)
+            try:
+                self.run.append_log(text, seq=self.seq + 1)
+            except DATABASE_BLIP as exc:
+                if not retrying:
+                    self.failing_since = time.monotonic()
+                    self.pending = [text]
+                    logger.warning("could not store the log of %s (%s); keeping it to retry", self.run, exc)
+                reset_connection()
+                return False
+            self.seq += 1
+            self.pending = self.pending[1:] if retrying else []
+            self.failing_since = None
         return True
 
     def pending_size(self):

@@ -45,7 +45,8 @@ class Kind:
 
     def rows(self):
         """The runs of this kind with what their runner and the reconciler read of them."""
-        return self.model.objects.select_related(*self.related)
+        rows = self.model.objects.all()
+        return rows.select_related(*self.related) if self.related else rows
 
 
 _kinds = {}

@@ -111,7 +111,7 @@ def run_step(run, step, workdir, environment, heartbeat, log, account=None, *, s
         cgroup.create()
     else:
         become_subreaper()
-    children_before = _children()
+    children_before = _children() if cgroup is None else set()  # with a cgroup, its kill takes every leftover
     with sandbox.sealed(["bash", "-eo", "pipefail", "-c", step.run], account=account, workdir=workdir,
                         timeout=step.timeout, shared=shared, environment=environment,
                         preexec=_seal_step_child(cgroup, account)) as (command, preexec, seal):

@@ -301,9 +301,6 @@ def test_a_backend_terminated_at_any_phase_of_a_check_does_not_fail_it(repositor
 # --- a lost answer ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/runs/log.py sends a piece whose answer was lost again together with "
-                                       "what was written since, under the same number: the database keeps the first "
-                                       "and drops the rest")
 def test_a_log_piece_whose_answer_was_lost_is_stored_once_and_what_followed_it_too(
         repository, staging, origin, make_release, admin, run_workers):
     text = ("environments:\n  staging:\n    steps:\n"

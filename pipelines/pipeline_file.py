@@ -21,6 +21,9 @@
             run: terraform plan -out "$GITOPS_ARTIFACTS/plan"
         steps:
           - run: terraform apply "$GITOPS_ARTIFACTS/plan"
+        verify:                 # optional: run after the steps succeed, with GITOPS_VERIFY=1; the deployment
+          - name: smoke         # succeeds only once they pass
+            run: ./smoke.sh
 """
 
 import re
@@ -73,6 +76,13 @@ class EnvironmentSpec:
     variables: dict = field(default_factory=dict)
     # Run when the deployment is held for approval; what they leave is what its steps apply. () when none.
     preview: tuple[Step, ...] = ()
+    # Run after the steps succeed, in the same checkout and environment plus GITOPS_VERIFY=1. () when none.
+    verify: tuple[Step, ...] = ()
+
+    @property
+    def verify_from(self):
+        """The number of the first verify step in the run's log (they are numbered after the steps), 0 when none."""
+        return len(self.steps) + 1 if self.verify else 0
 
 
 @dataclass(frozen=True)
@@ -164,10 +174,10 @@ def _parse_steps(node, env_name, what):
     return tuple(_parse_step(step, env_name, i) for i, step in enumerate(node.value, start=1))
 
 
-def _parse_environment(name, node, what=None, *, may_preview=True):
+def _parse_environment(name, node, what=None, *, of_environment=True):
     what = what or f"environment {name!r}"
     keys = _mapping(node, what)
-    _reject_unknown(keys, {"steps", "variables", "preview"} if may_preview else {"steps", "variables"}, what)
+    _reject_unknown(keys, {"steps", "variables", "preview", "verify"} if of_environment else {"steps", "variables"}, what)
     variables = {}
     if "variables" in keys:
         for var, (key_node, value_node) in _mapping(keys["variables"][1], f"'variables' of {what}").items():
@@ -177,10 +187,10 @@ def _parse_environment(name, node, what=None, *, may_preview=True):
     if "steps" not in keys:
         raise PipelineFileError(f"{what} has no 'steps'", _line(node))
     steps = _parse_steps(keys["steps"][1], name, f"'steps' of {what}")
-    preview = ()
-    if "preview" in keys:
-        preview = _parse_steps(keys["preview"][1], f"{name} preview", f"'preview' of {what}")
-    return EnvironmentSpec(name=name, steps=steps, variables=variables, preview=preview)
+    preview, verify = (
+        _parse_steps(keys[section][1], f"{name} {section}", f"'{section}' of {what}") if section in keys else ()
+        for section in ("preview", "verify"))
+    return EnvironmentSpec(name=name, steps=steps, variables=variables, preview=preview, verify=verify)
 
 
 def parse_pipeline(text, *, known_environments=None):
@@ -201,7 +211,7 @@ def parse_pipeline(text, *, known_environments=None):
     _reject_unknown(keys, {"build", "checks", "environments"}, "the file")
     checks = None
     if "checks" in keys:
-        section = _parse_environment("checks", keys["checks"][1], what="the 'checks' section", may_preview=False)
+        section = _parse_environment("checks", keys["checks"][1], what="the 'checks' section", of_environment=False)
         checks = BuildSpec(steps=section.steps, variables=section.variables)
     if "environments" not in keys:
         raise PipelineFileError("the file has no 'environments'", _line(root))
@@ -215,6 +225,6 @@ def parse_pipeline(text, *, known_environments=None):
         raise PipelineFileError("'environments' is empty", _line(keys["environments"][1]))
     build = None
     if "build" in keys:
-        section = _parse_environment("build", keys["build"][1], what="the 'build' section", may_preview=False)
+        section = _parse_environment("build", keys["build"][1], what="the 'build' section", of_environment=False)
         build = BuildSpec(steps=section.steps, variables=section.variables)
     return PipelineSpec(environments=environments, build=build, checks=checks)

@@ -1,5 +1,6 @@
 """The deploy kind: a release's `steps` for an environment, in a checkout of its commit, with the environment's
-variables and secrets, holding its target's lease (Deployment.claim) so no two runs of a target overlap.
+variables and secrets, holding its target's lease (Deployment.claim) so no two runs of a target overlap; then
+its `verify:` steps, if any: the deployment succeeds only once they pass.
 
 Before the first step it refuses, in words, what must not run: a preview that is not what was approved
 (Preview.objects.to_apply), a release blocked since it was let through, a stage whose required checks no
@@ -69,13 +70,26 @@ def execute(context):
             hand_over(workdir, account)
             if built is not None:
                 hand_over(built, account)
-        if not context.steps(spec.steps, workdir, environment, account, shared=(built,) if built else ()):
+        shared, total = (built,) if built else (), len(spec.steps) + len(spec.verify)
+        if not context.steps(spec.steps, workdir, environment, account, shared=shared, total=total):
+            return
+        if spec.verify and not verify(context, spec, workdir, environment, account, shared, total):
             return
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if built is not None:
             shutil.rmtree(built, ignore_errors=True)
     context.succeed(lambda: deployment.succeed(follows=check.promotes_next))
+
+
+def verify(context, spec, workdir, environment, account, shared, total):
+    """The environment's verify steps, after its steps succeeded: the same checkout, variables, secrets and
+    build, plus GITOPS_VERIFY=1; numbered after the steps in the log, so the page shows them as their own
+    section. True when all passed; a failure names its step as a verify step."""
+    names = ", ".join(step.name for step in spec.verify)
+    context.log.write(f"==> Verifying: {names} (GITOPS_VERIFY=1)\n")
+    return context.steps(spec.verify, workdir, {**environment, "GITOPS_VERIFY": "1"}, account, shared=shared,
+                         noun="Verify step", first=len(spec.steps) + 1, total=total)
 
 
 class StartCheck(NamedTuple):

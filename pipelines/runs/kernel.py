@@ -209,17 +209,20 @@ class Context:
         """A database read of the run's preparation (variables, secrets, what a build left), through blips."""
         return blips.retry(what, action, subject=self.run)
 
-    def steps(self, steps, workdir, environment, account, shared=()):
-        """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded."""
-        noun = self.kind.step_noun
-        for number, step in enumerate(steps, start=1):
+    def steps(self, steps, workdir, environment, account, shared=(), *, noun=None, first=1, total=None):
+        """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded.
+        `noun`, `first` and `total`: for a second list of the same run (a deployment's verify steps), how its
+        failures name a step and how its log numbers them (after the first list's, so each is its own section)."""
+        noun = noun or self.kind.step_noun
+        total = total or first - 1 + len(steps)
+        for number, step in enumerate(steps, start=first):
             if self.heartbeat.stop.is_set() or self._cancel_requested():
                 self._stopped(f"before step '{step.name}'")
                 return False
-            self.log.step_started(number, len(steps), step)
+            self.log.step_started(number, total, step)
             started = time.monotonic()
             outcome = run_step(self.run, step, workdir, environment, self.heartbeat, self.log, account, shared=shared)
-            self.log.step_ended(number, len(steps), outcome, time.monotonic() - started)
+            self.log.step_ended(number, total, outcome, time.monotonic() - started)
             if outcome.cancelled or outcome.lost:
                 self._stopped(f"during step '{step.name}'")
                 return False

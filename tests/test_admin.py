@@ -117,8 +117,8 @@ def test_adding_a_repository_is_audited(client, alice, origin):
     assert event.object_id == str(repository.pk) and event.actor == alice
     assert event.details["values"] == {
         "name": "shop", "url": origin.url, "web_url": "", "enabled": False, "branch": "main", "release_from": "tags", "tag_pattern": "v*",
-        "pipeline_path": ".gitops.yml", "poll_interval": 60, "webhook_secret": "set", "lifecycle": "default",
-        "git_host": "", "api_url": "", "host_project": "", "check_branches": "",
+        "pipeline_path": ".gitops.yml", "pipeline_from_branch": False, "poll_interval": 60, "webhook_secret": "set",
+        "lifecycle": "default", "git_host": "", "api_url": "", "host_project": "", "check_branches": "",
     }
     assert SECRET not in event.canonical_json()
 

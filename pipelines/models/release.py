@@ -23,6 +23,10 @@ class Release(models.Model):
     detected_at = models.DateTimeField(auto_now_add=True)
     pipeline_text = models.TextField(blank=True)
     pipeline_sha256 = models.CharField(max_length=64, blank=True)
+    # Set when the release's own commit has no pipeline file and its repository takes it from the release branch
+    # (Repository.pipeline_from_branch): the branch, and its head when recorded, the text above was read from.
+    pipeline_commit_sha = models.CharField(max_length=40, blank=True)
+    pipeline_branch = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True, help_text="Why this release can never deploy (missing or invalid pipeline file).")
     blocked = models.BooleanField(default=False)
     blocked_reason = models.TextField(blank=True)
@@ -38,6 +42,8 @@ class Release(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["repository", "version"], name="unique_release_version"),
             models.CheckConstraint(condition=models.Q(commit_sha__regex=r"^[0-9a-f]{40}$"), name="release_commit_sha_is_full"),
+            models.CheckConstraint(condition=models.Q(pipeline_commit_sha__regex=r"^([0-9a-f]{40})?$"),
+                                   name="release_pipeline_commit_sha_is_full"),
         ]
         # A repository's newest release in one probe; the few invalid releases without reading the valid ones
         # (the dashboard asks both of every repository it orders).
@@ -56,6 +62,11 @@ class Release(models.Model):
     @property
     def short_sha(self):
         return self.commit_sha[:10]
+
+    @property
+    def pipeline_from_branch(self):
+        """True when the pipeline file was taken from the release branch, the release's own commit having none."""
+        return bool(self.pipeline_commit_sha)
 
     @property
     def is_valid(self):

@@ -54,6 +54,11 @@ class Repository(models.Model):
     release_from = models.CharField(max_length=10, choices=ReleaseFrom.choices, default=ReleaseFrom.TAGS)
     tag_pattern = models.CharField(max_length=100, default="v*", validators=[validate_tag_pattern])
     pipeline_path = models.CharField(max_length=200, default=".gitops.yml", validators=[validate_relative_path])
+    pipeline_from_branch = models.BooleanField(
+        "Pipeline from the branch for older releases", default=False,
+        help_text="For adopting a repository with history: a release whose commit has no pipeline file takes the "
+                  "one at the head of the branch when it is recorded, and keeps it. Turned on, the releases "
+                  "recorded invalid for lack of the file are read again at the next poll.")
     poll_interval = models.PositiveIntegerField(default=60, validators=[MinValueValidator(5)], help_text="Seconds.")
     webhook_secret = models.CharField(max_length=200, blank=True)
     check_branches = models.CharField(

@@ -7,12 +7,17 @@ many there are.
 
 Each candidate stands on its own: a tag on a blob is skipped and listed in `Repository.skipped_tags`, a
 pipeline file that cannot be read or parsed makes that one release invalid with the reason. Nothing one
-tag holds can stop the repository's later releases from being recorded."""
+tag holds can stop the repository's later releases from being recorded.
+
+A repository adopted with its history may take the pipeline file from its release branch for the releases
+whose commit has none (`Repository.pipeline_from_branch`): such a release keeps the file as it was at the
+branch's head when recorded, and the releases recorded invalid for lack of a file are read again."""
 
 import hashlib
 import logging
 import threading
 from dataclasses import dataclass
+from functools import cache
 from fnmatch import fnmatchcase
 
 from django.conf import settings
@@ -61,7 +66,7 @@ def poll_repository(repository, *, unchanged=None):
         unstorable = git.unstorable_refs(repository, refs)  # left out of the mirror: see git.sync_mirror
         tracked = _tracked_refs(repository, refs, unstorable)
         checked = _checked_refs(repository, {ref: sha for ref, sha in refs.items() if ref not in unstorable})
-        fingerprint = _fingerprint(repository, tracked, checked)
+        fingerprint = _fingerprint(repository, tracked, checked, branch_head=refs.get(f"refs/heads/{repository.branch}"))
         if fingerprint == repository.refs_fingerprint:
             if unchanged is not None and _nothing_to_clear(repository):
                 unchanged.append(repository)
@@ -77,7 +82,9 @@ def poll_repository(repository, *, unchanged=None):
         else:
             candidates, moved, skipped = _commit_candidates(repository, tracked), {}, []
         environments = set(Environment.objects.values_list("name", flat=True))
-        prepared = _prepare_all(repository, candidates, environments)
+        branch_file = cache(lambda: _branch_file(repository, refs, unstorable))  # read only if a release needs it
+        prepared = _prepare_all(repository, candidates, environments, branch_file)
+        adoptable = _adoptable(repository, branch_file, environments)
         moved_heads = _moved_check_refs(repository, checked)
     except git.GitError as exc:
         _record_failure(repository, str(exc), now)
@@ -94,12 +101,14 @@ def poll_repository(repository, *, unchanged=None):
         _record_check_refs(repository, checked, moved_heads)
         # Rows before the audit chain (the lock order of every audited transaction): the moved tags' releases too.
         moved_releases = list(repository.releases.select_for_update().filter(version__in=list(moved)))
+        adopted = _adopt(repository, *adoptable)
         previous_versions = set(repository.releases.values_list("version", flat=True))
         fresh = [release for release in prepared if release.version not in previous_versions]  # else another poller won
         recorded = _record_all(fresh, skipped)
         for release in moved_releases:
             # Compared with the locked row: a move another poller recorded meanwhile is not recorded twice.
             release.record_tag_seen_at(moved[release.version], by=ACTOR)
+        _audit_adopted(adopted)
         newest = _release_to_promote(repository, recorded, tracked)
         follow_up = None
         if newest is not None and newest.is_valid and newest.pipeline is not None and newest.pipeline.build is not None:
@@ -288,9 +297,12 @@ def _record_check_refs(repository, checked, moved_heads):
      .exclude(name__in=branches).update(is_open=False, updated_at=timezone.now()))
 
 
-def _fingerprint(repository, tracked, checked=None):
+def _fingerprint(repository, tracked, checked=None, branch_head=None):
     # The settings are part of it: changing the pattern, the branch or the pipeline path must lead to a fresh look.
     lines = [repository.release_from, repository.branch, repository.tag_pattern, repository.check_branches]
+    if repository.pipeline_from_branch:
+        # Turning it on, or the branch's file changing, may make releases recorded invalid deployable (_adoptable).
+        lines.append(f"{branch_head} pipeline from the branch")
     lines += [f"{sha} {name}" for name, sha in sorted(tracked.items())]
     lines += [f"{head.sha} check {name}" for name, head in sorted((checked or {}).items())]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -366,31 +378,27 @@ def _commit_candidates(repository, tracked):
 # --- recording ---------------------------------------------------------------------------------------
 
 
-def _prepare_all(repository, candidates, environments):
+def _prepare_all(repository, candidates, environments, branch_file):
     """Unsaved Releases for the candidates, their pipeline files read in one batch."""
     if not candidates:
         return []
     texts = git.read_files(repository, [candidate.commit.sha for candidate in candidates], repository.pipeline_path)
     errors = {}  # the pipeline file rarely changes between tags: parse each distinct text once
-    return [_prepare(repository, candidate, texts.get(candidate.commit.sha), environments, errors)
+    return [_prepare(repository, candidate, texts.get(candidate.commit.sha), environments, errors, branch_file)
             for candidate in candidates]
 
 
-def _prepare(repository, candidate, text, environments, errors):
-    """An unsaved Release with its pipeline file checked; whatever goes wrong with the file makes it invalid."""
+def _prepare(repository, candidate, text, environments, errors, branch_file):
+    """An unsaved Release with its pipeline file checked; whatever goes wrong with the file makes it invalid.
+    Without a file at its commit, it takes the branch's where the repository says so (`branch_file()`)."""
     commit = candidate.commit
     path = repository.pipeline_path
-    error = ""
-    if text is None:
-        text, error = "", f"{path} not found at commit {commit.sha[:10]}"
-    elif "\0" in text:
-        text, error = "", f"{path} at commit {commit.sha[:10]} is not a text file"
-    elif problem := size_problem(text):
-        text, error = "", f"{path} {problem}"  # nothing of it is stored: see size_problem
+    source = None
+    if text is None and repository.pipeline_from_branch:
+        source = branch_file()
+        text, error = _file_from_branch(path, commit.sha, source, environments, errors)
     else:
-        if text not in errors:
-            errors[text] = _pipeline_error(path, text, environments)
-        error = errors[text]
+        text, error = _checked_file(path, commit.sha, text, environments, errors)
     return Release(
         repository=repository,
         version=candidate.version,
@@ -401,9 +409,114 @@ def _prepare(repository, candidate, text, environments, errors):
         committed_at=commit.committed_at,
         pipeline_text=text,
         pipeline_sha256=hashlib.sha256(text.encode()).hexdigest() if text else "",
+        pipeline_commit_sha=source.sha if source and source.text is not None else "",
+        pipeline_branch=source.branch if source and source.text is not None else "",
         error=error,
         version_key=_version_key(repository, candidate.version),
     )
+
+
+def _checked_file(path, sha, text, environments, errors):
+    """(text to keep, error) of the file `text` read at commit `sha` (None: it has none)."""
+    if text is None:
+        return "", _missing_file(path, sha)
+    if "\0" in text:
+        return "", f"{path} at commit {sha[:10]} is not a text file"
+    if problem := size_problem(text):
+        return "", f"{path} {problem}"  # nothing of it is stored: see size_problem
+    if text not in errors:
+        errors[text] = _pipeline_error(path, text, environments)
+    return text, errors[text]
+
+
+def _missing_file(path, sha):
+    return f"{path} not found at commit {sha[:10]}"
+
+
+# --- the branch's file for releases whose commit has none (Repository.pipeline_from_branch) -----------
+
+
+@dataclass(frozen=True)
+class BranchFile:
+    """The pipeline file at the head of the release branch: `sha` None when the remote has no such branch,
+    `text` None when its head has no file."""
+
+    branch: str
+    sha: str | None
+    text: str | None
+
+
+def _branch_file(repository, refs, unstorable):
+    ref = f"refs/heads/{repository.branch}"
+    sha = refs.get(ref) if ref not in unstorable else None
+    if sha is None:
+        return BranchFile(repository.branch, None, None)
+    return BranchFile(repository.branch, sha, git.read_files(repository, [sha], repository.pipeline_path).get(sha))
+
+
+def _file_from_branch(path, sha, source, environments, errors):
+    """(text to keep, error) for a release whose commit `sha` has no file, from the branch's (`source`)."""
+    if source.sha is None:
+        return "", f"{_missing_file(path, sha)}, and the branch {source.branch} to take it from does not exist"
+    if source.text is None:
+        return "", f"{_missing_file(path, sha)}, nor at the head of the branch {source.branch} ({source.sha[:10]})"
+    text, error = _checked_file(path, source.sha, source.text, environments, errors)
+    if error:
+        error = f"{error} (taken from the head of the branch {source.branch}, {source.sha[:10]})"
+    return text, error
+
+
+def _lacks_its_own_file(release, path):
+    """True for a release recorded invalid because its commit has no pipeline file (whatever the branch had)."""
+    missing = _missing_file(path, release.commit_sha)
+    return release.error == missing or release.error.startswith(missing + ",") or bool(release.pipeline_commit_sha)
+
+
+def _adoptable(repository, branch_file, environments):
+    """(the releases recorded invalid for lack of a file, the branch's file) when the repository takes the
+    file from its branch and that file is usable now: read before the transaction, adopted in it (_adopt).
+
+    The setting may be turned on after the old tags were recorded invalid; the release branch may gain or
+    fix its file later. Such a release never ran, so giving it the file now changes nothing that ran."""
+    if not repository.pipeline_from_branch:
+        return [], None
+    invalid = [release for release in repository.releases.filter(error__gt="").only("pk", "commit_sha", "error",
+                                                                                     "pipeline_commit_sha")
+               if _lacks_its_own_file(release, repository.pipeline_path)]
+    if not invalid:
+        return [], None
+    source = branch_file()
+    if source.text is None:
+        return [], None
+    _, error = _file_from_branch(repository.pipeline_path, "", source, environments, {})
+    return ([release.pk for release in invalid], source) if not error else ([], None)
+
+
+def _adopt(repository, ids, source):
+    """Give the releases `ids` the branch's file; returns [(release, its error before)]. Inside the poll's transaction, before the audit
+    chain: their rows are locked and looked at again (another poller may have adopted them)."""
+    if not ids:
+        return []
+    locked = [release for release in repository.releases.select_for_update().filter(pk__in=ids, error__gt="")
+              .order_by("pk") if _lacks_its_own_file(release, repository.pipeline_path)]
+    fields = dict(pipeline_text=source.text, pipeline_sha256=hashlib.sha256(source.text.encode()).hexdigest(),
+                  pipeline_commit_sha=source.sha, pipeline_branch=source.branch, error="")
+    Release.objects.filter(pk__in=[release.pk for release in locked]).update(**fields)
+    adopted = [(release, release.error) for release in locked]
+    for release in locked:
+        for name, value in fields.items():
+            setattr(release, name, value)
+    return adopted
+
+
+def _audit_adopted(adopted):
+    """Audited like the recording it corrects: the release was invalid, and deployable from now on."""
+    AuditEvent.objects.record_many([
+        dict(action="release.pipeline_adopted", actor=ACTOR, obj=release, repository=release.repository,
+             details={"version": release.version, "pipeline_branch": release.pipeline_branch,
+                      "pipeline_commit": release.pipeline_commit_sha, "error_before": error_before})
+        for release, error_before in adopted
+    ])
 
 
 def _version_key(repository, version):
@@ -453,7 +566,8 @@ def _record_all(releases, skipped):
                 release.pk = ids[release.version]
     AuditEvent.objects.record_many([
         dict(action="release.recorded", actor=ACTOR, obj=release, repository=release.repository,
-             details={"version": release.version, "commit": release.commit_sha, "error": release.error})
+             details={"version": release.version, "commit": release.commit_sha, "error": release.error,
+                      **({"pipeline_commit": release.pipeline_commit_sha} if release.pipeline_commit_sha else {})})
         for release in valid
     ])
     return valid

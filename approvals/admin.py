@@ -79,9 +79,9 @@ class FreezeWindowAdmin(AuditedAdmin):
 class StagePolicyAdmin(AuditedAdmin):
     # The whole policy is on record with its old and new values; add new policy fields here.
     audited_fields = ["stage", "required_approvals", "approver_group", "allow_self_approval", "block_commit_authors",
-                      "approval_timeout", "allow_api_approval"]
+                      "approval_timeout", "allow_api_approval", "pre_approved_rollback"]
     list_display = ["stage", "required_approvals", "approver_group", "allow_self_approval", "block_commit_authors",
-                    "approval_timeout", "allow_api_approval"]
+                    "approval_timeout", "allow_api_approval", "pre_approved_rollback"]
     list_filter = ["stage__lifecycle", "stage__environment"]
     list_select_related = ["stage__lifecycle", "stage__environment", "approver_group"]
 

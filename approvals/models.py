@@ -40,6 +40,13 @@ class StagePolicy(models.Model):
         default=False, help_text="Let approvers decide through the API (a token with the 'approve' scope), under the same rules."
     )
 
+    # Off by default: a rollback after a failure (pipelines/rollback.py) waits for approval like any change.
+    pre_approved_rollback = models.BooleanField(
+        "pre-approved rollback", default=False,
+        help_text="When the stage rolls back on failure, deploy the rollback to the release that ran here before "
+                  "without a new approval (recorded as approved by this policy). Off: the rollback opens a change "
+                  "request at once.")
+
     class Meta:
         verbose_name_plural = "stage policies"
         constraints = [
@@ -263,6 +270,25 @@ class ChangeRequest(models.Model):
                 )
         self.refresh_from_db()
         return decision
+
+    def approve_by_policy(self, *, reason):
+        """Approved by the stage's policy rather than by people (a pre-approved rollback): closed as approved with
+        `reason`, and its deployment let through; False when it was no longer pending. Same lock order as a
+        decision: the target, the change request and its deployment, then the audit chain."""
+        with transaction.atomic():
+            Target.objects.select_for_update().filter(repository_id=self.repository_id,
+                                                      environment_id=self.environment_id).values_list("pk").first()
+            locked = ChangeRequest.objects.select_for_update(of=("self", "deployment")).select_related(
+                "deployment__release", "deployment__environment", "deployment__repository").get(pk=self.pk)
+            if locked.status != self.Status.PENDING:
+                return False
+            locked._close(self.Status.APPROVED, by=None, reason=reason)
+            locked.deployment.release_hold(by=None)
+            FollowUp.objects.schedule(
+                "mail.change_request_decided", deployment=locked.deployment, payload={"change_request": locked.pk}
+            )
+        self.refresh_from_db()
+        return True
 
     # --- closing without a decision ------------------------------------------------------------------
 

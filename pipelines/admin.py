@@ -288,8 +288,7 @@ class RepositoryForm(forms.ModelForm):
 class RepositoryAdmin(AuditedAdmin):
     form = RepositoryForm
     audited_fields = ["name", "url", "web_url", "enabled", "branch", "release_from", "tag_pattern", "pipeline_path",
-                      "pipeline_from_branch", "poll_interval", "lifecycle", "check_branches", "git_host", "api_url",
-                      "host_project"]
+                      "poll_interval", "lifecycle", "check_branches", "git_host", "api_url", "host_project"]
     audited_secrets = ["webhook_secret", "api_token"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
     list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "archived", "last_polled_at",
@@ -301,8 +300,7 @@ class RepositoryAdmin(AuditedAdmin):
                        "archived_at"]
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
-        ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path",
-                                               "pipeline_from_branch"]}),
+        ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret", "save_anyway"]}),
         ("Checks of branches and pull requests", {"fields": ["check_branches"]}),
         ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token", "remove_api_token",
@@ -539,14 +537,14 @@ def _save_secrets(request, form, formset):
 class StageFormSet(forms.BaseInlineFormSet):
     # Every field of a stage decides where releases go without a person: all of it goes on record.
     audited_fields = ["environment", "position", "auto_deploy", "requires_approval", "requires_passing_checks",
-                      "take_prereleases", "version_constraint"]
+                      "take_prereleases", "version_constraint", "rollback_on_failure"]
 
 
 class StageInline(admin.TabularInline):
     model = Stage
     formset = StageFormSet
     fields = ["position", "environment", "auto_deploy", "requires_approval", "requires_passing_checks",
-              "take_prereleases", "version_constraint"]
+              "take_prereleases", "version_constraint", "rollback_on_failure"]
     ordering = ["position"]
     extra = 1
 

@@ -17,6 +17,7 @@ from pipelines.models.followup import (  # noqa: F401 (kinds models schedule)
     PROMOTE_AFTER_SUCCESS,
     PROMOTE_NEW_RELEASE,
     PROMOTE_REEVALUATE,
+    ROLLBACK_AFTER_FAILURE,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,17 @@ def _promote_reevaluate(follow_up):
                          since=follow_up.created_at)
 
 
+def _rollback_after_failure(follow_up):
+    from pipelines import rollback
+
+    rollback.after_failure(follow_up)
+
+
 _BUILT_IN = {
     PROMOTE_NEW_RELEASE: _promote_new_release,
     PROMOTE_AFTER_SUCCESS: _promote_after_success,
     PROMOTE_REEVALUATE: _promote_reevaluate,
+    ROLLBACK_AFTER_FAILURE: _rollback_after_failure,
 }
 
 

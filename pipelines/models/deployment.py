@@ -10,7 +10,7 @@ from django.utils import timezone
 from pipelines import run_log
 
 from .clock import now_plus
-from .followup import DEPLOYMENTS_STOPPED, PROMOTE_AFTER_SUCCESS
+from .followup import DEPLOYMENTS_STOPPED, PROMOTE_AFTER_SUCCESS, ROLLBACK_AFTER_FAILURE
 from .run import FencedRun, TargetBusy
 
 
@@ -131,7 +131,8 @@ class Deployment(FencedRun):
         if new_status == Status.QUEUED:
             fields.setdefault("queued_at", timezone.now())
         waiting = []
-        if self.status == Status.RUNNING:
+        was_running = self.status == Status.RUNNING
+        if was_running:
             self._let_go_of_target(**(target_fields or {}))
             waiting = list(Deployment.objects.for_target(self.repository_id, self.environment_id)
                            .filter(status__in=(Status.AWAITING_APPROVAL, Status.QUEUED))
@@ -143,6 +144,19 @@ class Deployment(FencedRun):
         following = next((d for d in waiting if d.status == Status.QUEUED), None)
         if following is not None:
             following.wake()  # it waited for this one
+        if was_running and new_status == Status.FAILED:
+            self._roll_back_if_the_stage_says_so()
+
+    def _roll_back_if_the_stage_says_so(self):
+        """A failure in a stage that rolls back on failure: record the rollback (pipelines/rollback.py) in the
+        failure's own transaction. Never for a rollback that failed: no loops, a person takes over."""
+        from pipelines.models import FollowUp, Stage
+
+        if self.trigger == self.Trigger.ROLLBACK:
+            return
+        if Stage.objects.filter(lifecycle__repositories=self.repository_id, environment_id=self.environment_id,
+                                rollback_on_failure=True).exists():
+            FollowUp.objects.schedule(ROLLBACK_AFTER_FAILURE, deployment=self, repository=self.repository)
 
     @contextmanager
     def _busy_target(self, new_status):

@@ -25,6 +25,8 @@ PROMOTE_REEVALUATE = "promote.reevaluate"
 PROMOTE_AFTER_SUCCESS = "promote.after_success"
 # A build succeeded: promote its release into the first stage.
 PROMOTE_NEW_RELEASE = "promote.new_release"
+# A deployment failed in a stage that rolls back on failure: deploy again what ran there before (pipelines/rollback.py).
+ROLLBACK_AFTER_FAILURE = "rollback.after_failure"
 
 CLAIM_SECONDS = 300  # a handler that takes longer is taken for dead and may run again
 MAX_BACKOFF_SECONDS = 600

@@ -54,6 +54,11 @@ class Stage(models.Model):
     take_prereleases = models.BooleanField(
         default=True, help_text="Promote pre-releases (2.0.0rc1, 2.0.0b1, 2.0.0.dev3) here automatically. "
                                 "A person may still deploy one by hand.")
+    rollback_on_failure = models.BooleanField(
+        "roll back on failure", default=False,
+        help_text="When a deployment fails here, deploy again the release that last succeeded here (a rollback: "
+                  "where the stage holds for approval, its policy says whether it needs one). A rollback that "
+                  "fails is not rolled back.")
     version_constraint = models.CharField(
         max_length=200, blank=True,
         help_text="Promote here automatically only versions that meet this PEP 440 constraint, e.g. >=2,<3 "

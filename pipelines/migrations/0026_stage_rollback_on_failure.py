@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pipelines", "0024_audit_head_carries_the_last_mac"),
+        ("pipelines", "0025_pipeline_from_the_branch"),
     ]
 
     operations = [

@@ -112,17 +112,54 @@ def notify_tag_moved(tag_move_id):
 
 
 def tag_move_recipients(release, environments):
+    return answerable_for(release.repository, environments)
+
+
+def answerable_for(repository, environments):
     """Active users with an e-mail address in the approver groups of the stages (of the repository's
     lifecycle) of these environments. When there are none (the release runs nowhere, or only where nobody
     approves), the deployers: someone who can block the release or deploy another must hear of it."""
     users = get_user_model().objects.filter(is_active=True).exclude(email="")
     groups = StagePolicy.objects.filter(
-        stage__lifecycle_id=release.repository.lifecycle_id, stage__environment__in=environments,
+        stage__lifecycle_id=repository.lifecycle_id, stage__environment__in=environments,
     ).values("approver_group_id")
     approvers = list(users.filter(groups__in=groups).distinct().order_by("pk"))
     if approvers:
         return approvers
     return list(users.filter(pk__in=get_user_model().objects.with_perm("pipelines.deploy")).order_by("pk"))
+
+
+def on_rollback(follow_up):
+    """The handler of Deployment.ROLLBACK_MAIL: an automatic rollback happened, or failed too."""
+    notify_rollback(follow_up.deployment_id, follow_up.payload["what"], follow_up.payload["failed"])
+
+
+def notify_rollback(deployment_id, what, failed_id):
+    """Tell the people answerable for the stage (its approvers, else the deployers) and whoever asked for the
+    failed deployment that the portal rolled the target back, or that its rollback failed too and a person must
+    act now. Returns how many were sent."""
+    from pipelines.models import Deployment
+
+    related = ("release", "environment", "repository", "triggered_by")
+    deployment = Deployment.objects.select_related(*related).get(pk=deployment_id)
+    failed = Deployment.objects.select_related(*related).get(pk=failed_id)
+    target = f"{deployment.repository} in {deployment.environment}"
+    url = settings.GITOPS_BASE_URL.rstrip("/")
+    if what == "rollback_failed":
+        subject = f"{SUBJECT_PREFIX} Rollback failed, act now: {target}"
+        body = (f"The automatic rollback of {target} to {deployment.release.version} (deployment #{deployment.pk}) "
+                f"failed too: {deployment.error}\nNothing more is done automatically; a person must decide what runs "
+                f"there now.\n\nDetails: {url}{deployment.get_absolute_url()}\n")
+    else:
+        subject = f"{SUBJECT_PREFIX} Rolled back: {target} to {deployment.release.version}"
+        body = (f"{failed.release.version} (deployment #{failed.pk}) failed in {failed.environment}: {failed.error}\n"
+                f"The stage rolls back on failure, so the portal deploys {deployment.release.version} there again "
+                f"(deployment #{deployment.pk}). Automatic deployment there is paused until someone resumes it.\n\n"
+                f"Details: {url}{deployment.get_absolute_url()}\n")
+    recipients = {user.email: user for user in answerable_for(deployment.repository, [deployment.environment])}
+    if failed.triggered_by is not None and failed.triggered_by.email:
+        recipients.setdefault(failed.triggered_by.email, failed.triggered_by)
+    return _send([EmailMessage(subject=subject, body=body, to=[email]) for email in recipients])
 
 
 def change_request_url(change_request):

@@ -12,7 +12,6 @@ from django.utils import timezone
 
 from approvals import changes
 from approvals.models import ChangeRequest
-from pipelines import rollback
 from pipelines.models import AuditEvent, Deployment, FollowUp, Stage
 
 logger = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ def open_change_request(deployment):
         FollowUp.objects.schedule(
             "mail.change_request_opened", deployment=deployment, payload={"change_request": change_request.pk}
         )
-    if rollback.is_automatic(deployment) and policy is not None and policy.pre_approved_rollback:
+    if deployment.is_automatic_rollback and policy is not None and policy.pre_approved_rollback:
         change_request.approve_by_policy(reason=f"Pre-approved rollback: the approval policy of {stage} lets a "
                                                 f"rollback after a failure through without a new approval.")
     return change_request

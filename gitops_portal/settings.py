@@ -103,6 +103,7 @@ GITOPS_FOLLOW_UP_HANDLERS = {
     "mail.change_request_decided": "approvals.notifications.on_change_request_decided",
     "check.report": "pipelines.commit_status.report_follow_up",
     "mail.tag_moved": "approvals.notifications.on_tag_moved",
+    "mail.rollback": "approvals.notifications.on_rollback",
 }
 # The portal's own URL, used in mail and in the admin's webhook help. Unset, `runportal` sets it for its
 # children to the address it serves (so `--port 8101` gives links to 8101); elsewhere the default stands.

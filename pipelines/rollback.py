@@ -9,22 +9,19 @@ the release that last succeeded on that target (trigger `rollback`, by nobody: t
   waits, and approvals either lets it through at once (the stage's policy has "pre-approved rollback") or opens a
   change request for it (approvals/opening.py). `promote` pauses the target's automatic deployment, so the failed
   release (or a newer one) is not deployed over the rollback until someone resumes it.
-- No loops: a rollback that fails is not rolled back (Deployment._change_status records nothing for it)."""
+- No loops: a rollback that fails is not rolled back; the people answerable for the stage are mailed instead, as
+  they are of every automatic rollback (approvals/notifications.py)."""
 
 import logging
 
+from django.db import transaction
+
 from pipelines import promotion
-from pipelines.models import AuditEvent, Deployment, Target
+from pipelines.models import AuditEvent, Deployment, FollowUp, Target
 
 logger = logging.getLogger(__name__)
 
-AUTOMATIC_ROLLBACK = "Automatic rollback"
-
-
-def is_automatic(deployment):
-    """Whether `deployment` is a rollback the portal started after a failure (approvals asks, for its policy)."""
-    return (deployment.trigger == Deployment.Trigger.ROLLBACK and deployment.triggered_by_id is None
-            and deployment.reason.startswith(AUTOMATIC_ROLLBACK))
+AUTOMATIC_ROLLBACK = Deployment.AUTOMATIC_ROLLBACK
 
 
 def after_failure(follow_up):
@@ -53,7 +50,11 @@ def after_failure(follow_up):
     why = (f"{AUTOMATIC_ROLLBACK}: {failed.release.version} (deployment #{failed.pk}) failed in {failed.environment}"
            f" ({failed.error[:300]}); back to {good.version}, which ran there before.")
     try:
-        return promotion.promote(good, failed.environment, by=None, reason=why, trigger=Deployment.Trigger.ROLLBACK)
+        with transaction.atomic():  # the rollback and its mail land together
+            rollback = promotion.promote(good, failed.environment, by=None, reason=why, trigger=Deployment.Trigger.ROLLBACK)
+            FollowUp.objects.schedule(Deployment.ROLLBACK_MAIL, deployment=rollback, repository=failed.repository,
+                                      payload={"what": "rolled_back", "failed": failed.pk})
+        return rollback
     except promotion.PromotionError as exc:  # blocked since, say: said in the audit log, not retried forever
         AuditEvent.objects.record(action="rollback.skipped", obj=failed, repository=failed.repository,
                                   environment=failed.environment,

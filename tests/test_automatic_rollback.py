@@ -5,6 +5,7 @@ back. Where the stage holds for approval, the rollback needs none only if its po
 otherwise opens a change request at once. Real git, the real PortalWorker, PostgreSQL."""
 
 import pytest
+from django.core import mail
 
 from approvals.models import ChangeRequest
 from pipelines import promotion
@@ -66,6 +67,9 @@ def test_a_failed_deployment_in_staging_is_rolled_back_to_the_release_that_ran_t
 
     promotion.reevaluate(repository)
     assert len(deployments_of(repository, staging)) == 3, "the failed release is not tried there again automatically"
+    (told,) = [m for m in mail.outbox if "Rolled back" in m.subject]
+    assert told.subject == "[GitOps Portal] Rolled back: shop in staging to v1" and told.to == ["alice@example.com"]
+    assert f"v2 (deployment #{failed.pk}) failed in staging" in told.body
 
 
 def test_a_rollback_that_fails_too_is_not_rolled_back_again(
@@ -82,6 +86,9 @@ def test_a_rollback_that_fails_too_is_not_rolled_back_again(
 
     statuses = [(d.release.version, d.trigger, d.status) for d in deployments_of(repository, staging)]
     assert statuses == [("v1", "manual", "succeeded"), ("v2", "manual", "failed"), ("v1", "rollback", "failed")]
+    (page,) = [m for m in mail.outbox if "Rollback failed" in m.subject]
+    assert page.subject == "[GitOps Portal] Rollback failed, act now: shop in staging"
+    assert "a person must decide what runs there now" in page.body
 
 
 def test_a_stage_that_does_not_roll_back_leaves_a_failure_where_it_is(

@@ -147,11 +147,28 @@ class Deployment(FencedRun):
         if was_running and new_status == Status.FAILED:
             self._roll_back_if_the_stage_says_so()
 
+    # How an automatic rollback's reason begins (pipelines/rollback.py); approvals' policy and mail look for it.
+    AUTOMATIC_ROLLBACK = "Automatic rollback"
+    # The follow-up that tells the people answerable for the stage (approvals/notifications.py): payload
+    # {"what": "rolled_back" | "rollback_failed", "failed": the failed deployment's id}.
+    ROLLBACK_MAIL = "mail.rollback"
+
+    @property
+    def is_automatic_rollback(self):
+        """A rollback the portal started after a failure, not one a person asked for."""
+        return (self.trigger == self.Trigger.ROLLBACK and self.triggered_by_id is None
+                and self.reason.startswith(self.AUTOMATIC_ROLLBACK))
+
     def _roll_back_if_the_stage_says_so(self):
         """A failure in a stage that rolls back on failure: record the rollback (pipelines/rollback.py) in the
-        failure's own transaction. Never for a rollback that failed: no loops, a person takes over."""
+        failure's own transaction. Never for a rollback that failed: no loops; the people answerable for the
+        stage are told instead, for a person to take over."""
         from pipelines.models import FollowUp, Stage
 
+        if self.is_automatic_rollback:
+            FollowUp.objects.schedule(self.ROLLBACK_MAIL, deployment=self, repository=self.repository,
+                                      payload={"what": "rollback_failed", "failed": self.pk})
+            return
         if self.trigger == self.Trigger.ROLLBACK:
             return
         if Stage.objects.filter(lifecycle__repositories=self.repository_id, environment_id=self.environment_id,

@@ -4,6 +4,7 @@ Every add, change and delete made through the admin also lands in the hash-chain
 
 import json
 import logging
+from datetime import timedelta
 from fnmatch import fnmatchcase
 
 from django import forms
@@ -537,16 +538,28 @@ def _save_secrets(request, form, formset):
 class StageFormSet(forms.BaseInlineFormSet):
     # Every field of a stage decides where releases go without a person: all of it goes on record.
     audited_fields = ["environment", "position", "auto_deploy", "requires_approval", "requires_passing_checks",
-                      "take_prereleases", "version_constraint", "rollback_on_failure"]
+                      "take_prereleases", "version_constraint", "soak_time", "rollback_on_failure"]
+
+
+class SoakTimeField(forms.DurationField):
+    """A stage's soak time: empty is none (0), so a row saved without it changes nothing."""
+
+    def to_python(self, value):
+        return super().to_python(value) or timedelta(0)
 
 
 class StageInline(admin.TabularInline):
     model = Stage
     formset = StageFormSet
     fields = ["position", "environment", "auto_deploy", "requires_approval", "requires_passing_checks",
-              "take_prereleases", "version_constraint", "rollback_on_failure"]
+              "take_prereleases", "version_constraint", "soak_time", "rollback_on_failure"]
     ordering = ["position"]
     extra = 1
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "soak_time":
+            kwargs["form_class"] = SoakTimeField
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
 
 @admin.register(Lifecycle)

@@ -392,6 +392,9 @@ def _cell(stage, target, repository, notes, links):
             cell.waits = Note(f"{version} failed: see its log", url)
         elif status == Status.QUEUED and stage.environment_id in notes.environments:
             cell.waits = notes.environments[stage.environment_id]
+        elif status == Status.SUCCEEDED and stage.soak_time and finished and finished + stage.soak_time > links.now:
+            # The stage's soak time (pipelines/promotion.py): the next stage takes the release once it is over.
+            cell.waits = Note(f"soaking: {duration(finished + stage.soak_time - links.now)} left", url)
         cell.attention = status in NEEDS_SOMEONE
     if target is not None and target["auto_deploy_paused"]:
         # A rollback pauses its stage so that the next release does not undo it: say so in those words.

@@ -34,7 +34,7 @@ def _promote_new_release(follow_up):
 def _promote_after_success(follow_up):
     from pipelines import promotion
 
-    promotion.on_deployment_succeeded(follow_up.deployment, since=follow_up.created_at)
+    promotion.after_success(follow_up)  # after the soak time of the deployment's stage, if it has one
 
 
 def _promote_reevaluate(follow_up):

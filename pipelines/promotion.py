@@ -5,10 +5,17 @@ Lock order, the same in every audited transaction: the Target row, then the Depl
 audit chain (AuditEvent.record takes PostgreSQL's audit lock and holds it to the end of the transaction).
 A transaction that locked a row after recording an event could wait on one that waits for the audit lock."""
 
+from datetime import datetime, timedelta
+
 from django.db import transaction
+from django.utils import timezone
 
 from pipelines import followups
 from pipelines.models import AuditEvent, Build, Check, Deployment, FollowUp, Preview, Stage, Target
+from pipelines.models.followup import CLAIM_SECONDS, PROMOTE_AFTER_SUCCESS
+
+# The soak's end and the follow-up's due time are read from the same clock microseconds apart: within this, due.
+SOAK_SLACK = timedelta(seconds=1)
 
 
 class PromotionError(Exception):
@@ -160,27 +167,26 @@ def _promote_automatically(release, stage, since=None):
     refusal = stage.version_refusal(release)
     if refusal:
         # Only automatic promotion obeys the rule: a person may still deploy the release by hand (warned).
-        AuditEvent.objects.record(
-            action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
-            details={"release": release.version, "reason": refusal},
-        )
+        _skipped(release, environment, refusal)
         return None
     target = Target.objects.for_pair(release.repository, environment)
     if target.auto_deploy_paused:
-        AuditEvent.objects.record(
-            action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
-            details={"release": release.version, "reason": f"automatic deployment is paused: {target.paused_reason}"},
-        )
+        _skipped(release, environment, f"automatic deployment is paused: {target.paused_reason}")
         return None
     try:
         return promote(release, environment, by=None, trigger=Deployment.Trigger.AUTO)
     except PromotionError as exc:
         # Already on its way there (a person was quicker): nothing to do, and nothing to retry.
-        AuditEvent.objects.record(
-            action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
-            details={"release": release.version, "reason": str(exc)},
-        )
+        _skipped(release, environment, str(exc))
         return None
+
+
+def _skipped(release, environment, reason):
+    """Record that the automatic promotion of `release` to `environment` did not happen, and why."""
+    AuditEvent.objects.record(
+        action="promotion.skipped", obj=release, repository=release.repository, environment=environment,
+        details={"release": release.version, "reason": reason},
+    )
 
 
 def on_release_recorded(release, since=None):
@@ -193,6 +199,48 @@ def on_deployment_succeeded(deployment, since=None):
     """Success moves the release on to the next stage its file names; a rollback stays put."""
     stage = deployment.next_stage()
     return _promote_automatically(deployment.release, stage, since) if stage else None
+
+
+def after_success(follow_up):
+    """The PROMOTE_AFTER_SUCCESS follow-up of a deployment. Where its stage has a soak time, the release moves
+    on only once it has stayed verified there that long (pipelines/runs/deploy.py schedules the follow-up due
+    then): an attempt before that (carried out at once, or the soak time raised since) schedules it again for
+    the soak's end; a release no longer running there, or whose target failed a deployment since, goes no
+    further (recorded as a skipped promotion)."""
+    deployment = follow_up.deployment
+    stage = deployment.next_stage()
+    if stage is None:
+        return None
+    here = Stage.objects.for_target(deployment.repository, deployment.environment)
+    soak = here.soak_time if here is not None else timedelta(0)
+    if soak:
+        refusal = _no_longer_verified(deployment)
+        if refusal:
+            _skipped(deployment.release, stage.environment, refusal)
+            return None
+        since = follow_up.payload.get("verified_since")
+        verified_since = datetime.fromisoformat(since) if since else follow_up.created_at
+        # When this attempt was claimed (FollowUp.claim): the clock it was carried out by, a test's included.
+        now = follow_up.claimed_until - timedelta(seconds=CLAIM_SECONDS)
+        if now + SOAK_SLACK < verified_since + soak:
+            FollowUp.objects.schedule(
+                PROMOTE_AFTER_SUCCESS, deployment=deployment, enqueue=False,
+                delay=(verified_since + soak - timezone.now()).total_seconds(),
+                payload={"verified_since": verified_since.isoformat()})
+            return None
+    return _promote_automatically(deployment.release, stage, follow_up.created_at)
+
+
+def _no_longer_verified(deployment):
+    """Why the release of `deployment` no longer counts as verified on its target, in words, or ""."""
+    target = Target.objects.filter(repository=deployment.repository, environment=deployment.environment).first()
+    if target is None or target.current_release_id != deployment.release_id:
+        return f"{deployment.environment} no longer runs {deployment.release.version}"
+    failed = Deployment.objects.for_target(deployment.repository, deployment.environment).filter(
+        pk__gt=deployment.pk, status=Deployment.Status.FAILED).first()
+    if failed is not None:
+        return f"deployment #{failed.pk} to {deployment.environment} failed during the soak time"
+    return ""
 
 
 # How many of a repository's newest releases the re-evaluation looks at per stage: the candidate is the newest
@@ -245,9 +293,12 @@ def _newest_arrived(releases, stage):
             continue
         if here == 0:
             return release
-        before = road[here - 1].environment
-        if Deployment.objects.filter(release=release, environment=before, status=Deployment.Status.SUCCEEDED).exclude(
-                trigger=Deployment.Trigger.ROLLBACK).exists():
+        before = road[here - 1]
+        succeeded = Deployment.objects.filter(release=release, environment=before.environment,
+                                              status=Deployment.Status.SUCCEEDED)
+        if before.soak_time:  # arrived only once it stayed verified there for the soak time
+            succeeded = succeeded.filter(finished_at__lte=timezone.now() - before.soak_time)
+        if succeeded.exclude(trigger=Deployment.Trigger.ROLLBACK).exists():
             return release
     return None
 

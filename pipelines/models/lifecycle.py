@@ -6,6 +6,8 @@ service's two-approver production coexist. `pipelines` knows only whether a stag
 for approval; who may approve, and how many, is the upper layer's part of the stage (approvals.StagePolicy).
 Which versions a stage takes is about promotion, so it is the stage's own (pipelines/versions.py reads them)."""
 
+from datetime import timedelta
+
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -64,6 +66,12 @@ class Stage(models.Model):
         help_text="Promote here automatically only versions that meet this PEP 440 constraint, e.g. >=2,<3 "
                   "(a tag that is no version never does). Empty: every version.")
 
+    # Measured from the deployment's success (its verify steps passed): pipelines/promotion.py.
+    soak_time = models.DurationField(
+        default=timedelta(0), blank=True,
+        help_text="How long a release must stay verified here before the next stage takes it automatically, "
+                  "e.g. 1:00:00 for an hour (empty or 0: at once). A person may still deploy it there sooner.")
+
     objects = StageQuerySet.as_manager()
 
     class Meta:
@@ -81,6 +89,9 @@ class Stage(models.Model):
         error = versions.constraint_error(self.version_constraint)
         if error:
             raise ValidationError({"version_constraint": error})
+        self.soak_time = self.soak_time or timedelta(0)  # left empty in the admin: none
+        if self.soak_time < timedelta(0):
+            raise ValidationError({"soak_time": "A soak time cannot be negative."})
 
     @property
     def version_rule(self):

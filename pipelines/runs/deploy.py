@@ -10,13 +10,16 @@ longer pass. When it stops running, whatever the outcome, the next deployment qu
 import shutil
 import tempfile
 from pathlib import Path
+from datetime import timedelta
 from typing import NamedTuple
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Exists, Subquery
 
 from pipelines import git, hooks, masking
-from pipelines.models import Check, Deployment, EnvironmentSecret, Preview, Release, Stage
+from pipelines.models import Check, Deployment, EnvironmentSecret, FollowUp, Preview, Release, Stage
+from pipelines.models.followup import PROMOTE_AFTER_SUCCESS
 from pipelines.queues import DEPLOY_QUEUE
 from pipelines.secrets import SecretUnreadable
 
@@ -79,7 +82,20 @@ def execute(context):
         shutil.rmtree(workdir, ignore_errors=True)
         if built is not None:
             shutil.rmtree(built, ignore_errors=True)
-    context.succeed(lambda: deployment.succeed(follows=check.promotes_next))
+    context.succeed(lambda: succeed(deployment, check))
+
+
+def succeed(deployment, check):
+    """Record the success. Where the stage has a soak time, the promotion to the next stage waits that long: its
+    follow-up is due then (the reconciler carries it out, and pipelines/promotion.py checks again that the
+    release is still verified there), so none is returned to carry out at once."""
+    if not (check.promotes_next and check.soak):
+        return deployment.succeed(follows=check.promotes_next)
+    with transaction.atomic():
+        deployment.succeed(follows=False)
+        FollowUp.objects.schedule(PROMOTE_AFTER_SUCCESS, deployment=deployment, enqueue=False,
+                                  delay=check.soak.total_seconds())
+    return None
 
 
 def verify(context, spec, workdir, environment, account, shared, total):
@@ -96,6 +112,7 @@ class StartCheck(NamedTuple):
     refusal: str  # why the deployment must not start now, in words, or ""
     has_secrets: bool  # whether its environment has secrets to read
     promotes_next: bool  # whether the next stage of its road deploys automatically after a success
+    soak: timedelta | None = None  # how long a success must stay verified before that (its stage's soak time)
 
 
 def start_check(deployment):
@@ -107,11 +124,13 @@ def start_check(deployment):
     stage = Stage.objects.filter(lifecycle_id=lifecycle, environment_id=deployment.environment_id)
     following = Stage.objects.filter(lifecycle_id=lifecycle, environment__name__in=names,
                                      position__gt=Subquery(stage.values("position")[:1])).order_by("position")
-    blocked, reason, checks_required, has_secrets, next_auto = Release.objects.filter(pk=deployment.release_id).annotate(
+    blocked, reason, checks_required, has_secrets, next_auto, soak = Release.objects.filter(
+        pk=deployment.release_id).annotate(
         checks_required=Subquery(stage.values("requires_passing_checks")[:1]),
         has_secrets=Exists(EnvironmentSecret.objects.filter(environment_id=deployment.environment_id)),
         next_auto=Subquery(following.values("auto_deploy")[:1]),
-    ).values_list("blocked", "blocked_reason", "checks_required", "has_secrets", "next_auto").get()
+        soak=Subquery(stage.values("soak_time")[:1]),
+    ).values_list("blocked", "blocked_reason", "checks_required", "has_secrets", "next_auto", "soak").get()
     promotes_next = bool(next_auto) and deployment.trigger != Deployment.Trigger.ROLLBACK \
         and deployment.environment.name in names
     if blocked:
@@ -121,7 +140,7 @@ def start_check(deployment):
         if refusal:
             return StartCheck(f"Not run: {deployment.environment} requires passing checks and {refusal}.",
                               has_secrets, promotes_next)
-    return StartCheck("", has_secrets, promotes_next)
+    return StartCheck("", has_secrets, promotes_next, soak)
 
 
 KIND = Kind(

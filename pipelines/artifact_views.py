@@ -1,4 +1,4 @@
-"""Downloading what a build or a preview left (pipelines/artifacts.py keeps it as one tar.gz each).
+"""Downloading what a build, a preview or a check left (pipelines/artifacts.py keeps it as one tar.gz each).
 
 Artifacts follow their secrets: a preview's saved plan holds sensitive values in clear, so only the people
 `permissions.artifacts_refusal` lets through get them; anyone else is told why (403), as elsewhere. An archive
@@ -11,7 +11,7 @@ from django.http import FileResponse
 from django.shortcuts import get_object_or_404, render
 
 from pipelines import artifacts
-from pipelines.models import Build, Preview
+from pipelines.models import Build, Check, Preview
 from pipelines.permissions import artifacts_refusal
 
 
@@ -35,6 +35,14 @@ def preview_artifacts(request, pk):
     return _download(request, preview, f"preview #{preview.number}",
                      f"{deployment.repository.name}-{deployment.release.version}-"
                      f"{deployment.environment.name}-preview-{preview.number}.tar.gz")
+
+
+@login_required
+def check_artifacts(request, pk):
+    """A check's artifacts as stored (what its steps left in $GITOPS_ARTIFACTS/), from the artifact storage."""
+    check = get_object_or_404(Check.objects.select_related("repository"), pk=pk, status=Check.Status.SUCCEEDED)
+    return _download(request, check, f"check #{check.pk}",
+                     f"{check.repository.name}-check-{check.pk}-{check.commit_sha[:10]}.tar.gz")
 
 
 def _download(request, run, what, filename):

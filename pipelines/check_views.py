@@ -29,14 +29,16 @@ def branches_context(repository):
     external checks reported for that commit. Three queries."""
     refs = list(CheckRef.objects.for_page(repository)[:BRANCHES_ON_REPOSITORY_PAGE])
     heads = {ref.head_sha for ref in refs}
-    checks, external = {}, {}
+    checks, of_commit, external = {}, {}, {}
     for check in Check.objects.filter(repository=repository, commit_sha__in=heads).order_by("id"):
         checks[(check.ref_name, check.commit_sha)] = check  # the last one of each pair wins
+        if check.status != CheckStatus.CANCELLED:
+            of_commit[check.commit_sha] = check  # a commit is checked once, for every ref it heads
     reported_for_heads = (ExternalCheck.objects.filter(repository=repository, commit_sha__in=heads)
                           .select_related("reported_by").order_by("name", "reported_by__username"))
     for reported in reported_for_heads:
         external.setdefault(reported.commit_sha, []).append(reported)
-    return {"branch_rows": [BranchRow(ref=ref, check=checks.get((ref.name, ref.head_sha)),
+    return {"branch_rows": [BranchRow(ref=ref, check=of_commit.get(ref.head_sha) or checks.get((ref.name, ref.head_sha)),
                                       external_checks=external.get(ref.head_sha, [])) for ref in refs]}
 
 

@@ -22,12 +22,13 @@ def can_deploy(user):
 
 
 def artifacts_refusal(user, run):
-    """Why `user` may not see or download the artifacts of `run` (a Build or a Preview), in words; None when
-    they may. A preview's `deployment` (with its environment) is read."""
+    """Why `user` may not see or download the artifacts of `run` (a Build, a Check or a Preview), in words; None
+    when they may. A preview's `deployment` (with its environment) is read."""
     if can_deploy(user):
         return None
     if run._meta.model_name != "preview":
-        return "Only people who may deploy may download a build's artifacts: they hold whatever it packed."
+        return (f"Only people who may deploy may download a {run._meta.verbose_name}'s artifacts: they hold "
+                f"whatever it packed.")
     deployment = run.deployment
     if hooks.may_approve(user, deployment):
         return None

@@ -21,6 +21,7 @@ urlpatterns = [
     path("deployments/<int:pk>/retry", views.deployment_retry, name="deployment_retry"),
     path("checks/<int:pk>/", check_views.check_detail, name="check_detail"),
     path("checks/<int:pk>/run/", check_views.check_run, name="check_run"),
+    path("checks/<int:pk>/artifacts.tar.gz", artifact_views.check_artifacts, name="check_artifacts"),
     path("deployments/<int:pk>/rollback", views.deployment_rollback, name="deployment_rollback"),
     path("environments/<slug:name>/", views.environment_detail, name="environment_detail"),
     path("hooks/<slug:name>", webhooks.receive, name="webhook"),

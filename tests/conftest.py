@@ -616,8 +616,8 @@ def make_held_change(repository, production, origin, make_release, alice, tmp_pa
 
 class GitHostStandIn:
     """A real HTTP server on a free port that answers as GitHub's or GitLab's API would: it records each
-    request (method, path, headers, JSON body) and answers with the next of `answers` ((status, JSON body)),
-    201 once they run out."""
+    request (POST, PATCH or PUT: method, path, headers, JSON body) and answers with the next of `answers`
+    ((status, JSON body)), 201 with a new id once they run out."""
 
     def __init__(self):
         import json
@@ -632,13 +632,16 @@ class GitHostStandIn:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 stand_in.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                           "json": json.loads(body or b"null")})
-                status, answer = stand_in.answers.pop(0) if stand_in.answers else (201, {"id": 1})
+                # By default each request creates something with an id of its own (a comment, a note).
+                status, answer = stand_in.answers.pop(0) if stand_in.answers else (201, {"id": len(stand_in.requests)})
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            do_PATCH = do_PUT = do_POST  # GitHub updates a comment with PATCH, GitLab a note with PUT
 
             def log_message(self, *args):
                 pass

@@ -189,12 +189,22 @@ def test_an_archive_this_web_server_cannot_read_is_said_so_not_a_server_error(cl
     assert "Sealed workers" in page
 
 
-def test_every_artifact_download_refuses_a_user_without_rights(client, charlie, held):
-    """Checks keep no artifacts (only their log); whatever URL serves artifacts, now or later, guards them."""
+def test_every_artifact_download_refuses_a_user_without_rights(client, charlie, held, repository, tmp_path):
+    """Whatever URL serves artifacts, now or later, guards them: a check's too (its steps had the check secrets)."""
+    from pipelines.artifacts import pack_and_store
+    from pipelines.models import Check
+
     _, build, preview = held
+    (tmp_path / "left").mkdir()
+    (tmp_path / "left" / "plan.txt").write_text("registry_token = s3cret\n")
+    check = Check.objects.queue_for(repository, commit_sha=build.release.commit_sha, ref_name="feature/x")
+    check.claim(worker_name="test-worker")
+    check.succeed(artifact=pack_and_store(tmp_path / "left", prefix=f"checks/{check.pk}"))
     client.force_login(charlie)
     names = sorted(name for name in get_resolver().reverse_dict if isinstance(name, str) and "artifact" in name)
 
-    assert names == ["preview_artifacts", "release_artifacts"]
+    assert names == ["check_artifacts", "preview_artifacts", "release_artifacts"]
     assert client.get(reverse("preview_artifacts", args=[preview.pk])).status_code == 403
     assert client.get(reverse("release_artifacts", args=[build.release_id])).status_code == 403
+    refused = client.get(reverse("check_artifacts", args=[check.pk]))
+    assert refused.status_code == 403 and "may download a check" in refused.content.decode()

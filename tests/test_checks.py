@@ -316,14 +316,30 @@ def test_the_reconciler_wakes_a_queued_check_whose_job_was_lost(checked_origin, 
 
 def test_a_first_poll_checks_only_the_newest_pull_requests(checked_origin, repository, monkeypatch):
     monkeypatch.setattr(tracking, "MAX_NEW_CHECKS", 2)
-    head = commit_on_branch(checked_origin, "fork", "work", keep_branch=False)
-    for number in (1, 2, 3):
+    heads = {number: commit_on_branch(checked_origin, f"fork-{number}", f"work {number}", keep_branch=False)
+             for number in (1, 2, 3)}
+    for number, head in heads.items():
         open_pull_request(checked_origin, number, head)
 
     poll(repository)
 
     assert CheckRef.objects.filter(repository=repository).count() == 3  # all listed on the Branches tab
     assert sorted(Check.objects.values_list("ref_name", flat=True)) == ["pull/2", "pull/3"]
+
+
+def test_a_commit_that_heads_several_refs_is_checked_once(checked_origin, repository, alice):
+    head = commit_on_branch(checked_origin, "feature/y", "work")
+    for number in (4, 5):
+        open_pull_request(checked_origin, number, head)
+
+    poll(repository)
+
+    check = Check.objects.get()  # the branch came first: its check serves the pull requests too
+    assert (check.ref_name, check.commit_sha, check.status) == ("feature/y", head, "queued")
+    page = Client()
+    page.force_login(alice)
+    branches = page.get(reverse("repository_detail", args=[repository.name])).content.decode()
+    assert branches.count(reverse("check_detail", args=[check.pk])) == 3, "one check on each of its three rows"
 
 
 # --- the checks section, and what the reporter relies on ---------------------------------------------------

@@ -306,7 +306,11 @@ def test_a_merge_requests_plan_runs_as_its_check_reaches_gitlab_and_is_on_the_br
     last = [request for request in git_host_api.requests if request["path"] == status_path][-1]
     assert last["headers"]["Private-Token"] == TOKEN
     assert last["json"]["target_url"] == f"{PORTAL}{reverse('check_detail', args=[check.pk])}"
-    assert {request["path"] for request in git_host_api.requests} == {status_path}
+    # The plan reaches the merge request as its one note (tests/test_check_review_loop.py: updated, not repeated).
+    notes_path = "/api/v4/projects/infra%2Fnetwork/merge_requests/3/notes"
+    assert {request["path"] for request in git_host_api.requests} == {status_path, notes_path}
+    [note] = [request["json"]["body"] for request in git_host_api.requests if request["path"] == notes_path]
+    assert ("Plan: 1 to add" in note) if tool == "terraform" else (f"Plan: release none -> {head}" in note)
 
     page = Client()
     page.force_login(alice)

@@ -63,10 +63,14 @@ def test_it_promotes_a_release_whose_check_passed_on_any_ref_of_its_commit(repos
     assert deployment.status == Deployment.Status.QUEUED
 
 
-def test_a_later_failure_of_the_same_commit_keeps_it_out_again(repository, strict_staging, make_release, alice):
+def test_the_one_failed_check_of_a_commit_keeps_it_out_whatever_ref_heads_it(repository, strict_staging, make_release,
+                                                                            alice):
+    from pipelines.models import Check
+
     release = make_release(repository, "v1.0.0")
-    finished_check(repository, release.commit_sha, "succeeded", ref_name="pull/4")
-    finished_check(repository, release.commit_sha, "failed", ref_name="feature/x")
+    failed = finished_check(repository, release.commit_sha, "failed", ref_name="feature/x")
+    # A pull request opened on that commit gets the same check back: a commit is checked once.
+    assert Check.objects.queue_for(repository, commit_sha=release.commit_sha, ref_name="pull/4") == failed
     with pytest.raises(PromotionError, match="failed"):
         promote(release, strict_staging, by=alice)
 

@@ -22,8 +22,7 @@ from django.utils import timezone
 
 from . import wakeups
 from .audit import AuditEvent
-from .run import FencedRun
-
+from .run import FencedRun, KeepsArtifacts
 
 
 class CheckRefKind(models.TextChoices):
@@ -73,6 +72,9 @@ class CheckRef(models.Model):
     # in this one; None, no webhook has said (polling cannot tell): treated as a fork.
     from_fork = models.BooleanField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
+    # The id the git host gave the one comment of a pull request's checks (a GitHub issue comment, a GitLab
+    # merge request note): later results update it instead of posting another (pipelines/commit_status.py).
+    comment_id = models.CharField(max_length=64, blank=True)
 
     objects = CheckRefQuerySet.as_manager()
 
@@ -113,26 +115,44 @@ class CheckQuerySet(models.QuerySet):
     def queue_for(self, repository, *, commit_sha, ref_name, by=None, from_fork=False):
         """Record the check of `commit_sha` on `ref_name` and wake a worker on the checks queue on commit; the
         check of a fork's pull request (`from_fork`) waits for a deployer instead, unless
-        settings.GITOPS_FORK_CHECKS_WAIT is off. The same commit on the same ref runs once; a check still
-        queued or waiting for an older commit of that ref is cancelled: only the newest commit is worth the wait."""
+        settings.GITOPS_FORK_CHECKS_WAIT is off. A check still queued or waiting for an older commit of that
+        ref is cancelled: only the newest commit is worth the wait.
+
+        A commit is checked once, whatever refs it heads: a branch pushed and opened as a pull request is one
+        check, under the ref that came first, and its commit status serves both (it belongs to the commit). A
+        later ref gets that check back, unless it was cancelled; a fork's check still waiting runs at once
+        when the commit turns out to be this repository's own (a branch here, or a webhook saying so). A
+        finished check that a pull request now heads has its comment written there (Check.schedule_comments)."""
         with transaction.atomic():
             existing = self.filter(repository=repository, commit_sha=commit_sha, ref_name=ref_name).first()
-            if existing is not None:
-                return existing
+            if existing is None:
+                existing = self.for_commit(repository, commit_sha).exclude(status=CheckStatus.CANCELLED).first()
             waiting = list(self.select_for_update().filter(repository=repository, ref_name=ref_name,
-                                                           status__in=(CheckStatus.QUEUED, CheckStatus.WAITING)))
+                                                           status__in=(CheckStatus.QUEUED, CheckStatus.WAITING))
+                           .exclude(commit_sha=commit_sha))
+            if existing is not None:
+                self._cancel_replaced(waiting, commit_sha, ref_name, by=by)
+                if existing.status == CheckStatus.WAITING and existing.from_fork and not from_fork:
+                    existing.allow_to_run(by=by, from_this_repository=True)
+                elif existing.is_finished:
+                    existing.schedule_comments()
+                return existing
             status = CheckStatus.WAITING if from_fork and settings.GITOPS_FORK_CHECKS_WAIT else CheckStatus.QUEUED
             check = self.create(repository=repository, commit_sha=commit_sha, ref_name=ref_name, status=status,
                                 from_fork=from_fork)
-            for older in waiting:
-                older.transition(CheckStatus.CANCELLED, by=by, error=f"A newer commit ({commit_sha[:10]}) on {ref_name} "
-                                                                     f"replaced it before it started.")
+            self._cancel_replaced(waiting, commit_sha, ref_name, by=by)
             AuditEvent.objects.record(action=f"check.{status}", actor=by, obj=check, **check.audit_scope(),
                                       details=check.audit_details())
             check.schedule_report()
             if status == CheckStatus.QUEUED:
                 check.wake()
         return check
+
+    @staticmethod
+    def _cancel_replaced(waiting, commit_sha, ref_name, *, by):
+        for older in waiting:
+            older.transition(CheckStatus.CANCELLED, by=by, error=f"A newer commit ({commit_sha[:10]}) on {ref_name} "
+                                                                 f"replaced it before it started.")
 
     def for_commit(self, repository, commit_sha):
         return self.filter(repository=repository, commit_sha=commit_sha).order_by("-created_at", "-id")
@@ -162,7 +182,7 @@ class CheckQuerySet(models.QuerySet):
         return " and ".join(reasons)
 
 
-class Check(FencedRun):
+class Check(KeepsArtifacts, FencedRun):
     Status = CheckStatus
     TRANSITIONS = CHECK_TRANSITIONS
 
@@ -174,6 +194,9 @@ class Check(FencedRun):
     steps = models.JSONField(default=list, blank=True)
     # Of a pull request from a fork (CheckRef.treated_as_fork when it was queued): no check secrets, sealed only.
     from_fork = models.BooleanField(default=False)
+    # What its steps wrote to $GITOPS_OUTPUTS, written once with the success; {} until then. `summary` is the
+    # one line its commit status says (pipelines/commit_status.py).
+    outputs = models.JSONField(default=dict, blank=True)
 
     objects = CheckQuerySet.as_manager()
 
@@ -225,8 +248,23 @@ class Check(FencedRun):
             self.schedule_report()
         return self
 
-    def succeed(self):
-        return self.transition(CheckStatus.SUCCEEDED, exit_code=0)
+    @property
+    def summary(self):
+        """The one line the check wrote as `summary=…` to $GITOPS_OUTPUTS, or ""."""
+        return (self.outputs or {}).get("summary", "")
+
+    def schedule_comments(self):
+        """Record the comment of this check's result on each open pull request it heads (a follow-up each;
+        nothing when the repository reports nothing). Called inside the transaction that records it."""
+        wakeups.ask("schedule_check_comments", self)
+
+    def succeed(self, *, outputs=None, artifact=None):
+        """Record the outputs and the artifact (a pipelines.artifacts.StoredArtifact, or None) with the success."""
+        outputs = outputs or {}
+        artifact_fields = self.artifact_fields(artifact)
+        return self.transition(CheckStatus.SUCCEEDED, exit_code=0, outputs=outputs, **artifact_fields,
+                               details={"outputs": sorted(outputs),
+                                        "artifact_sha256": artifact_fields.get("artifact_sha256", "")})
 
     def allow_to_run(self, *, by, from_this_repository=False):
         """A deployer's "Run checks" of a waiting check (a fork's pull request): queued, audited with who allowed

@@ -52,7 +52,7 @@ def build_environment(build, variables, workdir, account, outputs, artifacts_dir
 
 
 def execute(context):
-    build, log = context.run, context.log
+    build = context.run
     spec = build.release.pipeline.build
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     # The checkout and, beside it, where the steps leave outputs and artifacts: all of it bound into the sandbox.
@@ -69,15 +69,26 @@ def execute(context):
         environment = build_environment(build, spec.variables, checkout, account, outputs_file, artifacts_dir)
         if not context.steps(spec.steps, checkout, environment, account, shared=(run_dir,)):
             return
-        try:
-            outputs = artifacts.read_outputs(outputs_file)
-            stored = artifacts.pack_and_store(artifacts_dir, prefix=f"builds/{build.pk}")
-        except artifacts.ArtifactError as exc:
-            return context.fail(str(exc))
-        log.write(_summary(outputs, stored))
+        left = keep_what_was_left(context, outputs_file, artifacts_dir, prefix=f"builds/{build.pk}")
+        if left is None:
+            return
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+    outputs, stored = left
     context.succeed(lambda: build.succeed(outputs=outputs, artifact=stored))
+
+
+def keep_what_was_left(context, outputs_file, artifacts_dir, *, prefix):
+    """Read the outputs and store the artifacts a run's steps left (a build's, a check's), and say so in its log:
+    (outputs, the StoredArtifact or None), or None once the run failed because they cannot be kept."""
+    try:
+        outputs = artifacts.read_outputs(outputs_file)
+        stored = artifacts.pack_and_store(artifacts_dir, prefix=prefix)
+    except artifacts.ArtifactError as exc:
+        context.fail(str(exc))
+        return None
+    context.log.write(_summary(outputs, stored))
+    return outputs, stored
 
 
 def _summary(outputs, stored):

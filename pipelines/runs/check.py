@@ -11,7 +11,10 @@ What differs from a build:
   sandbox works it fails, even where unsealed steps are allowed (pipelines/sandbox.py).
 - Its commit may have come by webhook before any poll fetched it: the mirror is brought up to date first.
 - A commit whose file has no `checks:` section has nothing to check: the check is cancelled, saying so.
-- Nothing is kept but the log: no outputs, no artifacts."""
+- Like a build's, its steps get $GITOPS_OUTPUTS (a file for `key=value` lines) and $GITOPS_ARTIFACTS/ (a
+  folder), both outside the checkout, so one script serves a check and a build; after the last step the
+  outputs are kept with the check (`summary=…` is its commit status's description) and the artifacts packed
+  and stored (pipelines/artifacts.py) for download from its page."""
 
 import shutil
 import tempfile
@@ -26,6 +29,7 @@ from pipelines.queues import CHECKS_QUEUE
 from pipelines.secrets import SecretUnreadable
 
 from . import blips
+from .build import keep_what_was_left
 from .kernel import record
 from .registry import Kind
 from .steps import hand_over, scrubbed_environment, step_account
@@ -38,7 +42,7 @@ def log_secrets(check):
     return masking.portal_secrets() | masking.url_secrets(repository.url) | {repository.webhook_secret or ""}
 
 
-def check_environment(check, variables, workdir, account, *, secrets):
+def check_environment(check, variables, workdir, account, *, secrets, outputs, artifacts_dir):
     return {
         **scrubbed_environment(workdir, account, variables=variables, gitops={}),
         **secrets,
@@ -46,6 +50,8 @@ def check_environment(check, variables, workdir, account, *, secrets):
         "GITOPS_COMMIT": check.commit_sha,
         "GITOPS_REF": check.ref_name,
         "GITOPS_CHECK_ID": str(check.pk),
+        "GITOPS_OUTPUTS": str(outputs),
+        "GITOPS_ARTIFACTS": str(artifacts_dir),
     }
 
 
@@ -83,19 +89,26 @@ def execute(context):
     log.write(f"==> checks of {check.commit_sha[:10]} on {check.ref_name}\n")
     settings.GITOPS_WORK_DIR.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"check-{check.pk}-", dir=settings.GITOPS_WORK_DIR))
-    checkout = run_dir / "checkout"
+    checkout, artifacts_dir, outputs_file = run_dir / "checkout", run_dir / "artifacts", run_dir / "outputs"
     try:
         checkout.mkdir()
+        artifacts_dir.mkdir()
+        outputs_file.touch()
         git.materialise(repository, check.commit_sha, checkout)
         if account is not None:
             hand_over(run_dir, account)
-        environment = check_environment(check, spec.checks.variables, checkout, account, secrets=secrets)
+        environment = check_environment(check, spec.checks.variables, checkout, account, secrets=secrets,
+                                        outputs=outputs_file, artifacts_dir=artifacts_dir)
         if not context.steps(spec.checks.steps, checkout, environment, account, shared=(run_dir,)):
+            return
+        left = keep_what_was_left(context, outputs_file, artifacts_dir, prefix=f"checks/{check.pk}")
+        if left is None:
             return
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+    outputs, stored = left
     log.write("==> all checks passed\n")
-    context.succeed()
+    context.succeed(lambda: check.succeed(outputs=outputs, artifact=stored))
 
 
 def _nothing_to_check(context, reason):

@@ -289,7 +289,8 @@ class RepositoryForm(forms.ModelForm):
 class RepositoryAdmin(AuditedAdmin):
     form = RepositoryForm
     audited_fields = ["name", "url", "web_url", "enabled", "branch", "release_from", "tag_pattern", "pipeline_path",
-                      "poll_interval", "lifecycle", "check_branches", "git_host", "api_url", "host_project"]
+                      "pipeline_from_branch", "poll_interval", "lifecycle", "check_branches", "git_host", "api_url",
+                      "host_project"]
     audited_secrets = ["webhook_secret", "api_token"]
     # The URL's input keeps its real value for staff to edit; everywhere it is only shown, it is redacted.
     list_display = ["name", "shown_url", "lifecycle", "release_from", "enabled", "archived", "last_polled_at",
@@ -301,7 +302,8 @@ class RepositoryAdmin(AuditedAdmin):
                        "archived_at"]
     fieldsets = [
         (None, {"fields": ["name", "url", "web_url", "enabled", "lifecycle"]}),
-        ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path"]}),
+        ("What becomes a release", {"fields": ["branch", "release_from", "tag_pattern", "pipeline_path",
+                                               "pipeline_from_branch"]}),
         ("Change detection", {"fields": ["poll_interval", "webhook_secret", "save_anyway"]}),
         ("Checks of branches and pull requests", {"fields": ["check_branches"]}),
         ("Commit statuses", {"fields": ["git_host", "api_url", "host_project", "api_token", "remove_api_token",

@@ -232,6 +232,7 @@ RQ_QUEUES = {
     "git": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "deploy": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
     "checks": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
+    "drift": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600},
 }
 RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "pipelines.worker.PortalWorker"}
 

@@ -24,6 +24,8 @@
         verify:                 # optional: run after the steps succeed, with GITOPS_VERIFY=1; the deployment
           - name: smoke         # succeeds only once they pass
             run: ./smoke.sh
+        drift:                  # optional: is what runs there still what git says? exit 0 in sync, 2 drifted
+          - run: terraform plan -detailed-exitcode
 """
 
 import re
@@ -78,6 +80,9 @@ class EnvironmentSpec:
     preview: tuple[Step, ...] = ()
     # Run after the steps succeed, in the same checkout and environment plus GITOPS_VERIFY=1. () when none.
     verify: tuple[Step, ...] = ()
+    # Check the release running there against reality, in a checkout of it, with GITOPS_DRIFT=1: exit 0 in sync,
+    # 2 drifted (as `terraform plan -detailed-exitcode`), anything else the check failed. () when none.
+    drift: tuple[Step, ...] = ()
 
     @property
     def verify_from(self):
@@ -177,7 +182,8 @@ def _parse_steps(node, env_name, what):
 def _parse_environment(name, node, what=None, *, of_environment=True):
     what = what or f"environment {name!r}"
     keys = _mapping(node, what)
-    _reject_unknown(keys, {"steps", "variables", "preview", "verify"} if of_environment else {"steps", "variables"}, what)
+    _reject_unknown(keys, {"steps", "variables", "preview", "verify", "drift"} if of_environment else {"steps", "variables"},
+                    what)
     variables = {}
     if "variables" in keys:
         for var, (key_node, value_node) in _mapping(keys["variables"][1], f"'variables' of {what}").items():
@@ -187,10 +193,10 @@ def _parse_environment(name, node, what=None, *, of_environment=True):
     if "steps" not in keys:
         raise PipelineFileError(f"{what} has no 'steps'", _line(node))
     steps = _parse_steps(keys["steps"][1], name, f"'steps' of {what}")
-    preview, verify = (
+    preview, verify, drift = (
         _parse_steps(keys[section][1], f"{name} {section}", f"'{section}' of {what}") if section in keys else ()
-        for section in ("preview", "verify"))
-    return EnvironmentSpec(name=name, steps=steps, variables=variables, preview=preview, verify=verify)
+        for section in ("preview", "verify", "drift"))
+    return EnvironmentSpec(name=name, steps=steps, variables=variables, preview=preview, verify=verify, drift=drift)
 
 
 def parse_pipeline(text, *, known_environments=None):

@@ -17,6 +17,8 @@ GIT_QUEUE = "git"
 # Checks run code from any branch or pull request: their own queue, so that they never delay a deployment
 # and can be given workers (machines) of their own that hold no deployment credentials.
 CHECKS_QUEUE = "checks"
+# Drift checks: their own queue, listed last by the workers, so a deployment never waits behind them.
+DRIFT_QUEUE = "drift"
 
 # Per thread (a web request, a job): whether the last enqueue found Redis away, for `queue_was_unreachable`.
 _last_enqueue = threading.local()

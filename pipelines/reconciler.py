@@ -4,6 +4,7 @@
   reason (a build's release then deploys nowhere and says why; a preview's deployment cannot be approved),
   and what follows them happens (the next deployment of the target is woken); `queued` ones whose rq job is
   gone (Redis down or flushed) are enqueued again (a deployment unless a guard, a freeze, holds it);
+- drift checks that are due (a stage's drift interval) are queued;
 - follow-ups that are due (never enqueued, lost with Redis, or failed and backing off) are enqueued again;
 - the audit chain is verified by a job every GITOPS_AUDIT_VERIFY_EVERY seconds;
 - then the hooks of `settings.GITOPS_RECONCILE_HOOKS` run (see pipelines/hooks.py).
@@ -24,7 +25,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
-from pipelines import followups, hooks, sandbox
+from pipelines import drift_schedule, followups, hooks, sandbox
 from pipelines.models import AuditEvent, Deployment, StaleStatus
 from pipelines.models.audit import schedule_verification_if_due
 from pipelines.models.clock import database_now
@@ -53,6 +54,7 @@ def reconcile(now=None):
                                                  else requeue_lost_runs(kind))
         report["follow_ups"] = followups.redrive(now)
         report["audit_verification_queued"] = schedule_verification_if_due(now) is not None
+        report["drift_checks_queued"] = len(drift_schedule.queue_due(now))
     except RedisError as exc:
         logger.warning("the queue is unreachable (%s); queued work will be enqueued again once it is back", exc)
         report["queue_unreachable"] = str(exc)

@@ -1,4 +1,5 @@
 from django.urls import path
+from django.utils.text import slugify
 
 from pipelines import artifact_views, audit_views, cancelling, check_views, insights_views, views, webhooks
 
@@ -32,6 +33,7 @@ urlpatterns = [
     path("audit/export.csv", audit_views.audit_export_csv, name="audit_export_csv"),
     path("audit/export.json", audit_views.audit_export_json, name="audit_export_json"),
     # Cancel, one view for every kind of run: deployments/<id>/cancel (deployment_cancel), builds/…, checks/…
-    *(path(f"{model._meta.verbose_name_plural}/<int:pk>/cancel", views.run_cancel, {"kind": kind}, name=f"{kind}_cancel")
+    *(path(f"{slugify(model._meta.verbose_name_plural)}/<int:pk>/cancel", views.run_cancel, {"kind": kind},
+           name=f"{kind}_cancel")
       for kind, model in cancelling.kinds().items()),
 ]

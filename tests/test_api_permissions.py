@@ -66,6 +66,7 @@ def objects(repository, staging, production, make_release, make_held_change, ali
     return {"name": repository.name, "sha": release.commit_sha, "releases/": release.pk, "deployments/": deployment.pk,
             "change-requests/": change_request.pk, "builds/": build.pk, "checks/": check.pk,
             "previews/": 999999,  # none held here: a missing one answers 404, which refuses no caller
+            "drift-checks/": 999999,  # likewise
             "probes/": Probe.objects.create(status="queued", script="true").pk}  # tests/probe_kind
 
 

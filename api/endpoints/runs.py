@@ -5,6 +5,7 @@ One endpoint per kind of run in the run kernel's registry, `POST /<kind>s/{id}/c
 (whose own endpoint, in pipelines.py, answers with the whole deployment): a new kind gets its endpoint here
 and its rule in api/permissions.py without a line of its own."""
 
+from django.utils.text import slugify
 from ninja import Router
 
 from api import schemas
@@ -40,7 +41,8 @@ def _add_cancel(kind, model):
     def cancel_this_kind(request, pk: int):
         return cancel(request, kind, pk)
 
-    router.post(f"/{model._meta.verbose_name_plural}/{{int:pk}}/cancel", response=schemas.Run,
+    # A slug of the plural: "deployments", "drift-checks".
+    router.post(f"/{slugify(model._meta.verbose_name_plural)}/{{int:pk}}/cancel", response=schemas.Run,
                 url_name=f"api_{kind}_cancel", operation_id=f"{kind}_cancel",
                 summary=f"Cancel a {model._meta.verbose_name}: one not started yet is cancelled; a running one's "
                         f"runner is asked to stop its step")(cancel_this_kind)

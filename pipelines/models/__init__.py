@@ -3,6 +3,7 @@ from .build import Build, BuildLogChunk
 from .check import Check, CheckLogChunk, CheckRef
 from .commit_status import ReportedCommitStatus
 from .deployment import Deployment, DeploymentLogChunk
+from .drift import DriftCheck, DriftCheckLogChunk
 from .run import DeploymentStateError, InvalidTransition, StaleStatus, TargetBusy
 from .environment import Environment, Target
 from .external_check import ExternalCheck
@@ -26,6 +27,8 @@ __all__ = [
     "Deployment",
     "DeploymentLogChunk",
     "DeploymentStateError",
+    "DriftCheck",
+    "DriftCheckLogChunk",
     "Environment",
     "ExternalCheck",
     "EnvironmentSecret",

@@ -10,6 +10,7 @@ from django.utils import timezone
 from pipelines import run_log
 
 from .clock import now_plus
+from .drift import DriftCheck
 from .followup import DEPLOYMENTS_STOPPED, PROMOTE_AFTER_SUCCESS, ROLLBACK_AFTER_FAILURE
 from .run import FencedRun, TargetBusy
 
@@ -264,6 +265,9 @@ class Deployment(FencedRun):
             # What now runs there is written with the lease's release: one UPDATE of the Target row.
             self._change_status(Status.SUCCEEDED, by=None, details=None, fields={"exit_code": 0},
                                 target_fields={"current_release": self.release})
+            if self.release.pipeline.environments[self.environment.name].drift:
+                # Is what was just deployed what runs there? Asked at once (pipelines/models/drift.py).
+                DriftCheck.objects.queue_for(self.repository, self.environment, reason=f"after deployment #{self.pk}")
             if not follows:
                 return None
             return FollowUp.objects.schedule(PROMOTE_AFTER_SUCCESS, deployment=self, enqueue=False,

@@ -56,6 +56,10 @@ class Stage(models.Model):
     take_prereleases = models.BooleanField(
         default=True, help_text="Promote pre-releases (2.0.0rc1, 2.0.0b1, 2.0.0.dev3) here automatically. "
                                 "A person may still deploy one by hand.")
+    drift_interval = models.DurationField(
+        "drift interval", null=True, blank=True,
+        help_text="Check this often that what runs here is what git says (the environment's `drift:` steps), e.g. "
+                  "0:05:00. Empty: only after each deployment and on demand.")
     rollback_on_failure = models.BooleanField(
         "roll back on failure", default=False,
         help_text="When a deployment fails here, deploy again the release that last succeeded here (a rollback: "

@@ -5,11 +5,11 @@ from django.db import transaction
 
 from pipelines.models import wakeups
 
-from . import build, check, deploy, kernel, preview, registry
+from . import build, check, deploy, drift, kernel, preview, registry
 
 
 def install():
-    for kind in (deploy.KIND, build.KIND, preview.KIND, check.KIND):
+    for kind in (deploy.KIND, build.KIND, preview.KIND, check.KIND, drift.KIND):
         registry.register(kind)
     wakeups.install("enqueue_run", kernel.enqueue)
     wakeups.install("stop_run", lambda run: transaction.on_commit(lambda: kernel.send_stop(run)))

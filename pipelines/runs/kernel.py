@@ -143,7 +143,14 @@ def run(kind_name, run_id):
         except Exception:
             logger.exception("could not store the end of the log of %s", found)
         error = f"The portal could not run this {found._meta.verbose_name}: {exc}"
-        record(found, "failure", lambda: found.fail(error))
+
+        def fail():
+            # What failed may have been a transition whose transaction rolled back: the row's status, not the
+            # one this object was given before it did, says what the run is now.
+            found.refresh_from_db(fields=["status"])
+            found.fail(error)
+
+        record(found, "failure", fail)
     finally:
         with _running_lock:
             _running.pop(job_id, None)
@@ -209,10 +216,12 @@ class Context:
         """A database read of the run's preparation (variables, secrets, what a build left), through blips."""
         return blips.retry(what, action, subject=self.run)
 
-    def steps(self, steps, workdir, environment, account, shared=(), *, noun=None, first=1, total=None):
+    def steps(self, steps, workdir, environment, account, shared=(), *, noun=None, first=1, total=None, settles=()):
         """Run the steps in order; record how the first one that did not succeed ended. True when all succeeded.
         `noun`, `first` and `total`: for a second list of the same run (a deployment's verify steps), how its
-        failures name a step and how its log numbers them (after the first list's, so each is its own section)."""
+        failures name a step and how its log numbers them (after the first list's, so each is its own section).
+        `settles`: exit statuses that end the list with an answer rather than a failure (a drift check's 2,
+        "drifted"): the step's StepOutcome is returned, nothing recorded, for the kind to record."""
         noun = noun or self.kind.step_noun
         total = total or first - 1 + len(steps)
         for number, step in enumerate(steps, start=first):
@@ -230,6 +239,8 @@ class Context:
                 self.log.write(f"==> timed out after {step.timeout}s; the step's processes were killed\n")
                 self._record_failure(f"{noun} '{step.name}' timed out after {step.timeout} s.", outcome.exit_code)
                 return False
+            if outcome.exit_code in settles:
+                return outcome
             if outcome.exit_code != 0:
                 self._record_failure(f"{noun} '{step.name}' exited with status {outcome.exit_code}.", outcome.exit_code)
                 return False

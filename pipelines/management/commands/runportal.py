@@ -150,8 +150,8 @@ class Command(BaseCommand):
         return [
             Child("web", web, f"gunicorn on {host}:{port}", restarts=False),
             # -v 0: rq logs only warnings and failed jobs; progress is on the portal's pages.
-            *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "checks", "-v", "0"],
-                    "manage.py rqworker git deploy checks")
+            *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "checks", "drift", "-v", "0"],
+                    "manage.py rqworker git deploy checks drift")
               for n in range(1, workers + 1)],
             Child("scheduler", [*manage, "pollrepos", "--loop"], "manage.py pollrepos --loop"),
         ]

@@ -1,0 +1,116 @@
+"""Drift checks: is what runs on a target still what git says? The `drift:` steps of the environment, run in a
+checkout of the release deployed there (exit 0: in sync; 2: drifted, as `terraform plan -detailed-exitcode`;
+anything else: the check failed). A kind of run like the others (pipelines/runs/drift.py): claimed, fenced,
+logged, cancelled and reconciled by the run kernel; its outcome is the target's sync state.
+
+Queued every `drift_interval` of the stage (the reconciler), after each deployment there, and on demand (the
+environment page, `manage.py checkdrift`); one at a time per target. Never during a deployment of the same
+target, and a check that a deployment cut short is not believed: it is run again after it."""
+
+from django.db import models, transaction
+
+from .audit import AuditEvent
+from .run import FencedRun
+
+
+class DriftStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    IN_SYNC = "in_sync", "In sync"
+    DRIFTED = "drifted", "Drifted"
+    FAILED = "failed", "Check failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+DRIFT_TRANSITIONS = {
+    DriftStatus.QUEUED: {DriftStatus.RUNNING, DriftStatus.FAILED, DriftStatus.CANCELLED},
+    DriftStatus.RUNNING: {DriftStatus.IN_SYNC, DriftStatus.DRIFTED, DriftStatus.FAILED, DriftStatus.CANCELLED},
+    DriftStatus.IN_SYNC: set(),
+    DriftStatus.DRIFTED: set(),
+    DriftStatus.FAILED: set(),
+    DriftStatus.CANCELLED: set(),
+}
+ACTIVE = (DriftStatus.QUEUED, DriftStatus.RUNNING)
+# What a target's sync state is read from: the checks that said something about reality.
+OUTCOMES = (DriftStatus.IN_SYNC, DriftStatus.DRIFTED, DriftStatus.FAILED)
+
+
+class DriftCheckQuerySet(models.QuerySet):
+    def for_target(self, repository, environment):
+        return self.filter(repository=repository, environment=environment)
+
+    def queue_for(self, repository, environment, *, reason, by=None):
+        """Queue a drift check of the release running on the target and wake a worker on commit; the one queued
+        or running already is returned instead. None when nothing runs there or its file has no `drift:` steps
+        for the environment. Locks the Target row first (the lock order of every change to a target)."""
+        from .environment import Target
+
+        with transaction.atomic():
+            target = (Target.objects.select_for_update(of=("self",)).filter(repository=repository, environment=environment)
+                      .select_related("current_release").first())
+            release = target.current_release if target is not None else None
+            spec = release.pipeline.environments.get(environment.name) if release and release.pipeline else None
+            if spec is None or not spec.drift:
+                return None
+            active = self.for_target(repository, environment).filter(status__in=ACTIVE).first()
+            if active is not None:
+                return active
+            check = self.create(repository=repository, environment=environment, release=release,
+                                status=DriftStatus.QUEUED, reason=reason)
+            AuditEvent.objects.record(action="driftcheck.queued", actor=by, obj=check, **check.audit_scope(),
+                                      details={**check.audit_details(), "reason": reason})
+            check.wake()
+        return check
+
+    def latest_outcomes(self, targets):
+        """{(repository id, environment id): the newest check of that target that said something (in sync,
+        drifted, check failed)}, for the pages: one query however many targets."""
+        pairs = {(t.repository_id, t.environment_id) for t in targets}
+        if not pairs:
+            return {}
+        checks = self.filter(status__in=OUTCOMES, repository__in={r for r, _ in pairs},
+                             environment__in={e for _, e in pairs}).order_by("-finished_at", "-id")
+        latest = {}
+        for check in checks:
+            latest.setdefault((check.repository_id, check.environment_id), check)
+        return {pair: check for pair, check in latest.items() if pair in pairs}
+
+
+class DriftCheck(FencedRun):
+    Status = DriftStatus
+    TRANSITIONS = DRIFT_TRANSITIONS
+
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.CASCADE, related_name="drift_checks")
+    environment = models.ForeignKey("pipelines.Environment", on_delete=models.PROTECT, related_name="drift_checks")
+    # What ran there when it was queued: the checkout it checks.
+    release = models.ForeignKey("pipelines.Release", on_delete=models.PROTECT, related_name="drift_checks")
+    status = models.CharField(max_length=20, choices=DriftStatus.choices, db_index=True)
+    reason = models.TextField(blank=True, help_text="Why it runs: the stage's interval, a deployment, or a person.")
+
+    objects = DriftCheckQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["repository", "environment", "status"], name="drift_check_target")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=DriftStatus.values), name="drift_check_status_is_known"),
+        ]
+
+    def __str__(self):
+        return f"drift check #{self.pk} of {self.repository} in {self.environment}"
+
+    def audit_scope(self):
+        return {"repository": self.repository, "environment": self.environment}
+
+    def audit_details(self):
+        return {"release": self.release.version}
+
+
+class DriftCheckLogChunk(models.Model):
+    drift_check = models.ForeignKey(DriftCheck, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["drift_check", "seq"], name="unique_drift_check_log_chunk_seq")]

@@ -1,0 +1,119 @@
+"""Drift (issue 20): an environment's `drift:` steps check the release running there against reality, in a checkout
+of it: exit 0 in sync, 2 drifted, anything else the check failed. A kind of run of the kernel (pipelines/runs/drift.py):
+queued after each deployment there, every `drift_interval` of the stage (the reconciler), and on demand
+(`manage.py checkdrift`). Reality here is a file a deploy step writes and a person may change behind the portal's
+back. Real git, the real PortalWorker, PostgreSQL."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from pipelines import promotion, reconciler
+from pipelines.models import AuditEvent, DriftCheck
+from tests.conftest import burst_portal_worker, set_stage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def reality(tmp_path):
+    return tmp_path / "what-runs-in-staging"
+
+
+@pytest.fixture
+def release_with_drift(repository, origin, make_release, reality):
+    """release_with_drift(version, drift=…): a release whose staging deploy writes its version into `reality`, and
+    whose drift step compares the two (exit 2 when they differ)."""
+
+    def make(version, drift=None):
+        drift = drift or f'test "$(cat {reality})" = "$GITOPS_VERSION" || {{ echo "found $(cat {reality})"; exit 2; }}'
+        text = (f"environments:\n  staging:\n    steps:\n      - run: echo $GITOPS_VERSION > {reality}\n"
+                f"    drift:\n      - name: compare\n        run: '{drift}'\n")
+        origin.write(".gitops.yml", text)
+        return make_release(repository, version, pipeline=text, commit_sha=origin.commit(version))
+
+    return make
+
+
+def drain():
+    burst_portal_worker(("git", "deploy", "drift"))
+
+
+def checks_of(repository, environment):
+    return list(DriftCheck.objects.for_target(repository, environment).order_by("id"))
+
+
+@pytest.fixture
+def deployed(repository, staging, release_with_drift, alice):
+    promotion.promote(release_with_drift("v1"), staging, by=alice)
+    drain()
+    return repository, staging
+
+
+def test_a_deployment_is_followed_by_a_drift_check_that_finds_the_target_in_sync(deployed):
+    repository, staging = deployed
+    (check,) = checks_of(repository, staging)
+    assert (check.release.version, check.status) == ("v1", "in_sync")
+    assert check.reason.startswith("after deployment #")
+    assert [e.action for e in AuditEvent.objects.filter(object_type="pipelines.driftcheck").order_by("id")] == [
+        "driftcheck.queued", "driftcheck.running", "driftcheck.in_sync"]
+
+
+def test_a_change_behind_the_portals_back_is_found_drifted_with_the_checks_log_as_the_report(deployed, reality):
+    repository, staging = deployed
+    reality.write_text("v0-by-hand\n")
+
+    call_command("checkdrift", "--now", "--repository", repository.name)
+    drain()
+
+    drifted = checks_of(repository, staging)[-1]
+    assert (drifted.status, drifted.exit_code) == ("drifted", 2)
+    report = drifted.log_since(0)[0]
+    assert "found v0-by-hand" in report and "drifted: staging is not what v1 says" in report
+
+
+def test_a_drift_step_that_fails_otherwise_is_a_failed_check_not_drift(repository, staging, release_with_drift, alice):
+    promotion.promote(release_with_drift("v1", drift="echo the cloud API did not answer; exit 1"), staging, by=alice)
+    drain()
+    (check,) = checks_of(repository, staging)
+    assert (check.status, check.error) == ("failed", "Drift step 'compare' exited with status 1.")
+    assert check.get_status_display() == "Check failed"
+
+
+def test_the_stages_drift_interval_queues_a_check_when_it_is_due_and_not_before(deployed):
+    repository, staging = deployed
+    set_stage(staging, drift_interval=timedelta(minutes=5))
+    assert reconciler.reconcile()["drift_checks_queued"] == 0, "the check after the deployment is recent"
+    later = timezone.now() + timedelta(minutes=6)
+    assert reconciler.reconcile(now=later)["drift_checks_queued"] == 1
+    assert reconciler.reconcile(now=later)["drift_checks_queued"] == 0, "one is waiting already"
+    drain()
+    assert [c.status for c in checks_of(repository, staging)] == ["in_sync", "in_sync"]
+
+
+def test_a_drift_check_waits_while_a_deployment_of_its_target_runs(deployed, release_with_drift):
+    repository, staging = deployed
+    running = promotion.promote(release_with_drift("v2"), staging, by=None)
+    running.claim(worker_name="elsewhere")  # a worker runs it now
+    call_command("checkdrift", "--now")
+    drain()
+    assert checks_of(repository, staging)[-1].status == "queued", "never during a deployment of the same target"
+
+
+def test_checkdrift_says_what_it_queued_and_refuses_a_name_it_does_not_know(deployed, capsys):
+    repository, staging = deployed
+    call_command("checkdrift", "--now", "--environment", "staging")
+    assert "1 drift check(s) queued." in capsys.readouterr().out
+    with pytest.raises(CommandError, match="There is no repository named 'nope'."):
+        call_command("checkdrift", "--repository", "nope")
+    call_command("checkdrift")
+    assert "Nothing to check" in capsys.readouterr().out
+
+
+def test_a_release_without_drift_steps_is_not_checked(repository, staging, make_release, alice):
+    promotion.promote(make_release(repository, "v1"), staging, by=alice)
+    drain()
+    call_command("checkdrift", "--now")
+    assert checks_of(repository, staging) == []

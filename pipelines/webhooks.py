@@ -136,11 +136,10 @@ def _record_review(repository, review):
                             from_fork=review.from_fork)
     if not review.is_open:
         return
-    check = Check.objects.queue_for(repository, commit_sha=review.head_sha, ref_name=review.name, by="webhook",
-                                    from_fork=review.from_fork)
-    if check.status == Check.Status.WAITING and not review.from_fork:
-        # A poll saw the pull request first and could not tell: the host now says it is from this repository.
-        check.allow_to_run(by="webhook", from_this_repository=True)
+    # A poll that saw the pull request first could not tell a fork: its check, still waiting, runs once the
+    # host says it is from this repository (Check.objects.queue_for).
+    Check.objects.queue_for(repository, commit_sha=review.head_sha, ref_name=review.name, by="webhook",
+                            from_fork=review.from_fork)
 
 
 def _verified_source(request, body, secret):

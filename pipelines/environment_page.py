@@ -3,13 +3,20 @@ make sense. Built from rows the view loads once; templates ask them questions, n
 
 from dataclasses import dataclass
 
-from pipelines.models import Deployment, Target
+from pipelines.models import Deployment, DriftCheck, Target
 
 
 @dataclass
 class CurrentRow:
     target: Target
     put_there_by: Deployment | None  # the success that put the current release in place (None: unknown)
+    drift: DriftCheck | None = None  # the newest drift check that answered (in sync, drifted, failed)
+    drift_waiting: bool = False  # a drift check is queued or running
+
+    @property
+    def sync_state(self):
+        """What the page says of git and reality here: "in sync", "drifted", "check failed" or "never checked"."""
+        return self.drift.get_status_display().lower() if self.drift is not None else "never checked"
 
     @property
     def release(self):

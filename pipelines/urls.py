@@ -1,7 +1,7 @@
 from django.urls import path
 from django.utils.text import slugify
 
-from pipelines import artifact_views, audit_views, cancelling, check_views, insights_views, views, webhooks
+from pipelines import artifact_views, audit_views, cancelling, check_views, drift_views, insights_views, views, webhooks
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -25,6 +25,8 @@ urlpatterns = [
     path("checks/<int:pk>/artifacts.tar.gz", artifact_views.check_artifacts, name="check_artifacts"),
     path("deployments/<int:pk>/rollback", views.deployment_rollback, name="deployment_rollback"),
     path("environments/<slug:name>/", views.environment_detail, name="environment_detail"),
+    path("environments/<slug:name>/<str:repository>/check-drift", drift_views.check_drift_now, name="check_drift_now"),
+    path("drift-checks/<int:pk>/", drift_views.drift_check_detail, name="drift_check_detail"),
     path("hooks/<slug:name>", webhooks.receive, name="webhook"),
     path("insights/", insights_views.insights_page, name="insights"),
     path("insights/export.csv", insights_views.insights_export_csv, name="insights_export_csv"),

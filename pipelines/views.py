@@ -18,8 +18,9 @@ from django_htmx.http import HttpResponseStopPolling
 
 from pipelines import cancelling, check_views, commit_status, environment_page, jobs, release_page, run_log, stage_gate
 from pipelines.dashboard import Filters, dashboard_page
-from pipelines.models import (Build, Deployment, DeploymentStateError, Environment, Release, Repository, Stage,
-                              Target)
+from pipelines.models import (Build, Deployment, DeploymentStateError, DriftCheck, Environment, Release, Repository,
+                              Stage, Target)
+from pipelines.models import drift as drift_states
 from pipelines.permissions import can_deploy, deployer_required
 from pipelines.promotion import PromotionError, promote, retry, rollback, stage_for
 from pipelines.tag_history import tag_history
@@ -259,9 +260,14 @@ def environment_detail(request, name):
     since = _current_since(environment, targets)
     busy = set(environment.deployments.active().values_list("repository_id", flat=True))
     running = {target.repository_id: target.current_release_id for target in targets}
+    drift = DriftCheck.objects.latest_outcomes(targets)
+    drift_waiting = set(DriftCheck.objects.filter(environment=environment, status__in=drift_states.ACTIVE)
+                        .values_list("repository_id", flat=True))
     context = {
         "environment": environment,
-        "current_rows": [environment_page.CurrentRow(target, since.get(target.repository_id)) for target in targets],
+        "current_rows": [environment_page.CurrentRow(target, since.get(target.repository_id),
+                                                     drift.get((target.repository_id, environment.pk)),
+                                                     target.repository_id in drift_waiting) for target in targets],
         "page": page,
         "history_rows": [environment_page.HistoryRow(deployment, running.get(deployment.repository_id),
                                                      deployment.repository_id in busy) for deployment in page],

@@ -117,3 +117,26 @@ def test_a_release_without_drift_steps_is_not_checked(repository, staging, make_
     drain()
     call_command("checkdrift", "--now")
     assert checks_of(repository, staging) == []
+
+
+def test_the_environment_page_shows_each_targets_sync_state_and_checks_drift_now_on_request(
+        deployed, reality, client, bob, charlie):
+    repository, staging = deployed
+    client.force_login(bob)
+    page = client.get(f"/environments/{staging.name}/").content.decode()
+    assert "in sync" in page and "Check drift now" in page
+
+    reality.write_text("changed by hand\n")
+    response = client.post(f"/environments/{staging.name}/{repository.name}/check-drift", follow=True)
+    assert "is queued" in response.content.decode()
+    drain()
+    drifted = checks_of(repository, staging)[-1]
+    assert drifted.status == "drifted" and drifted.reason == "asked for by bob"
+    page = client.get(f"/environments/{staging.name}/").content.decode()
+    assert "drifted" in page and drifted.get_absolute_url() in page
+    report = client.get(drifted.get_absolute_url()).content.decode()
+    assert "found changed by hand" in report and "The log below is the report" in report
+
+    client.force_login(charlie)  # may look, may not ask
+    assert "Check drift now" not in client.get(f"/environments/{staging.name}/").content.decode()
+    assert client.post(f"/environments/{staging.name}/{repository.name}/check-drift").status_code == 403

@@ -8,6 +8,7 @@ environment page, `manage.py checkdrift`); one at a time per target. Never durin
 target, and a check that a deployment cut short is not believed: it is run again after it."""
 
 from django.db import models, transaction
+from django.urls import reverse
 
 from .audit import AuditEvent
 from .run import FencedRun
@@ -98,6 +99,9 @@ class DriftCheck(FencedRun):
 
     def __str__(self):
         return f"drift check #{self.pk} of {self.repository} in {self.environment}"
+
+    def get_absolute_url(self):
+        return reverse("drift_check_detail", args=[self.pk])
 
     def audit_scope(self):
         return {"repository": self.repository, "environment": self.environment}

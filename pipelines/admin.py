@@ -540,7 +540,8 @@ def _save_secrets(request, form, formset):
 class StageFormSet(forms.BaseInlineFormSet):
     # Every field of a stage decides where releases go without a person: all of it goes on record.
     audited_fields = ["environment", "position", "auto_deploy", "requires_approval", "requires_passing_checks",
-                      "take_prereleases", "version_constraint", "soak_time", "rollback_on_failure"]
+                      "take_prereleases", "version_constraint", "soak_time", "rollback_on_failure", "drift_interval",
+                      "correct_drift"]
 
 
 class SoakTimeField(forms.DurationField):
@@ -554,7 +555,8 @@ class StageInline(admin.TabularInline):
     model = Stage
     formset = StageFormSet
     fields = ["position", "environment", "auto_deploy", "requires_approval", "requires_passing_checks",
-              "take_prereleases", "version_constraint", "soak_time", "rollback_on_failure"]
+              "take_prereleases", "version_constraint", "soak_time", "rollback_on_failure", "drift_interval",
+              "correct_drift"]
     ordering = ["position"]
     extra = 1
 

@@ -1,9 +1,11 @@
 """When drift checks run (pipelines/models/drift.py): every `drift_interval` of a stage (the reconciler's tick,
-`manage.py checkdrift`), and on demand for chosen targets (`checkdrift --now`, the environment page)."""
+`manage.py checkdrift`), and on demand for chosen targets (`checkdrift --now`, the environment page); and what
+follows a drifted one where the stage corrects drift (`correct`)."""
 
 from django.db.models import Exists, OuterRef, Q, Subquery
 
-from pipelines.models import DriftCheck, Stage, Target
+from pipelines import promotion
+from pipelines.models import AuditEvent, Deployment, DriftCheck, Stage, Target
 from pipelines.models.drift import ACTIVE
 
 
@@ -46,3 +48,29 @@ def queue_now(repository=None, environment=None, *, by=None, reason="asked for n
     queued = [DriftCheck.objects.queue_for(t.repository, t.environment, reason=reason, by=by)
               for t in _targets(repository, environment)]
     return [check for check in queued if check is not None]
+
+
+def correct(follow_up):
+    """The handler of CORRECT_DRIFT: deploy again the release the drifted check found changed, through promote
+    (so a stage that holds for approval holds the correction, and a freeze holds it), unless something else
+    was deployed there since. Idempotent: the correction an earlier attempt made is returned."""
+    check = DriftCheck.objects.select_related("repository", "environment", "release").get(
+        pk=follow_up.payload["drift_check"])
+    reason = f"Correcting drift: drift check #{check.pk} found {check.environment} is not what {check.release.version} says."
+    earlier = Deployment.objects.for_target(check.repository, check.environment).filter(
+        trigger=Deployment.Trigger.RECONCILE, reason=reason).first()
+    if earlier is not None:
+        return earlier
+    target = Target.objects.filter(repository=check.repository, environment=check.environment).first()
+    refusal = None
+    if target is None or target.current_release_id != check.release_id:
+        refusal = "another release was deployed there since the check"
+    else:
+        try:
+            return promotion.promote(check.release, check.environment, by=None, reason=reason,
+                                     trigger=Deployment.Trigger.RECONCILE)
+        except promotion.PromotionError as exc:
+            refusal = str(exc)
+    AuditEvent.objects.record(action="drift.correction_skipped", obj=check, **check.audit_scope(),
+                              details={**check.audit_details(), "reason": refusal})
+    return None

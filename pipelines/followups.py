@@ -18,6 +18,7 @@ from pipelines.models.followup import (  # noqa: F401 (kinds models schedule)
     PROMOTE_NEW_RELEASE,
     PROMOTE_REEVALUATE,
     ROLLBACK_AFTER_FAILURE,
+    CORRECT_DRIFT,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,18 @@ def _rollback_after_failure(follow_up):
     rollback.after_failure(follow_up)
 
 
+def _correct_drift(follow_up):
+    from pipelines import drift_schedule
+
+    drift_schedule.correct(follow_up)
+
+
 _BUILT_IN = {
     PROMOTE_NEW_RELEASE: _promote_new_release,
     PROMOTE_AFTER_SUCCESS: _promote_after_success,
     PROMOTE_REEVALUATE: _promote_reevaluate,
     ROLLBACK_AFTER_FAILURE: _rollback_after_failure,
+    CORRECT_DRIFT: _correct_drift,
 }
 
 

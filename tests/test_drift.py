@@ -140,3 +140,45 @@ def test_the_environment_page_shows_each_targets_sync_state_and_checks_drift_now
     client.force_login(charlie)  # may look, may not ask
     assert "Check drift now" not in client.get(f"/environments/{staging.name}/").content.decode()
     assert client.post(f"/environments/{staging.name}/{repository.name}/check-drift").status_code == 403
+
+
+def test_where_the_stage_corrects_drift_the_release_is_deployed_again_and_the_target_is_back_in_sync(
+        deployed, reality):
+    repository, staging = deployed
+    set_stage(staging, correct_drift=True)
+    reality.write_text("changed by hand\n")
+
+    call_command("checkdrift", "--now")
+    drain()
+    drain()
+
+    assert reality.read_text() == "v1\n", "the correction put back what git says"
+    deployments = list(repository.deployments.order_by("id"))
+    assert [(d.release.version, d.trigger, d.status) for d in deployments] == [
+        ("v1", "manual", "succeeded"), ("v1", "reconcile", "succeeded")]
+    assert deployments[1].reason.startswith("Correcting drift: drift check #")
+    assert [c.status for c in checks_of(repository, staging)] == ["in_sync", "drifted", "in_sync"]
+
+
+def test_in_a_stage_that_holds_for_approval_a_drift_correction_waits_for_one(
+        repository, production, origin, make_release, reality, bob, alice):
+    from approvals.models import ChangeRequest
+
+    set_stage(production, correct_drift=True)
+    text = (f"environments:\n  production:\n    steps:\n      - run: echo $GITOPS_VERSION > {reality}\n"
+            f"    drift:\n      - run: 'test \"$(cat {reality})\" = \"$GITOPS_VERSION\" || exit 2'\n")
+    origin.write(".gitops.yml", text)
+    v1 = make_release(repository, "v1", pipeline=text, commit_sha=origin.commit("v1"))
+    held = promotion.promote(v1, production, by=alice)
+    drain()
+    ChangeRequest.objects.get(deployment=held).approve(bob)
+    drain()
+    reality.write_text("changed by hand\n")
+    call_command("checkdrift", "--now")
+    drain()
+    drain()
+
+    correction = repository.deployments.order_by("id").last()
+    assert (correction.trigger, correction.status) == ("reconcile", "awaiting_approval")
+    assert ChangeRequest.objects.get(deployment=correction).status == "pending"
+    assert reality.read_text() == "changed by hand\n", "nothing deployed without the approval"

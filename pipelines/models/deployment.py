@@ -54,6 +54,8 @@ class Deployment(FencedRun):
         MANUAL = "manual", "Manual"
         ROLLBACK = "rollback", "Rollback"
         RETRY = "retry", "Retry"
+        # Deploying again what runs there, because a drift check found reality changed (pipelines/drift_schedule.py).
+        RECONCILE = "reconcile", "Drift correction"
 
     release = models.ForeignKey("pipelines.Release", on_delete=models.PROTECT, related_name="deployments")
     environment = models.ForeignKey("pipelines.Environment", on_delete=models.PROTECT, related_name="deployments")

@@ -109,6 +109,19 @@ class DriftCheck(FencedRun):
     def audit_details(self):
         return {"release": self.release.version}
 
+    def record_drifted(self):
+        """The check found reality is not what the release says: recorded, and where the stage corrects drift,
+        the correction is recorded with it (a follow-up: pipelines/drift_schedule.correct)."""
+        from .followup import CORRECT_DRIFT, FollowUp
+        from .lifecycle import Stage
+
+        with transaction.atomic():
+            self.transition(DriftStatus.DRIFTED, exit_code=2)
+            if Stage.objects.filter(lifecycle__repositories=self.repository_id, environment_id=self.environment_id,
+                                    correct_drift=True).exists():
+                FollowUp.objects.schedule(CORRECT_DRIFT, repository=self.repository, payload={"drift_check": self.pk})
+        return self
+
 
 class DriftCheckLogChunk(models.Model):
     drift_check = models.ForeignKey(DriftCheck, on_delete=models.CASCADE, related_name="log_chunks")

@@ -27,6 +27,9 @@ PROMOTE_AFTER_SUCCESS = "promote.after_success"
 PROMOTE_NEW_RELEASE = "promote.new_release"
 # A deployment failed in a stage that rolls back on failure: deploy again what ran there before (pipelines/rollback.py).
 ROLLBACK_AFTER_FAILURE = "rollback.after_failure"
+# A drift check found its target drifted where the stage corrects drift: deploy again what runs there
+# (pipelines/drift_schedule.py; payload {"drift_check": id}).
+CORRECT_DRIFT = "drift.correct"
 
 CLAIM_SECONDS = 300  # a handler that takes longer is taken for dead and may run again
 MAX_BACKOFF_SECONDS = 600

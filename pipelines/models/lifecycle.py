@@ -60,6 +60,10 @@ class Stage(models.Model):
         "drift interval", null=True, blank=True,
         help_text="Check this often that what runs here is what git says (the environment's `drift:` steps), e.g. "
                   "0:05:00. Empty: only after each deployment and on demand.")
+    correct_drift = models.BooleanField(
+        "correct drift", default=False,
+        help_text="When a drift check finds this target drifted, deploy again the release that runs here (a drift "
+                  "correction: where the stage holds for approval, it waits for one like any deployment).")
     rollback_on_failure = models.BooleanField(
         "roll back on failure", default=False,
         help_text="When a deployment fails here, deploy again the release that last succeeded here (a rollback: "

@@ -78,7 +78,7 @@ def execute(context):
     else:
         log.write(f"==> drifted: {environment} is not what {release.version} says (exit status {DRIFTED})\n")
         log.close()
-        record(check, "result", lambda: check.transition(DriftCheck.Status.DRIFTED, exit_code=DRIFTED))
+        record(check, "result", check.record_drifted)
 
 
 def _run_again_after(context, deployment):

@@ -15,7 +15,7 @@ from itertools import groupby
 from urllib.parse import quote, urlencode
 
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, Value
+from django.db.models import Exists, OuterRef, Q, Subquery, Value
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import RFC3986_SUBDELIMS
@@ -24,7 +24,9 @@ from django.utils.text import Truncator
 
 from pipelines import hooks
 from pipelines.hooks import Note
-from pipelines.models import Deployment, Lifecycle, Release, Repository, Stage, Target
+from pipelines.models import Deployment, DriftCheck, Lifecycle, Release, Repository, Stage, Target
+from pipelines.models.drift import OUTCOMES as DRIFT_OUTCOMES
+from pipelines.models.drift import DriftStatus
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.templatetags.portal import age, duration
 from pipelines.url_patterns import url_pattern
@@ -101,6 +103,7 @@ class Cell:
     took: str = ""
     attention: bool = False
     release_url: str = ""
+    drift: Note | None = None  # the target's sync state when it is not plainly in sync (drifted, check failed)
 
     @property
     def html(self):
@@ -123,6 +126,8 @@ class Cell:
         if self.paused:
             parts.append(f'<div class="waits"><a class="tag warn-tag" href="{_e(self.paused.url)}" title="{escape(self.paused_reason)}">'
                          f'{_e(self.paused.text)}</a> <span class="small muted">{escape(Truncator(self.paused_reason).chars(80))}</span></div>')
+        if self.drift:
+            parts.append(f'<div class="waits"><a class="tag warn-tag" href="{_e(self.drift.url)}">{_e(self.drift.text)}</a></div>')
         if self.when:
             took = f" · took {_e(self.took)}" if self.took else ""
             parts.append(f'<div class="small muted"><a class="muted" href="{_e(self.deployment_url)}"><time datetime="{self.when["iso"]}">'
@@ -360,7 +365,12 @@ STATUS_LABELS = dict(Status.choices)
 
 @lru_cache(maxsize=1)
 def _targets_with_fields():
-    return Target.objects.values(*TARGET_FIELDS)  # built once, like _querysets()
+    # The sync state is the newest drift check that answered (pipelines/models/drift.py), in the same query.
+    answered = DriftCheck.objects.filter(repository=OuterRef("repository_id"), environment=OuterRef("environment_id"),
+                                         status__in=DRIFT_OUTCOMES).order_by("-finished_at", "-id")
+    return Target.objects.annotate(drift_status=Subquery(answered.values("status")[:1]),
+                                   drift_check_id=Subquery(answered.values("pk")[:1])
+                                   ).values(*TARGET_FIELDS, "drift_status", "drift_check_id")  # built once
 
 
 def _cell(stage, target, repository, notes, links):
@@ -396,10 +406,16 @@ def _cell(stage, target, repository, notes, links):
             # The stage's soak time (pipelines/promotion.py): the next stage takes the release once it is over.
             cell.waits = Note(f"soaking: {duration(finished + stage.soak_time - links.now)} left", url)
         cell.attention = status in NEEDS_SOMEONE
+    if target is not None and target["drift_status"] in (DriftStatus.DRIFTED, DriftStatus.FAILED):
+        text = "drifted: see the report" if target["drift_status"] == DriftStatus.DRIFTED else "drift check failed"
+        cell.drift = Note(text, reverse("drift_check_detail", args=[target["drift_check_id"]]))
+        cell.attention = True
     if target is not None and target["auto_deploy_paused"]:
-        # A rollback pauses its stage so that the next release does not undo it: say so in those words.
+        # A rollback pauses its stage so that the next release does not undo it: say so in those words, and for
+        # one the portal made after a failure, why (the failed deployment, in the reason shown beside it).
         reason = target["paused_reason"]
-        text = "paused after rollback" if reason.startswith("Rollback") else "auto-deploy paused"
+        text = ("rolled back automatically" if reason.startswith(Deployment.AUTOMATIC_ROLLBACK)
+                else "paused after rollback" if reason.startswith("Rollback") else "auto-deploy paused")
         cell.paused, cell.paused_reason = Note(text, links.repository_of(repository.name)), reason
         cell.attention = True
     return cell

@@ -69,9 +69,12 @@ def promote(release, environment, *, by, reason="", trigger=Deployment.Trigger.M
             raise PromotionError(f"{release.version} is already {duplicate.get_status_display().lower()} for "
                                  f"{environment} (deployment #{duplicate.pk}); nothing new was started.")
         if trigger == Deployment.Trigger.ROLLBACK:
-            # Otherwise the next release would deploy straight over the rollback.
-            target.pause(by=by, reason=f"Rollback to {release.version} (deployment requested by "
-                         f"{by.get_username() if by else 'the portal'}); resume to deploy new releases automatically.")
+            # Otherwise the next release would deploy straight over the rollback. An automatic one says why.
+            paused_because = (f"{reason} Resume to deploy new releases automatically."
+                              if reason.startswith(Deployment.AUTOMATIC_ROLLBACK) else
+                              f"Rollback to {release.version} (deployment requested by "
+                              f"{by.get_username() if by else 'the portal'}); resume to deploy new releases automatically.")
+            target.pause(by=by, reason=paused_because)
         deployment = Deployment.objects.create(
             release=release,
             environment=environment,

@@ -134,3 +134,18 @@ def test_in_production_a_rollback_needs_no_new_approval_only_where_the_policy_pr
         assert not change_request.decisions.exists(), "approved by the policy, not by a person"
     else:
         assert (change_request.status, rollback.status) == ("pending", "awaiting_approval")
+
+
+def test_the_dashboard_says_the_stage_was_rolled_back_automatically_and_why(
+        repository, staging_rolls_back, release_with, run_workers, alice, client):
+    v1, v2 = release_with("v1", "true"), release_with("v2", "exit 3")
+    promotion.promote(v1, staging_rolls_back, by=alice)
+    run_workers()
+    failed = promotion.promote(v2, staging_rolls_back, by=alice)
+    run_workers()
+    run_workers()
+
+    client.force_login(alice)
+    page = client.get("/").content.decode()
+    assert "rolled back automatically" in page
+    assert f"v2 (deployment #{failed.pk}) failed in staging" in page

@@ -182,3 +182,15 @@ def test_in_a_stage_that_holds_for_approval_a_drift_correction_waits_for_one(
     assert (correction.trigger, correction.status) == ("reconcile", "awaiting_approval")
     assert ChangeRequest.objects.get(deployment=correction).status == "pending"
     assert reality.read_text() == "changed by hand\n", "nothing deployed without the approval"
+
+
+def test_the_dashboard_marks_a_drifted_target_and_links_the_report(deployed, reality, client, alice):
+    repository, staging = deployed
+    client.force_login(alice)
+    assert "drifted: see the report" not in client.get("/").content.decode()
+    reality.write_text("changed by hand\n")
+    call_command("checkdrift", "--now")
+    drain()
+    drifted = checks_of(repository, staging)[-1]
+    page = client.get("/").content.decode()
+    assert "drifted: see the report" in page and drifted.get_absolute_url() in page

@@ -149,3 +149,29 @@ def test_the_dashboard_says_the_stage_was_rolled_back_automatically_and_why(
     page = client.get("/").content.decode()
     assert "rolled back automatically" in page
     assert f"v2 (deployment #{failed.pk}) failed in staging" in page
+
+
+def test_a_release_whose_verify_step_fails_in_staging_is_rolled_back_goes_no_further_and_the_dashboard_says_why(
+        repository, staging, production, origin, make_release, run_workers, alice, client):
+    set_stage(staging, rollback_on_failure=True)  # production takes what succeeds in staging, automatically
+    versions = {}
+    for version, smoke in (("v1", "true"), ("v2", "echo 'the health check answered 503'; exit 1")):
+        text = (f"environments:\n  staging:\n    steps:\n      - run: echo deploying $GITOPS_VERSION\n"
+                f"    verify:\n      - name: smoke\n        run: \"{smoke}\"\n"
+                f"  production:\n    steps:\n      - run: echo deploying $GITOPS_VERSION\n")
+        origin.write(".gitops.yml", text)
+        versions[version] = make_release(repository, version, pipeline=text, commit_sha=origin.commit(version))
+    promotion.promote(versions["v1"], staging, by=alice)
+    run_workers()
+    failed = promotion.promote(versions["v2"], staging, by=alice)
+    run_workers()
+    run_workers()
+
+    failed.refresh_from_db()
+    assert (failed.status, failed.error) == ("failed", "Verify step 'smoke' exited with status 1.")
+    rollback = Deployment.objects.for_target(repository, staging).order_by("id").last()
+    assert (rollback.release.version, rollback.trigger, rollback.status) == ("v1", "rollback", "succeeded")
+    assert not Deployment.objects.filter(release=versions["v2"], environment=production).exists(), "v2 goes no further"
+    client.force_login(alice)
+    page = client.get("/").content.decode()
+    assert "rolled back automatically" in page and "Verify step &#x27;smoke&#x27; exited with status 1." in page

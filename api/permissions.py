@@ -37,6 +37,7 @@ RULES = {
     ("api_repositories", "GET"): READ,
     ("api_repository", "GET"): READ,
     ("api_repository_poll", "POST"): DEPLOYER,
+    ("api_check_drift", "POST"): DEPLOYER,
     ("api_repository_releases", "GET"): READ,
     ("api_lifecycles", "GET"): READ,
     ("api_environments", "GET"): READ,

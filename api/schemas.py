@@ -29,6 +29,10 @@ class TargetState(Schema):
     paused: bool
     paused_reason: str
     last_deployment: DeploymentBrief | None
+    # Git and reality: the newest drift check that answered ("in_sync", "drifted", "failed"), None: never checked.
+    sync_state: str | None = None
+    drift_check_id: int | None = None
+    drift_checked_at: datetime | None = None
 
 
 class RepositoryStatus(Schema):

@@ -101,8 +101,22 @@ def status(obj, repository, as_json):
             last = target["last_deployment"]
             lines.append((repo["name"], target["environment"], target["current_version"] or "-",
                           colour(last["status"]) if last else "-", f"#{last['id']} {last['version']}" if last else "-",
-                          "paused" if target["paused"] else ""))
-    table(lines, ["REPOSITORY", "ENVIRONMENT", "RUNNING", "LAST", "DEPLOYMENT", ""])
+                          (target.get("sync_state") or "-").replace("_", " "), "paused" if target["paused"] else ""))
+    table(lines, ["REPOSITORY", "ENVIRONMENT", "RUNNING", "LAST", "DEPLOYMENT", "SYNC", ""])
+
+
+@cli.command("check-drift")
+@click.argument("repository")
+@click.argument("environment")
+@json_option
+@click.pass_obj
+def check_drift(obj, repository, environment, as_json):
+    """Check now that what runs for REPOSITORY in ENVIRONMENT is what git says (its drift: steps); `gitops status`
+    shows the answer."""
+    answer = call(obj.api.post, f"/repositories/{repository}/environments/{environment}/check-drift")
+    if as_json:
+        return emit_json(answer)
+    click.echo(answer["detail"])
 
 
 @cli.command()

@@ -63,7 +63,7 @@ def objects(repository, staging, production, make_release, make_held_change, ali
     with transaction.atomic():
         build = Build.objects.queue_for(make_release(repository, "v1.1.0"))
     check = Check.objects.queue_for(repository, commit_sha=release.commit_sha, ref_name="main")
-    return {"name": repository.name, "sha": release.commit_sha, "releases/": release.pk, "deployments/": deployment.pk,
+    return {"name": repository.name, "sha": release.commit_sha, "environment": staging.name, "releases/": release.pk, "deployments/": deployment.pk,
             "change-requests/": change_request.pk, "builds/": build.pk, "checks/": check.pk,
             "previews/": 999999,  # none held here: a missing one answers 404, which refuses no caller
             "drift-checks/": 999999,  # likewise
@@ -76,7 +76,7 @@ def fill(route, objects):
     while "<" in path:
         start, end = path.index("<"), path.index(">")
         converter, _, parameter = path[start + 1:end].rpartition(":")
-        if parameter in ("name", "sha"):
+        if parameter in ("name", "sha", "environment"):
             value = objects[parameter]
         else:
             owner = next((key for key in objects if key.endswith("/") and path[len(API_PREFIX):start].startswith(key)), None)

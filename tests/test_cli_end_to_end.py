@@ -152,7 +152,7 @@ def test_ci_promotes_with_gitops_wait_and_production_waits_for_a_person(live_ser
 
 def test_every_command_has_help():
     for command in ([], ["status"], ["releases"], ["promote"], ["logs"], ["approve"], ["reject"], ["check"],
-                    ["check", "report"]):
+                    ["check", "report"], ["check-drift"]):
         result = subprocess.run([sys.executable, "-m", "gitops_cli", *command, "--help"], cwd=BASE_DIR,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "Usage: gitops" in result.stdout, (command, result.stderr)
@@ -169,3 +169,27 @@ def test_gitops_releases_lists_newest_version_first_like_the_pages(live_server, 
     expected = ["v2.0.0", "v2.0.0rc1", "v1.10.0.post1", "v1.10.0", "v1.9.0", "nightly-x"]
     assert [r["version"] for r in json.loads(listed.stdout)] == expected, listed.stderr
     assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == expected[:3], table.stderr
+
+
+def test_gitops_check_drift_queues_a_check_and_gitops_status_shows_the_answer(
+        live_server, repository, staging, origin, make_release, tmp_path):
+    from pipelines import promotion
+    from pipelines.models import Deployment
+    from tests.conftest import burst_portal_worker
+
+    reality = tmp_path / "reality"
+    text = (f"environments:\n  staging:\n    steps:\n      - run: echo $GITOPS_VERSION > {reality}\n"
+            f"    drift:\n      - run: 'test \"$(cat {reality})\" = \"$GITOPS_VERSION\" || exit 2'\n")
+    origin.write(".gitops.yml", text)
+    promotion.promote(make_release(repository, "v1", pipeline=text, commit_sha=origin.commit("v1")), staging, by=None)
+    burst_portal_worker(("git", "deploy", "drift"))
+    assert Deployment.objects.get().status == "succeeded"
+    reality.write_text("changed by hand\n")
+    deployer = issue("ci-deploy", Scope.READ, Scope.DEPLOY, service=True, grant=True)
+
+    asked = gitops(live_server, deployer, "check-drift", "shop", "staging")
+    assert asked.returncode == 0 and "is queued" in asked.stdout, asked.stderr
+    burst_portal_worker(("drift",))
+    shown = gitops(live_server, deployer, "status", "shop")
+    assert "drifted" in next(line for line in shown.stdout.splitlines() if "staging" in line), shown.stdout
+

@@ -194,3 +194,27 @@ def test_the_dashboard_marks_a_drifted_target_and_links_the_report(deployed, rea
     drifted = checks_of(repository, staging)[-1]
     page = client.get("/").content.decode()
     assert "drifted: see the report" in page and drifted.get_absolute_url() in page
+
+
+def test_the_api_shows_each_targets_sync_state_and_checks_drift_now_for_a_deployer(
+        deployed, reality, bob, charlie, make_token):
+    from django.test import Client
+
+    from tests.conftest import bearer
+
+    repository, staging = deployed
+    reader = Client(**bearer(make_token(charlie, "read")))
+    deployer = Client(**bearer(make_token(bob, "read", "deploy")))
+    (row,) = reader.get("/api/v1/status").json()
+    target = next(t for t in row["targets"] if t["environment"] == "staging")
+    assert target["sync_state"] == "in_sync" and target["drift_check_id"]
+
+    reality.write_text("changed by hand\n")
+    url = f"/api/v1/repositories/{repository.name}/environments/staging/check-drift"
+    assert reader.post(url).status_code == 403
+    answer = deployer.post(url)
+    assert answer.status_code == 202 and "is queued" in answer.json()["detail"]
+    drain()
+    (row,) = reader.get("/api/v1/status").json()
+    assert next(t for t in row["targets"] if t["environment"] == "staging")["sync_state"] == "drifted"
+    assert deployer.post(f"/api/v1/repositories/{repository.name}/environments/nowhere/check-drift").status_code == 404

@@ -3,6 +3,7 @@
 Each action is the page's own path (the same model methods and promotion functions, the same refusals,
 said as `409 {"error": "refused", "detail": …}`); who may call it is decided before, in api/auth.py."""
 
+from django.db.models import OuterRef, Subquery
 from django.http import JsonResponse
 from ninja import Router, Status
 from ninja.responses import NinjaJSONEncoder
@@ -11,7 +12,9 @@ from api import schemas
 from api.errors import ApiError, conflict, not_found
 from api.pagination import Page, paginate, paginate_releases
 from pipelines import cancelling, commit_status, jobs, stage_gate
-from pipelines.models import Build, Check, Deployment, DeploymentStateError, Environment, ExternalCheck, Lifecycle, Release, Repository, Stage, Target
+from pipelines.models import (Build, Check, Deployment, DeploymentStateError, DriftCheck, Environment, ExternalCheck,
+                              Lifecycle, Release, Repository, Stage, Target)
+from pipelines.models.drift import OUTCOMES as DRIFT_OUTCOMES
 from pipelines.promotion import PromotionError, retry
 
 router = Router(tags=["pipelines"])
@@ -130,10 +133,16 @@ def status(request, repository: str | None = None):
         stages_of.setdefault(stage["lifecycle_id"], []).append(stage)
     repositories = Repository.objects.order_by("name").values("id", "name", "lifecycle_id", "lifecycle__name", "enabled",
                                                               "last_polled_at", "last_error")
-    targets = Target.objects.values(
+    answered = DriftCheck.objects.filter(repository=OuterRef("repository_id"), environment=OuterRef("environment_id"),
+                                         status__in=DRIFT_OUTCOMES).order_by("-finished_at", "-id")
+    targets = Target.objects.annotate(
+        sync_state=Subquery(answered.values("status")[:1]), drift_check_id=Subquery(answered.values("pk")[:1]),
+        drift_checked_at=Subquery(answered.values("finished_at")[:1]),
+    ).values(
         "repository_id", "environment_id", "current_release__version", "auto_deploy_paused", "paused_reason",
         "last_deployment_id", "last_deployment__status", "last_deployment__release__version",
-        "last_deployment__environment__name", "last_deployment__created_at", "last_deployment__finished_at")
+        "last_deployment__environment__name", "last_deployment__created_at", "last_deployment__finished_at",
+        "sync_state", "drift_check_id", "drift_checked_at")
     if repository:
         repositories = repositories.filter(name=repository)
         targets = targets.filter(repository__name=repository)
@@ -155,7 +164,8 @@ def status(request, repository: str | None = None):
                 "auto_deploy": stage["auto_deploy"], "requires_approval": stage["requires_approval"],
                 "current_version": target.get("current_release__version"),
                 "paused": bool(target.get("auto_deploy_paused")), "paused_reason": target.get("paused_reason", ""),
-                "last_deployment": last,
+                "last_deployment": last, "sync_state": target.get("sync_state"),
+                "drift_check_id": target.get("drift_check_id"), "drift_checked_at": target.get("drift_checked_at"),
             })
         rows.append({"name": repo["name"], "lifecycle": repo["lifecycle__name"], "enabled": repo["enabled"],
                      "last_polled_at": repo["last_polled_at"], "last_error": repo["last_error"], "targets": row_targets})
@@ -188,6 +198,22 @@ def repository_poll(request, name: str):
         raise ApiError(503, "queue_unreachable", "The work queue is unreachable; the scheduler polls when it is back.")
     said = "A poll of it was already waiting or running." if outcome == "pending" else "A poll is queued."
     return Status(202, {"detail": f"{repository.name}: {said}"})
+
+
+@router.post("/repositories/{name}/environments/{environment}/check-drift", response={202: schemas.Accepted},
+             url_name="api_check_drift", summary="Check now that what runs there is what git says (its drift: steps)")
+def check_drift(request, name: str, environment: str):
+    repository = _repository(name)
+    place = Environment.objects.filter(name=environment).first()
+    if place is None:
+        raise not_found(f"environment {environment!r}")
+    check = DriftCheck.objects.queue_for(repository, place, by=request.user,
+                                         reason=f"asked for by {request.user.get_username()} through the API")
+    if check is None:
+        raise conflict(f"Nothing to check: what runs for {repository.name} in {place.name} has no drift steps there "
+                       f"(or nothing runs there).")
+    return Status(202, {"detail": f"{check.__str__().capitalize()} is {check.get_status_display().lower()}; "
+                                  f"/api/v1/status shows its answer."})
 
 
 @router.get("/repositories/{name}/releases", response=Page[schemas.Release], url_name="api_repository_releases")

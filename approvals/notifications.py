@@ -162,6 +162,30 @@ def notify_rollback(deployment_id, what, failed_id):
     return _send([EmailMessage(subject=subject, body=body, to=[email]) for email in recipients])
 
 
+def on_drift(follow_up):
+    """The handler of DRIFT_MAIL (pipelines/models/drift.py)."""
+    notify_drift(follow_up.payload["drift_check"])
+
+
+def notify_drift(drift_check_id):
+    """Tell the people answerable for the stage (its approvers, else the deployers) that what runs on a target is
+    no longer what git says, with the end of the report. Returns how many were sent."""
+    from pipelines.models import DriftCheck, Stage
+
+    check = DriftCheck.objects.select_related("repository", "environment", "release").get(pk=drift_check_id)
+    target = f"{check.repository} in {check.environment}"
+    stage = Stage.objects.filter(lifecycle__repositories=check.repository_id, environment=check.environment).first()
+    what_next = ("The stage corrects drift: the portal deploys it again (where the stage holds for approval, the "
+                 "correction waits for one)." if stage is not None and stage.correct_drift else
+                 "Nothing is changed automatically: deploy it again, or change git to match.")
+    report = check.log_since(0)[0].strip().splitlines()[-20:]
+    body = (f"Drift check #{check.pk} found {target} is not what {check.release.version} says.\n{what_next}\n\n"
+            + "\n".join(report) + f"\n\nReport: {settings.GITOPS_BASE_URL.rstrip('/')}{check.get_absolute_url()}\n")
+    subject = f"{SUBJECT_PREFIX} Drifted: {target}"
+    return _send([EmailMessage(subject=subject, body=body, to=[user.email])
+                  for user in answerable_for(check.repository, [check.environment])])
+
+
 def change_request_url(change_request):
     return settings.GITOPS_BASE_URL.rstrip("/") + change_request.get_absolute_url()
 

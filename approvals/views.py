@@ -23,7 +23,7 @@ from approvals import freeze
 from approvals.gate_override import gate_reason, promote_through_gate
 from approvals.models import ChangeRequest, Decision, DecisionRefused, StagePolicy
 from approvals.presentation import Change
-from pipelines.models import Build, Deployment, DeploymentStateError, Environment, Preview, Release, Target
+from pipelines.models import Build, Deployment, DeploymentStateError, DriftCheck, Environment, Preview, Release, Target
 from pipelines.permissions import artifacts_refusal, deployer_required
 from pipelines.promotion import PromotionError, rollback
 from pipelines.views import redirect_after_promotion, warn_if_queue_was_unreachable
@@ -153,8 +153,18 @@ def change_request_detail(request, pk):
         build=build,
         build_artifacts_refusal=artifacts_refusal(request.user, build) if build and build.artifact_name else None,
         **_preview_context(change_request, preview, request.user),
+        **_drift_context(change_request.deployment),
     )
     return render(request, "approvals/change_request_detail.html", context)
+
+
+def _drift_context(deployment):
+    """A drift correction's change is the drift it corrects: the check that found it and its report."""
+    if deployment.trigger != Deployment.Trigger.RECONCILE:
+        return {}
+    drift = (DriftCheck.objects.for_target(deployment.repository_id, deployment.environment_id)
+             .filter(status=DriftCheck.Status.DRIFTED, release=deployment.release).order_by("-id").first())
+    return {"drift": drift, "drift_report": drift.log_since(0)[0] if drift else ""}
 
 
 @login_required

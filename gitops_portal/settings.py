@@ -104,6 +104,7 @@ GITOPS_FOLLOW_UP_HANDLERS = {
     "check.report": "pipelines.commit_status.report_follow_up",
     "mail.tag_moved": "approvals.notifications.on_tag_moved",
     "mail.rollback": "approvals.notifications.on_rollback",
+    "mail.drift": "approvals.notifications.on_drift",
 }
 # The portal's own URL, used in mail and in the admin's webhook help. Unset, `runportal` sets it for its
 # children to the address it serves (so `--port 8101` gives links to 8101); elsewhere the default stands.

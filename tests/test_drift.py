@@ -7,6 +7,7 @@ back. Real git, the real PortalWorker, PostgreSQL."""
 from datetime import timedelta
 
 import pytest
+from django.core import mail
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -72,6 +73,8 @@ def test_a_change_behind_the_portals_back_is_found_drifted_with_the_checks_log_a
     assert (drifted.status, drifted.exit_code) == ("drifted", 2)
     report = drifted.log_since(0)[0]
     assert "found v0-by-hand" in report and "drifted: staging is not what v1 says" in report
+    (told,) = [m for m in mail.outbox if "Drifted" in m.subject]
+    assert told.subject == "[GitOps Portal] Drifted: shop in staging" and "found v0-by-hand" in told.body
 
 
 def test_a_drift_step_that_fails_otherwise_is_a_failed_check_not_drift(repository, staging, release_with_drift, alice):

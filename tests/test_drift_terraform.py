@@ -125,8 +125,8 @@ def test_drift_in_staging_is_found_within_one_interval_and_corrected(
     assert DriftCheck.objects.order_by("id").last().status == "in_sync"
 
 
-def test_drift_in_production_opens_a_change_request_and_approving_it_restores_the_state(
-        repository, production, infrastructure, state, tmp_path, alice, bob):
+def test_drift_in_production_opens_a_change_request_showing_the_drift_and_approving_it_restores_the_state(
+        repository, production, infrastructure, state, tmp_path, alice, bob, client):
     set_stage(production, correct_drift=True)
     held = promotion.promote(infrastructure("v1", "production"), production, by=alice)
     drain()
@@ -142,7 +142,11 @@ def test_drift_in_production_opens_a_change_request_and_approving_it_restores_th
     correction = repository.deployments.get(trigger="reconcile")
     assert correction.status == "awaiting_approval"
     assert applied(state, "production") == "changed-by-hand", "nothing is applied before the approval"
-    ChangeRequest.objects.get(deployment=correction).approve(bob)
+    change_request = ChangeRequest.objects.get(deployment=correction)
+    client.force_login(bob)
+    page = client.get(change_request.get_absolute_url()).content.decode()
+    assert "the drift it corrects" in page and "terraform_data.app will be updated in-place" in page, "it shows the drift"
+    change_request.approve(bob)
     drain()
     drain()
     assert applied(state, "production") == "v1"

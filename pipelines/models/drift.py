@@ -32,6 +32,8 @@ DRIFT_TRANSITIONS = {
     DriftStatus.CANCELLED: set(),
 }
 ACTIVE = (DriftStatus.QUEUED, DriftStatus.RUNNING)
+# The follow-up that tells the people answerable for the stage of a drifted target (approvals/notifications.py).
+DRIFT_MAIL = "mail.drift"
 # What a target's sync state is read from: the checks that said something about reality.
 OUTCOMES = (DriftStatus.IN_SYNC, DriftStatus.DRIFTED, DriftStatus.FAILED)
 
@@ -117,6 +119,7 @@ class DriftCheck(FencedRun):
 
         with transaction.atomic():
             self.transition(DriftStatus.DRIFTED, exit_code=2)
+            FollowUp.objects.schedule(DRIFT_MAIL, repository=self.repository, payload={"drift_check": self.pk})
             if Stage.objects.filter(lifecycle__repositories=self.repository_id, environment_id=self.environment_id,
                                     correct_drift=True).exists():
                 FollowUp.objects.schedule(CORRECT_DRIFT, repository=self.repository, payload={"drift_check": self.pk})

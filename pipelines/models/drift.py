@@ -94,7 +94,9 @@ class DriftCheck(FencedRun):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["repository", "environment", "status"], name="drift_check_target")]
+        indexes = [models.Index(fields=["repository", "environment", "status"], name="drift_check_target"),
+                   # The scheduler's "last checked when" of each target (pipelines/drift_schedule.due).
+                   models.Index(fields=["repository", "environment", "-created_at"], name="drift_check_last")]
         constraints = [
             models.CheckConstraint(condition=models.Q(status__in=DriftStatus.values), name="drift_check_status_is_known"),
         ]

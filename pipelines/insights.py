@@ -27,7 +27,7 @@ from django.db.models import (Case, Count, DurationField, Exists, ExpressionWrap
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from pipelines.models import Deployment, Environment, Lifecycle, Repository, Stage
+from pipelines.models import Deployment, DriftCheck, Environment, Lifecycle, Repository, Stage
 
 PERIODS = {"7d": 7, "30d": 30, "90d": 90, "365d": 365}
 DEFAULT_PERIOD = "30d"
@@ -148,6 +148,11 @@ class Delivery:
     lead_count: int = 0
     lead_time_median: timedelta | None = None
     lead_time_p90: timedelta | None = None
+    # Drift (pipelines/models/drift.py), in every stage: episodes found in the period, how long they took to be
+    # back in sync (median), and how many are not yet.
+    drift_events: int = 0
+    drift_correct_median: timedelta | None = None
+    drift_open: int = 0
 
     @property
     def deployments(self):
@@ -223,14 +228,35 @@ def last_stage_q(scope):
 
 
 def delivery(scope):
-    """The DORA figures of `scope`, per bucket (day or week) and over the whole period. Five queries."""
+    """The DORA figures of `scope`, per bucket (day or week) and over the whole period, and its drift. Six queries."""
     in_scope = Deployment.objects.filter(last_stage_q(scope))
     buckets = [Bucket(start, end) for start, end in scope.buckets()]
     _count_deployments(scope, in_scope, buckets)
     lead_count, lead_median, lead_p90 = _add_lead_times(scope, in_scope, buckets)
     open_outages = _add_restore_times(scope, in_scope, buckets)
+    drift_events, drift_correct_median, drift_open = _drift(scope)
     return Delivery(scope=scope, buckets=buckets, open_outages=open_outages, lead_count=lead_count,
-                    lead_time_median=lead_median, lead_time_p90=lead_p90)
+                    lead_time_median=lead_median, lead_time_p90=lead_p90, drift_events=drift_events,
+                    drift_correct_median=drift_correct_median, drift_open=drift_open)
+
+
+def _drift(scope):
+    """(drift episodes found in the period, the median time from an episode's first drifted check to the next
+    check in sync on its target, how many are not back in sync). Drifted checks in a row before one in sync are
+    one episode, from the first. One query."""
+    back_in_sync = Subquery(DriftCheck.objects.filter(
+        repository=OuterRef("repository"), environment=OuterRef("environment"), status=DriftCheck.Status.IN_SYNC,
+        finished_at__gt=OuterRef("finished_at")).order_by("finished_at").values("finished_at")[:1])
+    drifted = (DriftCheck.objects.filter(scope.filters_q(), status=DriftCheck.Status.DRIFTED,
+                                         finished_at__gte=scope.start, finished_at__lt=scope.end)
+               .annotate(back_at=back_in_sync).order_by()
+               .values_list("repository_id", "environment_id", "finished_at", "back_at"))
+    episodes = {}
+    for repository_id, environment_id, found_at, back_at in drifted:
+        key = (repository_id, environment_id, back_at)
+        episodes[key] = min(found_at, episodes.get(key, found_at))
+    times = [back_at - found_at for (_, _, back_at), found_at in episodes.items() if back_at is not None]
+    return len(episodes), median(times), sum(1 for (_, _, back_at) in episodes if back_at is None)
 
 
 def _bucket_case(scope, field_name):

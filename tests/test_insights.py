@@ -220,3 +220,32 @@ def test_a_screenshot_of_the_page(live_server, page, history, screenshots):
     # Into docs/screenshots/ (the README's picture) only with GITOPS_SCREENSHOTS=docs/screenshots.
     screenshots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshots / "insights.png"), full_page=True)
+
+
+def test_it_counts_drift_found_in_the_period_and_the_time_to_be_back_in_sync(history, repository, staging, production,
+                                                                             client, alice):
+    from pipelines.models import DriftCheck, Release
+
+    at = lambda hours: history + hours * H  # noqa: E731
+    release = Release.objects.get(repository=repository, version="v2")
+
+    def checked(environment, status, hours):
+        return DriftCheck.objects.create(repository=repository, environment=environment, release=release,
+                                         status=status, created_at=at(hours) - H / 6, finished_at=at(hours))
+
+    checked(production, "drifted", -10)  # before the period: not counted
+    checked(production, "in_sync", -9)
+    checked(production, "drifted", 100)  # one episode from 100 …
+    checked(production, "drifted", 101)
+    checked(production, "in_sync", 103)  # … back in sync 3 h later
+    checked(staging, "drifted", 200)     # one more, back after 1 h
+    checked(staging, "in_sync", 201)
+    checked(staging, "drifted", 600)     # still drifted
+    checked(production, "failed", 300)   # a check that failed is no drift
+
+    figures = figures_of(history)
+    assert (figures.drift_events, figures.drift_correct_median, figures.drift_open) == (3, 2 * H, 1)
+    assert figures_of(history, environment="staging").drift_events == 2
+    client.force_login(alice)
+    page = client.get("/insights/?period=30d").content.decode()
+    assert "drift found" in page

@@ -308,3 +308,11 @@ def test_a_busy_port_is_refused_before_anything_starts(portal_dirs):
     assert result.returncode == 1
     assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
     assert not (data_dir / "redis" / "redis.sock").exists()
+
+
+def test_with_two_workers_or_more_one_takes_no_drift_checks_so_deployments_never_wait_behind_them():
+    from pipelines.management.commands.runportal import worker_queues
+
+    assert worker_queues(1) == [["git", "deploy", "checks", "drift"]]
+    assert worker_queues(2) == [["git", "deploy", "checks", "drift"], ["git", "deploy", "checks"]]
+    assert all(queues.index("deploy") < queues.index("drift") for queues in worker_queues(3)[:-1])

@@ -150,9 +150,8 @@ class Command(BaseCommand):
         return [
             Child("web", web, f"gunicorn on {host}:{port}", restarts=False),
             # -v 0: rq logs only warnings and failed jobs; progress is on the portal's pages.
-            *[Child(f"worker-{n}", [*manage, "rqworker", "git", "deploy", "checks", "drift", "-v", "0"],
-                    "manage.py rqworker git deploy checks drift")
-              for n in range(1, workers + 1)],
+            *[Child(f"worker-{n}", [*manage, "rqworker", *queues, "-v", "0"], f"manage.py rqworker {' '.join(queues)}")
+              for n, queues in enumerate(worker_queues(workers), start=1)],
             Child("scheduler", [*manage, "pollrepos", "--loop"], "manage.py pollrepos --loop"),
         ]
 
@@ -341,3 +340,12 @@ class Command(BaseCommand):
         for child in started:
             child.process.wait()
         psutil.wait_procs(list(leftovers.values()), timeout=2)  # killed; their new parent reaps them
+
+
+def worker_queues(workers):
+    """The queues of each worker, in the order each takes them. Every worker takes drift checks last; with more
+    than one worker, the last takes none, so a deployment never waits behind drift checks (a `terraform plan` of
+    minutes) on every worker at once."""
+    queues = ["git", "deploy", "checks"]
+    return [queues + (["drift"] if n < workers or workers == 1 else []) for n in range(1, workers + 1)]
+

@@ -104,6 +104,7 @@ class Cell:
     attention: bool = False
     release_url: str = ""
     drift: Note | None = None  # the target's sync state when it is not plainly in sync (drifted, check failed)
+    synced: str = ""  # the last drift check's page when it found the target in sync
 
     @property
     def html(self):
@@ -128,6 +129,8 @@ class Cell:
                          f'{_e(self.paused.text)}</a> <span class="small muted">{escape(Truncator(self.paused_reason).chars(80))}</span></div>')
         if self.drift:
             parts.append(f'<div class="waits"><a class="tag warn-tag" href="{_e(self.drift.url)}">{_e(self.drift.text)}</a></div>')
+        elif self.synced:
+            parts.append(f'<div class="small"><a class="muted" href="{_e(self.synced)}">in sync with git</a></div>')
         if self.when:
             took = f" · took {_e(self.took)}" if self.took else ""
             parts.append(f'<div class="small muted"><a class="muted" href="{_e(self.deployment_url)}"><time datetime="{self.when["iso"]}">'
@@ -406,10 +409,14 @@ def _cell(stage, target, repository, notes, links):
             # The stage's soak time (pipelines/promotion.py): the next stage takes the release once it is over.
             cell.waits = Note(f"soaking: {duration(finished + stage.soak_time - links.now)} left", url)
         cell.attention = status in NEEDS_SOMEONE
-    if target is not None and target["drift_status"] in (DriftStatus.DRIFTED, DriftStatus.FAILED):
-        text = "drifted: see the report" if target["drift_status"] == DriftStatus.DRIFTED else "drift check failed"
-        cell.drift = Note(text, reverse("drift_check_detail", args=[target["drift_check_id"]]))
-        cell.attention = True
+    if target is not None and target["drift_status"] is not None:
+        url = reverse("drift_check_detail", args=[target["drift_check_id"]])
+        if target["drift_status"] == DriftStatus.IN_SYNC:
+            cell.synced = url
+        else:
+            text = "drifted: see the report" if target["drift_status"] == DriftStatus.DRIFTED else "drift check failed"
+            cell.drift = Note(text, url)
+            cell.attention = True
     if target is not None and target["auto_deploy_paused"]:
         # A rollback pauses its stage so that the next release does not undo it: say so in those words, and for
         # one the portal made after a failure, why (the failed deployment, in the reason shown beside it).

@@ -12,6 +12,7 @@ class CurrentRow:
     put_there_by: Deployment | None  # the success that put the current release in place (None: unknown)
     drift: DriftCheck | None = None  # the newest drift check that answered (in sync, drifted, failed)
     drift_waiting: bool = False  # a drift check is queued or running
+    drifted_since: object = None  # when the drift the newest check found began (drifted targets only)
 
     @property
     def sync_state(self):

@@ -265,9 +265,10 @@ def environment_detail(request, name):
                         .values_list("repository_id", flat=True))
     context = {
         "environment": environment,
-        "current_rows": [environment_page.CurrentRow(target, since.get(target.repository_id),
-                                                     drift.get((target.repository_id, environment.pk)),
-                                                     target.repository_id in drift_waiting) for target in targets],
+        "current_rows": [environment_page.CurrentRow(
+            target, since.get(target.repository_id), check, target.repository_id in drift_waiting,
+            DriftCheck.objects.drifted_since(check) if check and check.status == DriftCheck.Status.DRIFTED else None)
+            for target, check in ((t, drift.get((t.repository_id, environment.pk))) for t in targets)],
         "page": page,
         "history_rows": [environment_page.HistoryRow(deployment, running.get(deployment.repository_id),
                                                      deployment.repository_id in busy) for deployment in page],

@@ -136,7 +136,7 @@ def test_the_environment_page_shows_each_targets_sync_state_and_checks_drift_now
     drifted = checks_of(repository, staging)[-1]
     assert drifted.status == "drifted" and drifted.reason == "asked for by bob"
     page = client.get(f"/environments/{staging.name}/").content.decode()
-    assert "drifted" in page and drifted.get_absolute_url() in page
+    assert "drifted" in page and drifted.get_absolute_url() in page and "since" in page
     report = client.get(drifted.get_absolute_url()).content.decode()
     assert "found changed by hand" in report and "The log below is the report" in report
 
@@ -190,7 +190,8 @@ def test_in_a_stage_that_holds_for_approval_a_drift_correction_waits_for_one(
 def test_the_dashboard_marks_a_drifted_target_and_links_the_report(deployed, reality, client, alice):
     repository, staging = deployed
     client.force_login(alice)
-    assert "drifted: see the report" not in client.get("/").content.decode()
+    page = client.get("/").content.decode()
+    assert "drifted: see the report" not in page and "in sync with git" in page
     reality.write_text("changed by hand\n")
     call_command("checkdrift", "--now")
     drain()
@@ -221,3 +222,43 @@ def test_the_api_shows_each_targets_sync_state_and_checks_drift_now_for_a_deploy
     (row,) = reader.get("/api/v1/status").json()
     assert next(t for t in row["targets"] if t["environment"] == "staging")["sync_state"] == "drifted"
     assert deployer.post(f"/api/v1/repositories/{repository.name}/environments/nowhere/check-drift").status_code == 404
+
+
+def test_a_check_that_a_deployment_started_during_is_not_believed_and_runs_again_after_it(
+        deployed, release_with_drift, tmp_path):
+    import threading
+
+    from django.db import connection
+
+    from pipelines.runs import kernel
+    from tests.conftest import wait_for
+
+    repository, staging = deployed
+    gate = tmp_path / "go-on"
+    started = tmp_path / "drift-started"
+    slow = release_with_drift("v1-slow", drift=f"touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done")
+    set_stage(staging)
+    from pipelines.models import Target
+
+    Target.objects.filter(repository=repository, environment=staging).update(current_release=slow)
+    check = DriftCheck.objects.queue_for(repository, staging, reason="on demand")
+
+    def run():
+        try:
+            kernel.run("driftcheck", check.pk)
+        finally:
+            connection.close()
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    wait_for(started.exists, "the drift step to start")
+    deployment = promotion.promote(release_with_drift("v2"), staging, by=None)
+    deployment.claim(worker_name="elsewhere")  # a deployment of the same target starts meanwhile
+    gate.touch()
+    runner.join(timeout=60)
+
+    check.refresh_from_db()
+    assert check.status == "cancelled"
+    assert check.error == f"Cut short by deployment #{deployment.pk}, which started while it ran: run again after it."
+    again = checks_of(repository, staging)[-1]
+    assert (again.status, again.reason) == ("queued", f"after deployment #{deployment.pk}")

@@ -65,6 +65,17 @@ class DriftCheckQuerySet(models.QuerySet):
             check.wake()
         return check
 
+    def drifted_since(self, check):
+        """When the drift that `check` found began: the first drifted check of its target since the last one in
+        sync before it (its own time when none came before)."""
+        mine = self.for_target(check.repository_id, check.environment_id)
+        back = (mine.filter(status=DriftStatus.IN_SYNC, finished_at__lt=check.finished_at)
+                .order_by("-finished_at").values_list("finished_at", flat=True).first())
+        drifted = mine.filter(status=DriftStatus.DRIFTED, finished_at__lte=check.finished_at)
+        if back is not None:
+            drifted = drifted.filter(finished_at__gt=back)
+        return drifted.order_by("finished_at").values_list("finished_at", flat=True).first() or check.finished_at
+
     def latest_outcomes(self, targets):
         """{(repository id, environment id): the newest check of that target that said something (in sync,
         drifted, check failed)}, for the pages: one query however many targets."""

@@ -262,3 +262,20 @@ def test_a_check_that_a_deployment_started_during_is_not_believed_and_runs_again
     assert check.error == f"Cut short by deployment #{deployment.pk}, which started while it ran: run again after it."
     again = checks_of(repository, staging)[-1]
     assert (again.status, again.reason) == ("queued", f"after deployment #{deployment.pk}")
+
+
+def test_a_freeze_window_holds_a_drift_correction_like_any_deployment(deployed, reality):
+    from approvals.models import FreezeWindow
+
+    repository, staging = deployed
+    set_stage(staging, correct_drift=True)
+    FreezeWindow.objects.create(name="Year end", reason="Nobody on call.", starts_at=timezone.now() - timedelta(hours=1),
+                                ends_at=timezone.now() + timedelta(hours=1)).environments.add(staging)
+    reality.write_text("changed by hand\n")
+    call_command("checkdrift", "--now")
+    drain()
+    drain()
+
+    correction = repository.deployments.get(trigger="reconcile")
+    assert correction.status == "queued", "held by the freeze, like any deployment"
+    assert reality.read_text() == "changed by hand\n"

@@ -174,7 +174,7 @@ def notify_drift(drift_check_id):
 
     check = DriftCheck.objects.select_related("repository", "environment", "release").get(pk=drift_check_id)
     target = f"{check.repository} in {check.environment}"
-    stage = Stage.objects.filter(lifecycle__repositories=check.repository_id, environment=check.environment).first()
+    stage = Stage.objects.for_target(check.repository, check.environment)
     what_next = ("The stage corrects drift: the portal deploys it again (where the stage holds for approval, the "
                  "correction waits for one)." if stage is not None and stage.correct_drift else
                  "Nothing is changed automatically: deploy it again, or change git to match.")

@@ -25,7 +25,6 @@ from django.utils.text import Truncator
 from pipelines import hooks
 from pipelines.hooks import Note
 from pipelines.models import Deployment, DriftCheck, Lifecycle, Release, Repository, Stage, Target
-from pipelines.models.drift import OUTCOMES as DRIFT_OUTCOMES
 from pipelines.models.drift import DriftStatus
 from pipelines.pipeline_file import PipelineFileError, parse_pipeline
 from pipelines.templatetags.portal import age, duration
@@ -369,8 +368,7 @@ STATUS_LABELS = dict(Status.choices)
 @lru_cache(maxsize=1)
 def _targets_with_fields():
     # The sync state is the newest drift check that answered (pipelines/models/drift.py), in the same query.
-    answered = DriftCheck.objects.filter(repository=OuterRef("repository_id"), environment=OuterRef("environment_id"),
-                                         status__in=DRIFT_OUTCOMES).order_by("-finished_at", "-id")
+    answered = DriftCheck.objects.newest_answer()
     return Target.objects.annotate(drift_status=Subquery(answered.values("status")[:1]),
                                    drift_check_id=Subquery(answered.values("pk")[:1])
                                    ).values(*TARGET_FIELDS, "drift_status", "drift_check_id")  # built once

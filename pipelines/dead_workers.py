@@ -50,5 +50,4 @@ def fail_runs_of(pid, *, started_at, returncode):
                 run.fail(reason)
             except StaleStatus:
                 continue  # the reconciler got there first
-            kind.after(run)
     return not waiting

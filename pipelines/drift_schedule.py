@@ -7,7 +7,7 @@ from django.db.models import F, OuterRef, Q, Subquery
 
 from pipelines import promotion
 from pipelines.models import AuditEvent, Deployment, DriftCheck, Stage, Target
-from pipelines.models.drift import ACTIVE
+from pipelines.models.drift import ACTIVE, drift_steps
 from pipelines.runs import kernel
 
 
@@ -73,9 +73,7 @@ def queue_due(now, repository=None, environment=None, limit=DUE_PER_TICK):
 
 
 def _has_drift_steps(target):
-    release = target.current_release
-    spec = release.pipeline.environments.get(target.environment.name) if release.pipeline else None
-    return spec is not None and bool(spec.drift)
+    return bool(drift_steps(target.current_release, target.environment))
 
 
 def queue_now(repository=None, environment=None, *, by=None, reason="asked for now"):

@@ -240,6 +240,16 @@ def delivery(scope):
                     drift_correct_median=drift_correct_median, drift_open=drift_open)
 
 
+def _episodes(rows):
+    """{(repository id, environment id, when it ended or None): when it began} of rows (repository id, environment
+    id, began, ended): the rows of one target that ended at the same moment are one episode, from the first."""
+    episodes = {}
+    for repository_id, environment_id, began_at, ended_at in rows:
+        key = (repository_id, environment_id, ended_at)
+        episodes[key] = min(began_at, episodes.get(key, began_at))
+    return episodes
+
+
 def _drift(scope):
     """(drift episodes found in the period, the median time from an episode's first drifted check to the next
     check in sync on its target, how many are not back in sync). Drifted checks in a row before one in sync are
@@ -251,10 +261,7 @@ def _drift(scope):
                                          finished_at__gte=scope.start, finished_at__lt=scope.end)
                .annotate(back_at=back_in_sync).order_by()
                .values_list("repository_id", "environment_id", "finished_at", "back_at"))
-    episodes = {}
-    for repository_id, environment_id, found_at, back_at in drifted:
-        key = (repository_id, environment_id, back_at)
-        episodes[key] = min(found_at, episodes.get(key, found_at))
+    episodes = _episodes(drifted)
     times = [back_at - found_at for (_, _, back_at), found_at in episodes.items() if back_at is not None]
     return len(episodes), median(times), sum(1 for (_, _, back_at) in episodes if back_at is None)
 
@@ -340,10 +347,7 @@ def _add_restore_times(scope, in_scope, buckets):
                  .annotate(began=began)
                  .annotate(restored_at=next_success).order_by()
                  .values_list("repository_id", "environment_id", "began", "restored_at"))
-    outages = {}
-    for repository_id, environment_id, began_at, restored_at in incidents:
-        key = (repository_id, environment_id, restored_at)
-        outages[key] = min(began_at, outages.get(key, began_at))
+    outages = _episodes(incidents)
     open_outages = 0
     for (_, _, restored_at), began_at in outages.items():
         if restored_at is None:

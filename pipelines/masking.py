@@ -86,7 +86,8 @@ def repository_secrets(repository):
 
 
 def secrets_for(deployment):
-    """Every value masked in this deployment's log."""
+    """Every value masked in this deployment's log (or a drift check's: the same repository, release and
+    environment)."""
     repository = deployment.repository
     values = portal_secrets() | repository_secrets(repository)
     pipeline = deployment.release.pipeline

@@ -2,7 +2,7 @@
 
 - for every kind of run (pipelines/runs/registry.py): `running` ones whose runner is lost are failed with the
   reason (a build's release then deploys nowhere and says why; a preview's deployment cannot be approved),
-  and what follows them happens (the next deployment of the target is woken); `queued` ones whose rq job is
+  (a deployment's failure wakes the next one of its target); `queued` ones whose rq job is
   gone (Redis down or flushed) are enqueued again (a deployment unless a guard, a freeze, holds it);
 - drift checks that are due (a stage's drift interval) are queued;
 - follow-ups that are due (never enqueued, lost with Redis, or failed and backing off) are enqueued again;
@@ -103,8 +103,8 @@ def requeue_lost_deployments(now):
 
 
 def fail_lost_runs(kind, now):
-    """Fail the running runs of `kind` whose runner is lost, with the true reason, and do what follows them
-    (wake the next deployment of the target). `now` is the database's (see reconcile).
+    """Fail the running runs of `kind` whose runner is lost, with the true reason (a deployment's failure wakes the
+    next one of its target: Deployment.transition). `now` is the database's (see reconcile).
 
     Only once the run is fenced: its lease expired (no heartbeat for GITOPS_WORKER_LOST_AFTER, and the
     runner stops its own step after half of that), or, on the runner's own host, its runner process and its
@@ -128,7 +128,6 @@ def fail_lost_runs(kind, now):
         except StaleStatus:
             continue  # it finished while we looked
         failed += 1
-        kind.after(run)
     return failed
 
 

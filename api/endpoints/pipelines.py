@@ -3,7 +3,7 @@
 Each action is the page's own path (the same model methods and promotion functions, the same refusals,
 said as `409 {"error": "refused", "detail": …}`); who may call it is decided before, in api/auth.py."""
 
-from django.db.models import OuterRef, Subquery
+from django.db.models import Subquery
 from django.http import JsonResponse
 from ninja import Router, Status
 from ninja.responses import NinjaJSONEncoder
@@ -14,7 +14,6 @@ from api.pagination import Page, paginate, paginate_releases
 from pipelines import cancelling, commit_status, jobs, stage_gate
 from pipelines.models import (Build, Check, Deployment, DeploymentStateError, DriftCheck, Environment, ExternalCheck,
                               Lifecycle, Release, Repository, Stage, Target)
-from pipelines.models.drift import OUTCOMES as DRIFT_OUTCOMES
 from pipelines.promotion import PromotionError, retry
 
 router = Router(tags=["pipelines"])
@@ -133,8 +132,7 @@ def status(request, repository: str | None = None):
         stages_of.setdefault(stage["lifecycle_id"], []).append(stage)
     repositories = Repository.objects.order_by("name").values("id", "name", "lifecycle_id", "lifecycle__name", "enabled",
                                                               "last_polled_at", "last_error")
-    answered = DriftCheck.objects.filter(repository=OuterRef("repository_id"), environment=OuterRef("environment_id"),
-                                         status__in=DRIFT_OUTCOMES).order_by("-finished_at", "-id")
+    answered = DriftCheck.objects.newest_answer()
     targets = Target.objects.annotate(
         sync_state=Subquery(answered.values("status")[:1]), drift_check_id=Subquery(answered.values("pk")[:1]),
         drift_checked_at=Subquery(answered.values("finished_at")[:1]),

@@ -10,7 +10,7 @@ from django.utils import timezone
 from pipelines import run_log
 
 from .clock import now_plus
-from .drift import DriftCheck
+from .drift import DriftCheck, drift_steps
 from .followup import DEPLOYMENTS_STOPPED, PROMOTE_AFTER_SUCCESS, ROLLBACK_AFTER_FAILURE
 from .run import FencedRun, TargetBusy
 
@@ -174,8 +174,8 @@ class Deployment(FencedRun):
             return
         if self.trigger == self.Trigger.ROLLBACK:
             return
-        if Stage.objects.filter(lifecycle__repositories=self.repository_id, environment_id=self.environment_id,
-                                rollback_on_failure=True).exists():
+        stage = Stage.objects.for_target(self.repository, self.environment_id)
+        if stage is not None and stage.rollback_on_failure:
             FollowUp.objects.schedule(ROLLBACK_AFTER_FAILURE, deployment=self, repository=self.repository)
 
     @contextmanager
@@ -267,7 +267,7 @@ class Deployment(FencedRun):
             # What now runs there is written with the lease's release: one UPDATE of the Target row.
             self._change_status(Status.SUCCEEDED, by=None, details=None, fields={"exit_code": 0},
                                 target_fields={"current_release": self.release})
-            if self.release.pipeline.environments[self.environment.name].drift:
+            if drift_steps(self.release, self.environment):
                 # Is what was just deployed what runs there? Asked at once (pipelines/models/drift.py).
                 DriftCheck.objects.queue_for(self.repository, self.environment, reason=f"after deployment #{self.pk}")
             if not follows:

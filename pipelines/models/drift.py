@@ -8,6 +8,7 @@ environment page, `manage.py checkdrift`); one at a time per target. Never durin
 target, and a check that a deployment cut short is not believed: it is run again after it."""
 
 from django.db import models, transaction
+from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 
 from .audit import AuditEvent
@@ -38,9 +39,21 @@ DRIFT_MAIL = "mail.drift"
 OUTCOMES = (DriftStatus.IN_SYNC, DriftStatus.DRIFTED, DriftStatus.FAILED)
 
 
+def drift_steps(release, environment):
+    """The `drift:` steps of `environment` in the file of `release` (what runs there); () when it has none."""
+    spec = release.pipeline.environments.get(environment.name) if release is not None and release.pipeline else None
+    return spec.drift if spec is not None else ()
+
+
 class DriftCheckQuerySet(models.QuerySet):
     def for_target(self, repository, environment):
         return self.filter(repository=repository, environment=environment)
+
+    def newest_answer(self):
+        """The checks of the target of an outer query on Target that said something (in sync, drifted, check
+        failed), newest first: Subquery(DriftCheck.objects.newest_answer().values("status")[:1]) is its sync state."""
+        return self.filter(repository=OuterRef("repository_id"), environment=OuterRef("environment_id"),
+                           status__in=OUTCOMES).order_by("-finished_at", "-id")
 
     def queue_for(self, repository, environment, *, reason, by=None):
         """Queue a drift check of the release running on the target and wake a worker on commit; the one queued
@@ -52,8 +65,7 @@ class DriftCheckQuerySet(models.QuerySet):
             target = (Target.objects.select_for_update(of=("self",)).filter(repository=repository, environment=environment)
                       .select_related("current_release").first())
             release = target.current_release if target is not None else None
-            spec = release.pipeline.environments.get(environment.name) if release and release.pipeline else None
-            if spec is None or not spec.drift:
+            if not drift_steps(release, environment):
                 return None
             active = self.for_target(repository, environment).filter(status__in=ACTIVE).first()
             if active is not None:
@@ -78,16 +90,14 @@ class DriftCheckQuerySet(models.QuerySet):
 
     def latest_outcomes(self, targets):
         """{(repository id, environment id): the newest check of that target that said something (in sync,
-        drifted, check failed)}, for the pages: one query however many targets."""
-        pairs = {(t.repository_id, t.environment_id) for t in targets}
-        if not pairs:
-            return {}
-        checks = self.filter(status__in=OUTCOMES, repository__in={r for r, _ in pairs},
-                             environment__in={e for _, e in pairs}).order_by("-finished_at", "-id")
-        latest = {}
-        for check in checks:
-            latest.setdefault((check.repository_id, check.environment_id), check)
-        return {pair: check for pair, check in latest.items() if pair in pairs}
+        drifted, check failed)}, for the pages: two queries however many targets and however long their history."""
+        from .environment import Target
+
+        newest = (Target.objects.filter(pk__in=[t.pk for t in targets])
+                  .annotate(check_id=Subquery(self.newest_answer().values("pk")[:1])).exclude(check_id=None)
+                  .values_list("repository_id", "environment_id", "check_id"))
+        pairs = {check_id: (repository_id, environment_id) for repository_id, environment_id, check_id in newest}
+        return {pairs[pk]: check for pk, check in self.in_bulk(list(pairs)).items()}
 
 
 class DriftCheck(FencedRun):
@@ -133,8 +143,8 @@ class DriftCheck(FencedRun):
         with transaction.atomic():
             self.transition(DriftStatus.DRIFTED, exit_code=2)
             FollowUp.objects.schedule(DRIFT_MAIL, repository=self.repository, payload={"drift_check": self.pk})
-            if Stage.objects.filter(lifecycle__repositories=self.repository_id, environment_id=self.environment_id,
-                                    correct_drift=True).exists():
+            stage = Stage.objects.for_target(self.repository, self.environment_id)
+            if stage is not None and stage.correct_drift:
                 FollowUp.objects.schedule(CORRECT_DRIFT, repository=self.repository, payload={"drift_check": self.pk})
         return self
 

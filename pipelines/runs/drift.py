@@ -35,12 +35,6 @@ def may_start(check):
     return _running_deployment(check) is None
 
 
-def log_secrets(check):
-    spec = check.release.pipeline.environments.get(check.environment.name) if check.release.pipeline else None
-    return (masking.portal_secrets() | masking.repository_secrets(check.repository)
-            | masking.declared_secrets(spec.variables if spec else {}))
-
-
 def execute(context):
     check, log = context.run, context.log
     release, environment = check.release, check.environment
@@ -90,5 +84,5 @@ def _run_again_after(context, deployment):
 
 
 KIND = Kind(name="driftcheck", model=DriftCheck, queue=DRIFT_QUEUE, execute=execute,
-            related=("repository", "environment", "release"), log_secrets=log_secrets, may_start=may_start,
+            related=("repository", "environment", "release"), log_secrets=masking.secrets_for, may_start=may_start,
             step_noun="Drift step")

@@ -6,7 +6,6 @@
    `Context.steps`; a cancel is checked before every step and stops the one running (steps.py).
 4. The outcome is recorded through `Context`: success, failure, cancellation, each one transition of the row
    with its audit event; a follow-up recorded with it (the automatic promotion) is carried out at once.
-5. Whatever happened, the kind's `after` runs (the next deployment of the target is woken).
 
 Fencing: a run never overlaps the next run of its target. It holds its lease, renewed by the heartbeat; when
 no beat renewed it for half of GITOPS_WORKER_LOST_AFTER, the run kills its step itself, so by the time the
@@ -47,6 +46,8 @@ from .steps import run_step
 logger = logging.getLogger(__name__)
 
 JOB_FUNCTION = "pipelines.runs.kernel.run"
+# No rq timeout: a run takes as long as its steps, and each step has its own.
+JOB_OPTIONS = {"result_ttl": 600, "failure_ttl": 86400}
 
 
 # --- waking a worker ---------------------------------------------------------------------------------------
@@ -54,14 +55,14 @@ JOB_FUNCTION = "pipelines.runs.kernel.run"
 
 def enqueue(run):
     """Record the job id on a queued run's row and wake a worker of its kind's queue once the current
-    transaction commits. No rq timeout: a run takes as long as its steps, and each step has its own."""
+    transaction commits."""
     kind = registry.of(run)
     job_id = kind.job_id(run.pk)
     if run.job_id != job_id:  # set once: a run woken again (next in line, requeued) keeps its job id
         type(run).objects.filter(pk=run.pk).update(job_id=job_id)
         run.job_id = job_id
     transaction.on_commit(lambda: queues.enqueue(kind.queue, JOB_FUNCTION, kind.name, run.pk, job_id=job_id,
-                                                 job_timeout=-1, result_ttl=600, failure_ttl=86400))
+                                                 job_timeout=-1, **JOB_OPTIONS))
 
 
 def enqueue_many(runs):
@@ -74,7 +75,7 @@ def enqueue_many(runs):
         run.job_id = kind.job_id(run.pk)
     type(runs[0]).objects.bulk_update(runs, ["job_id"])
     jobs = [queues_rq.Queue.prepare_data(JOB_FUNCTION, args=(kind.name, run.pk), job_id=run.job_id, timeout=-1,
-                                         result_ttl=600, failure_ttl=86400) for run in runs]
+                                         **JOB_OPTIONS) for run in runs]
 
     def wake():
         try:
@@ -176,10 +177,6 @@ def run(kind_name, run_id):
     finally:
         with _running_lock:
             _running.pop(job_id, None)
-        try:
-            kind.after(found)
-        except Exception:
-            logger.exception("what follows %s did not happen; the reconciler will do it", found)
 
 
 def _claim(run):

@@ -6,10 +6,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-def _nothing(run):
-    return None
-
-
 @dataclass(frozen=True)
 class Kind:
     """What the kernel needs to know of a kind of run.
@@ -23,10 +19,6 @@ class Kind:
     - `log_secrets(run)`: what to mask in its log from the first line.
     - `may_start(run)`: called before the claim, False to leave the run queued (a freeze holds it) or because
       `may_start` settled it (a preview whose deployment stopped waiting).
-    - `after(run)`: after the run ended, whatever its outcome, or after the reconciler failed it (a
-      deployment wakes the next in line of its target).
-    - `requeue_lost(now)`: the reconciler's re-enqueueing of queued runs whose job is gone, where the kind
-      needs its own (a deployment waits behind its target and for freezes); None: the kernel's.
     - `step_noun`: how its failure messages name a step ("Build step 'compile' exited with status 2.")."""
 
     name: str
@@ -36,8 +28,6 @@ class Kind:
     related: tuple = ()
     log_secrets: Callable = field(default=lambda run: set())
     may_start: Callable = field(default=lambda run: True)
-    after: Callable = _nothing
-    requeue_lost: Callable | None = None
     step_noun: str = "Step"
 
     def job_id(self, run_id):
